@@ -1,0 +1,317 @@
+use super::*;
+use crate::testing::test;
+
+const ENVOY: Capabilities = Capabilities {
+    higress_routing: false,
+};
+const HIGRESS: Capabilities = Capabilities {
+    higress_routing: true,
+};
+
+fn guard(scope: &Scope) -> &GuardSettings {
+    match scope {
+        Scope::Guard(settings) => settings,
+        Scope::Disabled => panic!("expected a guard"),
+    }
+}
+
+const FULL: &str = r#"{
+    "nacos": {"cluster": "outbound|8848||nacos.dns", "namespaceId": "dev",
+              "username": "nacos", "password": "secret", "timeoutMs": 500, "apiVersion": "v3"},
+    "refreshIntervalMs": 200, "maxStaleMs": 5000, "onStale": "fail_closed",
+    "pinHeader": "X-Pin", "onDeregistered": "reject", "rejectStatus": 502,
+    "_rules_": [
+        {"_match_route_": ["default/demo"],
+         "service": {"name": "demo", "group": "G", "clusters": ["A"], "metadata": {"zone": "a"}}},
+        {"_match_domain_": ["*.example.com"], "service": {"name": "web"},
+         "routing": "header", "routingHeader": "X-Dest", "nacos": {"cluster": "other"}},
+        {"_match_route_": ["default/legacy"], "enabled": false}
+    ]
+}"#;
+
+#[test]
+fn defaults_fill_every_optional_field() {
+    let config = parse(
+        br#"{"nacos":{"cluster":"outbound|8848||nacos.dns"},"service":{"name":"demo"}}"#,
+        ENVOY,
+    )
+    .unwrap();
+    let settings = guard(config.global.as_ref().unwrap());
+    assert_eq!(settings.server.authority, "nacos.dns");
+    assert_eq!(settings.server.api, ApiVersion::V1);
+    assert_eq!(settings.server.timeout_ms, 2000);
+    assert_eq!(settings.server.credentials, None);
+    assert_eq!(settings.service.namespace_id, "public");
+    assert_eq!(settings.service.group, "DEFAULT_GROUP");
+    assert_eq!(settings.filter, InstanceFilter::default());
+    assert_eq!(settings.refresh_interval_ms, 1000);
+    assert_eq!(settings.max_stale_ms, 30_000);
+    assert_eq!(settings.on_stale, StalePolicy::FailOpen);
+    assert_eq!(
+        settings.routing,
+        Routing::Header(DEFAULT_ROUTING_HEADER.into())
+    );
+    assert_eq!(settings.pin_header, DEFAULT_PIN_HEADER);
+    assert_eq!(settings.on_deregistered, DeregisteredPolicy::Reroute);
+    assert_eq!(settings.reject_status, 503);
+    assert!(config.rules.is_empty());
+}
+
+#[test]
+fn rules_inherit_global_fields_and_override_them_key_by_key() {
+    let config = parse(FULL.as_bytes(), HIGRESS).unwrap();
+    assert_eq!(config.global, None, "global has no service: defaults only");
+    assert_eq!(config.rules.len(), 3);
+
+    let demo = guard(&config.rules[0].1);
+    assert_eq!(
+        config.rules[0].0,
+        Matcher::Route(vec!["default/demo".into()])
+    );
+    assert_eq!(demo.server.cluster, "outbound|8848||nacos.dns");
+    assert_eq!(demo.server.api, ApiVersion::V3);
+    assert_eq!(demo.server.timeout_ms, 500);
+    assert_eq!(demo.server.credentials.as_ref().unwrap().username, "nacos");
+    assert_eq!(demo.service.namespace_id, "dev");
+    assert_eq!(demo.service.group, "G");
+    assert_eq!(demo.filter.clusters, vec!["A".to_string()]);
+    assert_eq!(
+        demo.filter.metadata,
+        vec![("zone".to_string(), "a".to_string())]
+    );
+    assert_eq!(demo.refresh_interval_ms, 200);
+    assert_eq!(demo.on_stale, StalePolicy::FailClosed);
+    assert_eq!(
+        demo.routing,
+        Routing::Higress,
+        "Higress build routes with the import"
+    );
+    assert_eq!(demo.pin_header, "x-pin");
+    assert_eq!(demo.on_deregistered, DeregisteredPolicy::Reject);
+    assert_eq!(demo.reject_status, 502);
+
+    let web = guard(&config.rules[1].1);
+    assert_eq!(web.server.cluster, "other", "nacos replaced whole");
+    assert_eq!(web.server.credentials, None);
+    assert_eq!(web.service.namespace_id, "public");
+    assert_eq!(web.routing, Routing::Header("x-dest".into()));
+
+    assert_eq!(config.rules[2].1, Scope::Disabled);
+    assert_eq!(
+        config.protected_headers(),
+        vec![
+            DEFAULT_ROUTING_HEADER.to_string(),
+            ORIGINAL_DST_HEADER.to_string(),
+            "x-dest".to_string()
+        ]
+    );
+}
+
+#[test]
+fn empty_configuration_guards_nothing() {
+    for empty in ["", "  ", "{}"] {
+        let config = parse(empty.as_bytes(), ENVOY).unwrap();
+        assert_eq!(config.global, None);
+        assert!(config.rules.is_empty());
+    }
+}
+
+#[test]
+fn global_enabled_false_disables_by_default() {
+    let config = parse(br#"{"enabled": false}"#, ENVOY).unwrap();
+    assert_eq!(config.global, Some(Scope::Disabled));
+}
+
+#[test]
+fn credentials_never_show_in_debug_output() {
+    let config = parse(FULL.as_bytes(), HIGRESS).unwrap();
+    let text = format!("{config:?}");
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("<redacted>"));
+}
+
+/// Each bad configuration must be refused, naming the field at fault.
+#[test]
+fn bad_configurations_are_refused_with_the_field_named() {
+    let base = r#""nacos":{"cluster":"c"},"service":{"name":"demo"}"#;
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("not json".into(), "(root)", "not valid JSON"),
+        ("[1,2]".into(), "(root)", "expected a JSON object"),
+        (
+            format!(r#"{{{base},"refreshIntervalMS":5}}"#),
+            "refreshIntervalMS",
+            "unknown field",
+        ),
+        (
+            format!(r#"{{{base},"refreshIntervalMs":"1s"}}"#),
+            "refreshIntervalMs",
+            "whole number",
+        ),
+        (
+            format!(r#"{{{base},"refreshIntervalMs":10}}"#),
+            "refreshIntervalMs",
+            "from 100",
+        ),
+        (
+            format!(r#"{{{base},"refreshIntervalMs":1.5}}"#),
+            "refreshIntervalMs",
+            "whole number",
+        ),
+        (
+            format!(r#"{{{base},"maxStaleMs":-1}}"#),
+            "maxStaleMs",
+            "whole number",
+        ),
+        (
+            format!(r#"{{{base},"onStale":"open"}}"#),
+            "onStale",
+            "fail_open, fail_closed",
+        ),
+        (
+            format!(r#"{{{base},"onDeregistered":1}}"#),
+            "onDeregistered",
+            "expected a string",
+        ),
+        (
+            format!(r#"{{{base},"rejectStatus":200}}"#),
+            "rejectStatus",
+            "from 400 to 599",
+        ),
+        (
+            format!(r#"{{{base},"enabled":"yes"}}"#),
+            "enabled",
+            "true or false",
+        ),
+        (
+            format!(r#"{{{base},"routing":"higress"}}"#),
+            "routing",
+            "Higress build",
+        ),
+        (
+            format!(r#"{{{base},"routing":"dns"}}"#),
+            "routing",
+            "higress, header",
+        ),
+        (
+            format!(r#"{{{base},"routingHeader":"bad header"}}"#),
+            "routingHeader",
+            "not a valid",
+        ),
+        (
+            format!(r#"{{{base},"pinHeader":""}}"#),
+            "pinHeader",
+            "not a valid",
+        ),
+        (r#"{"service":{"name":"demo"}}"#.into(), "nacos", "required"),
+        (
+            r#"{"nacos":{"cluster":"c"},"service":{}}"#.into(),
+            "service.name",
+            "required",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c"},"service":{"name":" "}}"#.into(),
+            "service.name",
+            "empty",
+        ),
+        (
+            r#"{"nacos":{},"service":{"name":"d"}}"#.into(),
+            "nacos.cluster",
+            "required",
+        ),
+        (
+            r#"{"nacos":"c","service":{"name":"d"}}"#.into(),
+            "nacos",
+            "expected an object",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c","username":"u"},"service":{"name":"d"}}"#.into(),
+            "nacos.password",
+            "required when username",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c","password":"p"},"service":{"name":"d"}}"#.into(),
+            "nacos.username",
+            "required when password",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c","timeoutMs":0},"service":{"name":"d"}}"#.into(),
+            "nacos.timeoutMs",
+            "from 1",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c","apiVersion":"v2"},"service":{"name":"d"}}"#.into(),
+            "nacos.apiVersion",
+            "v1, v3",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c","host":"h"},"service":{"name":"d"}}"#.into(),
+            "nacos.host",
+            "unknown field",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c"},"service":{"name":"d","clusters":"A"}}"#.into(),
+            "service.clusters",
+            "list of strings",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c"},"service":{"name":"d","clusters":["A",""]}}"#.into(),
+            "service.clusters[1]",
+            "non-empty string",
+        ),
+        (
+            r#"{"nacos":{"cluster":"c"},"service":{"name":"d","metadata":{"v":2}}}"#.into(),
+            "service.metadata.v",
+            "expected a string",
+        ),
+        (r#"{"_rules_":{}}"#.into(), "_rules_", "list of rules"),
+        (
+            r#"{"_rules_":[{"service":{"name":"d"}}]}"#.into(),
+            "_rules_[0]",
+            "a rule needs one of",
+        ),
+        (
+            r#"{"_rules_":[{"_match_route_":["r"],"service":{"name":"d"}}]}"#.into(),
+            "_rules_[0].nacos",
+            "required",
+        ),
+        (
+            r#"{"_rules_":[{"_match_route_":"r","enabled":false}]}"#.into(),
+            "_rules_[0]._match_route_",
+            "list of strings",
+        ),
+        (
+            format!(r#"{{{base},"_rules_":[{{"_match_route_":["r"],"rejectStatus":99}}]}}"#),
+            "_rules_[0].rejectStatus",
+            "from 400",
+        ),
+        (
+            format!(r#"{{{base},"_rules_":[{{"_match_route_":["r"],"extra":1}}]}}"#),
+            "_rules_[0].extra",
+            "unknown field",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let error = parse(json.as_bytes(), ENVOY).expect_err(&json);
+        assert_eq!(error.field, field, "{json}: {error}");
+        assert!(error.reason.contains(reason), "{json}: {error}");
+        assert!(error.to_string().contains(field), "{error}");
+    }
+}
+
+#[test]
+fn a_disabled_rule_needs_no_nacos_or_service() {
+    let config = parse(
+        br#"{"_rules_":[{"_match_route_prefix_":["x"],"enabled":false}]}"#,
+        ENVOY,
+    )
+    .unwrap();
+    assert_eq!(config.rules[0].1, Scope::Disabled);
+    assert_eq!(config.guards().count(), 0);
+}
+
+#[test]
+fn default_authority_is_the_fqdn_of_a_higress_cluster_name() {
+    assert_eq!(default_authority("outbound|8848||nacos.dns"), "nacos.dns");
+    assert_eq!(default_authority("nacos_cluster"), "nacos_cluster");
+    assert_eq!(default_authority("outbound|8848||"), "outbound|8848||");
+}

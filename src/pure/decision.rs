@@ -1,0 +1,380 @@
+//! The decision for one request: which instance, or why none.
+
+use crate::pure::config::{DeregisteredPolicy, StalePolicy};
+use crate::pure::endpoint;
+use crate::pure::instance::InstanceFilter;
+use crate::pure::selection::WeightedRoundRobin;
+use crate::pure::snapshot::{Freshness, Snapshot};
+
+/// The usable instances of one guard, prepared once per snapshot version so that
+/// a request costs a scan and no allocation.
+#[derive(Debug, Clone, Default)]
+pub struct Candidates {
+    built_from_version: u64,
+    endpoints: Vec<String>,
+    picker: WeightedRoundRobin,
+}
+
+impl Candidates {
+    /// Rebuild from `snapshot` if it changed since the last call; true if rebuilt.
+    pub fn refresh(&mut self, snapshot: &Snapshot, filter: &InstanceFilter) -> bool {
+        if snapshot.version() == self.built_from_version {
+            return false;
+        }
+        self.built_from_version = snapshot.version();
+        self.endpoints.clear();
+        let mut weights = Vec::new();
+        if let Some(set) = snapshot.instances() {
+            for instance in &set.instances {
+                if filter.admits(instance, set.protection_reached) {
+                    self.endpoints.push(instance.endpoint.clone());
+                    weights.push(instance.weight);
+                }
+            }
+        }
+        self.picker.reset(weights);
+        true
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn pick_index(&mut self, known: Option<&dyn Fn(&str) -> bool>) -> Option<usize> {
+        match known {
+            Some(known) => {
+                let endpoints = &self.endpoints;
+                let is_known = |index: usize| endpoints.get(index).is_some_and(|e| known(e));
+                if endpoints.iter().any(|e| known(e)) {
+                    self.picker.pick_where(is_known)
+                } else {
+                    self.picker.pick()
+                }
+            }
+            None => self.picker.pick(),
+        }
+    }
+}
+
+/// The machine-readable reason of a rejection, stable across versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectCode {
+    NoHealthyInstance,
+    InstanceDeregistered,
+    RegistryUnavailable,
+}
+
+impl RejectCode {
+    pub const ALL: [RejectCode; 3] = [
+        Self::NoHealthyInstance,
+        Self::InstanceDeregistered,
+        Self::RegistryUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoHealthyInstance => "no_healthy_instance",
+            Self::InstanceDeregistered => "instance_deregistered",
+            Self::RegistryUnavailable => "registry_unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Send the request to this `ip:port`. `rerouted`: the request pinned an
+    /// instance that is gone and got another one.
+    Route {
+        endpoint: &'a str,
+        rerouted: bool,
+    },
+    Reject(RejectCode),
+    /// Registry unknown or stale under `fail_open`: route as if the plugin were absent.
+    PassThrough,
+}
+
+/// What the request brings to the decision.
+#[derive(Clone, Copy, Default)]
+pub struct RequestView<'r> {
+    /// The pin header's value, if the request has one.
+    pub pin: Option<&'r str>,
+    /// Hosts the routed cluster knows (Higress mode): preferred when any usable
+    /// instance is among them.
+    pub known: Option<&'r dyn Fn(&str) -> bool>,
+}
+
+/// The guard's policies that shape a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policies {
+    pub on_stale: StalePolicy,
+    pub on_deregistered: DeregisteredPolicy,
+}
+
+pub fn decide<'a>(
+    candidates: &'a mut Candidates,
+    freshness: Freshness,
+    policies: Policies,
+    request: RequestView<'_>,
+) -> Decision<'a> {
+    if freshness != Freshness::Fresh {
+        return match policies.on_stale {
+            StalePolicy::FailOpen => Decision::PassThrough,
+            StalePolicy::FailClosed => Decision::Reject(RejectCode::RegistryUnavailable),
+        };
+    }
+    // A pin that is not an `ip:port` names no instance and is ignored.
+    let pinned = request.pin.and_then(endpoint::parse);
+    let pinned_index = pinned
+        .as_ref()
+        .and_then(|pinned| candidates.endpoints.iter().position(|e| e == pinned));
+    let (index, rerouted) = match (pinned_index, pinned.is_some()) {
+        (Some(index), _) => (index, false),
+        (None, true) if policies.on_deregistered == DeregisteredPolicy::Reject => {
+            return Decision::Reject(RejectCode::InstanceDeregistered);
+        }
+        (None, was_pinned) => match candidates.pick_index(request.known) {
+            Some(index) => (index, was_pinned),
+            None => return Decision::Reject(RejectCode::NoHealthyInstance),
+        },
+    };
+    match candidates.endpoints.get(index) {
+        Some(endpoint) => Decision::Route { endpoint, rerouted },
+        None => Decision::Reject(RejectCode::NoHealthyInstance),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pure::instance::{instance, InstanceSet};
+    use crate::testing::test;
+
+    const REROUTE_OPEN: Policies = Policies {
+        on_stale: StalePolicy::FailOpen,
+        on_deregistered: DeregisteredPolicy::Reroute,
+    };
+    const REJECT_CLOSED: Policies = Policies {
+        on_stale: StalePolicy::FailClosed,
+        on_deregistered: DeregisteredPolicy::Reject,
+    };
+
+    fn prepared(weights: &[(&str, f64)]) -> Candidates {
+        let mut snapshot = Snapshot::default();
+        snapshot.accept(
+            InstanceSet {
+                instances: weights.iter().map(|(e, w)| instance(e, *w)).collect(),
+                protection_reached: false,
+            },
+            0,
+        );
+        let mut candidates = Candidates::default();
+        assert!(candidates.refresh(&snapshot, &InstanceFilter::default()));
+        candidates
+    }
+
+    fn pinned(pin: &str) -> RequestView<'_> {
+        RequestView {
+            pin: Some(pin),
+            known: None,
+        }
+    }
+
+    #[test]
+    fn routes_to_a_usable_instance() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 0.0)]);
+        for _ in 0..5 {
+            assert_eq!(
+                decide(
+                    &mut candidates,
+                    Freshness::Fresh,
+                    REROUTE_OPEN,
+                    RequestView::default()
+                ),
+                Decision::Route {
+                    endpoint: "10.0.0.1:80",
+                    rerouted: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn no_usable_instance_is_rejected() {
+        let mut empty = prepared(&[]);
+        assert_eq!(
+            decide(
+                &mut empty,
+                Freshness::Fresh,
+                REROUTE_OPEN,
+                RequestView::default()
+            ),
+            Decision::Reject(RejectCode::NoHealthyInstance)
+        );
+        let mut zero = prepared(&[("10.0.0.1:80", 0.0)]);
+        assert_eq!(
+            decide(
+                &mut zero,
+                Freshness::Fresh,
+                REROUTE_OPEN,
+                RequestView::default()
+            ),
+            Decision::Reject(RejectCode::NoHealthyInstance)
+        );
+    }
+
+    #[test]
+    fn stale_or_unknown_registry_follows_on_stale() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0)]);
+        for freshness in [Freshness::Stale, Freshness::Unknown] {
+            assert_eq!(
+                decide(
+                    &mut candidates,
+                    freshness,
+                    REROUTE_OPEN,
+                    RequestView::default()
+                ),
+                Decision::PassThrough
+            );
+            assert_eq!(
+                decide(
+                    &mut candidates,
+                    freshness,
+                    REJECT_CLOSED,
+                    RequestView::default()
+                ),
+                Decision::Reject(RejectCode::RegistryUnavailable)
+            );
+        }
+    }
+
+    #[test]
+    fn pin_to_a_usable_instance_is_honoured() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("[::1]:80", 1.0)]);
+        for _ in 0..4 {
+            assert_eq!(
+                decide(
+                    &mut candidates,
+                    Freshness::Fresh,
+                    REROUTE_OPEN,
+                    pinned("[0::1]:80")
+                ),
+                Decision::Route {
+                    endpoint: "[::1]:80",
+                    rerouted: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn pin_to_a_gone_instance_is_rerouted_or_rejected() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0)]);
+        assert_eq!(
+            decide(
+                &mut candidates,
+                Freshness::Fresh,
+                REROUTE_OPEN,
+                pinned("10.0.0.9:80")
+            ),
+            Decision::Route {
+                endpoint: "10.0.0.1:80",
+                rerouted: true
+            }
+        );
+        assert_eq!(
+            decide(
+                &mut candidates,
+                Freshness::Fresh,
+                REJECT_CLOSED,
+                pinned("10.0.0.9:80")
+            ),
+            Decision::Reject(RejectCode::InstanceDeregistered)
+        );
+    }
+
+    #[test]
+    fn malformed_pin_is_ignored() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0)]);
+        for pin in ["garbage", "10.0.0.1", "10.0.0.1:80, 10.0.0.2:80", ""] {
+            assert_eq!(
+                decide(
+                    &mut candidates,
+                    Freshness::Fresh,
+                    REJECT_CLOSED,
+                    pinned(pin)
+                ),
+                Decision::Route {
+                    endpoint: "10.0.0.1:80",
+                    rerouted: false
+                },
+                "{pin}"
+            );
+        }
+    }
+
+    #[test]
+    fn known_hosts_are_preferred_when_any_is_usable() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        let only_second = |endpoint: &str| endpoint == "10.0.0.2:80";
+        let view = RequestView {
+            pin: None,
+            known: Some(&only_second),
+        };
+        for _ in 0..6 {
+            assert_eq!(
+                decide(&mut candidates, Freshness::Fresh, REROUTE_OPEN, view),
+                Decision::Route {
+                    endpoint: "10.0.0.2:80",
+                    rerouted: false
+                }
+            );
+        }
+        let none_known = |_: &str| false;
+        let view = RequestView {
+            pin: None,
+            known: Some(&none_known),
+        };
+        assert!(matches!(
+            decide(&mut candidates, Freshness::Fresh, REROUTE_OPEN, view),
+            Decision::Route { .. }
+        ));
+    }
+
+    #[test]
+    fn candidates_rebuild_only_on_a_new_version_and_apply_the_filter() {
+        let mut snapshot = Snapshot::default();
+        let mut other = instance("10.0.0.2:80", 1.0);
+        other.cluster = "B".into();
+        snapshot.accept(
+            InstanceSet {
+                instances: vec![instance("10.0.0.1:80", 1.0), other],
+                protection_reached: false,
+            },
+            0,
+        );
+        let filter = InstanceFilter {
+            clusters: vec!["B".into()],
+            metadata: vec![],
+        };
+        let mut candidates = Candidates::default();
+        assert!(candidates.refresh(&snapshot, &filter));
+        assert!(!candidates.refresh(&snapshot, &filter));
+        assert_eq!(candidates.endpoints(), ["10.0.0.2:80".to_string()]);
+        snapshot.accept(InstanceSet::default(), 1);
+        assert!(candidates.refresh(&snapshot, &filter));
+        assert!(candidates.endpoints().is_empty());
+    }
+
+    #[test]
+    fn reject_codes_are_stable() {
+        let codes: Vec<&str> = RejectCode::ALL.iter().map(|code| code.as_str()).collect();
+        assert_eq!(
+            codes,
+            [
+                "no_healthy_instance",
+                "instance_deregistered",
+                "registry_unavailable"
+            ]
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! The pure core: no proxy-wasm in here, only data in and decisions out.
+
+pub mod auth;
+pub mod config;
+pub mod decision;
+pub mod endpoint;
+pub mod instance;
+pub mod nacos;
+pub mod rules;
+pub mod schedule;
+pub mod selection;
+pub mod snapshot;

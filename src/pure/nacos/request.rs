@@ -1,0 +1,183 @@
+//! Building the HTTP requests sent to Nacos.
+
+use super::ApiVersion;
+
+/// An HTTP request to send to Nacos through the configured Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NacosRequest {
+    pub method: &'static str,
+    pub path: String,
+    /// Form-encoded body (login only).
+    pub body: Option<String>,
+}
+
+/// What identifies a service in Nacos.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub namespace_id: String,
+    pub group: String,
+    pub name: String,
+}
+
+/// The instance-list request for `service`. `clusters` is passed on where the API
+/// takes it, though the plugin filters clusters itself (r-nacos ignores it).
+/// `healthyOnly=false` so that unhealthy instances and the protection flag are seen
+/// and judged here, the same on every server.
+pub fn instance_list(
+    api: ApiVersion,
+    service: &ServiceKey,
+    clusters: &[String],
+    access_token: Option<&str>,
+) -> NacosRequest {
+    let mut query = Query::default();
+    match api {
+        ApiVersion::V1 => {
+            query.push("serviceName", &service.name);
+            query.push("groupName", &service.group);
+            query.push("namespaceId", &service.namespace_id);
+            if !clusters.is_empty() {
+                query.push("clusters", &clusters.join(","));
+            }
+        }
+        ApiVersion::V3 => {
+            query.push("namespaceId", &service.namespace_id);
+            query.push("groupName", &service.group);
+            query.push("serviceName", &service.name);
+            if !clusters.is_empty() {
+                query.push("clusterName", &clusters.join(","));
+            }
+        }
+    }
+    query.push("healthyOnly", "false");
+    if let Some(token) = access_token {
+        query.push("accessToken", token);
+    }
+    let base = match api {
+        ApiVersion::V1 => "/nacos/v1/ns/instance/list",
+        ApiVersion::V3 => "/nacos/v3/client/ns/instance/list",
+    };
+    NacosRequest {
+        method: "GET",
+        path: format!("{base}?{}", query.0),
+        body: None,
+    }
+}
+
+/// The login request.
+pub fn login(api: ApiVersion, username: &str, password: &str) -> NacosRequest {
+    let mut form = Query::default();
+    form.push("username", username);
+    form.push("password", password);
+    let path = match api {
+        ApiVersion::V1 => "/nacos/v1/auth/login",
+        ApiVersion::V3 => "/nacos/v3/auth/user/login",
+    };
+    NacosRequest {
+        method: "POST",
+        path: path.to_string(),
+        body: Some(form.0),
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs, also used as a URL query.
+#[derive(Default)]
+struct Query(String);
+
+impl Query {
+    fn push(&mut self, key: &str, value: &str) {
+        if !self.0.is_empty() {
+            self.0.push('&');
+        }
+        percent_encode_into(&mut self.0, key);
+        self.0.push('=');
+        percent_encode_into(&mut self.0, value);
+    }
+}
+
+fn percent_encode_into(out: &mut String, text: &str) {
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(hex_digit(byte >> 4));
+            out.push(hex_digit(byte & 0x0f));
+        }
+    }
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).map_or('0', |digit| digit.to_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+
+    fn demo() -> ServiceKey {
+        ServiceKey {
+            namespace_id: "public".into(),
+            group: "DEFAULT_GROUP".into(),
+            name: "demo".into(),
+        }
+    }
+
+    #[test]
+    fn v1_list_names_service_group_namespace_and_asks_for_all_instances() {
+        let request = instance_list(ApiVersion::V1, &demo(), &[], None);
+        assert_eq!(request.method, "GET");
+        assert_eq!(
+            request.path,
+            "/nacos/v1/ns/instance/list?serviceName=demo&groupName=DEFAULT_GROUP\
+             &namespaceId=public&healthyOnly=false"
+        );
+        assert_eq!(request.body, None);
+    }
+
+    #[test]
+    fn v1_list_carries_clusters_and_token() {
+        let clusters = vec!["A".to_string(), "B".to_string()];
+        let request = instance_list(ApiVersion::V1, &demo(), &clusters, Some("tok+en/="));
+        assert!(
+            request.path.contains("&clusters=A%2CB&"),
+            "{}",
+            request.path
+        );
+        assert!(
+            request.path.ends_with("&accessToken=tok%2Ben%2F%3D"),
+            "{}",
+            request.path
+        );
+    }
+
+    #[test]
+    fn v3_list_uses_the_client_api_and_cluster_name() {
+        let service = ServiceKey {
+            namespace_id: "dev ns".into(),
+            group: "g&1".into(),
+            name: "order@svc".into(),
+        };
+        let request = instance_list(ApiVersion::V3, &service, &["A".to_string()], Some("t"));
+        assert_eq!(
+            request.path,
+            "/nacos/v3/client/ns/instance/list?namespaceId=dev%20ns&groupName=g%261\
+             &serviceName=order%40svc&clusterName=A&healthyOnly=false&accessToken=t"
+        );
+    }
+
+    #[test]
+    fn login_posts_an_encoded_form() {
+        let v1 = login(ApiVersion::V1, "nacos", "p&ss=word ü");
+        assert_eq!(v1.method, "POST");
+        assert_eq!(v1.path, "/nacos/v1/auth/login");
+        assert_eq!(
+            v1.body.as_deref(),
+            Some("username=nacos&password=p%26ss%3Dword%20%C3%BC")
+        );
+        assert_eq!(
+            login(ApiVersion::V3, "a", "b").path,
+            "/nacos/v3/auth/user/login"
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! When to poll each guarded service: once per interval, a little early by a
+//! random jitter so that workers and gateways drift apart instead of polling in
+//! lockstep, never two calls at once for one service, and no more than a bound in
+//! flight overall.
+
+/// Calls in flight to Nacos at most, over all services of one VM.
+pub const MAX_CALLS_IN_FLIGHT: usize = 32;
+/// Polls start up to this fraction of the interval early (never late, so the
+/// detection time stays within one interval).
+const JITTER_DIVISOR: u64 = 10;
+
+#[derive(Debug, Clone)]
+struct Slot {
+    interval_ms: u64,
+    next_due_ms: u64,
+    in_flight: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    slots: Vec<Slot>,
+    in_flight: usize,
+    max_in_flight: usize,
+    /// Where the next scan starts, so a bound on calls never starves the last services.
+    cursor: usize,
+    rng: u64,
+}
+
+impl Scheduler {
+    /// One slot per service, each with its interval; all due at once at first.
+    pub fn new(intervals: impl IntoIterator<Item = u64>, seed: u64, max_in_flight: usize) -> Self {
+        Self {
+            slots: intervals
+                .into_iter()
+                .map(|interval_ms| Slot {
+                    interval_ms: interval_ms.max(1),
+                    next_due_ms: 0,
+                    in_flight: false,
+                })
+                .collect(),
+            in_flight: 0,
+            max_in_flight: max_in_flight.max(1),
+            cursor: 0,
+            // xorshift must not start at zero.
+            rng: seed | 1,
+        }
+    }
+
+    /// How often the host should tick: fine enough to poll on time, coarse enough
+    /// to cost nothing.
+    pub fn tick_period_ms(&self) -> u64 {
+        let shortest = self
+            .slots
+            .iter()
+            .map(|slot| slot.interval_ms)
+            .min()
+            .unwrap_or(1000);
+        (shortest / 10).clamp(10, 100)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Services to poll now, marked in flight; at most the free call capacity.
+    pub fn take_due(&mut self, now_ms: u64) -> Vec<usize> {
+        let mut due = Vec::new();
+        let count = self.slots.len();
+        let start = self.cursor;
+        for step in 0..count {
+            if self.in_flight >= self.max_in_flight {
+                break;
+            }
+            let index = (start + step) % count;
+            let jitter = self.next_jitter(index);
+            let Some(slot) = self.slots.get_mut(index) else {
+                continue;
+            };
+            if slot.in_flight || now_ms < slot.next_due_ms {
+                continue;
+            }
+            slot.in_flight = true;
+            slot.next_due_ms =
+                now_ms + slot.interval_ms - jitter.min(slot.interval_ms / JITTER_DIVISOR);
+            self.in_flight += 1;
+            due.push(index);
+            self.cursor = (index + 1) % count;
+        }
+        due
+    }
+
+    /// The call for `index` ended (answer, error or failed dispatch).
+    pub fn finished(&mut self, index: usize) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            if slot.in_flight {
+                slot.in_flight = false;
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A random number of milliseconds in `0..interval/10` for `index`.
+    fn next_jitter(&mut self, index: usize) -> u64 {
+        let span = self
+            .slots
+            .get(index)
+            .map_or(0, |slot| slot.interval_ms / JITTER_DIVISOR);
+        // xorshift64: cheap, and only needs to differ between VMs, not be secret.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        if span == 0 {
+            0
+        } else {
+            self.rng % span
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+
+    #[test]
+    fn every_service_is_due_at_start() {
+        let mut scheduler = Scheduler::new([1000, 1000, 200], 7, 32);
+        let mut due = scheduler.take_due(5);
+        due.sort();
+        assert_eq!(due, vec![0, 1, 2]);
+        assert_eq!(scheduler.in_flight(), 3);
+    }
+
+    #[test]
+    fn a_service_in_flight_is_never_polled_twice() {
+        let mut scheduler = Scheduler::new([100], 7, 32);
+        assert_eq!(scheduler.take_due(0), vec![0]);
+        assert!(scheduler.take_due(10_000).is_empty());
+        scheduler.finished(0);
+        assert_eq!(scheduler.take_due(10_000), vec![0]);
+    }
+
+    #[test]
+    fn polls_come_once_per_interval_at_most_a_tenth_early() {
+        let mut scheduler = Scheduler::new([1000], 99, 32);
+        let mut now = 0;
+        let mut polls = Vec::new();
+        while now < 20_000 {
+            for index in scheduler.take_due(now) {
+                polls.push(now);
+                scheduler.finished(index);
+            }
+            now += 1;
+        }
+        let gaps: Vec<u64> = polls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|gap| (900..=1000).contains(gap)),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps.iter().any(|gap| *gap != gaps[0]),
+            "jitter varies: {gaps:?}"
+        );
+    }
+
+    #[test]
+    fn calls_in_flight_stay_bounded_and_no_service_starves() {
+        let mut scheduler = Scheduler::new(vec![1000; 10], 3, 4);
+        let first = scheduler.take_due(0);
+        assert_eq!(first.len(), 4);
+        assert!(scheduler.take_due(0).is_empty());
+        let mut served = first.clone();
+        for index in first {
+            scheduler.finished(index);
+        }
+        let second = scheduler.take_due(0);
+        assert_eq!(second.len(), 4);
+        served.extend(&second);
+        for index in second {
+            scheduler.finished(index);
+        }
+        served.extend(scheduler.take_due(0));
+        served.sort();
+        assert_eq!(served, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn seeds_give_different_jitter() {
+        let next = |seed| {
+            let mut scheduler = Scheduler::new([10_000], seed, 1);
+            scheduler.take_due(0);
+            scheduler.finished(0);
+            scheduler.slots[0].next_due_ms
+        };
+        let dues: std::collections::BTreeSet<u64> = (1..20).map(next).collect();
+        assert!(dues.len() > 5, "{dues:?}");
+    }
+
+    #[test]
+    fn tick_period_follows_the_shortest_interval() {
+        assert_eq!(Scheduler::new([1000, 200], 1, 1).tick_period_ms(), 20);
+        assert_eq!(Scheduler::new([100], 1, 1).tick_period_ms(), 10);
+        assert_eq!(Scheduler::new([60_000], 1, 1).tick_period_ms(), 100);
+        assert_eq!(Scheduler::new([], 1, 1).tick_period_ms(), 100);
+    }
+
+    #[test]
+    fn finishing_an_unknown_or_idle_slot_changes_nothing() {
+        let mut scheduler = Scheduler::new([1000], 1, 1);
+        scheduler.finished(5);
+        scheduler.finished(0);
+        assert_eq!(scheduler.in_flight(), 0);
+    }
+}
