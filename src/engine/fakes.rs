@@ -1,0 +1,93 @@
+//! Stand-ins for the host, recording what the engine asked of it.
+
+use std::collections::BTreeMap;
+
+use super::seams::{Metrics, Outbox, OutgoingCall};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentCall {
+    pub token: u32,
+    pub cluster: String,
+    pub authority: String,
+    pub method: &'static str,
+    pub path: String,
+    pub body: Option<String>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Default)]
+pub struct FakeOutbox {
+    pub sent: Vec<SentCall>,
+    pub refuse: bool,
+    next_token: u32,
+}
+
+impl Outbox for FakeOutbox {
+    fn dispatch(&mut self, call: OutgoingCall<'_>) -> Result<u32, String> {
+        if self.refuse {
+            return Err("cluster not found".into());
+        }
+        self.next_token += 1;
+        self.sent.push(SentCall {
+            token: self.next_token,
+            cluster: call.cluster.into(),
+            authority: call.authority.into(),
+            method: call.request.method,
+            path: call.request.path.clone(),
+            body: call.request.body.clone(),
+            timeout_ms: call.timeout_ms,
+        });
+        Ok(self.next_token)
+    }
+}
+
+impl FakeOutbox {
+    /// Calls sent so far, forgotten afterwards.
+    pub fn take(&mut self) -> Vec<SentCall> {
+        std::mem::take(&mut self.sent)
+    }
+}
+
+#[derive(Default)]
+pub struct FakeMetrics {
+    names: Vec<String>,
+    pub values: BTreeMap<String, u64>,
+}
+
+impl FakeMetrics {
+    fn define(&mut self, name: &str) -> Option<u32> {
+        let index = match self.names.iter().position(|n| n == name) {
+            Some(index) => index,
+            None => {
+                self.names.push(name.to_string());
+                self.values.insert(name.to_string(), 0);
+                self.names.len() - 1
+            }
+        };
+        u32::try_from(index).ok()
+    }
+
+    pub fn get(&self, name: &str) -> u64 {
+        *self
+            .values
+            .get(name)
+            .unwrap_or_else(|| panic!("metric {name} not defined"))
+    }
+}
+
+impl Metrics for FakeMetrics {
+    fn define_counter(&mut self, name: &str) -> Option<u32> {
+        self.define(name)
+    }
+    fn define_gauge(&mut self, name: &str) -> Option<u32> {
+        self.define(name)
+    }
+    fn increment(&mut self, id: u32) {
+        let name = self.names[id as usize].clone();
+        *self.values.get_mut(&name).unwrap() += 1;
+    }
+    fn record(&mut self, id: u32, value: u64) {
+        let name = self.names[id as usize].clone();
+        self.values.insert(name, value);
+    }
+}

@@ -1,0 +1,110 @@
+//! Metric names. Envoy lists them under `wasmcustom.`; the service sits in a
+//! fixed segment so one stats tag regex turns it into a Prometheus label.
+
+use super::seams::Metrics;
+
+pub const PREFIX: &str = "nacos_guard";
+
+/// For Envoy's `stats_config.stats_tags` (tag name `nacos_service`): the first
+/// group is cut from the name, the second becomes the label value.
+pub const STATS_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)";
+
+/// A service name as one metric segment: anything but `[A-Za-z0-9_-]` becomes `_`.
+pub fn metric_segment(service: &str) -> String {
+    service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Counters of what happened to requests on a guarded route.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestMetrics {
+    pub routed: Option<u32>,
+    pub rerouted: Option<u32>,
+    pub rejected: Option<u32>,
+    pub passed_through: Option<u32>,
+    pub usable_instances: Option<u32>,
+}
+
+/// Counters of polls for one service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PollMetrics {
+    pub success: Option<u32>,
+    pub failure: Option<u32>,
+}
+
+fn service_metric(service: &str, name: &str) -> String {
+    format!("{PREFIX}.service.{}.{name}", metric_segment(service))
+}
+
+impl RequestMetrics {
+    pub fn define(metrics: &mut dyn Metrics, service: &str) -> Self {
+        Self {
+            routed: metrics.define_counter(&service_metric(service, "routed")),
+            rerouted: metrics.define_counter(&service_metric(service, "rerouted")),
+            rejected: metrics.define_counter(&service_metric(service, "rejected")),
+            passed_through: metrics.define_counter(&service_metric(service, "passed_through")),
+            usable_instances: metrics.define_gauge(&service_metric(service, "usable_instances")),
+        }
+    }
+}
+
+impl PollMetrics {
+    pub fn define(metrics: &mut dyn Metrics, service: &str) -> Self {
+        Self {
+            success: metrics.define_counter(&service_metric(service, "poll_success")),
+            failure: metrics.define_counter(&service_metric(service, "poll_failure")),
+        }
+    }
+}
+
+/// Login counters, one pair for the whole plugin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoginMetrics {
+    pub success: Option<u32>,
+    pub failure: Option<u32>,
+}
+
+impl LoginMetrics {
+    pub fn define(metrics: &mut dyn Metrics) -> Self {
+        Self {
+            success: metrics.define_counter(&format!("{PREFIX}.login_success")),
+            failure: metrics.define_counter(&format!("{PREFIX}.login_failure")),
+        }
+    }
+}
+
+/// Count one event if its metric could be defined.
+pub fn bump(metrics: &mut dyn Metrics, id: Option<u32>) {
+    if let Some(id) = id {
+        metrics.increment(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+
+    #[test]
+    fn service_names_become_one_segment() {
+        assert_eq!(metric_segment("demo"), "demo");
+        assert_eq!(metric_segment("order.svc@v2:80"), "order_svc_v2_80");
+        assert_eq!(metric_segment("a-b_c"), "a-b_c");
+    }
+
+    #[test]
+    fn names_put_the_service_where_the_tag_regex_expects_it() {
+        assert_eq!(
+            service_metric("order.svc", "routed"),
+            "nacos_guard.service.order_svc.routed"
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! The host calls the engine needs, as traits, so tests can stand in for Envoy.
+
+use crate::pure::nacos::request::NacosRequest;
+
+/// One HTTP call to Nacos through an Envoy cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingCall<'a> {
+    pub cluster: &'a str,
+    pub authority: &'a str,
+    pub request: &'a NacosRequest,
+    pub timeout_ms: u64,
+}
+
+/// Sends calls (`dispatch_http_call`); the answer comes back later by token.
+pub trait Outbox {
+    fn dispatch(&mut self, call: OutgoingCall<'_>) -> Result<u32, String>;
+}
+
+/// Gateway stats (`define_metric`, `increment_metric`, `record_metric`).
+pub trait Metrics {
+    fn define_counter(&mut self, name: &str) -> Option<u32>;
+    fn define_gauge(&mut self, name: &str) -> Option<u32>;
+    fn increment(&mut self, id: u32);
+    fn record(&mut self, id: u32, value: u64);
+}

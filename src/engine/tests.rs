@@ -1,0 +1,324 @@
+use super::fakes::{FakeMetrics, FakeOutbox};
+use super::*;
+use crate::pure::config::{parse, Capabilities};
+use crate::pure::decision::{Decision, RejectCode, RequestView};
+use crate::pure::rules::RequestFacts;
+use crate::testing::test;
+
+const ENVOY: Capabilities = Capabilities {
+    higress_routing: false,
+};
+
+const DEMO: &str = r#"{
+    "nacos": {"cluster": "outbound|8848||nacos.dns", "timeoutMs": 700},
+    "refreshIntervalMs": 1000, "maxStaleMs": 3000,
+    "_rules_": [
+        {"_match_route_": ["default/demo"], "service": {"name": "demo"}},
+        {"_match_route_": ["default/demo-strict"], "service": {"name": "demo"},
+         "onStale": "fail_closed", "onDeregistered": "reject"},
+        {"_match_route_": ["default/legacy"], "enabled": false}
+    ]
+}"#;
+
+const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
+    {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
+
+struct Route(&'static str);
+
+impl RequestFacts for Route {
+    fn route_name(&mut self) -> Option<&str> {
+        Some(self.0)
+    }
+    fn authority(&mut self) -> Option<&str> {
+        None
+    }
+    fn cluster_name(&mut self) -> Option<&str> {
+        None
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    outbox: FakeOutbox,
+    metrics: FakeMetrics,
+}
+
+impl Harness {
+    fn new(json: &str) -> Self {
+        let config = parse(json.as_bytes(), ENVOY).unwrap();
+        let mut metrics = FakeMetrics::default();
+        let engine = Engine::new(&config, &mut metrics, 42);
+        Self {
+            engine,
+            outbox: FakeOutbox::default(),
+            metrics,
+        }
+    }
+
+    fn tick(&mut self, now: u64) {
+        self.engine
+            .on_tick(now, &mut self.outbox, &mut self.metrics);
+    }
+
+    fn answer(&mut self, token: u32, answer: Option<(u16, &[u8])>, now: u64) {
+        self.engine
+            .on_answer(token, answer, now, &mut self.outbox, &mut self.metrics);
+    }
+
+    /// Poll once at `now` and answer every call with `answer`.
+    fn poll(&mut self, now: u64, answer: Option<(u16, &[u8])>) -> usize {
+        self.tick(now);
+        let sent = self.outbox.take();
+        for call in &sent {
+            self.answer(call.token, answer, now);
+        }
+        sent.len()
+    }
+
+    fn decide(&mut self, route: &'static str, now: u64, pin: Option<&str>) -> String {
+        let Some(ScopeRef::Guard(guard)) = self.engine.scope_for(&mut Route(route)) else {
+            return "not guarded".into();
+        };
+        let view = RequestView { pin, known: None };
+        match self.engine.decide(guard, now, view, &mut self.metrics) {
+            Some(Decision::Route { endpoint, rerouted }) => {
+                format!("{endpoint}{}", if rerouted { " rerouted" } else { "" })
+            }
+            Some(Decision::Reject(code)) => format!("reject {}", code.as_str()),
+            Some(Decision::PassThrough) => "pass".into(),
+            None => "none".into(),
+        }
+    }
+}
+
+#[test]
+fn one_poll_per_service_however_many_rules_share_it() {
+    let mut h = Harness::new(DEMO);
+    h.tick(0);
+    let sent = h.outbox.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].cluster, "outbound|8848||nacos.dns");
+    assert_eq!(sent[0].authority, "nacos.dns");
+    assert_eq!(sent[0].method, "GET");
+    assert_eq!(sent[0].timeout_ms, 700);
+    assert!(sent[0]
+        .path
+        .starts_with("/nacos/v1/ns/instance/list?serviceName=demo&"));
+    h.tick(500);
+    assert!(h.outbox.sent.is_empty(), "still in flight");
+}
+
+#[test]
+fn polls_repeat_every_interval() {
+    let mut h = Harness::new(DEMO);
+    let mut polls = 0;
+    for now in (0..10_000).step_by(10) {
+        polls += h.poll(now, Some((200, TWO)));
+    }
+    assert!((10..=12).contains(&polls), "{polls} polls in 10 s at 1 s");
+}
+
+#[test]
+fn answers_route_requests_and_count() {
+    let mut h = Harness::new(DEMO);
+    assert_eq!(
+        h.decide("default/demo", 0, None),
+        "pass",
+        "no answer yet: fail_open"
+    );
+    assert_eq!(
+        h.decide("default/demo-strict", 0, None),
+        "reject registry_unavailable"
+    );
+    h.poll(0, Some((200, TWO)));
+    let picks: Vec<String> = (0..4).map(|_| h.decide("default/demo", 10, None)).collect();
+    assert_eq!(
+        picks,
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80"]
+    );
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.routed"), 4);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.passed_through"), 1);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.rejected"), 1);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 1);
+    assert_eq!(
+        h.metrics.get("nacos_guard.service.demo.usable_instances"),
+        2
+    );
+}
+
+#[test]
+fn an_empty_list_is_obeyed_at_once() {
+    let mut h = Harness::new(DEMO);
+    h.poll(0, Some((200, TWO)));
+    h.poll(1000, Some((200, br#"{"hosts":[]}"#)));
+    assert_eq!(
+        h.decide("default/demo", 1001, None),
+        "reject no_healthy_instance"
+    );
+    assert_eq!(
+        h.metrics.get("nacos_guard.service.demo.usable_instances"),
+        0
+    );
+}
+
+#[test]
+fn errors_keep_the_last_good_snapshot_until_max_stale() {
+    let mut h = Harness::new(DEMO);
+    h.poll(0, Some((200, TWO)));
+    h.poll(1000, Some((500, b"boom")));
+    h.poll(2000, None);
+    h.poll(3000, Some((200, b"<html>")));
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 3);
+    assert!(h.decide("default/demo", 3000, None).ends_with(":80"));
+    assert_eq!(h.decide("default/demo", 3001, None), "pass");
+    assert_eq!(
+        h.decide("default/demo-strict", 3001, None),
+        "reject registry_unavailable"
+    );
+    h.poll(4000, Some((200, TWO)));
+    assert!(
+        h.decide("default/demo", 4000, None).ends_with(":80"),
+        "recovers by itself"
+    );
+}
+
+#[test]
+fn pins_are_honoured_rerouted_or_rejected() {
+    let mut h = Harness::new(DEMO);
+    h.poll(0, Some((200, TWO)));
+    assert_eq!(
+        h.decide("default/demo", 1, Some("10.0.0.2:80")),
+        "10.0.0.2:80"
+    );
+    assert!(h
+        .decide("default/demo", 1, Some("10.0.0.9:80"))
+        .ends_with(" rerouted"));
+    assert_eq!(
+        h.decide("default/demo-strict", 1, Some("10.0.0.9:80")),
+        "reject instance_deregistered"
+    );
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.rerouted"), 1);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.routed"), 2);
+}
+
+#[test]
+fn disabled_and_unmatched_routes_are_left_alone() {
+    let h = Harness::new(DEMO);
+    assert_eq!(
+        h.engine.scope_for(&mut Route("default/legacy")),
+        Some(ScopeRef::Disabled)
+    );
+    assert_eq!(h.engine.scope_for(&mut Route("default/other")), None);
+}
+
+#[test]
+fn refused_dispatch_counts_a_failure_and_retries_next_interval() {
+    let mut h = Harness::new(DEMO);
+    h.outbox.refuse = true;
+    h.tick(0);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 1);
+    h.outbox.refuse = false;
+    h.tick(100);
+    assert!(h.outbox.sent.is_empty());
+    h.tick(1000);
+    assert_eq!(h.outbox.take().len(), 1);
+}
+
+#[test]
+fn unknown_tokens_are_ignored() {
+    let mut h = Harness::new(DEMO);
+    h.answer(999, Some((200, TWO)), 0);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 0);
+}
+
+const AUTH: &str = r#"{"nacos": {"cluster": "nacos", "username": "admin", "password": "pw"},
+    "service": {"name": "demo"}, "refreshIntervalMs": 1000}"#;
+
+#[test]
+fn logs_in_before_polling_and_refreshes_before_expiry() {
+    let mut h = Harness::new(AUTH);
+    h.tick(0);
+    let login = h.outbox.take();
+    assert_eq!(login.len(), 1, "only the login goes first");
+    assert_eq!(login[0].method, "POST");
+    assert_eq!(login[0].path, "/nacos/v1/auth/login");
+    assert_eq!(login[0].body.as_deref(), Some("username=admin&password=pw"));
+    h.answer(
+        login[0].token,
+        Some((200, br#"{"accessToken":"T1","tokenTtl":4}"#)),
+        10,
+    );
+    let poll = h.outbox.take();
+    assert_eq!(poll.len(), 1, "the poll follows the login at once");
+    assert!(
+        poll[0].path.ends_with("&accessToken=T1"),
+        "{}",
+        poll[0].path
+    );
+    h.answer(poll[0].token, Some((200, TWO)), 10);
+    assert_eq!(h.metrics.get("nacos_guard.login_success"), 1);
+
+    h.tick(3009);
+    assert!(
+        h.outbox.take().iter().all(|call| call.method == "GET"),
+        "not yet"
+    );
+    h.tick(3010);
+    let refresh: Vec<_> = h
+        .outbox
+        .take()
+        .into_iter()
+        .filter(|c| c.method == "POST")
+        .collect();
+    assert_eq!(refresh.len(), 1, "refresh at 3/4 of the 4 s lifetime");
+}
+
+#[test]
+fn failed_logins_back_off_and_count() {
+    let mut h = Harness::new(AUTH);
+    let mut logins = 0;
+    for now in (0..10_000).step_by(10) {
+        h.tick(now);
+        for call in h.outbox.take() {
+            logins += 1;
+            h.answer(call.token, Some((403, b"unknown user!")), now);
+        }
+    }
+    assert_eq!(logins, 4, "at 0, 1 s, 3 s and 7 s");
+    assert_eq!(h.metrics.get("nacos_guard.login_failure"), 4);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 0);
+}
+
+#[test]
+fn a_403_on_the_list_drops_the_token() {
+    let mut h = Harness::new(AUTH);
+    h.tick(0);
+    let login = h.outbox.take();
+    h.answer(
+        login[0].token,
+        Some((200, br#"{"accessToken":"T1","tokenTtl":1000}"#)),
+        0,
+    );
+    let poll = h.outbox.take();
+    h.answer(poll[0].token, Some((403, b"token expired!")), 0);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 1);
+    h.tick(1);
+    let next = h.outbox.take();
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].method, "POST",
+        "logs in again instead of polling with a dead token"
+    );
+}
+
+#[test]
+fn rejections_are_prepared_per_guard() {
+    let h = Harness::new(DEMO);
+    let response = h
+        .engine
+        .rejection(0, RejectCode::NoHealthyInstance)
+        .unwrap();
+    assert_eq!(response.status, 503);
+    assert!(response.body.contains("\"code\":\"no_healthy_instance\""));
+    assert!(response.body.contains("\"service\":\"demo\""));
+}

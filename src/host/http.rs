@@ -1,0 +1,143 @@
+//! The HTTP context: match the request, ask the engine, apply the decision.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+
+use super::seams::{now_ms, HostMetrics};
+use crate::engine::{Engine, ScopeRef};
+use crate::pure::config::Routing;
+use crate::pure::decision::{Decision, RequestView};
+use crate::pure::rules::RequestFacts;
+
+pub struct GuardHttp {
+    engine: Rc<RefCell<Engine>>,
+}
+
+impl GuardHttp {
+    pub fn new(engine: Rc<RefCell<Engine>>) -> Self {
+        Self { engine }
+    }
+}
+
+impl Context for GuardHttp {}
+
+impl HttpContext for GuardHttp {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let mut engine = self.engine.borrow_mut();
+        // Whatever happens next, a client never chooses the endpoint itself.
+        for name in engine.protected_headers() {
+            self.set_http_request_header(name, None);
+        }
+        let Some(ScopeRef::Guard(guard)) = engine.scope_for(&mut HostFacts::default()) else {
+            return Action::Continue;
+        };
+        let pin = engine
+            .pin_header(guard)
+            .and_then(|name| self.get_http_request_header(name));
+        let routing = engine.routing(guard).cloned().unwrap_or(Routing::Higress);
+        let known_hosts = known_hosts(&routing);
+        let is_known = |endpoint: &str| known_hosts.iter().any(|host| host == endpoint);
+        let view = RequestView {
+            pin: pin.as_deref(),
+            known: if known_hosts.is_empty() {
+                None
+            } else {
+                Some(&is_known)
+            },
+        };
+        let code = match engine.decide(guard, now_ms(), view, &mut HostMetrics) {
+            Some(Decision::Route { endpoint, .. }) => return route(&routing, endpoint),
+            Some(Decision::Reject(code)) => code,
+            Some(Decision::PassThrough) | None => return Action::Continue,
+        };
+        if let Some(rejection) = engine.rejection(guard, code) {
+            self.send_http_response(
+                rejection.status,
+                vec![("content-type", crate::engine::REJECT_CONTENT_TYPE)],
+                Some(rejection.body.as_bytes()),
+            );
+        }
+        Action::Pause
+    }
+}
+
+fn route(routing: &Routing, endpoint: &str) -> Action {
+    match routing {
+        Routing::Header(name) => {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(endpoint));
+            Action::Continue
+        }
+        Routing::Higress => route_with_higress(endpoint),
+    }
+}
+
+#[cfg(feature = "higress")]
+fn route_with_higress(endpoint: &str) -> Action {
+    super::higress::set_upstream_override_host(endpoint);
+    // Higress applies the override only while the headers are held
+    // (HeaderStopIteration). Envoy runs a resume asked for inside a callback right
+    // after the callback returns, so the request goes on at once, also when it has
+    // no body.
+    let _ = hostcalls::resume_http_request();
+    Action::Pause
+}
+
+#[cfg(not(feature = "higress"))]
+fn route_with_higress(_endpoint: &str) -> Action {
+    // The configuration refuses `higress` routing in this build; never reached.
+    Action::Continue
+}
+
+#[cfg(feature = "higress")]
+fn known_hosts(routing: &Routing) -> Vec<String> {
+    match routing {
+        Routing::Higress => super::higress::upstream_hosts(),
+        Routing::Header(_) => Vec::new(),
+    }
+}
+
+#[cfg(not(feature = "higress"))]
+fn known_hosts(_routing: &Routing) -> Vec<String> {
+    Vec::new()
+}
+
+/// Request facts read from the host on first use only.
+#[derive(Default)]
+struct HostFacts {
+    route_name: Option<Option<String>>,
+    authority: Option<Option<String>>,
+    cluster_name: Option<Option<String>>,
+}
+
+fn property(name: &str) -> Option<String> {
+    hostcalls::get_property(vec![name])
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+impl RequestFacts for HostFacts {
+    fn route_name(&mut self) -> Option<&str> {
+        self.route_name
+            .get_or_insert_with(|| property("route_name"))
+            .as_deref()
+    }
+    fn authority(&mut self) -> Option<&str> {
+        self.authority
+            .get_or_insert_with(|| {
+                hostcalls::get_map_value(MapType::HttpRequestHeaders, ":authority")
+                    .ok()
+                    .flatten()
+            })
+            .as_deref()
+    }
+    fn cluster_name(&mut self) -> Option<&str> {
+        self.cluster_name
+            .get_or_insert_with(|| property("cluster_name"))
+            .as_deref()
+    }
+}

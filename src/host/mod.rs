@@ -1,0 +1,15 @@
+//! proxy-wasm glue: the only code that talks to the host. It turns host events
+//! into engine calls and engine decisions into host actions.
+
+#[cfg(feature = "higress")]
+mod higress;
+mod http;
+mod root;
+mod seams;
+
+use proxy_wasm::types::LogLevel;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| Box::new(root::GuardRoot::new(context_id)));
+}}

@@ -1,0 +1,102 @@
+//! The root context: configuration, ticks and Nacos answers.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{error, info};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use super::http::GuardHttp;
+use super::seams::{now_ms, HostMetrics, HostOutbox};
+use crate::engine::Engine;
+use crate::pure::config::{self, Capabilities};
+use crate::pure::nacos::response::MAX_ANSWER_BYTES;
+
+const CAPABILITIES: Capabilities = Capabilities {
+    higress_routing: cfg!(feature = "higress"),
+};
+
+pub struct GuardRoot {
+    context_id: u32,
+    engine: Option<Rc<RefCell<Engine>>>,
+}
+
+impl GuardRoot {
+    pub fn new(context_id: u32) -> Self {
+        Self {
+            context_id,
+            engine: None,
+        }
+    }
+}
+
+impl Context for GuardRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|status| status.parse::<u16>().ok());
+        // Read one byte past the limit at most, so an oversized answer is refused
+        // without being copied into the VM whole.
+        let body = status.map(|_| {
+            self.get_http_call_response_body(0, body_size.min(MAX_ANSWER_BYTES + 1))
+                .unwrap_or_default()
+        });
+        let answer = status.zip(body.as_deref());
+        engine
+            .borrow_mut()
+            .on_answer(token, answer, now_ms(), &mut HostOutbox, &mut HostMetrics);
+    }
+}
+
+impl RootContext for GuardRoot {
+    fn on_configure(&mut self, _configuration_size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let config = match config::parse(&raw, CAPABILITIES) {
+            Ok(config) => config,
+            Err(error) => {
+                error!("nacos-instance-guard: {error}");
+                return false;
+            }
+        };
+        let seed = now_ms() ^ u64::from(self.context_id).rotate_left(32);
+        let engine = Engine::new(&config, &mut HostMetrics, seed);
+        if engine.guards_anything() {
+            self.set_tick_period(Duration::from_millis(engine.tick_period_ms()));
+        }
+        info!(
+            "nacos-instance-guard: configured, {} rules, polling every {} ms tick",
+            config.rules.len(),
+            engine.tick_period_ms()
+        );
+        self.engine = Some(Rc::new(RefCell::new(engine)));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(engine) = &self.engine {
+            engine
+                .borrow_mut()
+                .on_tick(now_ms(), &mut HostOutbox, &mut HostMetrics);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let engine = Rc::clone(self.engine.as_ref()?);
+        Some(Box::new(GuardHttp::new(engine)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,59 @@
+//! The engine's host traits implemented with proxy-wasm host calls.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::engine::{Metrics, Outbox, OutgoingCall};
+
+pub struct HostOutbox;
+
+impl Outbox for HostOutbox {
+    fn dispatch(&mut self, call: OutgoingCall<'_>) -> Result<u32, String> {
+        let mut headers = vec![
+            (":method", call.request.method),
+            (":path", call.request.path.as_str()),
+            (":authority", call.authority),
+        ];
+        if call.request.body.is_some() {
+            headers.push(("content-type", "application/x-www-form-urlencoded"));
+        }
+        hostcalls::dispatch_http_call(
+            call.cluster,
+            headers,
+            call.request.body.as_deref().map(str::as_bytes),
+            vec![],
+            Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|status| format!("dispatch refused by the host: {status:?}"))
+    }
+}
+
+pub struct HostMetrics;
+
+impl Metrics for HostMetrics {
+    fn define_counter(&mut self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Counter, name).ok()
+    }
+    fn define_gauge(&mut self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Gauge, name).ok()
+    }
+    fn increment(&mut self, id: u32) {
+        // A failed stats update must not fail the request.
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+    fn record(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// Milliseconds since the Unix epoch by the host's clock; 0 if it cannot tell.
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
