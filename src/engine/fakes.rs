@@ -91,3 +91,30 @@ impl Metrics for FakeMetrics {
         self.values.insert(name, value);
     }
 }
+
+/// Shared data as Envoy keeps it: values with a version for compare-and-swap.
+#[derive(Default)]
+pub struct FakeStore {
+    entries: BTreeMap<String, (Vec<u8>, u32)>,
+    pub writes: usize,
+}
+
+impl super::seams::SharedStore for FakeStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.entries.get(key) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let current = self.entries.get(key).map(|(_, version)| *version);
+        if cas.is_some_and(|cas| current != Some(cas)) {
+            return false;
+        }
+        self.writes += 1;
+        self.entries
+            .insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+        true
+    }
+}

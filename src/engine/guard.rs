@@ -7,7 +7,8 @@ use log::{info, warn};
 
 use super::metrics::{bump, LoginMetrics, PollMetrics, RequestMetrics};
 use super::reject::{self, RejectResponse};
-use super::seams::{Metrics, Outbox, OutgoingCall};
+use super::seams::{Metrics, Outbox, OutgoingCall, SharedStore};
+use super::sharing::Sharing;
 use crate::pure::auth::TokenState;
 use crate::pure::config::{GuardSettings, NacosServer, PluginConfig, Routing, Scope};
 use crate::pure::decision::{self, Candidates, Decision, Policies, RequestView};
@@ -25,30 +26,30 @@ pub enum ScopeRef {
     Disabled,
 }
 
-struct Server {
-    settings: NacosServer,
-    token: TokenState,
+pub(super) struct Server {
+    pub(super) settings: NacosServer,
+    pub(super) token: TokenState,
 }
 
 /// One service on one server, polled on its own.
-struct Target {
-    server: usize,
-    service: ServiceKey,
-    query_clusters: Vec<String>,
-    snapshot: Snapshot,
-    failure_streak: u32,
-    stale_reported: bool,
-    max_stale_ms: u64,
-    metrics: PollMetrics,
+pub(super) struct Target {
+    pub(super) server: usize,
+    pub(super) service: ServiceKey,
+    pub(super) query_clusters: Vec<String>,
+    pub(super) snapshot: Snapshot,
+    pub(super) failure_streak: u32,
+    pub(super) stale_reported: bool,
+    pub(super) max_stale_ms: u64,
+    pub(super) metrics: PollMetrics,
 }
 
 /// One guarded scope (the global config or a rule).
-struct Guard {
-    settings: GuardSettings,
-    target: usize,
-    candidates: Candidates,
-    metrics: RequestMetrics,
-    rejections: Vec<RejectResponse>,
+pub(super) struct Guard {
+    pub(super) settings: GuardSettings,
+    pub(super) target: usize,
+    pub(super) candidates: Candidates,
+    pub(super) metrics: RequestMetrics,
+    pub(super) rejections: Vec<RejectResponse>,
 }
 
 enum Pending {
@@ -57,15 +58,17 @@ enum Pending {
 }
 
 pub struct Engine {
-    servers: Vec<Server>,
-    targets: Vec<Target>,
-    guards: Vec<Guard>,
-    global: Option<ScopeRef>,
-    rules: Vec<(Matcher, ScopeRef)>,
-    scheduler: Scheduler,
+    pub(super) servers: Vec<Server>,
+    pub(super) targets: Vec<Target>,
+    pub(super) guards: Vec<Guard>,
+    pub(super) global: Option<ScopeRef>,
+    pub(super) rules: Vec<(Matcher, ScopeRef)>,
+    pub(super) scheduler: Scheduler,
     pending: HashMap<u32, Pending>,
-    protected_headers: Vec<String>,
-    login_metrics: LoginMetrics,
+    pub(super) protected_headers: Vec<String>,
+    pub(super) login_metrics: LoginMetrics,
+    /// `None`: this VM polls alone (tests, or shared data unavailable).
+    pub(super) sharing: Option<Sharing>,
 }
 
 impl Engine {
@@ -80,6 +83,7 @@ impl Engine {
             pending: HashMap::new(),
             protected_headers: config.protected_headers(),
             login_metrics: LoginMetrics::define(metrics),
+            sharing: None,
         };
         engine.global = config
             .global
@@ -172,10 +176,20 @@ impl Engine {
         &self.protected_headers
     }
 
-    /// Periodic work: logins that are due, polls that are due, staleness reports.
-    pub fn on_tick(&mut self, now_ms: u64, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
-        self.start_logins(now_ms, outbox, metrics);
-        self.start_polls(now_ms, outbox, metrics);
+    /// Periodic work: take or follow the lease, then logins and polls that are
+    /// due (as the polling VM) or the newest published snapshots (as a follower),
+    /// and staleness reports.
+    pub fn on_tick(
+        &mut self,
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        if self.coordinate(now_ms, store, metrics) {
+            self.start_logins(now_ms, outbox, metrics);
+            self.start_polls(now_ms, outbox, metrics);
+        }
         for target in &mut self.targets {
             let stale = target.snapshot.freshness(now_ms, target.max_stale_ms) == Freshness::Stale;
             if stale && !target.stale_reported {
@@ -279,29 +293,39 @@ impl Engine {
         now_ms: u64,
         outbox: &mut dyn Outbox,
         metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
     ) {
         match self.pending.remove(&token) {
-            Some(Pending::List(index)) => self.on_list(index, answer, now_ms, metrics),
-            Some(Pending::Login(index)) => self.on_login(index, answer, now_ms, metrics),
+            Some(Pending::List(index)) => {
+                if self.on_list(index, answer, now_ms, metrics) {
+                    self.publish_snapshot(index, store);
+                }
+            }
+            Some(Pending::Login(index)) => {
+                if self.on_login(index, answer, now_ms, metrics) {
+                    self.publish_token(index, store);
+                }
+            }
             None => return,
         }
         // Freed capacity (or a new token) lets waiting polls go now, not next tick.
         self.start_polls(now_ms, outbox, metrics);
     }
 
+    /// Take a list answer; true if it became the new snapshot.
     fn on_list(
         &mut self,
         index: usize,
         answer: Option<(u16, &[u8])>,
         now_ms: u64,
         metrics: &mut dyn Metrics,
-    ) {
+    ) -> bool {
         self.scheduler.finished(index);
         let Some(target) = self.targets.get_mut(index) else {
-            return;
+            return false;
         };
         let Some(server) = self.servers.get_mut(target.server) else {
-            return;
+            return false;
         };
         let parsed = match answer {
             Some((status, body)) => {
@@ -321,6 +345,7 @@ impl Engine {
                 target.snapshot.accept(set, now_ms);
                 bump(metrics, target.metrics.success);
                 self.refresh_guards(index, metrics);
+                true
             }
             Err(error) => {
                 if error == AnswerError::Status(403) && server.settings.credentials.is_some() {
@@ -332,19 +357,21 @@ impl Engine {
                     &error.to_string(),
                     metrics,
                 );
+                false
             }
         }
     }
 
+    /// Take a login answer; true if it gave a token.
     fn on_login(
         &mut self,
         index: usize,
         answer: Option<(u16, &[u8])>,
         now_ms: u64,
         metrics: &mut dyn Metrics,
-    ) {
+    ) -> bool {
         let Some(server) = self.servers.get_mut(index) else {
-            return;
+            return false;
         };
         let parsed = match answer {
             Some((status, body)) => response::parse_login(status, body),
@@ -354,6 +381,7 @@ impl Engine {
             Ok(grant) => {
                 server.token.granted(grant, now_ms);
                 bump(metrics, self.login_metrics.success);
+                true
             }
             Err(error) => {
                 let streak = server.token.login_failed(now_ms);
@@ -365,12 +393,13 @@ impl Engine {
                         server.settings.cluster
                     );
                 }
+                false
             }
         }
     }
 
     /// Prepare the candidates of every guard of `target` from its new snapshot.
-    fn refresh_guards(&mut self, target: usize, metrics: &mut dyn Metrics) {
+    pub(super) fn refresh_guards(&mut self, target: usize, metrics: &mut dyn Metrics) {
         let Some(snapshot) = self.targets.get(target).map(|t| &t.snapshot) else {
             return;
         };

@@ -6,11 +6,12 @@ mod guard;
 mod metrics;
 mod reject;
 mod seams;
+mod sharing;
 
 pub use guard::{Engine, ScopeRef};
 pub use metrics::{metric_segment, STATS_TAG_REGEX};
 pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};
-pub use seams::{Metrics, Outbox, OutgoingCall};
+pub use seams::{Metrics, Outbox, OutgoingCall, SharedStore};
 
 #[cfg(test)]
 mod fakes;

@@ -23,3 +23,13 @@ pub trait Metrics {
     fn increment(&mut self, id: u32);
     fn record(&mut self, id: u32, value: u64);
 }
+
+/// Process-wide shared data (`get_shared_data` / `set_shared_data`), the only
+/// memory Envoy's VMs share.
+pub trait SharedStore {
+    /// The value of `key` and its compare-and-swap token.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Write `key`; with `cas`, only if nobody wrote it since that token was read.
+    /// False if the write was refused.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}

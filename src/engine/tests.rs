@@ -1,4 +1,4 @@
-use super::fakes::{FakeMetrics, FakeOutbox};
+use super::fakes::{FakeMetrics, FakeOutbox, FakeStore};
 use super::*;
 use crate::pure::config::{parse, Capabilities};
 use crate::pure::decision::{Decision, RejectCode, RequestView};
@@ -41,6 +41,7 @@ struct Harness {
     engine: Engine,
     outbox: FakeOutbox,
     metrics: FakeMetrics,
+    store: FakeStore,
 }
 
 impl Harness {
@@ -52,17 +53,24 @@ impl Harness {
             engine,
             outbox: FakeOutbox::default(),
             metrics,
+            store: FakeStore::default(),
         }
     }
 
     fn tick(&mut self, now: u64) {
         self.engine
-            .on_tick(now, &mut self.outbox, &mut self.metrics);
+            .on_tick(now, &mut self.outbox, &mut self.metrics, &mut self.store);
     }
 
     fn answer(&mut self, token: u32, answer: Option<(u16, &[u8])>, now: u64) {
-        self.engine
-            .on_answer(token, answer, now, &mut self.outbox, &mut self.metrics);
+        self.engine.on_answer(
+            token,
+            answer,
+            now,
+            &mut self.outbox,
+            &mut self.metrics,
+            &mut self.store,
+        );
     }
 
     /// Poll once at `now` and answer every call with `answer`.

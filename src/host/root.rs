@@ -9,9 +9,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use super::http::GuardHttp;
-use super::seams::{now_ms, HostMetrics, HostOutbox};
+use super::seams::{now_ms, HostMetrics, HostOutbox, HostStore};
 use crate::engine::Engine;
 use crate::pure::config::{self, Capabilities};
+use crate::pure::lease::config_hash;
 use crate::pure::nacos::response::MAX_ANSWER_BYTES;
 
 const CAPABILITIES: Capabilities = Capabilities {
@@ -53,9 +54,14 @@ impl Context for GuardRoot {
                 .unwrap_or_default()
         });
         let answer = status.zip(body.as_deref());
-        engine
-            .borrow_mut()
-            .on_answer(token, answer, now_ms(), &mut HostOutbox, &mut HostMetrics);
+        engine.borrow_mut().on_answer(
+            token,
+            answer,
+            now_ms(),
+            &mut HostOutbox,
+            &mut HostMetrics,
+            &mut HostStore,
+        );
     }
 }
 
@@ -70,7 +76,8 @@ impl RootContext for GuardRoot {
             }
         };
         let seed = now_ms() ^ u64::from(self.context_id).rotate_left(32);
-        let engine = Engine::new(&config, &mut HostMetrics, seed);
+        let mut engine = Engine::new(&config, &mut HostMetrics, seed);
+        engine.share(config_hash(&raw), &mut HostStore, seed);
         if engine.guards_anything() {
             self.set_tick_period(Duration::from_millis(engine.tick_period_ms()));
         }
@@ -85,9 +92,12 @@ impl RootContext for GuardRoot {
 
     fn on_tick(&mut self) {
         if let Some(engine) = &self.engine {
-            engine
-                .borrow_mut()
-                .on_tick(now_ms(), &mut HostOutbox, &mut HostMetrics);
+            engine.borrow_mut().on_tick(
+                now_ms(),
+                &mut HostOutbox,
+                &mut HostMetrics,
+                &mut HostStore,
+            );
         }
     }
 

@@ -1,7 +1,9 @@
 //! What Nacos said about one service, and which of its instances may get traffic.
 
+use serde::{Deserialize, Serialize};
+
 /// One instance as Nacos listed it, its address already in canonical `ip:port` form.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub endpoint: String,
     pub weight: f64,
@@ -12,7 +14,7 @@ pub struct Instance {
 }
 
 /// One answer of Nacos for one service.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSet {
     pub instances: Vec<Instance>,
     /// Nacos reached the service's protection threshold and marked every instance
