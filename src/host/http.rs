@@ -113,10 +113,12 @@ struct HostFacts {
     cluster_name: Option<Option<String>>,
 }
 
+/// A request property by its Higress name (`route_name`), else by the name upstream
+/// Envoy gives it (`xds.route_name`).
 fn property(name: &str) -> Option<String> {
-    hostcalls::get_property(vec![name])
-        .ok()
-        .flatten()
+    [vec![name], vec!["xds", name]]
+        .into_iter()
+        .find_map(|path| hostcalls::get_property(path).ok().flatten())
         .and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
