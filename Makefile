@@ -92,7 +92,7 @@ run-fuzz:
 	done
 
 e2e: build $(VENV_STAMP) $(RNACOS)
-	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -p no:cacheprovider
+	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -s -p no:cacheprovider
 
 tools: $(WASM_OPT) $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER) $(CARGO_FUZZ) $(NIGHTLY_STAMP)
 

@@ -228,14 +228,8 @@ impl Engine {
                     self.pending.insert(token, Pending::Login(index));
                 }
                 Err(reason) => {
-                    let streak = server.token.login_failed(now_ms);
-                    bump(metrics, self.login_metrics.failure);
-                    if streak == 1 {
-                        warn!(
-                            "nacos-instance-guard: cannot call {} to log in: {reason}",
-                            server.settings.cluster
-                        );
-                    }
+                    let failures = self.login_metrics.failure;
+                    record_login_failure(server, now_ms, &reason, failures, metrics);
                 }
             }
         }
@@ -384,15 +378,8 @@ impl Engine {
                 true
             }
             Err(error) => {
-                let streak = server.token.login_failed(now_ms);
-                bump(metrics, self.login_metrics.failure);
-                if streak == 1 {
-                    // Never the password or a token: only where and why.
-                    warn!(
-                        "nacos-instance-guard: login to {} failed: {error}; retrying with backoff",
-                        server.settings.cluster
-                    );
-                }
+                let failures = self.login_metrics.failure;
+                record_login_failure(server, now_ms, &error.to_string(), failures, metrics);
                 false
             }
         }
@@ -467,6 +454,25 @@ impl Engine {
     pub fn rejection(&self, guard: usize, code: decision::RejectCode) -> Option<&RejectResponse> {
         let index = decision::RejectCode::ALL.iter().position(|c| *c == code)?;
         self.guards.get(guard)?.rejections.get(index)
+    }
+}
+
+/// Back off, count, and warn once per streak; never the password or a token,
+/// only where and why.
+fn record_login_failure(
+    server: &mut Server,
+    now_ms: u64,
+    reason: &str,
+    counter: Option<u32>,
+    metrics: &mut dyn Metrics,
+) {
+    let streak = server.token.login_failed(now_ms);
+    bump(metrics, counter);
+    if streak == 1 {
+        warn!(
+            "nacos-instance-guard: login to {} failed: {reason}; retrying with backoff",
+            server.settings.cluster
+        );
     }
 }
 
