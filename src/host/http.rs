@@ -14,11 +14,11 @@ use crate::pure::decision::{Decision, RequestView};
 use crate::pure::rules::RequestFacts;
 
 pub struct GuardHttp {
-    engine: Rc<RefCell<Engine>>,
+    engine: Option<Rc<RefCell<Engine>>>,
 }
 
 impl GuardHttp {
-    pub fn new(engine: Rc<RefCell<Engine>>) -> Self {
+    pub fn new(engine: Option<Rc<RefCell<Engine>>>) -> Self {
         Self { engine }
     }
 }
@@ -27,7 +27,9 @@ impl Context for GuardHttp {}
 
 impl HttpContext for GuardHttp {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let mut engine = self.engine.borrow_mut();
+        let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) else {
+            return Action::Continue;
+        };
         // Whatever happens next, a client never chooses the endpoint itself.
         for name in engine.protected_headers() {
             self.set_http_request_header(name, None);

@@ -41,7 +41,8 @@ impl Context for GuardRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some(engine) = &self.engine else {
+        // Never busy here: the engine is borrowed only within a callback.
+        let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) else {
             return;
         };
         let status = self
@@ -54,7 +55,7 @@ impl Context for GuardRoot {
                 .unwrap_or_default()
         });
         let answer = status.zip(body.as_deref());
-        engine.borrow_mut().on_answer(
+        engine.on_answer(
             token,
             answer,
             now_ms(),
@@ -91,19 +92,14 @@ impl RootContext for GuardRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Some(engine) = &self.engine {
-            engine.borrow_mut().on_tick(
-                now_ms(),
-                &mut HostOutbox,
-                &mut HostMetrics,
-                &mut HostStore,
-            );
+        if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
+            engine.on_tick(now_ms(), &mut HostOutbox, &mut HostMetrics, &mut HostStore);
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let engine = Rc::clone(self.engine.as_ref()?);
-        Some(Box::new(GuardHttp::new(engine)))
+        // proxy-wasm panics on `None`; without an engine the context does nothing.
+        Some(Box::new(GuardHttp::new(self.engine.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
