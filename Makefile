@@ -85,10 +85,11 @@ run-fuzz:
 	@for target in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$target; \
 		echo "fuzzing $$target for $(SECONDS_PER_TARGET) s"; \
-		PATH=$(dir $(CARGO_FUZZ)):$$PATH cargo +nightly fuzz run $$target \
+		log=fuzz/corpus/$$target.log; \
+		if PATH=$(dir $(CARGO_FUZZ)):$$PATH cargo +nightly fuzz run $$target \
 			fuzz/corpus/$$target fuzz/seeds/$$target -- \
 			-max_total_time=$(SECONDS_PER_TARGET) -rss_limit_mb=1024 -max_len=65536 \
-			|| exit 1; \
+			> $$log 2>&1; then tail -n 1 $$log; else tail -n 60 $$log; exit 1; fi; \
 	done
 
 e2e: build $(VENV_STAMP) $(RNACOS)
