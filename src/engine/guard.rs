@@ -186,13 +186,15 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        if self.coordinate(now_ms, store, metrics) {
+        let polling = self.coordinate(now_ms, store, metrics);
+        if polling {
             self.start_logins(now_ms, outbox, metrics);
             self.start_polls(now_ms, outbox, metrics);
         }
         for target in &mut self.targets {
             let stale = target.snapshot.freshness(now_ms, target.max_stale_ms) == Freshness::Stale;
-            if stale && !target.stale_reported {
+            // Every VM sees the snapshot go stale; only the polling VM says so.
+            if stale && !target.stale_reported && polling {
                 warn!(
                     "nacos-instance-guard: the last good snapshot of service {} is older than {} ms; \
                      the onStale policy now applies",

@@ -39,7 +39,11 @@ impl HttpContext for GuardHttp {
         };
         let pin = engine
             .pin_header(guard)
-            .and_then(|name| self.get_http_request_header(name));
+            // Bytes, not `get_http_request_header`: the SDK unwraps the UTF-8 check
+            // there and would panic on a client's non-UTF-8 value. Such a pin
+            // names no instance.
+            .and_then(|name| self.get_http_request_header_bytes(name))
+            .and_then(|bytes| String::from_utf8(bytes).ok());
         let routing = engine.routing(guard).cloned().unwrap_or(Routing::Higress);
         let known_hosts = known_hosts(&routing);
         let is_known = |endpoint: &str| known_hosts.iter().any(|host| host == endpoint);
@@ -133,9 +137,11 @@ impl RequestFacts for HostFacts {
     fn authority(&mut self) -> Option<&str> {
         self.authority
             .get_or_insert_with(|| {
-                hostcalls::get_map_value(MapType::HttpRequestHeaders, ":authority")
+                // Bytes: the SDK's string variant panics on a non-UTF-8 value.
+                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority")
                     .ok()
                     .flatten()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
             })
             .as_deref()
     }

@@ -37,7 +37,7 @@ impl Context for GuardRoot {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
@@ -45,9 +45,12 @@ impl Context for GuardRoot {
         let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) else {
             return;
         };
-        let status = self
-            .get_http_call_response_header(":status")
-            .and_then(|status| status.parse::<u16>().ok());
+        // A call that failed (reset mid-answer, ...) comes with no headers at all, and
+        // reading them then makes the SDK panic (the host says BadArgument).
+        let status = (headers > 0)
+            .then(|| self.get_http_call_response_header_bytes(":status"))
+            .flatten()
+            .and_then(|status| std::str::from_utf8(&status).ok()?.parse::<u16>().ok());
         // Read one byte past the limit at most, so an oversized answer is refused
         // without being copied into the VM whole.
         let body = status.map(|_| {
