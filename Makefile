@@ -34,7 +34,7 @@ SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz e2e tools clean
+.PHONY: build demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz e2e soak tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -94,6 +94,11 @@ run-fuzz:
 
 e2e: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -s -p no:cacheprovider
+
+## soak: constant load for SOAK_MINUTES while instances churn and r-nacos restarts (not in CI)
+SOAK_MINUTES ?= 5
+soak: build $(VENV_STAMP) $(RNACOS)
+	$(E2E_ENV) $(PYTHON) tests/e2e/soak.py --minutes $(SOAK_MINUTES)
 
 tools: $(WASM_OPT) $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER) $(CARGO_FUZZ) $(NIGHTLY_STAMP)
 
