@@ -420,14 +420,15 @@ impl Engine {
         self.guards.get(guard).map(|g| &g.settings.routing)
     }
 
-    /// Decide one request on `guard` and count it.
+    /// Decide one request on `guard` and count it; with the guard's routing, so
+    /// the caller applies the decision without copying either.
     pub fn decide(
         &mut self,
         guard: usize,
         now_ms: u64,
         request: RequestView<'_>,
         metrics: &mut dyn Metrics,
-    ) -> Option<Decision<'_>> {
+    ) -> Option<(Decision<'_>, &Routing)> {
         let guard = self.guards.get_mut(guard)?;
         let target = self.targets.get(guard.target)?;
         let freshness = target
@@ -449,7 +450,7 @@ impl Engine {
         for counter in counters {
             bump(metrics, counter);
         }
-        Some(decision)
+        Some((decision, &guard.settings.routing))
     }
 
     /// The prepared rejection for `code` on `guard`.

@@ -282,10 +282,13 @@ mod tests {
             };
             matches!(
                 engine.decide(guard, now, RequestView::default(), &mut self.metrics),
-                Some(Decision::Route {
-                    endpoint: "10.0.0.1:80",
-                    ..
-                })
+                Some((
+                    Decision::Route {
+                        endpoint: "10.0.0.1:80",
+                        ..
+                    },
+                    _
+                ))
             )
         }
     }

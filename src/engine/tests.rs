@@ -89,11 +89,11 @@ impl Harness {
         };
         let view = RequestView { pin, known: None };
         match self.engine.decide(guard, now, view, &mut self.metrics) {
-            Some(Decision::Route { endpoint, rerouted }) => {
+            Some((Decision::Route { endpoint, rerouted }, _)) => {
                 format!("{endpoint}{}", if rerouted { " rerouted" } else { "" })
             }
-            Some(Decision::Reject(code)) => format!("reject {}", code.as_str()),
-            Some(Decision::PassThrough) => "pass".into(),
+            Some((Decision::Reject(code), _)) => format!("reject {}", code.as_str()),
+            Some((Decision::PassThrough, _)) => "pass".into(),
             None => "none".into(),
         }
     }

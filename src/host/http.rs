@@ -44,8 +44,8 @@ impl HttpContext for GuardHttp {
             // names no instance.
             .and_then(|name| self.get_http_request_header_bytes(name))
             .and_then(|bytes| String::from_utf8(bytes).ok());
-        let routing = engine.routing(guard).cloned().unwrap_or(Routing::Higress);
-        let known_hosts = known_hosts(&routing);
+        let higress = matches!(engine.routing(guard), Some(Routing::Higress));
+        let known_hosts = if higress { known_hosts() } else { Vec::new() };
         let is_known = |endpoint: &str| known_hosts.iter().any(|host| host == endpoint);
         let view = RequestView {
             pin: pin.as_deref(),
@@ -56,9 +56,9 @@ impl HttpContext for GuardHttp {
             },
         };
         let code = match engine.decide(guard, now_ms(), view, &mut HostMetrics) {
-            Some(Decision::Route { endpoint, .. }) => return route(&routing, endpoint),
-            Some(Decision::Reject(code)) => code,
-            Some(Decision::PassThrough) | None => return Action::Continue,
+            Some((Decision::Route { endpoint, .. }, routing)) => return route(routing, endpoint),
+            Some((Decision::Reject(code), _)) => code,
+            Some((Decision::PassThrough, _)) | None => return Action::Continue,
         };
         if let Some(rejection) = engine.rejection(guard, code) {
             self.send_http_response(
@@ -98,16 +98,14 @@ fn route_with_higress(_endpoint: &str) -> Action {
     Action::Continue
 }
 
+/// Hosts of the routed cluster, in Higress; this build has no way to ask.
 #[cfg(feature = "higress")]
-fn known_hosts(routing: &Routing) -> Vec<String> {
-    match routing {
-        Routing::Higress => super::higress::upstream_hosts(),
-        Routing::Header(_) => Vec::new(),
-    }
+fn known_hosts() -> Vec<String> {
+    super::higress::upstream_hosts()
 }
 
 #[cfg(not(feature = "higress"))]
-fn known_hosts(_routing: &Routing) -> Vec<String> {
+fn known_hosts() -> Vec<String> {
     Vec::new()
 }
 
