@@ -82,9 +82,9 @@ impl Metrics for FakeMetrics {
     fn define_gauge(&mut self, name: &str) -> Option<u32> {
         self.define(name)
     }
-    fn increment(&mut self, id: u32) {
+    fn add(&mut self, id: u32, amount: u64) {
         let name = self.names[id as usize].clone();
-        *self.values.get_mut(&name).unwrap() += 1;
+        *self.values.get_mut(&name).unwrap() += amount;
     }
     fn record(&mut self, id: u32, value: u64) {
         let name = self.names[id as usize].clone();

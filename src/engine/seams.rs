@@ -20,8 +20,12 @@ pub trait Outbox {
 pub trait Metrics {
     fn define_counter(&mut self, name: &str) -> Option<u32>;
     fn define_gauge(&mut self, name: &str) -> Option<u32>;
-    fn increment(&mut self, id: u32);
+    fn add(&mut self, id: u32, amount: u64);
     fn record(&mut self, id: u32, value: u64);
+
+    fn increment(&mut self, id: u32) {
+        self.add(id, 1);
+    }
 }
 
 /// Process-wide shared data (`get_shared_data` / `set_shared_data`), the only

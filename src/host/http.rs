@@ -1,25 +1,23 @@
 //! The HTTP context: match the request, ask the engine, apply the decision.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-use super::seams::{now_ms, HostMetrics};
-use crate::engine::{Engine, ScopeRef};
+use super::seams::HostMetrics;
+use super::vm::{PropertyStyle, SharedVm, VmState};
+use crate::engine::ScopeRef;
 use crate::pure::config::Routing;
 use crate::pure::decision::{Decision, RequestView};
 use crate::pure::rules::RequestFacts;
 
 pub struct GuardHttp {
-    engine: Option<Rc<RefCell<Engine>>>,
+    vm: Option<SharedVm>,
 }
 
 impl GuardHttp {
-    pub fn new(engine: Option<Rc<RefCell<Engine>>>) -> Self {
-        Self { engine }
+    pub fn new(vm: Option<SharedVm>) -> Self {
+        Self { vm }
     }
 }
 
@@ -27,14 +25,20 @@ impl Context for GuardHttp {}
 
 impl HttpContext for GuardHttp {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) else {
+        let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) else {
             return Action::Continue;
         };
+        let VmState {
+            engine,
+            clock_ms,
+            property_style,
+        } = &mut *vm;
         // Whatever happens next, a client never chooses the endpoint itself.
         for name in engine.protected_headers() {
             self.set_http_request_header(name, None);
         }
-        let Some(ScopeRef::Guard(guard)) = engine.scope_for(&mut HostFacts::default()) else {
+        let Some(ScopeRef::Guard(guard)) = engine.scope_for(&mut HostFacts::new(property_style))
+        else {
             return Action::Continue;
         };
         let pin = engine
@@ -55,7 +59,7 @@ impl HttpContext for GuardHttp {
                 Some(&is_known)
             },
         };
-        let code = match engine.decide(guard, now_ms(), view, &mut HostMetrics) {
+        let code = match engine.decide(guard, *clock_ms, view, &mut HostMetrics) {
             Some((Decision::Route { endpoint, .. }, routing)) => return route(routing, endpoint),
             Some((Decision::Reject(code), _)) => code,
             Some((Decision::PassThrough, _)) | None => return Action::Continue,
@@ -110,27 +114,57 @@ fn known_hosts() -> Vec<String> {
 }
 
 /// Request facts read from the host on first use only.
-#[derive(Default)]
-struct HostFacts {
+struct HostFacts<'a> {
     route_name: Option<Option<String>>,
     authority: Option<Option<String>>,
     cluster_name: Option<Option<String>>,
+    style: &'a mut Option<PropertyStyle>,
 }
 
-/// A request property by its Higress name (`route_name`), else by the name upstream
-/// Envoy gives it (`xds.route_name`).
-fn property(name: &str) -> Option<String> {
-    [vec![name], vec!["xds", name]]
-        .into_iter()
-        .find_map(|path| hostcalls::get_property(path).ok().flatten())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+impl<'a> HostFacts<'a> {
+    fn new(style: &'a mut Option<PropertyStyle>) -> Self {
+        Self {
+            route_name: None,
+            authority: None,
+            cluster_name: None,
+            style,
+        }
+    }
+
+    /// A request property by its Higress name (`route_name`) or the name upstream
+    /// Envoy gives it (`xds.route_name`); once one style answers, only it is asked.
+    fn property(&mut self, name: &str) -> Option<String> {
+        let read = |path: Vec<&str>| {
+            hostcalls::get_property(path)
+                .ok()
+                .flatten()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+        };
+        match self.style {
+            Some(PropertyStyle::TopLevel) => read(vec![name]),
+            Some(PropertyStyle::Xds) => read(vec!["xds", name]),
+            None => {
+                if let Some(value) = read(vec![name]) {
+                    *self.style = Some(PropertyStyle::TopLevel);
+                    Some(value)
+                } else {
+                    let value = read(vec!["xds", name]);
+                    if value.is_some() {
+                        *self.style = Some(PropertyStyle::Xds);
+                    }
+                    value
+                }
+            }
+        }
+    }
 }
 
-impl RequestFacts for HostFacts {
+impl RequestFacts for HostFacts<'_> {
     fn route_name(&mut self) -> Option<&str> {
-        self.route_name
-            .get_or_insert_with(|| property("route_name"))
-            .as_deref()
+        if self.route_name.is_none() {
+            self.route_name = Some(self.property("route_name"));
+        }
+        self.route_name.as_ref().and_then(Option::as_deref)
     }
     fn authority(&mut self) -> Option<&str> {
         self.authority
@@ -144,8 +178,9 @@ impl RequestFacts for HostFacts {
             .as_deref()
     }
     fn cluster_name(&mut self) -> Option<&str> {
-        self.cluster_name
-            .get_or_insert_with(|| property("cluster_name"))
-            .as_deref()
+        if self.cluster_name.is_none() {
+            self.cluster_name = Some(self.property("cluster_name"));
+        }
+        self.cluster_name.as_ref().and_then(Option::as_deref)
     }
 }

@@ -6,6 +6,7 @@ mod higress;
 mod http;
 mod root;
 mod seams;
+mod vm;
 
 use proxy_wasm::types::LogLevel;
 

@@ -10,6 +10,7 @@ use proxy_wasm::types::ContextType;
 
 use super::http::GuardHttp;
 use super::seams::{now_ms, HostMetrics, HostOutbox, HostStore};
+use super::vm::{SharedVm, VmState};
 use crate::engine::Engine;
 use crate::pure::config::{self, Capabilities};
 use crate::pure::lease::config_hash;
@@ -21,14 +22,14 @@ const CAPABILITIES: Capabilities = Capabilities {
 
 pub struct GuardRoot {
     context_id: u32,
-    engine: Option<Rc<RefCell<Engine>>>,
+    vm: Option<SharedVm>,
 }
 
 impl GuardRoot {
     pub fn new(context_id: u32) -> Self {
         Self {
             context_id,
-            engine: None,
+            vm: None,
         }
     }
 }
@@ -41,8 +42,8 @@ impl Context for GuardRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        // Never busy here: the engine is borrowed only within a callback.
-        let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) else {
+        // Never busy here: the state is borrowed only within a callback.
+        let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) else {
             return;
         };
         // A call that failed (reset mid-answer, ...) comes with no headers at all, and
@@ -58,10 +59,12 @@ impl Context for GuardRoot {
                 .unwrap_or_default()
         });
         let answer = status.zip(body.as_deref());
-        engine.on_answer(
+        vm.clock_ms = now_ms();
+        let now = vm.clock_ms;
+        vm.engine.on_answer(
             token,
             answer,
-            now_ms(),
+            now,
             &mut HostOutbox,
             &mut HostMetrics,
             &mut HostStore,
@@ -90,19 +93,26 @@ impl RootContext for GuardRoot {
             config.rules.len(),
             engine.tick_period_ms()
         );
-        self.engine = Some(Rc::new(RefCell::new(engine)));
+        self.vm = Some(Rc::new(RefCell::new(VmState {
+            engine,
+            clock_ms: now_ms(),
+            property_style: None,
+        })));
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
-            engine.on_tick(now_ms(), &mut HostOutbox, &mut HostMetrics, &mut HostStore);
+        if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
+            vm.clock_ms = now_ms();
+            let now = vm.clock_ms;
+            vm.engine
+                .on_tick(now, &mut HostOutbox, &mut HostMetrics, &mut HostStore);
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // proxy-wasm panics on `None`; without an engine the context does nothing.
-        Some(Box::new(GuardHttp::new(self.engine.clone())))
+        // proxy-wasm panics on `None`; without a configuration the context does nothing.
+        Some(Box::new(GuardHttp::new(self.vm.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

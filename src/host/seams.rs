@@ -39,9 +39,9 @@ impl Metrics for HostMetrics {
     fn define_gauge(&mut self, name: &str) -> Option<u32> {
         hostcalls::define_metric(MetricType::Gauge, name).ok()
     }
-    fn increment(&mut self, id: u32) {
+    fn add(&mut self, id: u32, amount: u64) {
         // A failed stats update must not fail the request.
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = hostcalls::increment_metric(id, i64::try_from(amount).unwrap_or(i64::MAX));
     }
     fn record(&mut self, id: u32, value: u64) {
         let _ = hostcalls::record_metric(id, value);

@@ -1,0 +1,26 @@
+//! What one VM keeps between callbacks, shared by its root and HTTP contexts.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::engine::Engine;
+
+/// Where the host keeps request properties such as `route_name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropertyStyle {
+    /// `route_name`, as Higress names them.
+    TopLevel,
+    /// `xds.route_name`, as upstream Envoy names them.
+    Xds,
+}
+
+pub struct VmState {
+    pub engine: Engine,
+    /// The host clock at the root's last callback. Requests read it instead of
+    /// asking the host: it is at most one tick (50 ms) old.
+    pub clock_ms: u64,
+    /// Learned from the first request that finds a property, then asked directly.
+    pub property_style: Option<PropertyStyle>,
+}
+
+pub type SharedVm = Rc<RefCell<VmState>>;
