@@ -14,7 +14,7 @@ use crate::pure::config::{GuardSettings, NacosServer, PluginConfig, Routing, Sco
 use crate::pure::decision::{self, Candidates, Decision, Policies, RequestView};
 use crate::pure::nacos::request::{self, ServiceKey};
 use crate::pure::nacos::response::{self, AnswerError};
-use crate::pure::rules::{self, Matcher, RequestFacts};
+use crate::pure::rules::{RequestFacts, RuleSet};
 use crate::pure::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
 use crate::pure::snapshot::{Freshness, Snapshot};
 
@@ -62,7 +62,7 @@ pub struct Engine {
     pub(super) targets: Vec<Target>,
     pub(super) guards: Vec<Guard>,
     pub(super) global: Option<ScopeRef>,
-    pub(super) rules: Vec<(Matcher, ScopeRef)>,
+    pub(super) rules: RuleSet<ScopeRef>,
     pub(super) scheduler: Scheduler,
     pending: HashMap<u32, Pending>,
     pub(super) protected_headers: Vec<String>,
@@ -78,7 +78,7 @@ impl Engine {
             targets: Vec::new(),
             guards: Vec::new(),
             global: None,
-            rules: Vec::new(),
+            rules: RuleSet::default(),
             scheduler: Scheduler::new([], seed, MAX_CALLS_IN_FLIGHT),
             pending: HashMap::new(),
             protected_headers: config.protected_headers(),
@@ -91,7 +91,7 @@ impl Engine {
             .map(|scope| engine.add_scope(scope, metrics));
         for (matcher, scope) in &config.rules {
             let scope = engine.add_scope(scope, metrics);
-            engine.rules.push((matcher.clone(), scope));
+            engine.rules.push(matcher.clone(), scope);
         }
         let intervals: Vec<u64> = (0..engine.targets.len())
             .map(|target| {
@@ -407,7 +407,7 @@ impl Engine {
 
     /// The scope that applies to a request, if any.
     pub fn scope_for(&self, facts: &mut dyn RequestFacts) -> Option<ScopeRef> {
-        rules::select(&self.rules, self.global.as_ref(), facts).copied()
+        self.rules.select(self.global.as_ref(), facts).copied()
     }
 
     pub fn pin_header(&self, guard: usize) -> Option<&str> {
