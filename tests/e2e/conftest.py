@@ -134,15 +134,8 @@ def stack(tmp_path, request):
         s.envoy.start()
         if plugin and wait_first_snapshot:
             s.wait_polls(1, timeout=15)
-            # Every worker VM must have the snapshot: the poller publishes it through shared
-            # data and the other VMs pick it up shortly after (~0.1-0.2 s observed). Until
-            # then a worker still applies onStale. Settled = every probe request is routed.
             if register is None or register:
-                def all_routed():
-                    r0 = s.envoy.guard_stat("routed")
-                    s.send(6)
-                    return s.envoy.guard_stat("routed") - r0 == 6
-                wait_until(all_routed, 10, 0.05, "every worker VM routes with the first snapshot")
+                s.envoy.wait_all_workers_route(timeout=10)
             for b in s.backends.values():
                 b.reset()
         return s

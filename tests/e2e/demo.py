@@ -58,12 +58,7 @@ def main() -> int:
               f"and never changes. Plugin config from plugin.yaml, refreshIntervalMs=1000.")
         wait_until(lambda: envoy.guard_stat("poll_success") >= 1, 15, 0.05, "first poll")
 
-        def all_routed():  # every worker VM has the first snapshot
-            r0 = envoy.guard_stat("routed")
-            for _ in range(6):
-                envoy.request("/demo")
-            return envoy.guard_stat("routed") - r0 == 6
-        wait_until(all_routed, 10, 0.05, "first snapshot on every worker")
+        envoy.wait_all_workers_route(timeout=10)
 
         def traffic():
             while not stop.is_set():

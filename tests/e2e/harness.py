@@ -643,6 +643,17 @@ class Envoy:
         key = f"{STAT_PREFIX}.service.{service}.{name}" if service else f"{STAT_PREFIX}.{name}"
         return int(self.stats().get(key, 0))
 
+    def wait_all_workers_route(self, timeout: float = 15, path: str = "/demo", probes: int = 6):
+        """Wait until every worker VM routes by the first snapshot: the poller publishes
+        it through shared data and the other VMs adopt it on their next tick; until
+        then a worker still applies onStale. Settled = every probe request is routed."""
+        def all_routed():
+            r0 = self.guard_stat("routed")
+            for _ in range(probes):
+                self.request(path)
+            return self.guard_stat("routed") - r0 == probes
+        wait_until(all_routed, timeout, 0.05, "every worker VM routes with the first snapshot")
+
     def prometheus(self) -> str:
         st, body = self.admin("/stats/prometheus")
         assert st == 200

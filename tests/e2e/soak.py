@@ -327,12 +327,7 @@ def main() -> int:
         envoy.start()
         wait_until(lambda: envoy.guard_stat("poll_success") >= 1, 15, 0.05, "first poll")
 
-        def all_routed():  # every worker VM has the first snapshot
-            r0 = envoy.guard_stat("routed")
-            for _ in range(6):
-                envoy.request("/demo")
-            return envoy.guard_stat("routed") - r0 == 6
-        wait_until(all_routed, 15, 0.05, "every worker VM routes with the first snapshot")
+        envoy.wait_all_workers_route(timeout=15)
         print(f"r-nacos :{nacos.http_port}, Envoy :{envoy.port} (admin :{envoy.admin_port}), backends "
               + ", ".join(f"{n} :{b.port}" for n, b in backends.items()), flush=True)
 
