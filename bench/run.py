@@ -159,28 +159,14 @@ class BenchEnvoy(Envoy):
         self.config_path = self.workdir / f"envoy-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
+    def _argv(self) -> list:
+        # Pinned to the gateway's CPU, and without the harness's wasm debug logging.
+        return pinned([envoy_bin(), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
+                       "--base-id", str(_next_base_id()), "-l", self.log_level, "--disable-hot-restart"],
+                      "gateway")
+
     def start(self, timeout: float = 60.0) -> None:
-        for attempt in range(3):
-            argv = pinned([envoy_bin(), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-                           "--base-id", str(_next_base_id()), "-l", self.log_level, "--disable-hot-restart"],
-                          "gateway")
-            self.proc = Proc("envoy", argv, dict(os.environ), self.workdir / f"envoy-{self.port}.log")
-
-            def ready():
-                if not self.proc.alive():
-                    raise Fatal("envoy exited:\n" + self.proc.log_text()[-4000:])
-                st, body = self.admin("/ready")
-                return st == 200 and body.strip() == "LIVE"
-
-            try:
-                wait_until(ready, timeout, 0.05, "envoy /ready LIVE")
-                return
-            except Fatal as e:
-                self.proc.stop()
-                self.proc = None
-                if "Address already in use" not in str(e) or attempt == 2:
-                    raise
-                self._configure()
+        super().start(timeout)
 
     # -- measurements
     def stats_filtered(self, regex: str) -> dict:

@@ -586,12 +586,14 @@ class Envoy:
         self.config_path = self.workdir / f"envoy-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
+    def _argv(self) -> list:
+        return [envoy_bin(), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
+                "--base-id", str(_next_base_id()), "-l", self.log_level,
+                "--component-log-level", "wasm:debug", "--disable-hot-restart"]
+
     def start(self, timeout: float = 30.0) -> None:
         for attempt in range(3):
-            argv = [envoy_bin(), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-                    "--base-id", str(_next_base_id()), "-l", self.log_level,
-                    "--component-log-level", "wasm:debug", "--disable-hot-restart"]
-            self.proc = Proc("envoy", argv, dict(os.environ), self.workdir / f"envoy-{self.port}.log")
+            self.proc = Proc("envoy", self._argv(), dict(os.environ), self.workdir / f"envoy-{self.port}.log")
 
             def ready():
                 if not self.proc.alive():
