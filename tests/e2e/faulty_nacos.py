@@ -160,6 +160,15 @@ class FaultyNacos:
                 self.wfile.flush()
                 self.close_connection = True
 
+            def _send_first_half(self, body: bytes):
+                """Announce the whole body, send half of it; the caller then fails the rest."""
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+
             def do_POST(self):
                 n = int(self.headers.get("content-length") or 0)
                 form = urllib.parse.parse_qs(self.rfile.read(n).decode(errors="replace"))
@@ -229,26 +238,14 @@ class FaultyNacos:
                     time.sleep(nacos.slow_s)
                     return self._send(200, nacos.good_body())
                 if mode == "close_mid":
-                    body = nacos.good_body()
                     nacos.record("GET", path, mode, None)
-                    self.send_response(200)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
+                    self._send_first_half(nacos.good_body())
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return None
                 if mode == "stall_mid":
-                    body = nacos.good_body()
                     nacos.record("GET", path, mode, None)
-                    self.send_response(200)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
+                    self._send_first_half(nacos.good_body())
                     time.sleep(nacos.slow_s)
                     self.close_connection = True
                     return None
