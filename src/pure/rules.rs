@@ -147,7 +147,9 @@ fn strip_port(authority: &str) -> &str {
 }
 
 /// The scope for a request: the first rule that matches, else the global one.
-pub fn select<'a, T>(
+/// The reference semantics that [`RuleSet::select`] must reproduce.
+#[cfg(test)]
+fn select<'a, T>(
     rules: &'a [(Matcher, T)],
     global: Option<&'a T>,
     facts: &mut dyn RequestFacts,
@@ -161,7 +163,7 @@ pub fn select<'a, T>(
 
 /// Rules with an index of the plain `_match_route_` ones, so that a gateway with a
 /// thousand route rules pays one lookup per request, not a thousand comparisons,
-/// with the same answer as [`select`].
+/// with the same answer as trying the rules in order (checked against that in the tests).
 #[derive(Debug, Clone)]
 pub struct RuleSet<T> {
     rules: Vec<(Matcher, T)>,
