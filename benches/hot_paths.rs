@@ -5,12 +5,12 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use nacos_instance_guard::pure::config::{DeregisteredPolicy, StalePolicy};
-use nacos_instance_guard::pure::decision::{decide, Candidates, Policies, RequestView};
-use nacos_instance_guard::pure::instance::InstanceFilter;
-use nacos_instance_guard::pure::nacos::response::parse_instance_list;
-use nacos_instance_guard::pure::nacos::ApiVersion;
-use nacos_instance_guard::pure::selection::WeightedRoundRobin;
-use nacos_instance_guard::pure::snapshot::{Freshness, Snapshot};
+use nacos_instance_guard::pure::polling::nacos::response::parse_instance_list;
+use nacos_instance_guard::pure::polling::nacos::ApiVersion;
+use nacos_instance_guard::pure::registry::instance::InstanceFilter;
+use nacos_instance_guard::pure::registry::snapshot::{Freshness, Snapshot};
+use nacos_instance_guard::pure::routing::decision::{decide, Candidates, Policies, RequestView};
+use nacos_instance_guard::pure::routing::selection::WeightedRoundRobin;
 
 /// A Nacos v1 answer with `count` instances shaped like real ones.
 fn answer(count: usize) -> String {
@@ -75,7 +75,7 @@ fn benches(c: &mut Criterion) {
                         POLICIES,
                         RequestView::default()
                     ),
-                    nacos_instance_guard::pure::decision::Decision::Route { .. }
+                    nacos_instance_guard::pure::routing::decision::Decision::Route { .. }
                 )
             })
         });
@@ -87,7 +87,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 matches!(
                     decide(&mut prepared, Freshness::Fresh, POLICIES, black_box(pin)),
-                    nacos_instance_guard::pure::decision::Decision::Route { .. }
+                    nacos_instance_guard::pure::routing::decision::Decision::Route { .. }
                 )
             })
         });

@@ -1,9 +1,9 @@
 //! nacos-instance-guard: a Higress Wasm plugin that routes each request only to an
 //! instance Nacos lists as registered and healthy right now.
 //!
-//! Data flows one way: [`pure::config`] → poll plan ([`pure::schedule`]) → Nacos
-//! answers ([`pure::nacos`]) → [`pure::snapshot`] → per-request
-//! [`pure::decision`] → host action and metrics. Everything in [`pure`] and
+//! Data flows one way: [`pure::config`] → poll plan ([`pure::polling::schedule`]) → Nacos
+//! answers ([`pure::polling::nacos`]) → [`pure::registry::snapshot`] → per-request
+//! [`pure::routing::decision`] → host action and metrics. Everything in [`pure`] and
 //! [`engine`] is pure Rust, tested natively and under wasm-bindgen-test; only
 //! `host` touches proxy-wasm.
 

@@ -2,11 +2,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nacos_instance_guard::pure::lease::Lease;
-use nacos_instance_guard::pure::nacos::response::{parse_instance_list, parse_login};
-use nacos_instance_guard::pure::nacos::ApiVersion;
-use nacos_instance_guard::pure::published::{self, PublishedSnapshot, PublishedToken};
-use nacos_instance_guard::pure::{endpoint, upstream_hosts};
+use nacos_instance_guard::pure::sharing::lease::Lease;
+use nacos_instance_guard::pure::polling::nacos::response::{parse_instance_list, parse_login};
+use nacos_instance_guard::pure::polling::nacos::ApiVersion;
+use nacos_instance_guard::pure::sharing::published::{self, PublishedSnapshot, PublishedToken};
+use nacos_instance_guard::pure::registry::endpoint;
+use nacos_instance_guard::pure::routing::upstream_hosts;
 
 fuzz_target!(|data: &[u8]| {
     for api in [ApiVersion::V1, ApiVersion::V3] {

@@ -1,7 +1,7 @@
 //! Metric names. Envoy lists them under `wasmcustom.`; the service sits in a
 //! fixed segment so one stats tag regex turns it into a Prometheus label.
 
-use super::seams::Metrics;
+use super::host_traits::Metrics;
 
 pub const PREFIX: &str = "nacos_guard";
 

@@ -2,16 +2,16 @@
 //! context feeds it ticks and Nacos answers, the HTTP context asks it for
 //! decisions. Everything here runs natively in tests against fakes of the traits.
 
-mod guard;
+mod engine;
+mod host_traits;
 mod metrics;
 mod reject;
-mod seams;
 mod sharing;
 
-pub use guard::{Engine, ScopeRef};
+pub use engine::{Engine, ScopeRef};
+pub use host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 pub use metrics::{metric_segment, STATS_TAG_REGEX};
 pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};
-pub use seams::{Metrics, Outbox, OutgoingCall, SharedStore};
 
 #[cfg(test)]
 mod fakes;

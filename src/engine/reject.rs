@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::pure::decision::RejectCode;
+use crate::pure::routing::decision::RejectCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectResponse {

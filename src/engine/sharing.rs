@@ -3,10 +3,10 @@
 
 use log::info;
 
-use super::guard::Engine;
-use super::seams::{Metrics, SharedStore};
-use crate::pure::lease::{self, Lease, LeaseStep};
-use crate::pure::published::{self, PublishedSnapshot, PublishedToken};
+use super::engine::Engine;
+use super::host_traits::{Metrics, SharedStore};
+use crate::pure::sharing::lease::{self, Lease, LeaseStep};
+use crate::pure::sharing::published::{self, PublishedSnapshot, PublishedToken};
 
 /// Attempts at the compare-and-swap that hands out VM numbers.
 const ID_ATTEMPTS: u32 = 16;
@@ -199,7 +199,7 @@ mod tests {
     use crate::engine::fakes::{FakeMetrics, FakeOutbox, FakeStore};
     use crate::engine::ScopeRef;
     use crate::pure::config::{parse, Capabilities};
-    use crate::pure::decision::{Decision, RequestView};
+    use crate::pure::routing::decision::{Decision, RequestView};
     use crate::testing::test;
 
     const CONFIG: &str = r#"{"nacos":{"cluster":"nacos","username":"u","password":"p"},
@@ -295,7 +295,7 @@ mod tests {
 
     struct NoFacts;
 
-    impl crate::pure::rules::RequestFacts for NoFacts {
+    impl crate::pure::routing::rules::RequestFacts for NoFacts {
         fn route_name(&mut self) -> Option<&str> {
             None
         }

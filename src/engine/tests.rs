@@ -1,8 +1,8 @@
 use super::fakes::{FakeMetrics, FakeOutbox, FakeStore};
 use super::*;
 use crate::pure::config::{parse, Capabilities};
-use crate::pure::decision::{Decision, RejectCode, RequestView};
-use crate::pure::rules::RequestFacts;
+use crate::pure::routing::decision::{Decision, RejectCode, RequestView};
+use crate::pure::routing::rules::RequestFacts;
 use crate::testing::test;
 
 const ENVOY: Capabilities = Capabilities {

@@ -2,7 +2,7 @@
 //! Envoy, which is why this file exists only in the `higress` build.
 #![allow(unsafe_code)]
 
-use crate::pure::upstream_hosts;
+use crate::pure::routing::upstream_hosts;
 
 extern "C" {
     fn proxy_set_upstream_override_host(address: *const u8, length: usize) -> u32;

@@ -4,12 +4,12 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-use super::seams::HostMetrics;
+use super::host_calls::HostMetrics;
 use super::vm::{PropertyStyle, SharedVm, VmState};
 use crate::engine::ScopeRef;
 use crate::pure::config::Routing;
-use crate::pure::decision::{Decision, RequestView};
-use crate::pure::rules::RequestFacts;
+use crate::pure::routing::decision::{Decision, RequestView};
+use crate::pure::routing::rules::RequestFacts;
 
 pub struct GuardHttp {
     vm: Option<SharedVm>,

@@ -3,9 +3,9 @@
 
 #[cfg(feature = "higress")]
 mod higress;
+mod host_calls;
 mod http;
 mod root;
-mod seams;
 mod vm;
 
 use proxy_wasm::types::LogLevel;

@@ -8,13 +8,13 @@ use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use super::host_calls::{now_ms, HostMetrics, HostOutbox, HostStore};
 use super::http::GuardHttp;
-use super::seams::{now_ms, HostMetrics, HostOutbox, HostStore};
 use super::vm::{SharedVm, VmState};
 use crate::engine::Engine;
 use crate::pure::config::{self, Capabilities};
-use crate::pure::lease::config_hash;
-use crate::pure::nacos::response::MAX_ANSWER_BYTES;
+use crate::pure::polling::nacos::response::MAX_ANSWER_BYTES;
+use crate::pure::sharing::lease::config_hash;
 
 const CAPABILITIES: Capabilities = Capabilities {
     higress_routing: cfg!(feature = "higress"),

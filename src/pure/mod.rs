@@ -1,15 +1,9 @@
-//! The pure core: no proxy-wasm in here, only data in and decisions out.
+//! The pure core: no proxy-wasm in here, only data in and decisions out. The
+//! folders follow the data: configuration, then polling Nacos, the registry's
+//! answers, routing each request, and the sharing between an Envoy's VMs.
 
-pub mod auth;
 pub mod config;
-pub mod decision;
-pub mod endpoint;
-pub mod instance;
-pub mod lease;
-pub mod nacos;
-pub mod published;
-pub mod rules;
-pub mod schedule;
-pub mod selection;
-pub mod snapshot;
-pub mod upstream_hosts;
+pub mod polling;
+pub mod registry;
+pub mod routing;
+pub mod sharing;

@@ -10,10 +10,10 @@ use serde_json::{Map, Value};
 pub use fields::ConfigError;
 use fields::Fields;
 
-use crate::pure::instance::InstanceFilter;
-use crate::pure::nacos::request::ServiceKey;
-use crate::pure::nacos::ApiVersion;
-use crate::pure::rules::Matcher;
+use crate::pure::polling::nacos::request::ServiceKey;
+use crate::pure::polling::nacos::ApiVersion;
+use crate::pure::registry::instance::InstanceFilter;
+use crate::pure::routing::rules::Matcher;
 
 pub const DEFAULT_ROUTING_HEADER: &str = "x-gateway-destination-endpoint";
 pub const DEFAULT_PIN_HEADER: &str = "x-nacos-instance";

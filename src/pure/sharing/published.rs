@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pure::instance::InstanceSet;
+use crate::pure::registry::instance::InstanceSet;
 
 pub fn lease_key(prefix: &str) -> String {
     format!("{prefix}.lease")
@@ -64,7 +64,7 @@ pub fn decode_counter(bytes: Option<&[u8]>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::instance::instance;
+    use crate::pure::registry::instance::instance;
     use crate::testing::test;
 
     #[test]

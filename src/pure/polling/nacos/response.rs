@@ -7,8 +7,8 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::ApiVersion;
-use crate::pure::endpoint;
-use crate::pure::instance::{Instance, InstanceSet};
+use crate::pure::registry::endpoint;
+use crate::pure::registry::instance::{Instance, InstanceSet};
 
 /// Answers larger than this are refused unread: a thousand instances with rich
 /// metadata stay far below it, and wasm memory does not grow without bound.

@@ -2,7 +2,7 @@
 //! `tokenTtl` runs out, never after a 403), and how to back off after failures
 //! so a wrong password does not become a tight retry loop.
 
-use crate::pure::nacos::response::LoginGrant;
+use crate::pure::polling::nacos::response::LoginGrant;
 
 const FIRST_BACKOFF_MS: u64 = 1_000;
 const MAX_BACKOFF_MS: u64 = 30_000;

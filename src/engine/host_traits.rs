@@ -1,6 +1,6 @@
 //! The host calls the engine needs, as traits, so tests can stand in for Envoy.
 
-use crate::pure::nacos::request::NacosRequest;
+use crate::pure::polling::nacos::request::NacosRequest;
 
 /// One HTTP call to Nacos through an Envoy cluster.
 #[derive(Debug, Clone, Copy)]

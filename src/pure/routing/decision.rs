@@ -1,10 +1,10 @@
 //! The decision for one request: which instance, or why none.
 
 use crate::pure::config::{DeregisteredPolicy, StalePolicy};
-use crate::pure::endpoint;
-use crate::pure::instance::InstanceFilter;
-use crate::pure::selection::WeightedRoundRobin;
-use crate::pure::snapshot::{Freshness, Snapshot};
+use crate::pure::registry::endpoint;
+use crate::pure::registry::instance::InstanceFilter;
+use crate::pure::registry::snapshot::{Freshness, Snapshot};
+use crate::pure::routing::selection::WeightedRoundRobin;
 
 /// The usable instances of one guard, prepared once per snapshot version so that
 /// a request costs a scan and no allocation.
@@ -146,7 +146,7 @@ pub fn decide<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::instance::{instance, InstanceSet};
+    use crate::pure::registry::instance::{instance, InstanceSet};
     use crate::testing::test;
 
     const REROUTE_OPEN: Policies = Policies {

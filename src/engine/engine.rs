@@ -5,18 +5,18 @@ use std::collections::HashMap;
 
 use log::{info, warn};
 
+use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 use super::metrics::{bump, LoginMetrics, PollMetrics, RequestMetrics};
 use super::reject::{self, RejectResponse};
-use super::seams::{Metrics, Outbox, OutgoingCall, SharedStore};
 use super::sharing::Sharing;
-use crate::pure::auth::TokenState;
 use crate::pure::config::{GuardSettings, NacosServer, PluginConfig, Routing, Scope};
-use crate::pure::decision::{self, Candidates, Decision, Policies, RequestView};
-use crate::pure::nacos::request::{self, ServiceKey};
-use crate::pure::nacos::response::{self, AnswerError};
-use crate::pure::rules::{RequestFacts, RuleSet};
-use crate::pure::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
-use crate::pure::snapshot::{Freshness, Snapshot};
+use crate::pure::polling::auth::TokenState;
+use crate::pure::polling::nacos::request::{self, ServiceKey};
+use crate::pure::polling::nacos::response::{self, AnswerError};
+use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
+use crate::pure::registry::snapshot::{Freshness, Snapshot};
+use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
+use crate::pure::routing::rules::{RequestFacts, RuleSet};
 
 /// What a request's matching scope says to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

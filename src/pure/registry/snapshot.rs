@@ -1,6 +1,6 @@
 //! The last good answer for one service and how far it can still be trusted.
 
-use crate::pure::instance::InstanceSet;
+use crate::pure::registry::instance::InstanceSet;
 
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -65,7 +65,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::instance::instance;
+    use crate::pure::registry::instance::instance;
     use crate::testing::test;
 
     fn one(endpoint: &str) -> InstanceSet {

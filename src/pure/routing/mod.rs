@@ -1,0 +1,7 @@
+//! Each request: which rule applies, which instance it goes to, and the hosts
+//! Higress's routed cluster knows.
+
+pub mod decision;
+pub mod rules;
+pub mod selection;
+pub mod upstream_hosts;

@@ -1,0 +1,5 @@
+//! Between the VMs of one Envoy: which VM polls (the lease), and what it
+//! publishes for the others in shared data.
+
+pub mod lease;
+pub mod published;
