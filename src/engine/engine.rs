@@ -1,82 +1,119 @@
-//! The engine: targets to poll, their snapshots, and the guards that decide
-//! requests from them.
+//! The engine: the Nacos servers, the services polled on them (targets) with
+//! their snapshots, and the guards that decide requests from them. Every time it
+//! is given is a gateway-clock time (`engine::clock`).
 
 use std::collections::HashMap;
 
 use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
+use super::ids::{GuardId, Id, ServerId, Table, TargetId};
 use super::metrics::{bump, LoginMetrics, PollMetrics, RequestMetrics};
-use super::reject::{self, RejectResponse};
-use super::sharing::Sharing;
+use super::reject::{RejectResponse, Rejections};
+use super::sharing::{self, Role, Sharing, LEASE_INTERVALS};
 use crate::pure::config::{GuardSettings, NacosServer, PluginConfig, Routing, Scope};
-use crate::pure::polling::auth::TokenState;
+use crate::pure::polling::auth::{Refusal, TokenState};
 use crate::pure::polling::nacos::request::{self, ServiceKey};
 use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
-use crate::pure::registry::snapshot::{Freshness, Snapshot};
+use crate::pure::registry::snapshot::{Freshness, Snapshot, StaleLimits};
 use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
 use crate::pure::routing::rules::{RequestFacts, RuleSet};
+use crate::pure::sharing::published::{stable_hash, ConfigKeys, PublishedToken, ServiceKeys};
 
-/// What a request's matching scope says to do.
+/// What the request brings beyond its rule facts; read only when needed.
+pub trait RequestHost: RequestFacts {
+    /// A request header, when it is valid UTF-8.
+    fn header(&mut self, name: &str) -> Option<String>;
+    /// The `ip:port` of the hosts the routed cluster can send to (Higress); `None`
+    /// when the host cannot tell.
+    fn upstream_hosts(&mut self) -> Option<&[String]>;
+}
+
+/// Everything the host does with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestAction<'a> {
+    /// No guard applies: leave the request alone.
+    Ignore,
+    /// Guarded, but the registry is unknown or stale and `onStale` is `fail_open`.
+    PassThrough,
+    /// Send it to `endpoint` through `routing`.
+    Route {
+        endpoint: &'a str,
+        routing: &'a Routing,
+    },
+    Reject(&'a RejectResponse),
+}
+
+/// What a rule (or the global configuration) applies to its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeRef {
-    /// Guard by index.
-    Guard(usize),
+enum Applies {
+    Guard(GuardId),
     Disabled,
 }
 
-pub(super) struct Server {
-    pub(super) settings: NacosServer,
-    pub(super) token: TokenState,
+struct Server {
+    settings: NacosServer,
+    token: TokenState,
 }
 
 /// One service on one server, polled on its own.
-pub(super) struct Target {
-    pub(super) server: usize,
-    pub(super) service: ServiceKey,
-    pub(super) query_clusters: Vec<String>,
-    pub(super) snapshot: Snapshot,
-    pub(super) failure_streak: u32,
-    pub(super) stale_reported: bool,
-    pub(super) max_stale_ms: u64,
-    pub(super) metrics: PollMetrics,
+struct Target {
+    server: ServerId,
+    service: ServiceKey,
+    query_clusters: Vec<String>,
+    keys: ServiceKeys,
+    snapshot: Snapshot,
+    /// Hash of the last good answer's bytes: the same bytes again confirm the
+    /// snapshot without being parsed.
+    last_good_body: Option<u64>,
+    failure_streak: u32,
+    stale_reported: bool,
+    /// The strictest limits of the guards that use it, for the stale warning.
+    limits: StaleLimits,
+    metrics: PollMetrics,
 }
 
-/// One guarded scope (the global config or a rule).
-pub(super) struct Guard {
-    pub(super) settings: GuardSettings,
-    pub(super) target: usize,
-    pub(super) candidates: Candidates,
-    pub(super) metrics: RequestMetrics,
-    pub(super) rejections: Vec<RejectResponse>,
+/// One guarded scope (the global configuration or a rule).
+struct Guard {
+    settings: GuardSettings,
+    target: TargetId,
+    limits: StaleLimits,
+    candidates: Candidates,
+    metrics: RequestMetrics,
+    rejections: Rejections,
 }
 
 enum Pending {
-    List(usize),
-    Login(usize),
+    List {
+        target: TargetId,
+        polled_at_ms: u64,
+        token_generation: u64,
+    },
+    Login(ServerId),
 }
 
 pub struct Engine {
-    pub(super) servers: Vec<Server>,
-    pub(super) targets: Vec<Target>,
-    pub(super) guards: Vec<Guard>,
-    pub(super) global: Option<ScopeRef>,
-    pub(super) rules: RuleSet<ScopeRef>,
-    pub(super) scheduler: Scheduler,
+    servers: Table<ServerId, Server>,
+    targets: Table<TargetId, Target>,
+    guards: Table<GuardId, Guard>,
+    global: Option<Applies>,
+    rules: RuleSet<Applies>,
+    scheduler: Scheduler,
     pending: HashMap<u32, Pending>,
-    pub(super) protected_headers: Vec<String>,
-    pub(super) login_metrics: LoginMetrics,
+    protected_headers: Vec<String>,
+    login_metrics: LoginMetrics,
     /// `None`: this VM polls alone (tests, or shared data unavailable).
-    pub(super) sharing: Option<Sharing>,
+    sharing: Option<Sharing>,
 }
 
 impl Engine {
+    /// `seed` makes this VM's jitter and rotation start its own.
     pub fn new(config: &PluginConfig, metrics: &mut dyn Metrics, seed: u64) -> Self {
         let mut engine = Self {
-            servers: Vec::new(),
-            targets: Vec::new(),
-            guards: Vec::new(),
+            servers: Table::default(),
+            targets: Table::default(),
+            guards: Table::default(),
             global: None,
             rules: RuleSet::default(),
             scheduler: Scheduler::new([], seed, MAX_CALLS_IN_FLIGHT),
@@ -88,79 +125,114 @@ impl Engine {
         engine.global = config
             .global
             .as_ref()
-            .map(|scope| engine.add_scope(scope, metrics));
+            .map(|scope| engine.add_scope(scope, metrics, seed));
         for (matcher, scope) in &config.rules {
-            let scope = engine.add_scope(scope, metrics);
-            engine.rules.push(matcher.clone(), scope);
+            let applies = engine.add_scope(scope, metrics, seed);
+            engine.rules.push(matcher.clone(), applies);
         }
-        let intervals: Vec<u64> = (0..engine.targets.len())
-            .map(|target| {
+        let intervals: Vec<u64> = engine
+            .targets
+            .iter()
+            .map(|(target, _)| {
                 engine
-                    .guards
-                    .iter()
-                    .filter(|guard| guard.target == target)
+                    .guards_of(target)
                     .map(|guard| guard.settings.refresh_interval_ms)
                     .min()
-                    .unwrap_or(1000)
+                    .unwrap_or(crate::pure::config::DEFAULT_REFRESH_MS)
             })
             .collect();
         engine.scheduler = Scheduler::new(intervals, seed, MAX_CALLS_IN_FLIGHT);
+        engine.set_limits();
         engine
     }
 
-    fn add_scope(&mut self, scope: &Scope, metrics: &mut dyn Metrics) -> ScopeRef {
+    fn add_scope(&mut self, scope: &Scope, metrics: &mut dyn Metrics, seed: u64) -> Applies {
         let Scope::Guard(settings) = scope else {
-            return ScopeRef::Disabled;
+            return Applies::Disabled;
         };
-        let server = match self
+        let server = self
             .servers
-            .iter()
-            .position(|s| s.settings == settings.server)
-        {
-            Some(index) => index,
-            None => {
+            .find(|s| s.settings == settings.server)
+            .unwrap_or_else(|| {
                 self.servers.push(Server {
                     settings: settings.server.clone(),
                     token: TokenState::default(),
-                });
-                self.servers.len() - 1
-            }
-        };
-        let target = match self.targets.iter().position(|t| {
-            t.server == server
-                && t.service == settings.service
-                && t.query_clusters == settings.filter.clusters
-        }) {
-            Some(index) => index,
-            None => {
+                })
+            });
+        let target = self
+            .targets
+            .find(|t| {
+                t.server == server
+                    && t.service == settings.service
+                    && t.query_clusters == settings.filter.clusters
+            })
+            .unwrap_or_else(|| {
                 self.targets.push(Target {
                     server,
+                    keys: ServiceKeys::new(&question(settings)),
                     service: settings.service.clone(),
                     query_clusters: settings.filter.clusters.clone(),
                     snapshot: Snapshot::default(),
+                    last_good_body: None,
                     failure_streak: 0,
                     stale_reported: false,
-                    max_stale_ms: settings.max_stale_ms,
+                    limits: StaleLimits {
+                        next_answer_due_ms: 0,
+                        max_stale_ms: settings.max_stale_ms,
+                    },
                     metrics: PollMetrics::define(metrics, &settings.service.name),
-                });
-                self.targets.len() - 1
-            }
-        };
-        if let Some(existing) = self.targets.get_mut(target) {
-            existing.max_stale_ms = existing.max_stale_ms.min(settings.max_stale_ms);
-        }
-        self.guards.push(Guard {
-            rejections: reject::prepare(
+                })
+            });
+        let view = settings.filter.view_name();
+        let guard = self.guards.push(Guard {
+            rejections: Rejections::prepare(
                 settings.reject_status,
                 &settings.service.name,
                 &settings.service.group,
             ),
             settings: (**settings).clone(),
             target,
-            candidates: Candidates::default(),
-            metrics: RequestMetrics::define(metrics, &settings.service.name),
+            limits: StaleLimits {
+                next_answer_due_ms: 0,
+                max_stale_ms: settings.max_stale_ms,
+            },
+            candidates: Candidates::starting_at(seed.rotate_left(self.guards.len() as u32)),
+            metrics: RequestMetrics::define(metrics, &settings.service.name, view.as_deref()),
         });
-        ScopeRef::Guard(self.guards.len() - 1)
+        Applies::Guard(guard)
+    }
+
+    /// When each target's next answer is due at the latest: its interval, the
+    /// call's timeout, and two ticks for followers to hear of it.
+    fn set_limits(&mut self) {
+        let slack = 2 * self.scheduler.tick_period_ms();
+        let mut due = Vec::new();
+        for (target, t) in self.targets.iter() {
+            let timeout = self
+                .servers
+                .get(t.server)
+                .map_or(0, |s| s.settings.timeout_ms);
+            due.push(self.scheduler.interval_ms(target.index()) + timeout + slack);
+        }
+        for (target, t) in self.targets.iter_mut() {
+            let next_answer_due_ms = due.get(target.index()).copied().unwrap_or(0);
+            t.limits.next_answer_due_ms = next_answer_due_ms;
+            for guard in self.guards.iter_mut().map(|(_, g)| g) {
+                if guard.target == target {
+                    guard.limits.next_answer_due_ms = next_answer_due_ms;
+                    t.limits.max_stale_ms = t.limits.max_stale_ms.min(guard.limits.max_stale_ms);
+                }
+            }
+        }
+    }
+
+    fn guards_of(&self, target: TargetId) -> impl Iterator<Item = &Guard> {
+        self.guards.values().filter(move |g| g.target == target)
+    }
+
+    /// Whether this VM polls Nacos (holds the lease, or polls alone).
+    pub fn is_poller(&self) -> bool {
+        self.sharing.as_ref().is_none_or(Sharing::is_leading)
     }
 
     pub fn tick_period_ms(&self) -> u64 {
@@ -176,9 +248,27 @@ impl Engine {
         &self.protected_headers
     }
 
-    /// Periodic work: take or follow the lease, then logins and polls that are
-    /// due (as the polling VM) or the newest published snapshots (as a follower),
-    /// and staleness reports.
+    /// Share polling with the other VMs of this configuration through `store`, and
+    /// start from what is already known of each service there (a configuration
+    /// edit keeps serving the services it keeps). `vm_id` must differ between VMs.
+    pub fn share(
+        &mut self,
+        keys: ConfigKeys,
+        vm_id: u64,
+        store: &mut dyn SharedStore,
+        metrics: &mut dyn Metrics,
+    ) {
+        let lease_ttl_ms = self.scheduler.shortest_interval_ms() * LEASE_INTERVALS;
+        self.sharing = Some(Sharing::new(keys, vm_id, lease_ttl_ms));
+        let ids: Vec<TargetId> = self.targets.iter().map(|(id, _)| id).collect();
+        for target in ids {
+            self.adopt_stored_content(target, u64::MAX, store, metrics);
+        }
+    }
+
+    /// Periodic work at gateway time `now_ms`: take or follow the lease, then
+    /// logins and polls that are due (as the poller) or what the poller
+    /// published (as a follower).
     pub fn on_tick(
         &mut self,
         now_ms: u64,
@@ -186,27 +276,107 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        let polling = self.coordinate(now_ms, store, metrics);
-        if polling {
-            self.start_logins(now_ms, outbox, metrics);
-            self.start_polls(now_ms, outbox, metrics);
+        let role = match &mut self.sharing {
+            Some(sharing) => sharing.coordinate(now_ms, store),
+            None => Role::Poll { took_over: false },
+        };
+        match role {
+            Role::Follow => {
+                self.follow(store, metrics);
+                return;
+            }
+            // A new poller starts from what the last one published, token included.
+            Role::Poll { took_over: true } => self.follow(store, metrics),
+            Role::Poll { took_over: false } => {}
         }
-        for target in &mut self.targets {
-            let stale = target.snapshot.freshness(now_ms, target.max_stale_ms) == Freshness::Stale;
-            // Every VM sees the snapshot go stale; only the polling VM says so.
-            if stale && !target.stale_reported && polling {
+        self.start_logins(now_ms, outbox, metrics);
+        self.start_polls(now_ms, outbox, metrics);
+        self.report_staleness(now_ms);
+        if let Some(sharing) = &mut self.sharing {
+            let health = self.targets.values().map(|t| t.snapshot.health());
+            sharing.write_heartbeat(health, store);
+        }
+    }
+
+    fn report_staleness(&mut self, now_ms: u64) {
+        for target in self.targets.iter_mut().map(|(_, t)| t) {
+            let stale = target.snapshot.freshness(now_ms, target.limits) == Freshness::Stale;
+            if stale && !target.stale_reported {
                 warn!(
-                    "nacos-instance-guard: the last good snapshot of service {} is older than {} ms; \
-                     the onStale policy now applies",
-                    target.service.name, target.max_stale_ms
+                    "nacos-instance-guard: Nacos has given no good answer for service {} for more \
+                     than {} ms; the onStale policy now applies",
+                    target.service.name, target.limits.max_stale_ms
                 );
             }
             target.stale_reported = stale;
         }
     }
 
+    /// Adopt what the poller published: each service's health, content that
+    /// moved, and tokens.
+    fn follow(&mut self, store: &mut dyn SharedStore, metrics: &mut dyn Metrics) {
+        let Some(heartbeat) = self
+            .sharing
+            .as_mut()
+            .and_then(|sharing| sharing.read_heartbeat(store))
+        else {
+            return;
+        };
+        let mut moved = Vec::new();
+        for ((id, target), health) in self.targets.iter_mut().zip(heartbeat) {
+            if health.content_stamp > target.snapshot.content_stamp() {
+                moved.push((id, health.content_stamp));
+            }
+            target.snapshot.adopt_health(health);
+        }
+        for (target, stamp) in moved {
+            self.adopt_stored_content(target, stamp, store, metrics);
+        }
+        let Some(sharing) = &self.sharing else {
+            return;
+        };
+        for (server, s) in self.servers.iter_mut() {
+            if let Some(token) = sharing.read_token(server.index(), store) {
+                s.token
+                    .adopt(token.token, token.refresh_at_ms, token.expires_at_ms);
+            }
+        }
+    }
+
+    /// Take the stored content of `target` if it is newer than ours; at start
+    /// (`at_least` = MAX) also its confirmation, so it serves at once.
+    fn adopt_stored_content(
+        &mut self,
+        target: TargetId,
+        at_least: u64,
+        store: &dyn SharedStore,
+        metrics: &mut dyn Metrics,
+    ) {
+        let Some(t) = self.targets.get_mut(target) else {
+            return;
+        };
+        let Some((stamp, set)) = sharing::read_content(&t.keys, store) else {
+            return;
+        };
+        if at_least != u64::MAX && stamp < at_least {
+            return;
+        }
+        if t.snapshot.adopt_content(set, stamp) {
+            t.last_good_body = None;
+            if at_least == u64::MAX {
+                if let Some(confirmed_at_ms) = sharing::read_confirmed(&t.keys, store) {
+                    let mut health = t.snapshot.health();
+                    health.confirmed_at_ms = confirmed_at_ms.max(stamp);
+                    health.failing_since_ms = None;
+                    t.snapshot.adopt_health(health);
+                }
+            }
+            self.refresh_guards(target, metrics);
+        }
+    }
+
     fn start_logins(&mut self, now_ms: u64, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
-        for (index, server) in self.servers.iter_mut().enumerate() {
+        for (id, server) in self.servers.iter_mut() {
             let Some(credentials) = &server.settings.credentials else {
                 continue;
             };
@@ -227,7 +397,7 @@ impl Engine {
             server.token.login_started();
             match outbox.dispatch(call) {
                 Ok(token) => {
-                    self.pending.insert(token, Pending::Login(index));
+                    self.pending.insert(token, Pending::Login(id));
                 }
                 Err(reason) => {
                     let failures = self.login_metrics.failure;
@@ -243,17 +413,19 @@ impl Engine {
         // A server that needs a token is not polled until it has one.
         let ready = |index: usize| {
             targets
-                .get(index)
+                .get(TargetId::from_index(index))
                 .and_then(|t| servers.get(t.server))
                 .is_some_and(|s| {
                     s.settings.credentials.is_none() || s.token.valid_token(now_ms).is_some()
                 })
         };
         for index in self.scheduler.take_due_where(now_ms, ready) {
-            let Some(target) = self.targets.get_mut(index) else {
-                continue;
-            };
-            let Some(server) = self.servers.get(target.server) else {
+            let id = TargetId::from_index(index);
+            let server = self
+                .targets
+                .get(id)
+                .and_then(|t| self.servers.get(t.server));
+            let (Some(target), Some(server)) = (self.targets.get_mut(id), server) else {
                 self.scheduler.finished(index);
                 continue;
             };
@@ -271,10 +443,18 @@ impl Engine {
             };
             match outbox.dispatch(call) {
                 Ok(token) => {
-                    self.pending.insert(token, Pending::List(index));
+                    self.pending.insert(
+                        token,
+                        Pending::List {
+                            target: id,
+                            polled_at_ms: now_ms,
+                            token_generation: server.token.generation(),
+                        },
+                    );
                 }
                 Err(reason) => {
                     self.scheduler.finished(index);
+                    target.snapshot.failed(now_ms);
                     record_poll_failure(target, &server.settings.cluster, &reason, metrics);
                 }
             }
@@ -292,82 +472,113 @@ impl Engine {
         store: &mut dyn SharedStore,
     ) {
         match self.pending.remove(&token) {
-            Some(Pending::List(index)) => {
-                if self.on_list(index, answer, now_ms, metrics) {
-                    self.publish_snapshot(index, store);
-                }
+            Some(Pending::List {
+                target,
+                polled_at_ms,
+                token_generation,
+            }) => {
+                self.scheduler.finished(target.index());
+                let polled = Polled {
+                    target,
+                    polled_at_ms,
+                    token_generation,
+                };
+                self.on_list(polled, answer, now_ms, metrics, store);
             }
-            Some(Pending::Login(index)) => {
-                if self.on_login(index, answer, now_ms, metrics) {
-                    self.publish_token(index, store);
-                }
-            }
+            Some(Pending::Login(server)) => self.on_login(server, answer, now_ms, metrics, store),
             None => return,
         }
         // Freed capacity (or a new token) lets waiting polls go now, not next tick.
         self.start_polls(now_ms, outbox, metrics);
     }
 
-    /// Take a list answer; true if it became the new snapshot.
     fn on_list(
         &mut self,
-        index: usize,
+        polled: Polled,
         answer: Option<(u16, &[u8])>,
         now_ms: u64,
         metrics: &mut dyn Metrics,
-    ) -> bool {
-        self.scheduler.finished(index);
-        let Some(target) = self.targets.get_mut(index) else {
-            return false;
+        store: &mut dyn SharedStore,
+    ) {
+        let publishing = self
+            .sharing
+            .as_ref()
+            .is_some_and(|sharing| sharing.still_leading(store));
+        let Some(target) = self.targets.get_mut(polled.target) else {
+            return;
         };
         let Some(server) = self.servers.get_mut(target.server) else {
-            return false;
+            return;
+        };
+        let body_hash = match answer {
+            Some((200, body)) => Some(stable_hash(body)),
+            _ => None,
         };
         let parsed = match answer {
+            _ if body_hash.is_some() && body_hash == target.last_good_body => Ok(None),
             Some((status, body)) => {
-                response::parse_instance_list(server.settings.api, status, body)
+                response::parse_instance_list(server.settings.api, status, body).map(Some)
             }
             None => Err(AnswerError::NoAnswer),
         };
-        match parsed {
-            Ok(set) => {
-                if target.failure_streak > 0 {
-                    info!(
-                        "nacos-instance-guard: polling service {} works again after {} failures",
-                        target.service.name, target.failure_streak
-                    );
-                }
-                target.failure_streak = 0;
-                target.snapshot.accept(set, now_ms);
-                bump(metrics, target.metrics.success);
-                self.refresh_guards(index, metrics);
-                true
-            }
+        let set = match parsed {
+            Ok(set) => set,
             Err(error) => {
                 if error == AnswerError::Status(403) && server.settings.credentials.is_some() {
-                    server.token.rejected();
+                    let refusal = server.token.refused(polled.token_generation, now_ms);
+                    report_refusal(refusal, &server.settings, &target.service);
                 }
+                target.snapshot.failed(polled.polled_at_ms);
                 record_poll_failure(
                     target,
                     &server.settings.cluster,
                     &error.to_string(),
                     metrics,
                 );
-                false
+                return;
             }
+        };
+        if target.failure_streak > 0 {
+            info!(
+                "nacos-instance-guard: polling service {} works again after {} failures",
+                target.service.name, target.failure_streak
+            );
+        }
+        target.failure_streak = 0;
+        target.last_good_body = body_hash;
+        bump(metrics, target.metrics.success);
+        let changed = match set {
+            Some(set) => target.snapshot.accept(set, polled.polled_at_ms),
+            None => target.snapshot.accept_same(polled.polled_at_ms),
+        };
+        if publishing {
+            if changed {
+                if let Some(set) = target.snapshot.instances() {
+                    sharing::publish_content(
+                        &target.keys,
+                        target.snapshot.content_stamp(),
+                        set,
+                        store,
+                    );
+                }
+            }
+            sharing::publish_confirmed(&target.keys, polled.polled_at_ms, store);
+        }
+        if changed {
+            self.refresh_guards(polled.target, metrics);
         }
     }
 
-    /// Take a login answer; true if it gave a token.
     fn on_login(
         &mut self,
-        index: usize,
+        id: ServerId,
         answer: Option<(u16, &[u8])>,
         now_ms: u64,
         metrics: &mut dyn Metrics,
-    ) -> bool {
-        let Some(server) = self.servers.get_mut(index) else {
-            return false;
+        store: &mut dyn SharedStore,
+    ) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
         };
         let parsed = match answer {
             Some((status, body)) => response::parse_login(status, body),
@@ -377,26 +588,33 @@ impl Engine {
             Ok(grant) => {
                 server.token.granted(grant, now_ms);
                 bump(metrics, self.login_metrics.success);
-                true
+                if let (Some(sharing), Some((token, refresh_at_ms, expires_at_ms))) =
+                    (&self.sharing, server.token.current())
+                {
+                    let published = PublishedToken {
+                        token: token.to_string(),
+                        refresh_at_ms,
+                        expires_at_ms,
+                    };
+                    sharing.publish_token(id.index(), &published, store);
+                }
             }
             Err(error) => {
                 let failures = self.login_metrics.failure;
                 record_login_failure(server, now_ms, &error.to_string(), failures, metrics);
-                false
             }
         }
     }
 
-    /// Prepare the candidates of every guard of `target` from its new snapshot.
-    pub(super) fn refresh_guards(&mut self, target: usize, metrics: &mut dyn Metrics) {
+    /// Prepare the candidates of every guard of `target` from its new content.
+    fn refresh_guards(&mut self, target: TargetId, metrics: &mut dyn Metrics) {
         let Some(snapshot) = self.targets.get(target).map(|t| &t.snapshot) else {
             return;
         };
-        for guard in self
-            .guards
-            .iter_mut()
-            .filter(|guard| guard.target == target)
-        {
+        for guard in self.guards.iter_mut().map(|(_, g)| g) {
+            if guard.target != target {
+                continue;
+            }
             guard.candidates.refresh(snapshot, &guard.settings.filter);
             if let Some(gauge) = guard.metrics.usable_instances {
                 let usable = u64::try_from(guard.candidates.endpoints().len()).unwrap_or(u64::MAX);
@@ -405,40 +623,46 @@ impl Engine {
         }
     }
 
-    /// The scope that applies to a request, if any.
-    pub fn scope_for(&self, facts: &mut dyn RequestFacts) -> Option<ScopeRef> {
-        self.rules.select(self.global.as_ref(), facts).copied()
-    }
-
-    pub fn pin_header(&self, guard: usize) -> Option<&str> {
-        self.guards
-            .get(guard)
-            .map(|g| g.settings.pin_header.as_str())
-    }
-
-    pub fn routing(&self, guard: usize) -> Option<&Routing> {
-        self.guards.get(guard).map(|g| &g.settings.routing)
-    }
-
-    /// Decide one request on `guard` and count it; with the guard's routing, so
-    /// the caller applies the decision without copying either.
-    pub fn decide(
+    /// Decide one request at `now_ms` and count it: everything the host must do,
+    /// in one value.
+    pub fn on_request(
         &mut self,
-        guard: usize,
         now_ms: u64,
-        request: RequestView<'_>,
+        request: &mut dyn RequestHost,
         metrics: &mut dyn Metrics,
-    ) -> Option<(Decision<'_>, &Routing)> {
-        let guard = self.guards.get_mut(guard)?;
-        let target = self.targets.get(guard.target)?;
-        let freshness = target
-            .snapshot
-            .freshness(now_ms, guard.settings.max_stale_ms);
+    ) -> RequestAction<'_> {
+        let Some(Applies::Guard(id)) = self.rules.select(self.global.as_ref(), request).copied()
+        else {
+            return RequestAction::Ignore;
+        };
+        let (Some(guard), targets) = (self.guards.get_mut(id), &self.targets) else {
+            return RequestAction::Ignore;
+        };
+        let Some(target) = targets.get(guard.target) else {
+            return RequestAction::Ignore;
+        };
+        let freshness = target.snapshot.freshness(now_ms, guard.limits);
+        // Bytes, not strings, are read by the host: a client's non-UTF-8 pin names
+        // no instance.
+        let pin = request.header(&guard.settings.pin_header);
+        let known_hosts = match guard.settings.routing {
+            Routing::Higress => request.upstream_hosts(),
+            Routing::Header(_) => None,
+        };
+        let is_known = |endpoint: &str| {
+            known_hosts.is_some_and(|hosts| hosts.iter().any(|host| host == endpoint))
+        };
+        let view = RequestView {
+            pin: pin.as_deref(),
+            known: known_hosts
+                .filter(|hosts| !hosts.is_empty())
+                .map(|_| &is_known as &dyn Fn(&str) -> bool),
+        };
         let policies = Policies {
             on_stale: guard.settings.on_stale,
             on_deregistered: guard.settings.on_deregistered,
         };
-        let decision = decision::decide(&mut guard.candidates, freshness, policies, request);
+        let decision = decision::decide(&mut guard.candidates, freshness, policies, view);
         let counters = match decision {
             Decision::Route { rerouted: true, .. } => {
                 [guard.metrics.routed, guard.metrics.rerouted]
@@ -450,14 +674,42 @@ impl Engine {
         for counter in counters {
             bump(metrics, counter);
         }
-        Some((decision, &guard.settings.routing))
+        match decision {
+            Decision::Route { endpoint, .. } => RequestAction::Route {
+                endpoint,
+                routing: &guard.settings.routing,
+            },
+            Decision::Reject(code) => RequestAction::Reject(guard.rejections.get(code)),
+            Decision::PassThrough => RequestAction::PassThrough,
+        }
     }
+}
 
-    /// The prepared rejection for `code` on `guard`.
-    pub fn rejection(&self, guard: usize, code: decision::RejectCode) -> Option<&RejectResponse> {
-        let index = decision::RejectCode::ALL.iter().position(|c| *c == code)?;
-        self.guards.get(guard)?.rejections.get(index)
-    }
+/// A list call as it was sent.
+struct Polled {
+    target: TargetId,
+    polled_at_ms: u64,
+    token_generation: u64,
+}
+
+/// Everything that shapes Nacos's answer about a guard's service: guards, VMs and
+/// configurations asking the same question share its answer.
+fn question(settings: &GuardSettings) -> String {
+    let server = &settings.server;
+    let account = server
+        .credentials
+        .as_ref()
+        .map_or("", |c| c.username.as_str());
+    format!(
+        "{}|{}|{:?}|{account}|{}|{}|{}|{}",
+        server.cluster,
+        server.authority,
+        server.api,
+        settings.service.namespace_id,
+        settings.service.group,
+        settings.service.name,
+        settings.filter.clusters.join(",")
+    )
 }
 
 /// Back off, count, and warn once per streak; never the password or a token,
@@ -476,6 +728,22 @@ fn record_login_failure(
             "nacos-instance-guard: login to {} failed: {reason}; retrying with backoff",
             server.settings.cluster
         );
+    }
+}
+
+/// Say once per episode what a 403 meant.
+fn report_refusal(refusal: Refusal, server: &NacosServer, service: &ServiceKey) {
+    match refusal {
+        Refusal::TokenRefused => info!(
+            "nacos-instance-guard: {} refused the access token; logging in again",
+            server.cluster
+        ),
+        Refusal::NoPermission { retry_in_ms: 1_000 } => warn!(
+            "nacos-instance-guard: {} refuses a fresh token too: the account may not read \
+             service {} in namespace {}; logging in again with backoff (1 s, 2 s, 4 s … 30 s)",
+            server.cluster, service.name, service.namespace_id
+        ),
+        Refusal::NoPermission { .. } | Refusal::AlreadyHandled => {}
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::host_traits::{Metrics, Outbox, OutgoingCall};
+use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentCall {
@@ -99,7 +99,7 @@ pub struct FakeStore {
     pub writes: usize,
 }
 
-impl super::host_traits::SharedStore for FakeStore {
+impl SharedStore for FakeStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.entries.get(key) {
             Some((value, cas)) => (Some(value.clone()), Some(*cas)),

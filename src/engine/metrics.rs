@@ -8,6 +8,8 @@ pub const PREFIX: &str = "nacos_guard";
 /// For Envoy's `stats_config.stats_tags` (tag name `nacos_service`): the first
 /// group is cut from the name, the second becomes the label value.
 pub const STATS_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)";
+/// The same for the filtered view of a `usable_instances` gauge (tag `nacos_view`).
+pub const VIEW_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.[^.]+\.(view\.([^.]+)\.)";
 
 /// A service name as one metric segment: anything but `[A-Za-z0-9_-]` becomes `_`.
 pub fn metric_segment(service: &str) -> String {
@@ -45,13 +47,20 @@ fn service_metric(service: &str, name: &str) -> String {
 }
 
 impl RequestMetrics {
-    pub fn define(metrics: &mut dyn Metrics, service: &str) -> Self {
+    /// `view` names the guard's instance filter, if it has one: guards of one
+    /// service with different filters see different usable instances, so each
+    /// filtered view gets its own gauge (`...service.<svc>.view.<view>.usable_instances`).
+    pub fn define(metrics: &mut dyn Metrics, service: &str, view: Option<&str>) -> Self {
+        let gauge = match view {
+            Some(view) => format!("view.{}.usable_instances", metric_segment(view)),
+            None => "usable_instances".to_string(),
+        };
         Self {
             routed: metrics.define_counter(&service_metric(service, "routed")),
             rerouted: metrics.define_counter(&service_metric(service, "rerouted")),
             rejected: metrics.define_counter(&service_metric(service, "rejected")),
             passed_through: metrics.define_counter(&service_metric(service, "passed_through")),
-            usable_instances: metrics.define_gauge(&service_metric(service, "usable_instances")),
+            usable_instances: metrics.define_gauge(&service_metric(service, &gauge)),
         }
     }
 }

@@ -1,19 +1,27 @@
 //! The plugin's behaviour over time, with the host behind small traits: the root
-//! context feeds it ticks and Nacos answers, the HTTP context asks it for
-//! decisions. Everything here runs natively in tests against fakes of the traits.
+//! context feeds it ticks and Nacos answers, the HTTP context asks it what to do
+//! with each request. Everything here runs natively in tests against fakes of
+//! the traits.
 
+mod clock;
+// The `Engine` type lives in a file named for it, inside the layer of that name.
+#[allow(clippy::module_inception)]
 mod engine;
 mod host_traits;
+mod ids;
 mod metrics;
 mod reject;
 mod sharing;
 
-pub use engine::{Engine, ScopeRef};
+pub use clock::GatewayClock;
+pub use engine::{Engine, RequestAction, RequestHost};
 pub use host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
-pub use metrics::{metric_segment, STATS_TAG_REGEX};
+pub use metrics::{metric_segment, STATS_TAG_REGEX, VIEW_TAG_REGEX};
 pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};
 
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod tests;

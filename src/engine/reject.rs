@@ -21,36 +21,57 @@ struct Body<'a> {
     message: String,
 }
 
-/// One response per code, in [`RejectCode::ALL`] order.
-pub fn prepare(status: u32, service: &str, group: &str) -> Vec<RejectResponse> {
-    RejectCode::ALL
-        .iter()
-        .map(|code| {
-            let message = match code {
-                RejectCode::NoHealthyInstance => {
-                    format!("service {service} has no healthy instance in Nacos")
-                }
-                RejectCode::InstanceDeregistered => format!(
-                    "the requested instance of service {service} is deregistered or unhealthy"
-                ),
-                RejectCode::RegistryUnavailable => {
-                    format!("Nacos has not answered for service {service} recently enough")
-                }
-            };
-            let body = Body {
-                code: code.as_str(),
-                service,
-                group,
-                message,
-            };
-            RejectResponse {
-                status,
-                // Serializing a struct of strings cannot fail; the fallback keeps the code.
-                body: serde_json::to_string(&body)
-                    .unwrap_or_else(|_| format!("{{\"code\":\"{}\"}}", code.as_str())),
-            }
-        })
-        .collect()
+/// A guard's rejections, one per code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejections {
+    no_healthy_instance: RejectResponse,
+    instance_deregistered: RejectResponse,
+    registry_unavailable: RejectResponse,
+}
+
+impl Rejections {
+    pub fn prepare(status: u32, service: &str, group: &str) -> Self {
+        let response = |code| prepare_one(code, status, service, group);
+        Self {
+            no_healthy_instance: response(RejectCode::NoHealthyInstance),
+            instance_deregistered: response(RejectCode::InstanceDeregistered),
+            registry_unavailable: response(RejectCode::RegistryUnavailable),
+        }
+    }
+
+    pub fn get(&self, code: RejectCode) -> &RejectResponse {
+        match code {
+            RejectCode::NoHealthyInstance => &self.no_healthy_instance,
+            RejectCode::InstanceDeregistered => &self.instance_deregistered,
+            RejectCode::RegistryUnavailable => &self.registry_unavailable,
+        }
+    }
+}
+
+fn prepare_one(code: RejectCode, status: u32, service: &str, group: &str) -> RejectResponse {
+    let message = match code {
+        RejectCode::NoHealthyInstance => {
+            format!("service {service} has no healthy instance in Nacos")
+        }
+        RejectCode::InstanceDeregistered => {
+            format!("the requested instance of service {service} is deregistered or unhealthy")
+        }
+        RejectCode::RegistryUnavailable => {
+            format!("Nacos has not answered for service {service} recently enough")
+        }
+    };
+    let body = Body {
+        code: code.as_str(),
+        service,
+        group,
+        message,
+    };
+    RejectResponse {
+        status,
+        // Serializing a struct of strings cannot fail; the fallback keeps the code.
+        body: serde_json::to_string(&body)
+            .unwrap_or_else(|_| format!("{{\"code\":\"{}\"}}", code.as_str())),
+    }
 }
 
 #[cfg(test)]
@@ -60,9 +81,9 @@ mod tests {
 
     #[test]
     fn every_code_gets_a_json_body_naming_the_service() {
-        let responses = prepare(503, "de\"mo", "G");
-        assert_eq!(responses.len(), 3);
-        for (response, code) in responses.iter().zip(RejectCode::ALL) {
+        let responses = Rejections::prepare(503, "de\"mo", "G");
+        for code in RejectCode::ALL {
+            let response = responses.get(code);
             assert_eq!(response.status, 503);
             let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
             assert_eq!(body["code"], code.as_str());

@@ -1,392 +1,309 @@
-//! One poller per gateway: the engine's side of the lease and of the snapshots
-//! and tokens published in shared data.
+//! One poller per gateway: the lease that elects it, and what it publishes for the
+//! other VMs in shared data. This part knows shared data and the published
+//! formats, not the engine: it answers "poll or follow", "is this still mine to
+//! publish", and hands back what others published; the engine applies it.
 
 use log::info;
 
-use super::engine::Engine;
-use super::host_traits::{Metrics, SharedStore};
+use super::host_traits::SharedStore;
+use crate::pure::registry::instance::InstanceSet;
+use crate::pure::registry::snapshot::Health;
 use crate::pure::sharing::lease::{self, Lease, LeaseStep};
-use crate::pure::sharing::published::{self, PublishedSnapshot, PublishedToken};
+use crate::pure::sharing::published::{self, ConfigKeys, PublishedToken, ServiceKeys};
 
-/// Attempts at the compare-and-swap that hands out VM numbers.
-const ID_ATTEMPTS: u32 = 16;
 /// The lease lives this many of the shortest refresh intervals.
-const LEASE_INTERVALS: u64 = 3;
+pub const LEASE_INTERVALS: u64 = 3;
+
+/// What this VM does on this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Poll Nacos. `took_over`: this VM just became the poller, and starts from
+    /// what the last one published.
+    Poll { took_over: bool },
+    /// Adopt what the poller published.
+    Follow,
+}
 
 pub struct Sharing {
-    prefix: String,
+    keys: ConfigKeys,
     vm_id: u64,
     lease_ttl_ms: u64,
     leading: bool,
-    seen_generation: u64,
+    /// The compare-and-swap token of the last heartbeat read, so an unchanged one
+    /// is not decoded again.
+    heartbeat_seen: Option<u32>,
+    heartbeat_written: Vec<u8>,
 }
 
 impl Sharing {
-    /// Number this VM among those of the same configuration; `fallback` when the
-    /// counter cannot be taken (it then only needs to differ between VMs).
-    fn new(prefix: String, lease_ttl_ms: u64, store: &mut dyn SharedStore, fallback: u64) -> Self {
-        let key = published::vm_counter_key(&prefix);
-        let mut vm_id = fallback | (1 << 63);
-        for _ in 0..ID_ATTEMPTS {
-            let (value, cas) = store.get(&key);
-            let next = published::decode_counter(value.as_deref()) + 1;
-            if store.set(&key, next.to_string().as_bytes(), cas) {
-                vm_id = next;
-                break;
-            }
-        }
+    /// `vm_id` must differ between the VMs of one Envoy (the host draws it at
+    /// random) and must not be 0, which marks a lease nobody holds.
+    pub fn new(keys: ConfigKeys, vm_id: u64, lease_ttl_ms: u64) -> Self {
         Self {
-            prefix,
-            vm_id,
+            keys,
+            vm_id: vm_id.max(1),
             lease_ttl_ms,
             leading: false,
-            seen_generation: 0,
+            heartbeat_seen: None,
+            heartbeat_written: Vec::new(),
+        }
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.leading
+    }
+
+    /// Take, keep or follow the lease at `now_ms`.
+    pub fn coordinate(&mut self, now_ms: u64, store: &mut dyn SharedStore) -> Role {
+        let key = self.keys.lease();
+        let (value, cas) = store.get(&key);
+        let leading = match value {
+            // Envoy writes an absent key whatever compare-and-swap token comes
+            // with the write, so two VMs that both found no lease would both win
+            // it. Seed a lease nobody holds; taking it is then a real CAS.
+            None => {
+                store.set(&key, Lease::vacant().encode().as_bytes(), None);
+                false
+            }
+            Some(bytes) => {
+                let stored = Lease::decode(&bytes);
+                match lease::step(stored.as_ref(), self.vm_id, now_ms, self.lease_ttl_ms) {
+                    LeaseStep::Follow => false,
+                    LeaseStep::Renew | LeaseStep::TakeOver => {
+                        let lease = Lease::granted(self.vm_id, now_ms, self.lease_ttl_ms);
+                        cas.is_some() && store.set(&key, lease.encode().as_bytes(), cas)
+                    }
+                }
+            }
+        };
+        let was_leading = std::mem::replace(&mut self.leading, leading);
+        if leading && !was_leading {
+            info!(
+                "nacos-instance-guard: VM {:016x} now polls Nacos for this gateway",
+                self.vm_id
+            );
+        }
+        match (leading, was_leading) {
+            (true, was) => Role::Poll { took_over: !was },
+            (false, _) => {
+                self.heartbeat_written.clear();
+                Role::Follow
+            }
+        }
+    }
+
+    /// Whether this VM still holds the lease, read afresh: a poller that lost it
+    /// while its call was out must not publish the late answer.
+    pub fn still_leading(&self, store: &dyn SharedStore) -> bool {
+        self.leading
+            && store
+                .get(&self.keys.lease())
+                .0
+                .as_deref()
+                .and_then(Lease::decode)
+                .is_some_and(|lease| lease.holder == self.vm_id)
+    }
+
+    /// Each service's health as the poller last published it; `None` when the
+    /// heartbeat has not changed since the last call.
+    pub fn read_heartbeat(&mut self, store: &dyn SharedStore) -> Option<Vec<Health>> {
+        let (bytes, cas) = store.get(&self.keys.heartbeat());
+        if cas.is_some() && cas == self.heartbeat_seen {
+            return None;
+        }
+        self.heartbeat_seen = cas;
+        Some(published::decode_heartbeat(&bytes?).collect())
+    }
+
+    /// Publish each service's health, if it changed since the last write.
+    pub fn write_heartbeat(
+        &mut self,
+        health: impl Iterator<Item = Health>,
+        store: &mut dyn SharedStore,
+    ) {
+        let bytes = published::encode_heartbeat(health);
+        if bytes != self.heartbeat_written && store.set(&self.keys.heartbeat(), &bytes, None) {
+            self.heartbeat_written = bytes;
+        }
+    }
+
+    pub fn read_token(&self, server: usize, store: &dyn SharedStore) -> Option<PublishedToken> {
+        store
+            .get(&self.keys.token(server))
+            .0
+            .as_deref()
+            .and_then(published::decode)
+    }
+
+    pub fn publish_token(
+        &self,
+        server: usize,
+        token: &PublishedToken,
+        store: &mut dyn SharedStore,
+    ) {
+        if let Some(bytes) = published::encode(token) {
+            store.set(&self.keys.token(server), &bytes, None);
         }
     }
 }
 
-impl Engine {
-    /// Share polling with the other VMs of this configuration through `store`.
-    pub fn share(&mut self, config_hash: u64, store: &mut dyn SharedStore, fallback_id: u64) {
-        let shortest = self
-            .guards
-            .iter()
-            .map(|guard| guard.settings.refresh_interval_ms)
-            .min()
-            .unwrap_or(1000);
-        let prefix = published::key_prefix(config_hash);
-        self.sharing = Some(Sharing::new(
-            prefix,
-            shortest * LEASE_INTERVALS,
-            store,
-            fallback_id,
-        ));
+/// Store a service's content unless what is stored is newer (another poller's,
+/// or another configuration's); compare-and-swap, so two writers cannot both win.
+pub fn publish_content(
+    keys: &ServiceKeys,
+    stamp: u64,
+    set: &InstanceSet,
+    store: &mut dyn SharedStore,
+) {
+    let Some(bytes) = published::encode_content(stamp, set) else {
+        return;
+    };
+    let (stored, cas) = store.get(keys.content());
+    if stored
+        .as_deref()
+        .and_then(published::content_stamp)
+        .is_some_and(|stored| stored >= stamp)
+    {
+        return;
     }
+    store.set(keys.content(), &bytes, cas);
+}
 
-    /// Whether this VM polls now. A follower adopts what the poller published.
-    pub(super) fn coordinate(
-        &mut self,
-        now_ms: u64,
-        store: &mut dyn SharedStore,
-        metrics: &mut dyn Metrics,
-    ) -> bool {
-        let Some(sharing) = &mut self.sharing else {
-            return true;
-        };
-        let key = published::lease_key(&sharing.prefix);
-        let (value, cas) = store.get(&key);
-        let stored = value.as_deref().and_then(Lease::decode);
-        let leading =
-            match lease::step(stored.as_ref(), sharing.vm_id, now_ms, sharing.lease_ttl_ms) {
-                LeaseStep::Follow => false,
-                LeaseStep::Renew | LeaseStep::TakeOver => {
-                    let lease = Lease::granted(sharing.vm_id, now_ms, sharing.lease_ttl_ms);
-                    store.set(&key, lease.encode().as_bytes(), cas)
-                }
-            };
-        let was_leading = std::mem::replace(&mut sharing.leading, leading);
-        if leading && !was_leading {
-            info!(
-                "nacos-instance-guard: VM {} now polls Nacos for this gateway",
-                sharing.vm_id
-            );
-        }
-        // A new poller starts from what the last one published, token included;
-        // a follower keeps up with it.
-        if !leading || !was_leading {
-            self.adopt_published(store, metrics);
-        }
-        leading
-    }
+pub fn publish_confirmed(keys: &ServiceKeys, confirmed_at_ms: u64, store: &mut dyn SharedStore) {
+    store.set(
+        keys.confirmed(),
+        confirmed_at_ms.to_string().as_bytes(),
+        None,
+    );
+}
 
-    fn adopt_published(&mut self, store: &mut dyn SharedStore, metrics: &mut dyn Metrics) {
-        let Some(sharing) = &mut self.sharing else {
-            return;
-        };
-        let (value, _) = store.get(&published::generation_key(&sharing.prefix));
-        let generation = published::decode_counter(value.as_deref());
-        if generation == sharing.seen_generation {
-            return;
-        }
-        sharing.seen_generation = generation;
-        let prefix = sharing.prefix.clone();
-        for index in 0..self.targets.len() {
-            let (bytes, _) = store.get(&published::snapshot_key(&prefix, index));
-            let Some(snapshot) = bytes
-                .as_deref()
-                .and_then(published::decode::<PublishedSnapshot>)
-            else {
-                continue;
-            };
-            let adopted = self.targets.get_mut(index).is_some_and(|target| {
-                target
-                    .snapshot
-                    .adopt(snapshot.set, snapshot.fetched_at_ms, snapshot.version)
-            });
-            if adopted {
-                self.refresh_guards(index, metrics);
-            }
-        }
-        for (index, server) in self.servers.iter_mut().enumerate() {
-            let (bytes, _) = store.get(&published::token_key(&prefix, index));
-            if let Some(token) = bytes
-                .as_deref()
-                .and_then(published::decode::<PublishedToken>)
-            {
-                server
-                    .token
-                    .adopt(token.token, token.refresh_at_ms, token.expires_at_ms);
-            }
-        }
-    }
+/// A service's stored content and when it was last confirmed.
+pub fn read_content(keys: &ServiceKeys, store: &dyn SharedStore) -> Option<(u64, InstanceSet)> {
+    store
+        .get(keys.content())
+        .0
+        .as_deref()
+        .and_then(published::decode_content)
+}
 
-    pub(super) fn publish_snapshot(&mut self, index: usize, store: &mut dyn SharedStore) {
-        let (Some(sharing), Some(target)) = (&self.sharing, self.targets.get(index)) else {
-            return;
-        };
-        let Some(set) = target.snapshot.instances() else {
-            return;
-        };
-        let snapshot = PublishedSnapshot {
-            version: target.snapshot.version(),
-            fetched_at_ms: target.snapshot.fetched_at_ms(),
-            set: set.clone(),
-        };
-        if let Some(bytes) = published::encode(&snapshot) {
-            store.set(
-                &published::snapshot_key(&sharing.prefix, index),
-                &bytes,
-                None,
-            );
-            self.bump_generation(store);
-        }
-    }
-
-    pub(super) fn publish_token(&mut self, index: usize, store: &mut dyn SharedStore) {
-        let (Some(sharing), Some(server)) = (&self.sharing, self.servers.get(index)) else {
-            return;
-        };
-        let Some((token, refresh_at_ms, expires_at_ms)) = server.token.current() else {
-            return;
-        };
-        let token = PublishedToken {
-            token: token.to_string(),
-            refresh_at_ms,
-            expires_at_ms,
-        };
-        if let Some(bytes) = published::encode(&token) {
-            store.set(&published::token_key(&sharing.prefix, index), &bytes, None);
-            self.bump_generation(store);
-        }
-    }
-
-    fn bump_generation(&mut self, store: &mut dyn SharedStore) {
-        let Some(sharing) = &mut self.sharing else {
-            return;
-        };
-        let key = published::generation_key(&sharing.prefix);
-        let (value, _) = store.get(&key);
-        let next = published::decode_counter(value.as_deref()) + 1;
-        store.set(&key, next.to_string().as_bytes(), None);
-        // The poller has seen its own publication.
-        sharing.seen_generation = next;
-    }
+pub fn read_confirmed(keys: &ServiceKeys, store: &dyn SharedStore) -> Option<u64> {
+    published::decode_number(store.get(keys.confirmed()).0.as_deref())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::fakes::{FakeMetrics, FakeOutbox, FakeStore};
-    use crate::engine::ScopeRef;
-    use crate::pure::config::{parse, Capabilities};
-    use crate::pure::routing::decision::{Decision, RequestView};
+    use crate::engine::fakes::FakeStore;
+    use crate::pure::registry::instance::instance;
     use crate::testing::test;
 
-    const CONFIG: &str = r#"{"nacos":{"cluster":"nacos","username":"u","password":"p"},
-        "service":{"name":"demo"},"refreshIntervalMs":1000}"#;
-    const ONE: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80}]}"#;
-    const GRANT: &[u8] = br#"{"accessToken":"T","tokenTtl":3600}"#;
+    const TTL: u64 = 3_000;
 
-    /// Several VMs of one gateway: engines sharing one store.
-    struct Gateway {
-        vms: Vec<(Engine, FakeOutbox)>,
-        metrics: FakeMetrics,
-        store: FakeStore,
-        logins: usize,
-        polls: usize,
+    fn sharing(vm: u64) -> Sharing {
+        Sharing::new(ConfigKeys::new(b"{}"), vm, TTL)
     }
 
-    impl Gateway {
-        fn new(vm_count: usize) -> Self {
-            let config = parse(
-                CONFIG.as_bytes(),
-                Capabilities {
-                    higress_routing: false,
-                },
-            )
-            .unwrap();
-            let mut metrics = FakeMetrics::default();
-            let mut store = FakeStore::default();
-            let vms = (0..vm_count)
-                .map(|seed| {
-                    let mut engine = Engine::new(&config, &mut metrics, seed as u64);
-                    engine.share(
-                        lease::config_hash(CONFIG.as_bytes()),
-                        &mut store,
-                        seed as u64,
-                    );
-                    (engine, FakeOutbox::default())
-                })
-                .collect();
-            Self {
-                vms,
-                metrics,
-                store,
-                logins: 0,
-                polls: 0,
-            }
-        }
-
-        /// Tick the listed VMs at `now` and let Nacos answer at once.
-        fn tick(&mut self, now: u64, which: &[usize]) {
-            for &vm in which {
-                let (engine, outbox) = &mut self.vms[vm];
-                engine.on_tick(now, outbox, &mut self.metrics, &mut self.store);
-                while !outbox.sent.is_empty() {
-                    for call in outbox.take() {
-                        let body = if call.method == "POST" {
-                            self.logins += 1;
-                            GRANT
-                        } else {
-                            assert!(call.path.contains("accessToken=T"), "{}", call.path);
-                            self.polls += 1;
-                            ONE
-                        };
-                        engine.on_answer(
-                            call.token,
-                            Some((200, body)),
-                            now,
-                            outbox,
-                            &mut self.metrics,
-                            &mut self.store,
-                        );
-                    }
-                }
-            }
-        }
-
-        fn routes(&mut self, vm: usize, now: u64) -> bool {
-            let engine = &mut self.vms[vm].0;
-            let Some(ScopeRef::Guard(guard)) = engine.scope_for(&mut NoFacts) else {
-                return false;
-            };
-            matches!(
-                engine.decide(guard, now, RequestView::default(), &mut self.metrics),
-                Some((
-                    Decision::Route {
-                        endpoint: "10.0.0.1:80",
-                        ..
-                    },
-                    _
-                ))
-            )
-        }
+    /// Envoy's store as two VMs configuring at once see it: the lease key reads
+    /// absent for the first `blind` reads, whatever was written meanwhile.
+    struct RacingStore<'a> {
+        inner: &'a mut FakeStore,
+        blind: usize,
     }
 
-    struct NoFacts;
-
-    impl crate::pure::routing::rules::RequestFacts for NoFacts {
-        fn route_name(&mut self) -> Option<&str> {
-            None
+    impl SharedStore for RacingStore<'_> {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            if self.blind > 0 && key.ends_with(".lease") {
+                return (None, None);
+            }
+            self.inner.get(key)
         }
-        fn authority(&mut self) -> Option<&str> {
-            None
-        }
-        fn cluster_name(&mut self) -> Option<&str> {
-            None
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            if key.ends_with(".lease") {
+                self.blind = self.blind.saturating_sub(1);
+            }
+            self.inner.set(key, value, cas)
         }
     }
 
     #[test]
-    fn vms_get_distinct_numbers() {
-        let gateway = Gateway::new(3);
-        let ids: Vec<u64> = gateway
-            .vms
-            .iter()
-            .map(|(engine, _)| engine.sharing.as_ref().unwrap().vm_id)
-            .collect();
-        assert_eq!(ids, vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn one_vm_polls_and_logs_in_for_all() {
-        let mut gateway = Gateway::new(4);
-        for now in (0..10_000).step_by(20) {
-            gateway.tick(now, &[0, 1, 2, 3]);
-        }
-        assert_eq!(gateway.logins, 1);
-        assert!(
-            (10..=12).contains(&gateway.polls),
-            "{} polls",
-            gateway.polls
-        );
-        for vm in 0..4 {
-            assert!(
-                gateway.routes(vm, 10_000),
-                "VM {vm} routes by the shared snapshot"
+    fn two_vms_finding_no_lease_at_once_do_not_both_poll() {
+        let mut inner = FakeStore::default();
+        let mut store = RacingStore {
+            inner: &mut inner,
+            blind: 2,
+        };
+        let (mut a, mut b) = (sharing(1), sharing(2));
+        // Both read the absent key before either writes: the interleaving that
+        // gave two pollers when a write to an absent key took the lease outright.
+        assert_eq!(a.coordinate(0, &mut store), Role::Follow);
+        assert_eq!(b.coordinate(0, &mut store), Role::Follow);
+        let roles = [a.coordinate(20, &mut store), b.coordinate(20, &mut store)];
+        assert_eq!(roles, [Role::Poll { took_over: true }, Role::Follow]);
+        for now in (40..10_000).step_by(20) {
+            assert_eq!(
+                [a.coordinate(now, &mut store), b.coordinate(now, &mut store)],
+                [Role::Poll { took_over: false }, Role::Follow]
             );
         }
     }
 
     #[test]
-    fn another_vm_takes_over_within_the_lease_when_the_poller_stops() {
-        let mut gateway = Gateway::new(2);
-        let mut now = 0;
-        while now < 3_000 {
-            gateway.tick(now, &[0, 1]);
-            now += 20;
-        }
-        let polls_before = gateway.polls;
-        let logins_before = gateway.logins;
-        // VM 0 (the poller) stops ticking; VM 1 must take over within one lease.
-        while now < 9_000 {
-            gateway.tick(now, &[1]);
-            now += 20;
-        }
-        assert!(
-            gateway.polls - polls_before >= 3,
-            "VM 1 polls after the lease ran out"
-        );
-        assert_eq!(
-            gateway.logins, logins_before,
-            "the new poller reuses the shared token"
-        );
-        assert!(gateway.routes(1, now));
+    fn a_lease_taken_between_read_and_write_is_not_taken_twice() {
+        let mut store = FakeStore::default();
+        let (mut a, mut b) = (sharing(1), sharing(2));
+        a.coordinate(0, &mut store);
+        // b reads the vacant lease, then a takes it, then b's CAS must fail.
+        let key = ConfigKeys::new(b"{}").lease();
+        let (_, cas) = store.get(&key);
+        assert!(matches!(a.coordinate(10, &mut store), Role::Poll { .. }));
+        let lease = Lease::granted(2, 10, TTL);
+        assert!(!store.set(&key, lease.encode().as_bytes(), cas));
+        assert_eq!(b.coordinate(10, &mut store), Role::Follow);
     }
 
     #[test]
-    fn followers_never_adopt_an_older_version() {
-        let mut gateway = Gateway::new(2);
-        gateway.tick(0, &[0, 1]);
-        gateway.tick(20, &[1]);
-        let version = gateway.vms[1].0.targets[0].snapshot.version();
-        assert!(version >= 1);
-        let stale = PublishedSnapshot {
-            version: 0,
-            fetched_at_ms: 0,
-            set: Default::default(),
+    fn a_poller_that_lost_the_lease_knows_before_it_publishes() {
+        let mut store = FakeStore::default();
+        let (mut a, mut b) = (sharing(1), sharing(2));
+        a.coordinate(0, &mut store);
+        a.coordinate(10, &mut store);
+        assert!(a.still_leading(&store));
+        // a stalls; b takes over after the lease ran out.
+        b.coordinate(5_000, &mut store);
+        assert!(!a.still_leading(&store));
+    }
+
+    #[test]
+    fn content_is_replaced_only_by_newer_content() {
+        let mut store = FakeStore::default();
+        let keys = ServiceKeys::new("q");
+        let one = InstanceSet {
+            instances: vec![instance("10.0.0.1:80", 1.0)],
+            protection_reached: false,
         };
-        let prefix = gateway.vms[0].0.sharing.as_ref().unwrap().prefix.clone();
-        gateway.store.set(
-            &published::snapshot_key(&prefix, 0),
-            &published::encode(&stale).unwrap(),
-            None,
+        publish_content(&keys, 20, &InstanceSet::default(), &mut store);
+        publish_content(&keys, 10, &one, &mut store);
+        assert_eq!(
+            read_content(&keys, &store),
+            Some((20, InstanceSet::default()))
         );
-        gateway
-            .store
-            .set(&published::generation_key(&prefix), b"999", None);
-        gateway.tick(40, &[1]);
-        assert_eq!(gateway.vms[1].0.targets[0].snapshot.version(), version);
-        assert!(gateway.routes(1, 40));
+        publish_content(&keys, 30, &one, &mut store);
+        assert_eq!(read_content(&keys, &store), Some((30, one)));
+    }
+
+    #[test]
+    fn heartbeats_are_read_once_per_change() {
+        let mut store = FakeStore::default();
+        let (mut poller, mut follower) = (sharing(1), sharing(2));
+        let health = Health {
+            content_stamp: 3,
+            confirmed_at_ms: 4,
+            failing_since_ms: None,
+        };
+        poller.write_heartbeat([health].into_iter(), &mut store);
+        assert_eq!(follower.read_heartbeat(&store), Some(vec![health]));
+        assert_eq!(follower.read_heartbeat(&store), None);
+        poller.write_heartbeat([health].into_iter(), &mut store);
+        assert_eq!(store.writes, 1, "an unchanged heartbeat is not rewritten");
     }
 }

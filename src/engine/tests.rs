@@ -1,7 +1,7 @@
 use super::fakes::{FakeMetrics, FakeOutbox, FakeStore};
 use super::*;
+use crate::pure::config::DEFAULT_PIN_HEADER;
 use crate::pure::config::{parse, Capabilities};
-use crate::pure::routing::decision::{Decision, RejectCode, RequestView};
 use crate::pure::routing::rules::RequestFacts;
 use crate::testing::test;
 
@@ -23,17 +23,45 @@ const DEMO: &str = r#"{
 const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
     {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
 
-struct Route(&'static str);
+/// A request on a route, with an optional pin header.
+struct Request {
+    route: &'static str,
+    pin: Option<String>,
+}
 
-impl RequestFacts for Route {
+impl RequestFacts for Request {
     fn route_name(&mut self) -> Option<&str> {
-        Some(self.0)
+        Some(self.route)
     }
     fn authority(&mut self) -> Option<&str> {
         None
     }
     fn cluster_name(&mut self) -> Option<&str> {
         None
+    }
+}
+
+impl RequestHost for Request {
+    fn header(&mut self, name: &str) -> Option<String> {
+        (name == DEFAULT_PIN_HEADER)
+            .then(|| self.pin.clone())
+            .flatten()
+    }
+    fn upstream_hosts(&mut self) -> Option<&[String]> {
+        None
+    }
+}
+
+/// What a request got, as one word or endpoint.
+fn outcome(action: RequestAction<'_>) -> String {
+    match action {
+        RequestAction::Route { endpoint, .. } => endpoint.to_string(),
+        RequestAction::Reject(response) => {
+            let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+            format!("reject {}", body["code"].as_str().unwrap())
+        }
+        RequestAction::PassThrough => "pass".into(),
+        RequestAction::Ignore => "ignore".into(),
     }
 }
 
@@ -84,17 +112,16 @@ impl Harness {
     }
 
     fn decide(&mut self, route: &'static str, now: u64, pin: Option<&str>) -> String {
-        let Some(ScopeRef::Guard(guard)) = self.engine.scope_for(&mut Route(route)) else {
-            return "not guarded".into();
+        let rerouted_before = self.metrics.get("nacos_guard.service.demo.rerouted");
+        let mut request = Request {
+            route,
+            pin: pin.map(str::to_string),
         };
-        let view = RequestView { pin, known: None };
-        match self.engine.decide(guard, now, view, &mut self.metrics) {
-            Some((Decision::Route { endpoint, rerouted }, _)) => {
-                format!("{endpoint}{}", if rerouted { " rerouted" } else { "" })
-            }
-            Some((Decision::Reject(code), _)) => format!("reject {}", code.as_str()),
-            Some((Decision::PassThrough, _)) => "pass".into(),
-            None => "none".into(),
+        let action = outcome(self.engine.on_request(now, &mut request, &mut self.metrics));
+        if self.metrics.get("nacos_guard.service.demo.rerouted") > rerouted_before {
+            format!("{action} rerouted")
+        } else {
+            action
         }
     }
 }
@@ -177,15 +204,16 @@ fn errors_keep_the_last_good_snapshot_until_max_stale() {
     h.poll(2000, None);
     h.poll(3000, Some((200, b"<html>")));
     assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 3);
-    assert!(h.decide("default/demo", 3000, None).ends_with(":80"));
-    assert_eq!(h.decide("default/demo", 3001, None), "pass");
+    // maxStaleMs 3000 counts from the first failed poll, sent at 1000.
+    assert!(h.decide("default/demo", 4000, None).ends_with(":80"));
+    assert_eq!(h.decide("default/demo", 4001, None), "pass");
     assert_eq!(
-        h.decide("default/demo-strict", 3001, None),
+        h.decide("default/demo-strict", 4001, None),
         "reject registry_unavailable"
     );
-    h.poll(4000, Some((200, TWO)));
+    h.poll(5000, Some((200, TWO)));
     assert!(
-        h.decide("default/demo", 4000, None).ends_with(":80"),
+        h.decide("default/demo", 5000, None).ends_with(":80"),
         "recovers by itself"
     );
 }
@@ -211,12 +239,10 @@ fn pins_are_honoured_rerouted_or_rejected() {
 
 #[test]
 fn disabled_and_unmatched_routes_are_left_alone() {
-    let h = Harness::new(DEMO);
-    assert_eq!(
-        h.engine.scope_for(&mut Route("default/legacy")),
-        Some(ScopeRef::Disabled)
-    );
-    assert_eq!(h.engine.scope_for(&mut Route("default/other")), None);
+    let mut h = Harness::new(DEMO);
+    h.poll(0, Some((200, TWO)));
+    assert_eq!(h.decide("default/legacy", 1, None), "ignore");
+    assert_eq!(h.decide("default/other", 1, None), "ignore");
 }
 
 #[test]
@@ -298,7 +324,7 @@ fn failed_logins_back_off_and_count() {
 }
 
 #[test]
-fn a_403_on_the_list_drops_the_token() {
+fn a_403_on_the_list_logs_in_again_at_once() {
     let mut h = Harness::new(AUTH);
     h.tick(0);
     let login = h.outbox.take();
@@ -321,11 +347,16 @@ fn a_403_on_the_list_drops_the_token() {
 
 #[test]
 fn rejections_are_prepared_per_guard() {
-    let h = Harness::new(DEMO);
-    let response = h
-        .engine
-        .rejection(0, RejectCode::NoHealthyInstance)
-        .unwrap();
+    let mut h = Harness::new(DEMO);
+    h.poll(0, Some((200, br#"{"hosts":[]}"#)));
+    let mut request = Request {
+        route: "default/demo",
+        pin: None,
+    };
+    let RequestAction::Reject(response) = h.engine.on_request(1, &mut request, &mut h.metrics)
+    else {
+        panic!("an empty list rejects");
+    };
     assert_eq!(response.status, 503);
     assert!(response.body.contains("\"code\":\"no_healthy_instance\""));
     assert!(response.body.contains("\"service\":\"demo\""));

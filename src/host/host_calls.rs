@@ -58,6 +58,16 @@ pub fn now_ms() -> u64 {
         })
 }
 
+/// 64 random bits: the host's entropy (WASI `random_get`, behind std's
+/// `RandomState`), mixed with the wall clock and `salt` in case it has none.
+pub fn random_u64(salt: u32) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ms());
+    hasher.write_u32(salt);
+    hasher.finish()
+}
+
 pub struct HostStore;
 
 impl SharedStore for HostStore {

@@ -6,9 +6,8 @@ use proxy_wasm::types::{Action, MapType};
 
 use super::host_calls::HostMetrics;
 use super::vm::{PropertyStyle, SharedVm, VmState};
-use crate::engine::ScopeRef;
+use crate::engine::{RequestAction, RequestHost};
 use crate::pure::config::Routing;
-use crate::pure::routing::decision::{Decision, RequestView};
 use crate::pure::routing::rules::RequestFacts;
 
 pub struct GuardHttp {
@@ -32,46 +31,25 @@ impl HttpContext for GuardHttp {
             engine,
             clock_ms,
             property_style,
+            ..
         } = &mut *vm;
         // Whatever happens next, a client never chooses the endpoint itself.
         for name in engine.protected_headers() {
             self.set_http_request_header(name, None);
         }
-        let Some(ScopeRef::Guard(guard)) = engine.scope_for(&mut HostFacts::new(property_style))
-        else {
-            return Action::Continue;
-        };
-        let pin = engine
-            .pin_header(guard)
-            // Bytes, not `get_http_request_header`: the SDK unwraps the UTF-8 check
-            // there and would panic on a client's non-UTF-8 value. Such a pin
-            // names no instance.
-            .and_then(|name| self.get_http_request_header_bytes(name))
-            .and_then(|bytes| String::from_utf8(bytes).ok());
-        let higress = matches!(engine.routing(guard), Some(Routing::Higress));
-        let known_hosts = if higress { known_hosts() } else { Vec::new() };
-        let is_known = |endpoint: &str| known_hosts.iter().any(|host| host == endpoint);
-        let view = RequestView {
-            pin: pin.as_deref(),
-            known: if known_hosts.is_empty() {
-                None
-            } else {
-                Some(&is_known)
-            },
-        };
-        let code = match engine.decide(guard, *clock_ms, view, &mut HostMetrics) {
-            Some((Decision::Route { endpoint, .. }, routing)) => return route(routing, endpoint),
-            Some((Decision::Reject(code), _)) => code,
-            Some((Decision::PassThrough, _)) | None => return Action::Continue,
-        };
-        if let Some(rejection) = engine.rejection(guard, code) {
-            self.send_http_response(
-                rejection.status,
-                vec![("content-type", crate::engine::REJECT_CONTENT_TYPE)],
-                Some(rejection.body.as_bytes()),
-            );
+        let mut request = HostRequest::new(property_style);
+        match engine.on_request(*clock_ms, &mut request, &mut HostMetrics) {
+            RequestAction::Route { endpoint, routing } => route(routing, endpoint),
+            RequestAction::Reject(rejection) => {
+                self.send_http_response(
+                    rejection.status,
+                    vec![("content-type", crate::engine::REJECT_CONTENT_TYPE)],
+                    Some(rejection.body.as_bytes()),
+                );
+                Action::Pause
+            }
+            RequestAction::PassThrough | RequestAction::Ignore => Action::Continue,
         }
-        Action::Pause
     }
 }
 
@@ -113,20 +91,22 @@ fn known_hosts() -> Vec<String> {
     Vec::new()
 }
 
-/// Request facts read from the host on first use only.
-struct HostFacts<'a> {
+/// What the engine may ask of a request, read from the host on first use only.
+struct HostRequest<'a> {
     route_name: Option<Option<String>>,
     authority: Option<Option<String>>,
     cluster_name: Option<Option<String>>,
+    upstream_hosts: Option<Vec<String>>,
     style: &'a mut Option<PropertyStyle>,
 }
 
-impl<'a> HostFacts<'a> {
+impl<'a> HostRequest<'a> {
     fn new(style: &'a mut Option<PropertyStyle>) -> Self {
         Self {
             route_name: None,
             authority: None,
             cluster_name: None,
+            upstream_hosts: None,
             style,
         }
     }
@@ -159,7 +139,22 @@ impl<'a> HostFacts<'a> {
     }
 }
 
-impl RequestFacts for HostFacts<'_> {
+impl RequestHost for HostRequest<'_> {
+    fn header(&mut self, name: &str) -> Option<String> {
+        // Bytes, not `get_http_request_header`: the SDK unwraps the UTF-8 check
+        // there and would panic on a client's non-UTF-8 value.
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+    }
+
+    fn upstream_hosts(&mut self) -> Option<&[String]> {
+        Some(self.upstream_hosts.get_or_insert_with(known_hosts))
+    }
+}
+
+impl RequestFacts for HostRequest<'_> {
     fn route_name(&mut self) -> Option<&str> {
         if self.route_name.is_none() {
             self.route_name = Some(self.property("route_name"));

@@ -8,13 +8,13 @@ use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use super::host_calls::{now_ms, HostMetrics, HostOutbox, HostStore};
+use super::host_calls::{random_u64, HostMetrics, HostOutbox, HostStore};
 use super::http::GuardHttp;
 use super::vm::{SharedVm, VmState};
-use crate::engine::Engine;
+use crate::engine::{Engine, GatewayClock};
 use crate::pure::config::{self, Capabilities};
 use crate::pure::polling::nacos::response::MAX_ANSWER_BYTES;
-use crate::pure::sharing::lease::config_hash;
+use crate::pure::sharing::published::ConfigKeys;
 
 const CAPABILITIES: Capabilities = Capabilities {
     higress_routing: cfg!(feature = "higress"),
@@ -59,8 +59,7 @@ impl Context for GuardRoot {
                 .unwrap_or_default()
         });
         let answer = status.zip(body.as_deref());
-        vm.clock_ms = now_ms();
-        let now = vm.clock_ms;
+        let now = vm.read_clock();
         vm.engine.on_answer(
             token,
             answer,
@@ -82,9 +81,17 @@ impl RootContext for GuardRoot {
                 return false;
             }
         };
-        let seed = now_ms() ^ u64::from(self.context_id).rotate_left(32);
+        let seed = random_u64(self.context_id);
         let mut engine = Engine::new(&config, &mut HostMetrics, seed);
-        engine.share(config_hash(&raw), &mut HostStore, seed);
+        // Another draw, not the seed: VM ids must differ between VMs whatever
+        // their seeds share.
+        let vm_id = random_u64(self.context_id.wrapping_add(1));
+        engine.share(
+            ConfigKeys::new(&raw),
+            vm_id,
+            &mut HostStore,
+            &mut HostMetrics,
+        );
         if engine.guards_anything() {
             self.set_tick_period(Duration::from_millis(engine.tick_period_ms()));
         }
@@ -93,18 +100,20 @@ impl RootContext for GuardRoot {
             config.rules.len(),
             engine.tick_period_ms()
         );
-        self.vm = Some(Rc::new(RefCell::new(VmState {
+        let mut vm = VmState {
             engine,
-            clock_ms: now_ms(),
+            clock: GatewayClock::default(),
+            clock_ms: 0,
             property_style: None,
-        })));
+        };
+        vm.read_clock();
+        self.vm = Some(Rc::new(RefCell::new(vm)));
         true
     }
 
     fn on_tick(&mut self) {
         if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
-            vm.clock_ms = now_ms();
-            let now = vm.clock_ms;
+            let now = vm.read_clock();
             vm.engine
                 .on_tick(now, &mut HostOutbox, &mut HostMetrics, &mut HostStore);
         }

@@ -3,7 +3,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::engine::Engine;
+use super::host_calls::{now_ms, HostStore};
+use crate::engine::{Engine, GatewayClock};
 
 /// Where the host keeps request properties such as `route_name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,11 +17,20 @@ pub enum PropertyStyle {
 
 pub struct VmState {
     pub engine: Engine,
-    /// The host clock at the root's last callback. Requests read it instead of
-    /// asking the host: it is at most one tick (50 ms) old.
+    pub clock: GatewayClock,
+    /// The gateway clock at the root's last callback. Requests read it instead
+    /// of asking the host: it is at most one tick (50 ms) old.
     pub clock_ms: u64,
     /// Learned from the first request that finds a property, then asked directly.
     pub property_style: Option<PropertyStyle>,
+}
+
+impl VmState {
+    /// Read the gateway clock now, and keep the reading for requests.
+    pub fn read_clock(&mut self) -> u64 {
+        self.clock_ms = self.clock.now(now_ms(), &mut HostStore);
+        self.clock_ms
+    }
 }
 
 pub type SharedVm = Rc<RefCell<VmState>>;

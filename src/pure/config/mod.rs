@@ -20,6 +20,8 @@ pub const DEFAULT_PIN_HEADER: &str = "x-nacos-instance";
 /// Read by an ORIGINAL_DST cluster with `use_http_header`; a client must never set it.
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 
+/// `refreshIntervalMs` when unset, and the interval of a plugin that guards nothing.
+pub const DEFAULT_REFRESH_MS: u64 = 1000;
 const MIN_REFRESH_MS: u64 = 100;
 const MAX_REFRESH_MS: u64 = 600_000;
 const MAX_STALE_MS: u64 = 86_400_000;
@@ -262,7 +264,7 @@ fn parse_scope(
             MIN_REFRESH_MS..=MAX_REFRESH_MS,
             "milliseconds",
         )?
-        .unwrap_or(1000);
+        .unwrap_or(DEFAULT_REFRESH_MS);
     let max_stale_ms = fields
         .integer_in("maxStaleMs", 0..=MAX_STALE_MS, "milliseconds")?
         .unwrap_or(30_000);
@@ -305,6 +307,18 @@ fn parse_scope(
         };
         return Err(fields.error(missing, "required where the guard is enabled"));
     };
+    // Nacos 3's v3 client API fills a blank `clusterName` with `DEFAULT`
+    // (`InstanceListForm.fillDefaultValue()` in alibaba/nacos) and lists only that
+    // cluster; the plugin would take the narrowed list as the truth and reject
+    // every request to a service whose instances live in a named cluster.
+    if server.api == ApiVersion::V3 && filter.clusters.is_empty() {
+        return Err(fields.error(
+            "service.clusters",
+            "required with nacos.apiVersion v3: Nacos 3 lists only the DEFAULT cluster \
+             when none is named; list the clusters the service's instances use \
+             (e.g. [\"DEFAULT\"])",
+        ));
+    }
     let service = ServiceKey {
         namespace_id,
         group,

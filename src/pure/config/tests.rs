@@ -244,6 +244,11 @@ fn bad_configurations_are_refused_with_the_field_named() {
             "v1, v3",
         ),
         (
+            r#"{"nacos":{"cluster":"c","apiVersion":"v3"},"service":{"name":"d"}}"#.into(),
+            "service.clusters",
+            "only the DEFAULT cluster",
+        ),
+        (
             r#"{"nacos":{"cluster":"c","host":"h"},"service":{"name":"d"}}"#.into(),
             "nacos.host",
             "unknown field",

@@ -1,6 +1,13 @@
 //! The Nacos access token: when to log in, when to refresh (well before
-//! `tokenTtl` runs out, never after a 403), and how to back off after failures
-//! so a wrong password does not become a tight retry loop.
+//! `tokenTtl` runs out), and how to back off after failures so that neither a
+//! wrong password nor an account without permission becomes a tight login loop.
+//!
+//! Nacos answers 403 both for a token it no longer accepts and for an account
+//! that may not read a namespace. The first 403 of a token logs in again at once
+//! (the token was refused); if the new token is refused too, the account lacks
+//! permission, and each further login waits as after a failed login (1, 2, 4 …
+//! 30 s). The old token stays in use meanwhile: the services it may read keep
+//! being polled.
 
 use crate::pure::polling::nacos::response::LoginGrant;
 
@@ -15,6 +22,25 @@ pub struct TokenState {
     login_in_flight: bool,
     retry_at_ms: u64,
     failures: u32,
+    /// Grows with every token taken, so a 403 can be matched to its token.
+    generation: u64,
+    /// The generation whose 403 already asked for a new login.
+    refused_generation: Option<u64>,
+    /// 403-driven logins in a row, and when the last one was asked for.
+    refusals: u32,
+    last_refusal_ms: u64,
+}
+
+/// What a 403 on a list call means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The token was refused: a new one is fetched at once.
+    TokenRefused,
+    /// A fresh token was refused too: the account lacks permission. The next
+    /// login waits `retry_in_ms`.
+    NoPermission { retry_in_ms: u64 },
+    /// The 403 was for an older token, or one already being replaced.
+    AlreadyHandled,
 }
 
 impl TokenState {
@@ -36,9 +62,15 @@ impl TokenState {
         self.login_in_flight = true;
     }
 
+    /// Which token a call carries, to hand back with its 403.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// A login succeeded at `now_ms`. Refresh after three quarters of the lifetime.
     pub fn granted(&mut self, grant: LoginGrant, now_ms: u64) {
         let lifetime_ms = grant.ttl_seconds.max(1).saturating_mul(1000);
+        self.generation += 1;
         self.token = Some(grant.access_token);
         self.expires_at_ms = now_ms.saturating_add(lifetime_ms);
         self.refresh_at_ms = now_ms.saturating_add(lifetime_ms / 4 * 3);
@@ -51,21 +83,42 @@ impl TokenState {
     pub fn login_failed(&mut self, now_ms: u64) -> u32 {
         self.login_in_flight = false;
         self.failures = self.failures.saturating_add(1);
-        let shift = self.failures.saturating_sub(1).min(16);
-        let backoff = FIRST_BACKOFF_MS
-            .saturating_mul(1 << shift)
-            .min(MAX_BACKOFF_MS);
-        self.retry_at_ms = now_ms.saturating_add(backoff);
+        self.retry_at_ms = now_ms.saturating_add(backoff(self.failures));
         self.failures
     }
 
-    /// Nacos refused the token (403): it is no good, log in again (after any backoff).
-    pub fn rejected(&mut self) {
-        self.token = None;
+    /// A list call carrying token `generation` got a 403 at `now_ms`.
+    pub fn refused(&mut self, generation: u64, now_ms: u64) -> Refusal {
+        if self.token.is_none()
+            || generation != self.generation
+            || self.refused_generation == Some(generation)
+        {
+            return Refusal::AlreadyHandled;
+        }
+        self.refused_generation = Some(generation);
+        // A quiet spell ends an episode: the next 403 is a refused token again.
+        if now_ms.saturating_sub(self.last_refusal_ms) > 2 * MAX_BACKOFF_MS {
+            self.refusals = 0;
+        }
+        self.last_refusal_ms = now_ms;
+        self.refusals = self.refusals.saturating_add(1);
+        let retry_in_ms = match self.refusals {
+            1 => 0,
+            refusals => backoff(refusals - 1),
+        };
+        self.refresh_at_ms = self.refresh_at_ms.min(now_ms.saturating_add(retry_in_ms));
+        if retry_in_ms == 0 {
+            Refusal::TokenRefused
+        } else {
+            Refusal::NoPermission { retry_in_ms }
+        }
     }
 
     /// Take token state published by another VM.
     pub fn adopt(&mut self, token: String, refresh_at_ms: u64, expires_at_ms: u64) {
+        if self.token.as_deref() != Some(token.as_str()) {
+            self.generation += 1;
+        }
         self.token = Some(token);
         self.refresh_at_ms = refresh_at_ms;
         self.expires_at_ms = expires_at_ms;
@@ -77,6 +130,14 @@ impl TokenState {
             .as_deref()
             .map(|token| (token, self.refresh_at_ms, self.expires_at_ms))
     }
+}
+
+/// The wait after the `streak`-th failure in a row: 1 s, doubling, at most 30 s.
+fn backoff(streak: u32) -> u64 {
+    let shift = streak.saturating_sub(1).min(16);
+    FIRST_BACKOFF_MS
+        .saturating_mul(1 << shift)
+        .min(MAX_BACKOFF_MS)
 }
 
 #[cfg(test)]
@@ -143,18 +204,50 @@ mod tests {
         state.login_failed(0);
         state.login_failed(0);
         state.granted(grant(100), 0);
-        state.rejected();
-        assert!(state.needs_login(0));
         assert_eq!(state.login_failed(0), 1);
     }
 
     #[test]
-    fn a_rejected_token_is_dropped() {
+    fn a_refused_token_is_replaced_at_once_and_kept_meanwhile() {
         let mut state = TokenState::default();
         state.granted(grant(100), 0);
-        state.rejected();
-        assert_eq!(state.valid_token(1), None);
-        assert!(state.needs_login(1));
+        let first = state.generation();
+        assert_eq!(state.refused(first, 5_000), Refusal::TokenRefused);
+        assert!(state.needs_login(5_000));
+        assert_eq!(
+            state.valid_token(5_000),
+            Some("tok"),
+            "still used meanwhile"
+        );
+        assert_eq!(
+            state.refused(first, 5_001),
+            Refusal::AlreadyHandled,
+            "many services refusing one token ask for one login"
+        );
+    }
+
+    #[test]
+    fn a_fresh_token_refused_again_backs_off_like_a_failed_login() {
+        let mut state = TokenState::default();
+        let mut now = 0;
+        let mut logins = Vec::new();
+        // Every login succeeds, every list call with the new token gets a 403.
+        while now < 120_000 {
+            if state.needs_login(now) {
+                logins.push(now);
+                state.login_started();
+                state.granted(grant(3_600), now);
+            }
+            state.refused(state.generation(), now);
+            now += 100;
+        }
+        let waits: Vec<u64> = logins.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            waits[..6],
+            [100, 1_000, 2_000, 4_000, 8_000, 16_000],
+            "{waits:?}"
+        );
+        assert!(waits[6..].iter().all(|w| *w == 30_000), "{waits:?}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! lockstep, never two calls at once for one service, and no more than a bound in
 //! flight overall.
 
+use crate::pure::config::DEFAULT_REFRESH_MS;
+
 /// Calls in flight to Nacos at most, over all services of one VM.
 pub const MAX_CALLS_IN_FLIGHT: usize = 32;
 /// Polls start up to this fraction of the interval early (never late, so the
@@ -50,13 +52,22 @@ impl Scheduler {
     /// other VMs pick up a new snapshot within a twentieth of the interval, coarse
     /// enough to cost nothing (a tick with nothing due reads two shared-data keys).
     pub fn tick_period_ms(&self) -> u64 {
-        let shortest = self
-            .slots
+        (self.shortest_interval_ms() / 20).clamp(10, 50)
+    }
+
+    /// The shortest polling interval; the default one when nothing is polled.
+    pub fn shortest_interval_ms(&self) -> u64 {
+        self.slots
             .iter()
             .map(|slot| slot.interval_ms)
             .min()
-            .unwrap_or(1000);
-        (shortest / 20).clamp(10, 50)
+            .unwrap_or(DEFAULT_REFRESH_MS)
+    }
+
+    pub fn interval_ms(&self, index: usize) -> u64 {
+        self.slots
+            .get(index)
+            .map_or(DEFAULT_REFRESH_MS, |slot| slot.interval_ms)
     }
 
     pub fn in_flight(&self) -> usize {

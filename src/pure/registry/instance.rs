@@ -32,6 +32,24 @@ pub struct InstanceFilter {
 }
 
 impl InstanceFilter {
+    /// A name for the view of a service this filter gives, `None` for the whole
+    /// service: `clusters=A,B;zone=z1`.
+    pub fn view_name(&self) -> Option<String> {
+        if self.clusters.is_empty() && self.metadata.is_empty() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if !self.clusters.is_empty() {
+            parts.push(format!("clusters={}", self.clusters.join(",")));
+        }
+        parts.extend(
+            self.metadata
+                .iter()
+                .map(|(key, value)| format!("{key}={value}")),
+        );
+        Some(parts.join(";"))
+    }
+
     /// Whether `instance` may get traffic.
     ///
     /// While the protection threshold is reached, the health flags are the ones Nacos

@@ -6,23 +6,38 @@ use crate::pure::registry::instance::InstanceFilter;
 use crate::pure::registry::snapshot::{Freshness, Snapshot};
 use crate::pure::routing::selection::WeightedRoundRobin;
 
-/// The usable instances of one guard, prepared once per snapshot version so that
+/// The usable instances of one guard, prepared once per content change so that
 /// a request costs a scan and no allocation.
 #[derive(Debug, Clone, Default)]
 pub struct Candidates {
-    built_from_version: u64,
+    built: Option<u64>,
     endpoints: Vec<String>,
     picker: WeightedRoundRobin,
+    /// Where this VM's rotation starts on its first list.
+    start: u64,
 }
 
 impl Candidates {
-    /// Rebuild from `snapshot` if it changed since the last call; true if rebuilt.
+    /// `start` places this VM's rotation: VMs given different numbers do not all
+    /// send their first request to the same instance.
+    pub fn starting_at(start: u64) -> Self {
+        Self {
+            start,
+            ..Self::default()
+        }
+    }
+
+    /// Rebuild from `snapshot` if its content changed since the last call; true if
+    /// rebuilt. The instances that stay keep their place in the rotation, so a
+    /// list that changes (or is merely confirmed) never restarts it.
     pub fn refresh(&mut self, snapshot: &Snapshot, filter: &InstanceFilter) -> bool {
-        if snapshot.version() == self.built_from_version {
+        let stamp = snapshot.content_stamp();
+        if snapshot.instances().is_none() || self.built == Some(stamp) {
             return false;
         }
-        self.built_from_version = snapshot.version();
-        self.endpoints.clear();
+        let first_build = self.built.is_none();
+        self.built = Some(stamp);
+        let previous = std::mem::take(&mut self.endpoints);
         let mut weights = Vec::new();
         if let Some(set) = snapshot.instances() {
             for instance in &set.instances {
@@ -32,7 +47,14 @@ impl Candidates {
                 }
             }
         }
-        self.picker.reset(weights);
+        let endpoints = &self.endpoints;
+        self.picker.carry_over(weights, |index| {
+            let endpoint = endpoints.get(index)?;
+            previous.iter().position(|before| before == endpoint)
+        });
+        if first_build {
+            self.picker.skip(self.start);
+        }
         true
     }
 
@@ -363,6 +385,35 @@ mod tests {
         snapshot.accept(InstanceSet::default(), 1);
         assert!(candidates.refresh(&snapshot, &filter));
         assert!(candidates.endpoints().is_empty());
+    }
+
+    #[test]
+    fn rare_requests_between_confirming_polls_reach_every_instance() {
+        // One request per poll: before, every poll restarted the rotation and
+        // only the first instance was ever picked.
+        let list = InstanceSet {
+            instances: (1..=4)
+                .map(|i| instance(&format!("10.0.0.{i}:80"), 1.0))
+                .collect(),
+            protection_reached: false,
+        };
+        let mut snapshot = Snapshot::default();
+        let mut candidates = Candidates::starting_at(3);
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for poll in 0..400u64 {
+            snapshot.accept(list.clone(), poll * 1_000);
+            candidates.refresh(&snapshot, &InstanceFilter::default());
+            if let Decision::Route { endpoint, .. } = decide(
+                &mut candidates,
+                Freshness::Fresh,
+                REROUTE_OPEN,
+                RequestView::default(),
+            ) {
+                *counts.entry(endpoint.to_string()).or_default() += 1;
+            }
+        }
+        assert_eq!(counts.len(), 4, "{counts:?}");
+        assert!(counts.values().all(|c| *c == 100), "{counts:?}");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 const WEIGHT_SCALE: f64 = 100.0;
 /// Nacos caps weights at 10000; anything higher is held there.
 const MAX_UNITS: i64 = 1_000_000;
+/// Picks a fresh rotation skips at most: enough to spread VMs over any list a
+/// service has, cheap enough for every rebuild.
+const MAX_SKIP: i64 = 4096;
 
 #[derive(Debug, Clone, Default)]
 pub struct WeightedRoundRobin {
@@ -20,6 +23,41 @@ impl WeightedRoundRobin {
         self.weights.extend(weights.into_iter().map(weight_units));
         self.current.clear();
         self.current.resize(self.weights.len(), 0);
+    }
+
+    /// New weights for a changed list, keeping the rotation of the candidates that
+    /// stay: `previous(i)` is the index candidate `i` had before, if it had one. A
+    /// newcomer starts level, and the state is re-centred so that nobody is owed
+    /// a burst or held back by those that left.
+    pub fn carry_over(
+        &mut self,
+        weights: impl IntoIterator<Item = f64>,
+        previous: impl Fn(usize) -> Option<usize>,
+    ) {
+        let old = std::mem::take(&mut self.current);
+        self.reset(weights);
+        for (index, current) in self.current.iter_mut().enumerate() {
+            *current = previous(index)
+                .and_then(|before| old.get(before))
+                .copied()
+                .unwrap_or(0);
+        }
+        let count = i64::try_from(self.current.len()).unwrap_or(i64::MAX).max(1);
+        let mean = self.current.iter().sum::<i64>() / count;
+        for current in &mut self.current {
+            *current -= mean;
+        }
+    }
+
+    /// Advance by `picks` picks (fewer for long cycles): VMs built from the same
+    /// list then start at different places in the rotation instead of all sending
+    /// their first request to the first instance.
+    pub fn skip(&mut self, picks: u64) {
+        let cycle: i64 = self.weights.iter().filter(|w| **w > 0).sum();
+        let picks = picks % u64::try_from(cycle.clamp(1, MAX_SKIP)).unwrap_or(1);
+        for _ in 0..picks {
+            self.pick();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -118,6 +156,44 @@ mod tests {
         assert_eq!(weight_units(0.001), 1);
         assert_eq!(weight_units(1e300), MAX_UNITS);
         assert_eq!(counts(&[0.001, 1e300], 10), vec![0, 10]);
+    }
+
+    #[test]
+    fn carrying_over_keeps_the_rotation_of_those_that_stay() {
+        let mut wrr = WeightedRoundRobin::default();
+        wrr.reset([1.0, 1.0, 1.0, 1.0]);
+        let mut counts = [0usize; 4];
+        // A list that keeps changing (an instance leaves and comes back) while
+        // requests are rare: every stayer still gets its share.
+        for round in 0..400 {
+            if round % 2 == 0 {
+                wrr.carry_over([1.0, 1.0, 1.0], Some);
+            } else {
+                wrr.carry_over([1.0, 1.0, 1.0, 1.0], |i| (i < 3).then_some(i));
+            }
+            counts[wrr.pick().unwrap()] += 1;
+        }
+        // The stayers share evenly; the one that comes and goes starts level
+        // each time and gets no more than its share of the rounds it is in.
+        let stayers = &counts[..3];
+        assert!(
+            stayers.iter().max().unwrap() - stayers.iter().min().unwrap() <= 2,
+            "{counts:?}"
+        );
+        assert!(counts[3] <= 50, "{counts:?}");
+    }
+
+    #[test]
+    fn skipping_spreads_the_first_pick() {
+        let firsts: std::collections::BTreeSet<usize> = (0..40)
+            .map(|seed| {
+                let mut wrr = WeightedRoundRobin::default();
+                wrr.reset([1.0; 4]);
+                wrr.skip(seed * 7919);
+                wrr.pick().unwrap()
+            })
+            .collect();
+        assert_eq!(firsts.len(), 4, "{firsts:?}");
     }
 
     #[test]

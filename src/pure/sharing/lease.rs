@@ -23,6 +23,15 @@ pub enum LeaseStep {
 }
 
 impl Lease {
+    /// A lease nobody holds (holder 0), free to take at any time.
+    pub fn vacant() -> Self {
+        Self {
+            holder: 0,
+            renewed_at_ms: 0,
+            expires_at_ms: 0,
+        }
+    }
+
     pub fn granted(holder: u64, now_ms: u64, ttl_ms: u64) -> Self {
         Self {
             holder,
@@ -65,13 +74,6 @@ pub fn step(stored: Option<&Lease>, me: u64, now_ms: u64, ttl_ms: u64) -> LeaseS
         }
         Some(_) => LeaseStep::Follow,
     }
-}
-
-/// FNV-1a of the configuration: VMs share state only with VMs of the same config.
-pub fn config_hash(config: &[u8]) -> u64 {
-    config.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
@@ -122,11 +124,5 @@ mod tests {
         for bad in ["", "1:2", "1:2:3:4", "a:b:c", "1:-2:3", "\u{0}"] {
             assert_eq!(Lease::decode(bad.as_bytes()), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn config_hash_tells_configurations_apart() {
-        assert_eq!(config_hash(b"{}"), config_hash(b"{}"));
-        assert_ne!(config_hash(b"{\"a\":1}"), config_hash(b"{\"a\":2}"));
     }
 }

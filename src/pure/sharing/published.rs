@@ -1,42 +1,131 @@
-//! What the polling VM publishes in shared data for the other VMs: each
-//! service's snapshot and each server's token, under keys that carry the plugin
-//! name and a hash of the configuration.
+//! What VMs keep in Envoy's process-wide shared data, and how it is encoded.
+//!
+//! - Per configuration (keys carry a hash of it): the lease, the poller's
+//!   heartbeat (each service's content stamp and health, one small binary value
+//!   rewritten at most once per tick), and each server's token.
+//! - Per service, whatever the configuration: its content, rewritten only when it
+//!   changes, and when it was last confirmed. A configuration edit makes a new
+//!   configuration with new keys, and it starts from these instead of nothing.
 
 use serde::{Deserialize, Serialize};
 
 use crate::pure::registry::instance::InstanceSet;
+use crate::pure::registry::snapshot::Health;
 
-pub fn lease_key(prefix: &str) -> String {
-    format!("{prefix}.lease")
+const PLUGIN: &str = "nacos-instance-guard";
+
+/// FNV-1a: VMs share state only with VMs of the same configuration, and a
+/// service's content only with guards that ask Nacos the same question.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
-/// Grows each time the polling VM publishes anything; followers read only this
-/// key per tick, and the rest only when it moved.
-pub fn generation_key(prefix: &str) -> String {
-    format!("{prefix}.generation")
+/// The gateway clock's last reading, shared by every configuration.
+pub fn clock_key() -> String {
+    format!("{PLUGIN}.clock")
 }
 
-pub fn vm_counter_key(prefix: &str) -> String {
-    format!("{prefix}.vms")
+/// Keys of one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigKeys {
+    prefix: String,
 }
 
-pub fn snapshot_key(prefix: &str, target: usize) -> String {
-    format!("{prefix}.snapshot.{target}")
+impl ConfigKeys {
+    pub fn new(config: &[u8]) -> Self {
+        Self {
+            prefix: format!("{PLUGIN}.{:016x}", stable_hash(config)),
+        }
+    }
+
+    pub fn lease(&self) -> String {
+        format!("{}.lease", self.prefix)
+    }
+
+    pub fn heartbeat(&self) -> String {
+        format!("{}.heartbeat", self.prefix)
+    }
+
+    pub fn token(&self, server: usize) -> String {
+        format!("{}.token.{server}", self.prefix)
+    }
 }
 
-pub fn token_key(prefix: &str, server: usize) -> String {
-    format!("{prefix}.token.{server}")
+/// Keys of one service as one server is asked about it; `question` is everything
+/// that shapes the answer (server, account, namespace, group, name, clusters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceKeys {
+    content: String,
+    confirmed: String,
 }
 
-pub fn key_prefix(config_hash: u64) -> String {
-    format!("nacos-instance-guard.{config_hash:016x}")
+impl ServiceKeys {
+    pub fn new(question: &str) -> Self {
+        let content = format!("{PLUGIN}.service.{:016x}", stable_hash(question.as_bytes()));
+        Self {
+            confirmed: format!("{content}.confirmed"),
+            content,
+        }
+    }
+
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+
+    pub fn confirmed(&self) -> &str {
+        &self.confirmed
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PublishedSnapshot {
-    pub version: u64,
-    pub fetched_at_ms: u64,
-    pub set: InstanceSet,
+/// A service's content: `<stamp>\n<json>`, so that a writer can tell whether what
+/// is stored is newer than what it holds without decoding the list.
+pub fn encode_content(stamp: u64, set: &InstanceSet) -> Option<Vec<u8>> {
+    let mut bytes = format!("{stamp}\n").into_bytes();
+    serde_json::to_writer(&mut bytes, set).ok()?;
+    Some(bytes)
+}
+
+pub fn content_stamp(bytes: &[u8]) -> Option<u64> {
+    let end = bytes.iter().position(|b| *b == b'\n')?;
+    std::str::from_utf8(bytes.get(..end)?).ok()?.parse().ok()
+}
+
+pub fn decode_content(bytes: &[u8]) -> Option<(u64, InstanceSet)> {
+    let stamp = content_stamp(bytes)?;
+    let start = bytes.iter().position(|b| *b == b'\n')? + 1;
+    let set = serde_json::from_slice(bytes.get(start..)?).ok()?;
+    Some((stamp, set))
+}
+
+/// Each service's [`Health`] in configuration order, 24 bytes apiece
+/// (little-endian: content stamp, confirmed at, failing since or 0): a thousand
+/// services are 24 KB that followers read without parsing text.
+pub fn encode_heartbeat(health: impl Iterator<Item = Health>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for h in health {
+        bytes.extend_from_slice(&h.content_stamp.to_le_bytes());
+        bytes.extend_from_slice(&h.confirmed_at_ms.to_le_bytes());
+        bytes.extend_from_slice(&h.failing_since_ms.unwrap_or(0).to_le_bytes());
+    }
+    bytes
+}
+
+pub fn decode_heartbeat(bytes: &[u8]) -> impl Iterator<Item = Health> + '_ {
+    bytes.chunks_exact(24).map(|chunk| {
+        let word = |at: usize| {
+            chunk
+                .get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Health {
+            content_stamp: word(0),
+            confirmed_at_ms: word(8),
+            failing_since_ms: Some(word(16)).filter(|since| *since != 0),
+        }
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,11 +143,8 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     serde_json::from_slice(bytes).ok()
 }
 
-pub fn decode_counter(bytes: Option<&[u8]>) -> u64 {
-    bytes
-        .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(0)
+pub fn decode_number(bytes: Option<&[u8]>) -> Option<u64> {
+    std::str::from_utf8(bytes?).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -68,17 +154,16 @@ mod tests {
     use crate::testing::test;
 
     #[test]
-    fn snapshots_and_tokens_round_trip() {
-        let snapshot = PublishedSnapshot {
-            version: 3,
-            fetched_at_ms: 99,
-            set: InstanceSet {
-                instances: vec![instance("10.0.0.1:80", 2.5)],
-                protection_reached: true,
-            },
+    fn content_and_tokens_round_trip() {
+        let set = InstanceSet {
+            instances: vec![instance("10.0.0.1:80", 2.5)],
+            protection_reached: true,
         };
-        let bytes = encode(&snapshot).unwrap();
-        assert_eq!(decode::<PublishedSnapshot>(&bytes), Some(snapshot));
+        let bytes = encode_content(99, &set).unwrap();
+        assert_eq!(content_stamp(&bytes), Some(99));
+        assert_eq!(decode_content(&bytes), Some((99, set)));
+        assert_eq!(decode_content(b"12\nnot json"), None);
+        assert_eq!(content_stamp(b"no stamp"), None);
         let token = PublishedToken {
             token: "t".into(),
             refresh_at_ms: 1,
@@ -92,20 +177,40 @@ mod tests {
     }
 
     #[test]
-    fn keys_carry_the_plugin_name_and_config_hash() {
-        let prefix = key_prefix(0xabc);
-        assert_eq!(prefix, "nacos-instance-guard.0000000000000abc");
-        assert_eq!(
-            snapshot_key(&prefix, 2),
-            "nacos-instance-guard.0000000000000abc.snapshot.2"
-        );
-        assert_ne!(lease_key(&prefix), generation_key(&prefix));
+    fn heartbeats_round_trip_and_ignore_a_torn_tail() {
+        let health = [
+            Health {
+                content_stamp: 1,
+                confirmed_at_ms: 2,
+                failing_since_ms: None,
+            },
+            Health {
+                content_stamp: u64::MAX,
+                confirmed_at_ms: 7,
+                failing_since_ms: Some(9),
+            },
+        ];
+        let mut bytes = encode_heartbeat(health.iter().copied());
+        assert_eq!(bytes.len(), 48);
+        bytes.push(1);
+        assert_eq!(decode_heartbeat(&bytes).collect::<Vec<_>>(), health);
     }
 
     #[test]
-    fn counters_default_to_zero() {
-        assert_eq!(decode_counter(Some(b"17")), 17);
-        assert_eq!(decode_counter(Some(b"x")), 0);
-        assert_eq!(decode_counter(None), 0);
+    fn keys_carry_the_plugin_name_and_what_they_belong_to() {
+        let keys = ConfigKeys::new(b"{}");
+        assert!(keys.lease().starts_with("nacos-instance-guard."));
+        assert_ne!(keys.lease(), ConfigKeys::new(b"{\"a\":1}").lease());
+        assert_ne!(keys.heartbeat(), keys.lease());
+        let service = ServiceKeys::new("nacos|public|DEFAULT_GROUP|demo");
+        assert!(service
+            .content()
+            .starts_with("nacos-instance-guard.service."));
+        assert_ne!(
+            service,
+            ServiceKeys::new("nacos|public|DEFAULT_GROUP|other")
+        );
+        assert_eq!(decode_number(Some(b"17")), Some(17));
+        assert_eq!(decode_number(Some(b"x")), None);
     }
 }

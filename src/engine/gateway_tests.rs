@@ -1,0 +1,435 @@
+//! Several VMs of one gateway sharing one store, against a scripted Nacos: the
+//! conditions production gateways meet (rare requests, long intervals, clock
+//! steps, 403s, configuration edits) that a single engine in a test never sees.
+
+use super::fakes::{FakeMetrics, FakeOutbox, FakeStore};
+use super::*;
+use crate::pure::config::{parse, Capabilities};
+use crate::pure::routing::rules::RequestFacts;
+use crate::pure::sharing::published::ConfigKeys;
+use crate::testing::test;
+
+const ENVOY: Capabilities = Capabilities {
+    higress_routing: false,
+};
+
+/// A list answer with these `ip:port`s, weight 1 each.
+fn hosts(endpoints: &[&str]) -> Vec<u8> {
+    let hosts: Vec<String> = endpoints
+        .iter()
+        .map(|endpoint| {
+            let (ip, port) = endpoint.split_once(':').unwrap();
+            format!(r#"{{"ip":"{ip}","port":{port},"weight":1}}"#)
+        })
+        .collect();
+    format!(r#"{{"hosts":[{}]}}"#, hosts.join(",")).into_bytes()
+}
+
+/// What Nacos answers: a list, or a status.
+#[derive(Clone)]
+enum Nacos {
+    List(Vec<u8>),
+    Status(u16),
+}
+
+struct Vm {
+    engine: Engine,
+    outbox: FakeOutbox,
+    clock: GatewayClock,
+}
+
+struct Gateway {
+    vms: Vec<Vm>,
+    metrics: FakeMetrics,
+    store: FakeStore,
+    nacos: Nacos,
+    /// What a login answers.
+    login: Nacos,
+    logins: usize,
+    polls: usize,
+}
+
+struct Request(&'static str);
+
+impl RequestFacts for Request {
+    fn route_name(&mut self) -> Option<&str> {
+        Some(self.0)
+    }
+    fn authority(&mut self) -> Option<&str> {
+        None
+    }
+    fn cluster_name(&mut self) -> Option<&str> {
+        None
+    }
+}
+
+impl RequestHost for Request {
+    fn header(&mut self, _name: &str) -> Option<String> {
+        None
+    }
+    fn upstream_hosts(&mut self) -> Option<&[String]> {
+        None
+    }
+}
+
+impl Gateway {
+    fn new(config: &str, vm_count: usize, nacos: Nacos) -> Self {
+        let mut gateway = Self {
+            vms: Vec::new(),
+            metrics: FakeMetrics::default(),
+            store: FakeStore::default(),
+            nacos,
+            login: Nacos::List(br#"{"accessToken":"T","tokenTtl":3600}"#.to_vec()),
+            logins: 0,
+            polls: 0,
+        };
+        for _ in 0..vm_count {
+            gateway.add_vm(config);
+        }
+        gateway
+    }
+
+    /// A new VM (or, for a running gateway, the root context of an edited
+    /// configuration) with its own id and seed.
+    fn add_vm(&mut self, config: &str) {
+        let parsed = parse(config.as_bytes(), ENVOY).unwrap();
+        let id = self.vms.len() as u64 + 1;
+        let mut engine = Engine::new(&parsed, &mut self.metrics, id.wrapping_mul(0x9e37_79b9));
+        engine.share(
+            ConfigKeys::new(config.as_bytes()),
+            id,
+            &mut self.store,
+            &mut self.metrics,
+        );
+        self.vms.push(Vm {
+            engine,
+            outbox: FakeOutbox::default(),
+            clock: GatewayClock::default(),
+        });
+    }
+
+    /// Tick VM `vm` at wall time `wall`; Nacos answers at once. Returns the
+    /// gateway time the VM read.
+    fn tick(&mut self, vm: usize, wall: u64) -> u64 {
+        let Vm {
+            engine,
+            outbox,
+            clock,
+        } = &mut self.vms[vm];
+        let now = clock.now(wall, &mut self.store);
+        engine.on_tick(now, outbox, &mut self.metrics, &mut self.store);
+        while !outbox.sent.is_empty() {
+            for call in outbox.take() {
+                let answer = if call.method == "POST" {
+                    self.logins += 1;
+                    &self.login
+                } else {
+                    self.polls += 1;
+                    &self.nacos
+                };
+                let answer = match answer {
+                    Nacos::List(body) => (200, body.clone()),
+                    Nacos::Status(status) => (*status, Vec::new()),
+                };
+                engine.on_answer(
+                    call.token,
+                    Some((answer.0, &answer.1)),
+                    now,
+                    outbox,
+                    &mut self.metrics,
+                    &mut self.store,
+                );
+            }
+        }
+        now
+    }
+
+    fn tick_all(&mut self, wall: u64) -> u64 {
+        (0..self.vms.len())
+            .map(|vm| self.tick(vm, wall))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn request(&mut self, vm: usize, now: u64, route: &'static str) -> String {
+        let action = self.vms[vm]
+            .engine
+            .on_request(now, &mut Request(route), &mut self.metrics);
+        match action {
+            RequestAction::Route { endpoint, .. } => endpoint.to_string(),
+            RequestAction::Reject(response) => {
+                let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+                format!("reject {}", body["code"].as_str().unwrap())
+            }
+            RequestAction::PassThrough => "pass".into(),
+            RequestAction::Ignore => "ignore".into(),
+        }
+    }
+}
+
+const FOUR: [&str; 4] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
+
+fn global(extra: &str) -> String {
+    format!(
+        r#"{{"nacos":{{"cluster":"nacos"}},"service":{{"name":"demo"}},
+            "refreshIntervalMs":1000{extra}}}"#
+    )
+}
+
+#[test]
+fn one_request_per_vm_per_interval_reaches_every_instance_its_share() {
+    // Before: every confirming poll restarted the rotation, and every VM started
+    // at the first instance: 1 and 2 got everything, 3 and 4 nothing.
+    let mut gateway = Gateway::new(&global(""), 2, Nacos::List(hosts(&FOUR)));
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for second in 0..400u64 {
+        for step in 0..50 {
+            gateway.tick_all(second * 1_000 + step * 20);
+        }
+        let now = second * 1_000 + 999;
+        for vm in 0..2 {
+            *counts.entry(gateway.request(vm, now, "any")).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    // 800 requests over 4 equal instances: 200 each, within 5 %.
+    assert!(
+        counts.values().all(|count| (190..=210).contains(count)),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn a_healthy_registry_polled_rarely_is_never_stale() {
+    // Before: maxStaleMs counted from the last answer, so with a 60 s interval
+    // and the default 30 s the guard passed traffic through half the time.
+    let config = r#"{"nacos":{"cluster":"nacos"},"service":{"name":"demo"},
+        "refreshIntervalMs":60000}"#;
+    let strict = r#"{"nacos":{"cluster":"nacos"},"service":{"name":"demo"},
+        "refreshIntervalMs":60000,"maxStaleMs":0,"onStale":"fail_closed"}"#;
+    for config in [config, strict] {
+        let mut gateway = Gateway::new(config, 2, Nacos::List(hosts(&FOUR[..1])));
+        let mut outcomes = std::collections::BTreeSet::new();
+        for wall in (0..600_000u64).step_by(50) {
+            let now = gateway.tick_all(wall);
+            if wall % 1_000 == 0 && wall > 0 {
+                outcomes.insert(gateway.request((wall / 1_000 % 2) as usize, now, "r"));
+            }
+        }
+        assert_eq!(
+            outcomes.into_iter().collect::<Vec<_>>(),
+            ["10.0.0.1:80"],
+            "{config}"
+        );
+        assert!(
+            (10..=12).contains(&gateway.polls),
+            "{} polls",
+            gateway.polls
+        );
+    }
+}
+
+#[test]
+fn clock_steps_either_way_neither_freeze_polling_nor_stale_everything() {
+    const HOUR: u64 = 3_600_000;
+    for step in [-(HOUR as i64), HOUR as i64] {
+        let mut gateway = Gateway::new(&global(""), 2, Nacos::List(hosts(&FOUR[..2])));
+        let mut wall = 10 * HOUR;
+        for _ in 0..100 {
+            gateway.tick_all(wall);
+            wall += 20;
+        }
+        wall = wall.checked_add_signed(step).unwrap();
+        let polls_before = gateway.polls;
+        // Right after the step nothing is stale; Nacos then empties the service.
+        let now = gateway.tick_all(wall);
+        assert!(
+            gateway.request(0, now, "r").starts_with("10.0.0."),
+            "{step}"
+        );
+        gateway.nacos = Nacos::List(hosts(&[]));
+        for _ in 0..60 {
+            wall += 20;
+            gateway.tick_all(wall);
+        }
+        let now = gateway.tick_all(wall);
+        assert!(
+            gateway.polls > polls_before,
+            "polling goes on after a {step} ms step"
+        );
+        assert_eq!(
+            gateway.request(1, now, "r"),
+            "reject no_healthy_instance",
+            "the empty list is obeyed within an interval after a {step} ms step"
+        );
+    }
+}
+
+#[test]
+fn a_forbidden_namespace_costs_one_login_per_backoff_not_one_per_poll() {
+    // Before: every 403 dropped the token and the next tick logged in again:
+    // 101 logins in 10 s at a 100 ms interval.
+    let config = r#"{"nacos":{"cluster":"nacos","username":"u","password":"p"},
+        "_rules_":[{"_match_route_":["a"],"service":{"name":"a"}},
+                   {"_match_route_":["b"],"service":{"name":"b"}},
+                   {"_match_route_":["c"],"service":{"name":"c"}}],
+        "refreshIntervalMs":100}"#;
+    let mut gateway = Gateway::new(config, 2, Nacos::Status(403));
+    for wall in (0..10_000).step_by(10) {
+        gateway.tick_all(wall);
+    }
+    // At 0 and once more at once (a refused token), then after 1, 2 and 4 s.
+    assert_eq!(gateway.logins, 5, "{} logins", gateway.logins);
+    assert!(gateway.metrics.get("nacos_guard.service.a.poll_failure") > 50);
+}
+
+#[test]
+fn one_vm_polls_and_logs_in_for_all() {
+    let config = r#"{"nacos":{"cluster":"nacos","username":"u","password":"p"},
+        "service":{"name":"demo"},"refreshIntervalMs":1000}"#;
+    let mut gateway = Gateway::new(config, 4, Nacos::List(hosts(&FOUR[..1])));
+    let mut now = 0;
+    for wall in (0..10_000).step_by(20) {
+        now = gateway.tick_all(wall);
+    }
+    assert_eq!(gateway.logins, 1);
+    assert!(
+        (10..=12).contains(&gateway.polls),
+        "{} polls",
+        gateway.polls
+    );
+    for vm in 0..4 {
+        assert_eq!(
+            gateway.request(vm, now, "r"),
+            "10.0.0.1:80",
+            "VM {vm} routes by the shared snapshot"
+        );
+    }
+}
+
+#[test]
+fn another_vm_takes_over_within_the_lease_when_the_poller_stops() {
+    let config = r#"{"nacos":{"cluster":"nacos","username":"u","password":"p"},
+        "service":{"name":"demo"},"refreshIntervalMs":1000}"#;
+    let mut gateway = Gateway::new(config, 2, Nacos::List(hosts(&FOUR[..1])));
+    let mut wall = 0;
+    while wall < 3_000 {
+        gateway.tick_all(wall);
+        wall += 20;
+    }
+    let (polls_before, logins_before) = (gateway.polls, gateway.logins);
+    // Stop ticking the poller; the other VM must take over.
+    gateway.nacos = Nacos::List(hosts(&FOUR[1..2]));
+    let follower = (0..2)
+        .find(|vm| !gateway.vms[*vm].engine.is_poller())
+        .unwrap();
+    let mut now = 0;
+    while wall < 9_000 {
+        now = gateway.tick(follower, wall);
+        wall += 20;
+    }
+    assert!(
+        gateway.polls - polls_before >= 3,
+        "the other VM polls after the lease ran out"
+    );
+    assert_eq!(
+        gateway.logins, logins_before,
+        "the new poller reuses the shared token"
+    );
+    assert_eq!(gateway.request(follower, now, "r"), "10.0.0.2:80");
+}
+
+#[test]
+fn a_former_pollers_late_answer_never_replaces_a_newer_one() {
+    let mut gateway = Gateway::new(&global(""), 3, Nacos::List(hosts(&FOUR[..1])));
+    for wall in (0..2_000).step_by(20) {
+        gateway.tick_all(wall);
+    }
+    let poller = (0..3)
+        .find(|vm| gateway.vms[*vm].engine.is_poller())
+        .unwrap();
+    // The poller sends its next poll, then stalls with the call out.
+    let mut wall = 2_000;
+    let late_call = loop {
+        let Vm {
+            engine,
+            outbox,
+            clock,
+        } = &mut gateway.vms[poller];
+        let now = clock.now(wall, &mut gateway.store);
+        engine.on_tick(now, outbox, &mut gateway.metrics, &mut gateway.store);
+        if let Some(call) = outbox.take().pop() {
+            break call;
+        }
+        wall += 20;
+    };
+    let others: Vec<usize> = (0..3).filter(|vm| *vm != poller).collect();
+    // Another VM takes over and learns that the service moved to 10.0.0.2.
+    gateway.nacos = Nacos::List(hosts(&FOUR[1..2]));
+    let mut now = 0;
+    while wall < 8_000 {
+        for vm in &others {
+            now = gateway.tick(*vm, wall);
+        }
+        wall += 20;
+    }
+    assert_eq!(gateway.request(others[1], now, "r"), "10.0.0.2:80");
+    // Now the stalled VM's answer arrives with the old list.
+    let old = hosts(&FOUR[..1]);
+    let Vm { engine, outbox, .. } = &mut gateway.vms[poller];
+    engine.on_answer(
+        late_call.token,
+        Some((200, &old)),
+        now,
+        outbox,
+        &mut gateway.metrics,
+        &mut gateway.store,
+    );
+    for vm in &others {
+        now = gateway.tick(*vm, wall);
+    }
+    for vm in others {
+        assert_eq!(gateway.request(vm, now, "r"), "10.0.0.2:80", "VM {vm}");
+    }
+}
+
+#[test]
+fn a_configuration_edit_keeps_serving_the_services_it_keeps() {
+    // Before: the new configuration started from nothing, and passed traffic
+    // through (or rejected it) until its first answer.
+    let mut gateway = Gateway::new(&global(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    let mut now = 0;
+    for wall in (0..5_000).step_by(20) {
+        now = gateway.tick_all(wall);
+    }
+    let edited = global(r#","maxStaleMs":10000,"onStale":"fail_closed""#);
+    gateway.add_vm(&edited);
+    // Before the new root context has ticked or polled even once:
+    assert_eq!(gateway.request(2, now, "r"), "10.0.0.1:80");
+}
+
+#[test]
+fn filtered_views_of_one_service_have_their_own_gauges() {
+    let config = r#"{"nacos":{"cluster":"nacos"},"refreshIntervalMs":1000,
+        "_rules_":[{"_match_route_":["all"],"service":{"name":"demo"}},
+                   {"_match_route_":["b"],"service":{"name":"demo","clusters":["B"]}}]}"#;
+    let list = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"clusterName":"A"},
+        {"ip":"10.0.0.2","port":80,"clusterName":"B"},
+        {"ip":"10.0.0.3","port":80,"clusterName":"A"}]}"#;
+    let mut gateway = Gateway::new(config, 1, Nacos::List(list.to_vec()));
+    // The first tick seeds the lease, the second takes it and polls.
+    gateway.tick_all(0);
+    gateway.tick_all(20);
+    assert_eq!(
+        gateway
+            .metrics
+            .get("nacos_guard.service.demo.usable_instances"),
+        3
+    );
+    assert_eq!(
+        gateway
+            .metrics
+            .get("nacos_guard.service.demo.view.clusters_B.usable_instances"),
+        1
+    );
+}
