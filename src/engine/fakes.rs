@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use super::engine::{RequestAction, RequestHost};
 use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
+use crate::pure::config::DEFAULT_PIN_HEADER;
+use crate::pure::routing::rules::RequestFacts;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentCall {
@@ -116,5 +119,53 @@ impl SharedStore for FakeStore {
         self.entries
             .insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
         true
+    }
+}
+
+/// A request on a route, with an optional pin header.
+pub struct FakeRequest {
+    pub route: &'static str,
+    pub pin: Option<String>,
+}
+
+impl FakeRequest {
+    pub fn on(route: &'static str) -> Self {
+        Self { route, pin: None }
+    }
+}
+
+impl RequestFacts for FakeRequest {
+    fn route_name(&mut self) -> Option<&str> {
+        Some(self.route)
+    }
+    fn authority(&mut self) -> Option<&str> {
+        None
+    }
+    fn cluster_name(&mut self) -> Option<&str> {
+        None
+    }
+}
+
+impl RequestHost for FakeRequest {
+    fn header(&mut self, name: &str) -> Option<String> {
+        (name == DEFAULT_PIN_HEADER)
+            .then(|| self.pin.clone())
+            .flatten()
+    }
+    fn upstream_hosts(&mut self) -> Option<&[String]> {
+        None
+    }
+}
+
+/// What a request got, as one word or endpoint.
+pub fn outcome(action: RequestAction<'_>) -> String {
+    match action {
+        RequestAction::Route { endpoint, .. } => endpoint.to_string(),
+        RequestAction::Reject(response) => {
+            let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+            format!("reject {}", body["code"].as_str().unwrap())
+        }
+        RequestAction::PassThrough => "pass".into(),
+        RequestAction::Ignore => "ignore".into(),
     }
 }

@@ -2,10 +2,9 @@
 //! conditions production gateways meet (rare requests, long intervals, clock
 //! steps, 403s, configuration edits) that a single engine in a test never sees.
 
-use super::fakes::{FakeMetrics, FakeOutbox, FakeStore};
+use super::fakes::{outcome, FakeMetrics, FakeOutbox, FakeRequest, FakeStore};
 use super::*;
 use crate::pure::config::{parse, Capabilities};
-use crate::pure::routing::rules::RequestFacts;
 use crate::pure::sharing::published::ConfigKeys;
 use crate::testing::test;
 
@@ -47,29 +46,6 @@ struct Gateway {
     login: Nacos,
     logins: usize,
     polls: usize,
-}
-
-struct Request(&'static str);
-
-impl RequestFacts for Request {
-    fn route_name(&mut self) -> Option<&str> {
-        Some(self.0)
-    }
-    fn authority(&mut self) -> Option<&str> {
-        None
-    }
-    fn cluster_name(&mut self) -> Option<&str> {
-        None
-    }
-}
-
-impl RequestHost for Request {
-    fn header(&mut self, _name: &str) -> Option<String> {
-        None
-    }
-    fn upstream_hosts(&mut self) -> Option<&[String]> {
-        None
-    }
 }
 
 impl Gateway {
@@ -152,18 +128,11 @@ impl Gateway {
     }
 
     fn request(&mut self, vm: usize, now: u64, route: &'static str) -> String {
-        let action = self.vms[vm]
-            .engine
-            .on_request(now, &mut Request(route), &mut self.metrics);
-        match action {
-            RequestAction::Route { endpoint, .. } => endpoint.to_string(),
-            RequestAction::Reject(response) => {
-                let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
-                format!("reject {}", body["code"].as_str().unwrap())
-            }
-            RequestAction::PassThrough => "pass".into(),
-            RequestAction::Ignore => "ignore".into(),
-        }
+        outcome(
+            self.vms[vm]
+                .engine
+                .on_request(now, &mut FakeRequest::on(route), &mut self.metrics),
+        )
     }
 }
 

@@ -1,8 +1,6 @@
-use super::fakes::{FakeMetrics, FakeOutbox, FakeStore};
+use super::fakes::{outcome, FakeMetrics, FakeOutbox, FakeRequest, FakeStore};
 use super::*;
-use crate::pure::config::DEFAULT_PIN_HEADER;
 use crate::pure::config::{parse, Capabilities};
-use crate::pure::routing::rules::RequestFacts;
 use crate::testing::test;
 
 const ENVOY: Capabilities = Capabilities {
@@ -22,48 +20,6 @@ const DEMO: &str = r#"{
 
 const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
     {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
-
-/// A request on a route, with an optional pin header.
-struct Request {
-    route: &'static str,
-    pin: Option<String>,
-}
-
-impl RequestFacts for Request {
-    fn route_name(&mut self) -> Option<&str> {
-        Some(self.route)
-    }
-    fn authority(&mut self) -> Option<&str> {
-        None
-    }
-    fn cluster_name(&mut self) -> Option<&str> {
-        None
-    }
-}
-
-impl RequestHost for Request {
-    fn header(&mut self, name: &str) -> Option<String> {
-        (name == DEFAULT_PIN_HEADER)
-            .then(|| self.pin.clone())
-            .flatten()
-    }
-    fn upstream_hosts(&mut self) -> Option<&[String]> {
-        None
-    }
-}
-
-/// What a request got, as one word or endpoint.
-fn outcome(action: RequestAction<'_>) -> String {
-    match action {
-        RequestAction::Route { endpoint, .. } => endpoint.to_string(),
-        RequestAction::Reject(response) => {
-            let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
-            format!("reject {}", body["code"].as_str().unwrap())
-        }
-        RequestAction::PassThrough => "pass".into(),
-        RequestAction::Ignore => "ignore".into(),
-    }
-}
 
 struct Harness {
     engine: Engine,
@@ -113,7 +69,7 @@ impl Harness {
 
     fn decide(&mut self, route: &'static str, now: u64, pin: Option<&str>) -> String {
         let rerouted_before = self.metrics.get("nacos_guard.service.demo.rerouted");
-        let mut request = Request {
+        let mut request = FakeRequest {
             route,
             pin: pin.map(str::to_string),
         };
@@ -349,10 +305,7 @@ fn a_403_on_the_list_logs_in_again_at_once() {
 fn rejections_are_prepared_per_guard() {
     let mut h = Harness::new(DEMO);
     h.poll(0, Some((200, br#"{"hosts":[]}"#)));
-    let mut request = Request {
-        route: "default/demo",
-        pin: None,
-    };
+    let mut request = FakeRequest::on("default/demo");
     let RequestAction::Reject(response) = h.engine.on_request(1, &mut request, &mut h.metrics)
     else {
         panic!("an empty list rejects");
