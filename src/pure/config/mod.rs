@@ -458,4 +458,6 @@ fn header_name(fields: &Fields<'_>, key: &str) -> Result<Option<String>, ConfigE
 }
 
 #[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
 mod tests;

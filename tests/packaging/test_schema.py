@@ -1,0 +1,165 @@
+"""spec.yaml's schemas agree with the plugin's parser, case by case.
+
+The corpus (config_corpus.json) states for each configuration the verdict of the real
+parser; src/pure/config/corpus_tests.rs holds the parser to it, natively and under wasm.
+Here every case goes through spec.yaml's schemas the way the console and the Higress
+controller split a configuration: the global fields through `configSchema`, each rule's
+own fields through `routeConfigSchema`, and the `_match_*_` keys (which the controller
+writes from a WasmPlugin's matchRules) through CONTROLLER_RULES below. The schema must
+give the parser's verdict, except where the corpus marks a known difference.
+
+Draft 4 is the validator: OpenAPI 3.0's Schema Object uses the JSON Schema Wright draft
+00 validation keywords, which are draft 4's; in particular an `integer` there is not
+`2000.0`, as in the parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = json.loads((ROOT / "tests/packaging/config_corpus.json").read_text())
+SPEC = yaml.safe_load((ROOT / "spec.yaml").read_text())
+CONFIG_SCHEMA = SPEC["spec"]["configSchema"]["openAPIV3Schema"]
+ROUTE_SCHEMA = SPEC["spec"]["routeConfigSchema"]["openAPIV3Schema"]
+MATCH_KEYS = ["_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_"]
+
+# What the Higress controller hands the plugin for matchRules: a list of objects, each
+# with at least one non-empty list of non-empty names (ingress, domain, service).
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "pattern": r"\S"}}
+CONTROLLER_RULES = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {key: _NAMES for key in MATCH_KEYS},
+        "anyOf": [{"required": [key], "properties": {key: {"minItems": 1}}} for key in MATCH_KEYS],
+    },
+}
+
+Validator = jsonschema.Draft4Validator
+
+
+def schema_errors(config) -> list:
+    """Every schema error for a whole plugin configuration (global plus _rules_)."""
+    if not isinstance(config, dict):
+        return [e.message for e in Validator(CONFIG_SCHEMA).iter_errors(config)]
+    config = dict(config)
+    rules = config.pop("_rules_", None)
+    errors = [f"global: {e.message}" for e in Validator(CONFIG_SCHEMA).iter_errors(config)]
+    if rules is None:
+        return errors
+    rule_errors = [f"_rules_: {e.message}" for e in Validator(CONTROLLER_RULES).iter_errors(rules)]
+    if rule_errors:
+        return errors + rule_errors
+    for index, rule in enumerate(rules):
+        own = {k: v for k, v in rule.items() if k not in MATCH_KEYS}
+        errors += [f"_rules_[{index}]: {e.message}" for e in Validator(ROUTE_SCHEMA).iter_errors(own)]
+    return errors
+
+
+def case_config(case):
+    if "raw" in case:
+        return json.loads(case["raw"]) if case["raw"].strip() else {}
+    return case["config"]
+
+
+def test_the_schemas_are_valid_draft4_schemas():
+    Validator.check_schema(CONFIG_SCHEMA)
+    Validator.check_schema(ROUTE_SCHEMA)
+
+
+@pytest.mark.parametrize("case", CORPUS["cases"], ids=[c["name"] for c in CORPUS["cases"]])
+def test_the_schema_gives_the_parsers_verdict(case):
+    expected = case.get("schema_valid", case["valid"])
+    if "known_difference" in case:
+        assert case["schema_valid"] != case["valid"], "a known difference must differ"
+        assert len(case["known_difference"]) > 40, "a known difference says why"
+    else:
+        assert "schema_valid" not in case, "a different verdict needs its reason (known_difference)"
+    errors = schema_errors(case_config(case))
+    assert (not errors) == expected, f"schema says {errors or 'valid'}; corpus says valid={expected}"
+
+
+def test_the_corpus_covers_every_field_and_both_verdicts():
+    """Each schema field appears in some valid case and some invalid one."""
+    valid, invalid = set(), set()
+    for case in CORPUS["cases"]:
+        text = json.dumps(case_config(case))
+        for field in _fields(ROUTE_SCHEMA):
+            if f'"{field.split(".")[-1]}"' in text:
+                (valid if case["valid"] else invalid).add(field)
+    fields = set(_fields(ROUTE_SCHEMA))
+    assert fields - valid == set()
+    # `enabled`, `password` and the enums' good values have no invalid case of their own
+    # beyond these; every other field has at least one.
+    assert fields - invalid <= {"nacos.password", "service"}, fields - invalid
+
+
+def _fields(schema, prefix=""):
+    for name, sub in schema.get("properties", {}).items():
+        yield prefix + name
+        yield from _fields(sub, prefix + name + ".")
+
+
+def test_every_field_has_type_title_and_description_and_the_parsers_default():
+    defaults = CORPUS["defaults"]  # checked against the parser by corpus_tests.rs
+    seen = {}
+    for field in _fields(ROUTE_SCHEMA):
+        sub = ROUTE_SCHEMA
+        for part in field.split("."):
+            sub = sub["properties"][part]
+        assert {"type", "title", "description"} <= set(sub), field
+        if "default" in sub:
+            seen[field] = sub["default"]
+    assert seen == defaults
+
+
+def test_the_global_and_rule_forms_have_the_same_fields_as_the_parser():
+    """SETTING_KEYS in src/pure/config/mod.rs: the fields a global config and a rule may set."""
+    source = next(ROOT.glob("src/**/config/mod.rs")).read_text()
+    keys = re.search(r"const SETTING_KEYS: &\[&str\] = &\[(.*?)\];", source, re.S).group(1)
+    assert re.findall(r'"(\w+)"', keys) == list(CONFIG_SCHEMA["properties"]) == list(ROUTE_SCHEMA["properties"])
+
+
+def test_plugin_yaml_validates_against_the_schema():
+    plugin = yaml.safe_load((ROOT / "plugin.yaml").read_text())
+    spec = plugin["spec"]
+    errors = [e.message for e in Validator(CONFIG_SCHEMA).iter_errors(spec["defaultConfig"])]
+    assert not errors, errors
+    assert spec["matchRules"], "plugin.yaml has rules"
+    for rule in spec["matchRules"]:
+        errors = [e.message for e in Validator(ROUTE_SCHEMA).iter_errors(rule["config"])]
+        assert not errors, (rule, errors)
+    # The examples shown in the console validate too.
+    assert not list(Validator(CONFIG_SCHEMA).iter_errors(CONFIG_SCHEMA["example"]))
+    assert not list(Validator(ROUTE_SCHEMA).iter_errors(ROUTE_SCHEMA["example"]))
+
+
+def test_spec_yaml_has_the_console_metadata():
+    info = SPEC["info"]
+    assert {"category", "name", "title", "description", "version", "contact"} <= set(info)
+    assert info["name"] == plugin_name() == "nacos-instance-guard"
+    assert SPEC["spec"]["phase"] == yaml.safe_load((ROOT / "plugin.yaml").read_text())["spec"]["phase"]
+    assert SPEC["spec"]["priority"] == yaml.safe_load((ROOT / "plugin.yaml").read_text())["spec"]["priority"]
+
+
+def plugin_name() -> str:
+    return yaml.safe_load((ROOT / "plugin.yaml").read_text())["metadata"]["name"]
+
+
+def test_version_has_one_source():
+    """VERSION is the version; Cargo.toml, spec.yaml and plugin.yaml's image tag follow it
+    (the image tag `make image` writes is checked in test_image.py)."""
+    version = (ROOT / "VERSION").read_text().strip()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    cargo = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    assert cargo == version, "Cargo.toml's package version"
+    assert SPEC["info"]["version"] == version, "spec.yaml info.version"
+    url = yaml.safe_load((ROOT / "plugin.yaml").read_text())["spec"]["url"]
+    assert url.endswith(f":{version}"), f"plugin.yaml spec.url {url}"
