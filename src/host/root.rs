@@ -73,6 +73,15 @@ impl Context for GuardRoot {
 
 impl RootContext for GuardRoot {
     fn on_configure(&mut self, _configuration_size: usize) -> bool {
+        info!(
+            "nacos-instance-guard {} ({} build)",
+            env!("CARGO_PKG_VERSION"),
+            if cfg!(feature = "higress") {
+                "Higress"
+            } else {
+                "upstream Envoy"
+            }
+        );
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let config = match config::parse(&raw, CAPABILITIES) {
             Ok(config) => config,
