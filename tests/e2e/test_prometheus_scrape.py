@@ -1,0 +1,155 @@
+"""The alert rules select series the plugin really emits.
+
+A real Prometheus (Debian's package) scrapes the test Envoy's /stats/prometheus, with
+the plugin loaded and the stats tag the README documents, and loads
+deploy/prometheus/nacos-instance-guard.rules.yaml. Through Prometheus's HTTP query API
+every metric name in every rule's expression must select series, the per-service
+ones carrying `nacos_service`, so a renamed metric or label fails here. promtool's unit
+test (make packaging-test) proves what the rules do with such series.
+
+Uses only the `stack` fixture and the Envoy's admin port and configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "nacos-instance-guard.rules.yaml"
+
+
+def documented_stats_tag() -> dict:
+    """The stats_tags entry in README.md's "Metrics" section."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```yaml\n(stats_config:.*?)```", readme, re.S)
+    assert block, "README.md documents stats_config.stats_tags"
+    (tag,) = yaml.safe_load(block.group(1))["stats_config"]["stats_tags"]
+    return tag
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, envoy_admin_port: int):
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus missing: `make e2e` installs Debian's package"
+        self.port = free_port()
+        config = workdir / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [{
+                "job_name": "envoy",
+                "metrics_path": "/stats/prometheus",
+                "static_configs": [{"targets": [f"127.0.0.1:{envoy_admin_port}"]}],
+            }],
+        }))
+        self.log_path = workdir / "prometheus.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def api(self, path: str, **params) -> dict:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?" + urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            answer = json.load(resp)
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def wait(self, what: str, predicate, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                last = predicate()
+                if last:
+                    return last
+            except OSError as error:  # not listening yet
+                last = error
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}: {last}\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus_for(tmp_path):
+    started = []
+
+    def start(envoy_admin_port: int) -> Prometheus:
+        p = Prometheus(tmp_path, envoy_admin_port)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def test_every_rule_selects_series_the_plugin_emits(stack, prometheus_for):
+    s = stack(backends=["backend-a"])
+    assert s.envoy.config["stats_config"]["stats_tags"] == [documented_stats_tag()], \
+        "the test Envoy uses the stats tag the README documents"
+    s.send(5)  # some traffic, so routed moves as well
+    version = (ROOT / "VERSION").read_text().strip()
+    assert f"nacos-instance-guard {version} (upstream Envoy build)" in s.envoy.log_text(), \
+        "the plugin logs its version and build when configured"
+
+    prom = prometheus_for(s.envoy.admin_port)
+    prom.wait("a good scrape of Envoy", lambda: [r for r in prom.api("query", query='up{job="envoy"} == 1')["result"]])
+
+    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    names = {}
+    for rule in rules:
+        found = sorted(set(re.findall(r"\bnacos_guard_\w+", rule["expr"])))
+        assert found, rule["alert"]
+        names[rule["alert"]] = found
+
+    for alert, metrics in names.items():
+        for metric in metrics:
+            series = prom.wait(f"{metric} ({alert})", lambda m=metric: prom.api("series", **{"match[]": m}))
+            if metric.startswith("nacos_guard_service_"):
+                assert {x.get("nacos_service") for x in series} == {"demo"}, (alert, metric, series)
+            else:
+                assert all("nacos_service" not in x for x in series), (alert, metric, series)
+            print(f"[prometheus] {alert}: {metric} -> {len(series)} series {series[0]}")
+
+    # Values came through: the poll counter moved and the gauge shows the one instance.
+    assert float(prom.api("query", query='nacos_guard_service_poll_success{nacos_service="demo"}')["result"][0]["value"][1]) >= 1
+    assert prom.api("query", query='nacos_guard_service_usable_instances{nacos_service="demo"}')["result"][0]["value"][1] == "1"
+    # The login rule's join finds the gateway's services on the real labels.
+    joined = prom.api("query", query="nacos_guard_login_failure * on (job, instance) group_right () "
+                                     "(nacos_guard_service_poll_success * 0 + 1)")["result"]
+    assert [r["metric"].get("nacos_service") for r in joined] == ["demo"], joined
+
+    # Prometheus loaded every rule and evaluates each without error on this data.
+    def evaluated():
+        loaded = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+        return loaded if len(loaded) == len(rules) and all(r["health"] == "ok" for r in loaded) else None
+    loaded = prom.wait("every rule evaluated", evaluated)
+    assert sorted(r["name"] for r in loaded) == sorted(names)
