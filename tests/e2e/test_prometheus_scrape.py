@@ -7,7 +7,8 @@ every metric name in every rule's expression must select series, the per-service
 ones carrying `nacos_service`, so a renamed metric or label fails here. promtool's unit
 test (make packaging-test) proves what the rules do with such series.
 
-Uses only the `stack` fixture and the Envoy's admin port and configuration.
+Uses only the `stack` fixture, its `send`, and the Envoy's admin port, configuration
+file and log.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def prometheus_for(tmp_path):
 
 def test_every_rule_selects_series_the_plugin_emits(stack, prometheus_for):
     s = stack(backends=["backend-a"])
-    assert s.envoy.config["stats_config"]["stats_tags"] == [documented_stats_tag()], \
+    envoy_config = yaml.safe_load(s.envoy.config_path.read_text())  # what Envoy runs with
+    assert envoy_config["stats_config"]["stats_tags"] == [documented_stats_tag()], \
         "the test Envoy uses the stats tag the README documents"
     s.send(5)  # some traffic, so routed moves as well
     version = (ROOT / "VERSION").read_text().strip()
