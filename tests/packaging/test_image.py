@@ -17,6 +17,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "build" / "image"
@@ -167,14 +169,33 @@ def registry(tmp_path):
     r.stop()
 
 
+def readme_push_command() -> str:
+    """The skopeo command of README.md's "Deploying on Higress", continuation lines joined."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"^(skopeo copy .*?(?:\\\n.*?)*)$", readme, re.M)
+    assert match, "README.md gives the skopeo push command"
+    return re.sub(r"\\\n\s*", "", match.group(1))
+
+
+def test_readme_push_target_and_plugin_yaml_url_agree():
+    command = readme_push_command()
+    command = command.replace("$(cat VERSION)", VERSION)
+    destination = re.search(r"docker://(\S+)", command).group(1)
+    url = yaml.safe_load((ROOT / "plugin.yaml").read_text())["spec"]["url"]
+    assert url == f"oci://{destination}", (url, destination)
+    assert destination.split("/", 1)[1] == f"{REPOSITORY}:{VERSION}"
+
+
 def test_registry_round_trip_gives_the_fetcher_plugin_wasm(layout, registry, tmp_path):
     descriptor, manifest_bytes, _ = layout
-    # The README's push command, pointed at the loopback registry (plain HTTP there).
+    # The README's push command as written, pointed at the loopback registry (plain
+    # HTTP there, so no TLS verification) with a policy of its own.
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
     target = f"127.0.0.1:{registry.port}/{REPOSITORY}:{VERSION}"
-    subprocess.run(["skopeo", "--policy", str(policy), "copy", "--dest-tls-verify=false",
-                    f"oci:{IMAGE}:{VERSION}", f"docker://{target}"], check=True)
+    command = readme_push_command().replace("registry.example.com", f"127.0.0.1:{registry.port}")
+    command = command.replace("skopeo copy", f"skopeo --policy {policy} copy --dest-tls-verify=false", 1)
+    subprocess.run(["bash", "-c", command], cwd=ROOT, check=True)
 
     status, headers, body = registry.get(f"/v2/{REPOSITORY}/manifests/{VERSION}", OCI_MANIFEST)
     assert status == 200, body
