@@ -262,7 +262,7 @@ impl Engine {
         self.sharing = Some(Sharing::new(keys, vm_id, lease_ttl_ms));
         let ids: Vec<TargetId> = self.targets.iter().map(|(id, _)| id).collect();
         for target in ids {
-            self.adopt_stored_content(target, u64::MAX, store, metrics);
+            self.adopt_stored_content(target, Adopt::AtStart, store, metrics);
         }
     }
 
@@ -286,7 +286,10 @@ impl Engine {
                 return;
             }
             // A new poller starts from what the last one published, token included.
-            Role::Poll { took_over: true } => self.follow(store, metrics),
+            Role::Poll { took_over: true } => {
+                self.follow(store, metrics);
+                self.adopt_tokens(store);
+            }
             Role::Poll { took_over: false } => {}
         }
         self.start_logins(now_ms, outbox, metrics);
@@ -330,8 +333,12 @@ impl Engine {
             target.snapshot.adopt_health(health);
         }
         for (target, stamp) in moved {
-            self.adopt_stored_content(target, stamp, store, metrics);
+            self.adopt_stored_content(target, Adopt::Moved(stamp), store, metrics);
         }
+        self.adopt_tokens(store);
+    }
+
+    fn adopt_tokens(&mut self, store: &dyn SharedStore) {
         let Some(sharing) = &self.sharing else {
             return;
         };
@@ -343,12 +350,11 @@ impl Engine {
         }
     }
 
-    /// Take the stored content of `target` if it is newer than ours; at start
-    /// (`at_least` = MAX) also its confirmation, so it serves at once.
+    /// Take the stored content of `target` if it is newer than ours.
     fn adopt_stored_content(
         &mut self,
         target: TargetId,
-        at_least: u64,
+        adopt: Adopt,
         store: &dyn SharedStore,
         metrics: &mut dyn Metrics,
     ) {
@@ -358,12 +364,12 @@ impl Engine {
         let Some((stamp, set)) = sharing::read_content(&t.keys, store) else {
             return;
         };
-        if at_least != u64::MAX && stamp < at_least {
+        if matches!(adopt, Adopt::Moved(moved) if stamp < moved) {
             return;
         }
         if t.snapshot.adopt_content(set, stamp) {
             t.last_good_body = None;
-            if at_least == u64::MAX {
+            if adopt == Adopt::AtStart {
                 if let Some(confirmed_at_ms) = sharing::read_confirmed(&t.keys, store) {
                     let mut health = t.snapshot.health();
                     health.confirmed_at_ms = confirmed_at_ms.max(stamp);
@@ -683,6 +689,15 @@ impl Engine {
             Decision::PassThrough => RequestAction::PassThrough,
         }
     }
+}
+
+/// Why stored content is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adopt {
+    /// A new root context starts from it, confirmation included, so it serves at once.
+    AtStart,
+    /// The heartbeat says the content moved to this stamp.
+    Moved(u64),
 }
 
 /// A list call as it was sent.
