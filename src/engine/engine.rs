@@ -68,6 +68,8 @@ struct Target {
     /// snapshot without being parsed.
     last_good_body: Option<u64>,
     failure_streak: u32,
+    /// The token generation of this service's last answer, if that was a 403.
+    refused_with: Option<u64>,
     stale_reported: bool,
     /// The strictest limits of the guards that use it, for the stale warning.
     limits: StaleLimits,
@@ -175,6 +177,7 @@ impl Engine {
                     snapshot: Snapshot::default(),
                     last_good_body: None,
                     failure_streak: 0,
+                    refused_with: None,
                     stale_reported: false,
                     limits: StaleLimits {
                         next_answer_due_ms: 0,
@@ -531,7 +534,11 @@ impl Engine {
             Ok(set) => set,
             Err(error) => {
                 if error == AnswerError::Status(403) && server.settings.credentials.is_some() {
-                    let refusal = server.token.refused(polled.token_generation, now_ms);
+                    let again = target
+                        .refused_with
+                        .is_some_and(|before| before < polled.token_generation);
+                    target.refused_with = Some(polled.token_generation);
+                    let refusal = server.token.refused(polled.token_generation, again, now_ms);
                     report_refusal(refusal, &server.settings, &target.service);
                 }
                 target.snapshot.failed(polled.polled_at_ms);
@@ -551,6 +558,7 @@ impl Engine {
             );
         }
         target.failure_streak = 0;
+        target.refused_with = None;
         target.last_good_body = body_hash;
         bump(metrics, target.metrics.success);
         let changed = match set {

@@ -32,7 +32,7 @@ from test_deregistration import assert_rejection
 
 POLL_FAILED = re.compile(r"polling service demo through \S+ failed: (.*?); keeping the last good snapshot")
 WORKS_AGAIN = re.compile(r"polling service demo works again after (\d+) failures")
-STALE = re.compile(r"the last good snapshot of service demo is older than (\d+) ms")
+STALE = re.compile(r"Nacos has given no good answer for service demo for more than (\d+) ms")
 LOGIN_FAILED = re.compile(r"nacos-instance-guard: login to \S+ failed: (.*?); retrying with backoff")
 ORIGINAL_DST_HOST = "x-envoy-original-dst-host"
 

@@ -3,11 +3,11 @@
 //! wrong password nor an account without permission becomes a tight login loop.
 //!
 //! Nacos answers 403 both for a token it no longer accepts and for an account
-//! that may not read a namespace. The first 403 of a token logs in again at once
-//! (the token was refused); if the new token is refused too, the account lacks
-//! permission, and each further login waits as after a failed login (1, 2, 4 …
-//! 30 s). The old token stays in use meanwhile: the services it may read keep
-//! being polled.
+//! that may not read a namespace. A 403 logs in again at once (the token was
+//! refused), unless the same service was refused the previous token too: then a
+//! fresh token did not help, the account lacks permission, and each further login
+//! waits as after a failed login (1, 2, 4 … 30 s). The old token stays in use
+//! meanwhile: the services it may read keep being polled.
 
 use crate::pure::polling::nacos::response::LoginGrant;
 
@@ -26,9 +26,8 @@ pub struct TokenState {
     generation: u64,
     /// The generation whose 403 already asked for a new login.
     refused_generation: Option<u64>,
-    /// 403-driven logins in a row, and when the last one was asked for.
+    /// Fresh tokens refused in a row.
     refusals: u32,
-    last_refusal_ms: u64,
 }
 
 /// What a 403 on a list call means.
@@ -87,8 +86,9 @@ impl TokenState {
         self.failures
     }
 
-    /// A list call carrying token `generation` got a 403 at `now_ms`.
-    pub fn refused(&mut self, generation: u64, now_ms: u64) -> Refusal {
+    /// A list call carrying token `generation` got a 403 at `now_ms`. `again`: the
+    /// same service was refused an older token too, with no good answer between.
+    pub fn refused(&mut self, generation: u64, again: bool, now_ms: u64) -> Refusal {
         if self.token.is_none()
             || generation != self.generation
             || self.refused_generation == Some(generation)
@@ -96,12 +96,11 @@ impl TokenState {
             return Refusal::AlreadyHandled;
         }
         self.refused_generation = Some(generation);
-        // A quiet spell ends an episode: the next 403 is a refused token again.
-        if now_ms.saturating_sub(self.last_refusal_ms) > 2 * MAX_BACKOFF_MS {
-            self.refusals = 0;
-        }
-        self.last_refusal_ms = now_ms;
-        self.refusals = self.refusals.saturating_add(1);
+        self.refusals = if again {
+            self.refusals.saturating_add(1).max(2)
+        } else {
+            1
+        };
         let retry_in_ms = match self.refusals {
             1 => 0,
             refusals => backoff(refusals - 1),
@@ -212,7 +211,7 @@ mod tests {
         let mut state = TokenState::default();
         state.granted(grant(100), 0);
         let first = state.generation();
-        assert_eq!(state.refused(first, 5_000), Refusal::TokenRefused);
+        assert_eq!(state.refused(first, false, 5_000), Refusal::TokenRefused);
         assert!(state.needs_login(5_000));
         assert_eq!(
             state.valid_token(5_000),
@@ -220,10 +219,20 @@ mod tests {
             "still used meanwhile"
         );
         assert_eq!(
-            state.refused(first, 5_001),
+            state.refused(first, false, 5_001),
             Refusal::AlreadyHandled,
             "many services refusing one token ask for one login"
         );
+    }
+
+    #[test]
+    fn a_token_revoked_after_it_worked_is_replaced_at_once_every_time() {
+        let mut state = TokenState::default();
+        for round in 0..5u64 {
+            state.granted(grant(3_600), round * 1_000);
+            let verdict = state.refused(state.generation(), false, round * 1_000 + 900);
+            assert_eq!(verdict, Refusal::TokenRefused, "round {round}");
+        }
     }
 
     #[test]
@@ -232,13 +241,15 @@ mod tests {
         let mut now = 0;
         let mut logins = Vec::new();
         // Every login succeeds, every list call with the new token gets a 403.
+        let mut refused_before = false;
         while now < 120_000 {
             if state.needs_login(now) {
                 logins.push(now);
                 state.login_started();
                 state.granted(grant(3_600), now);
             }
-            state.refused(state.generation(), now);
+            state.refused(state.generation(), refused_before, now);
+            refused_before = true;
             now += 100;
         }
         let waits: Vec<u64> = logins.windows(2).map(|w| w[1] - w[0]).collect();
