@@ -21,7 +21,7 @@ Exit status: 0 every goal met, 1 a goal missed, 2 the run could not be carried o
 Everything started is stopped again, also on Ctrl-C, SIGTERM, an exception or the
 overall time limit.
 
-Env: NIG_ENVOY, NIG_RNACOS, NIG_PLUGIN_WASM (see harness.py for defaults).
+Env: NIG_ENVOY, NIG_RNACOS, NIG_PLUGIN_WASM (see tests/testbed/paths.py for defaults).
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import collections
-import http.client
-import json
-import os
 import random
 import shutil
 import signal
@@ -41,26 +38,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import (  # noqa: E402
-    STAT_PREFIX,
-    Backend,
-    Envoy,
-    RNacos,
-    envoy_bin,
-    plugin_config,
-    plugin_wasm,
-    rnacos_bin,
-    wait_until,
-)
+from testbed.envoy import STAT_PREFIX, Envoy, wait_every_worker_routes, wait_first_poll  # noqa: E402
+from testbed.higress import plugin_config  # noqa: E402
+from testbed.paths import envoy_bin, missing_plugin, plugin_wasm, rnacos_bin  # noqa: E402
+from testbed.processes import rss_kb  # noqa: E402
+from testbed.rejections import DOCUMENTED_CODES  # noqa: E402
+from testbed.rnacos import RNacos  # noqa: E402
+from testbed.stack import Stack  # noqa: E402
+from testbed.traffic import RateClient  # noqa: E402
 
 REFRESH_MS = 1000
 MARGIN_S = 0.5
 WINDOW_S = REFRESH_MS / 1000 + MARGIN_S
-DOCUMENTED_CODES = ("no_healthy_instance", "instance_deregistered", "registry_unavailable")
 BACKENDS = ("backend-a", "backend-b", "backend-c")
 COUNTERS = ("routed", "rerouted", "rejected", "passed_through", "poll_success", "poll_failure")
 
@@ -73,92 +65,7 @@ def _raise_abort(signum, _frame):
     raise Abort(signal.Signals(signum).name)
 
 
-# --------------------------------------------------------------------------- load
-
-
-class Client(threading.Thread):
-    """Sends GET /demo at a fixed rate; never bursts to catch up after a stall.
-
-    ``keepalive`` clients reuse one connection for a random 20-200 requests, then open a
-    new one; the others open a connection per request.
-    """
-
-    def __init__(self, idx: int, port: int, rate: float, keepalive: bool, stop: threading.Event, seed: int):
-        super().__init__(name=f"client-{idx}", daemon=True)
-        self.port = port
-        self.period = 1.0 / rate
-        self.keepalive = keepalive
-        self.stop_ev = stop
-        self.rng = random.Random(seed)
-        # (t_sent, t_done, status, label, reused_connection); label: backend name, rejection
-        # code, body excerpt or exception
-        self.records: list = []
-
-    def run(self):
-        conn: Optional[http.client.HTTPConnection] = None
-        budget = 0
-        next_t = time.monotonic() + self.rng.random() * self.period
-        while not self.stop_ev.is_set():
-            delay = next_t - time.monotonic()
-            if delay > 0 and self.stop_ev.wait(delay):
-                break
-            next_t += self.period
-            now = time.monotonic()
-            if next_t < now - self.period:  # fell behind (machine busy): no burst
-                next_t = now
-            reused = conn is not None
-            t0 = time.monotonic()
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                    budget = self.rng.randint(20, 200) if self.keepalive else 1
-                conn.request("GET", "/demo")
-                r = conn.getresponse()
-                body = r.read()
-                t1 = time.monotonic()
-                status, label = r.status, classify(r.status, r.getheader("content-type") or "", body)
-                budget -= 1
-                if budget <= 0 or r.will_close:
-                    conn.close()
-                    conn = None
-            except Exception as e:  # noqa: BLE001 - every failure is a result
-                t1 = time.monotonic()
-                status, label = -1, f"{type(e).__name__}: {e}"[:200]
-                if conn is not None:
-                    conn.close()
-                conn = None
-            self.records.append((t0, t1, status, label, reused))
-        if conn is not None:
-            conn.close()
-
-
-def classify(status: int, ctype: str, body: bytes) -> str:
-    text = body.decode(errors="replace")
-    if status == 200:
-        return text
-    if status == 503 and ctype.startswith("application/json"):
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            return text[:200]
-        if isinstance(doc, dict) and doc.get("code") in DOCUMENTED_CODES and doc.get("service") == "demo":
-            return doc["code"]
-    return text[:200]
-
-
 # ---------------------------------------------------------------------- helpers
-
-
-def rss_kb(pid: int) -> Optional[int]:
-    """VmRSS of ``pid`` in kB (the envoy console script execs the binary, same pid)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def guard_counters(envoy: Envoy) -> dict:
@@ -186,17 +93,16 @@ class Churn:
         print(f"  t={time.monotonic() - self.t0:6.1f}s  {text}", flush=True)
 
     def register(self, name: str):
-        t_sent = time.monotonic()
-        self.nacos.register(self.backends[name].port)
-        self.events[name].append(("register", t_sent, time.monotonic()))
-        self.registered.add(name)
-        self.last_change = time.monotonic()
+        self._change("register", name, self.nacos.register, self.registered.add)
 
     def deregister(self, name: str):
+        self._change("deregister", name, self.nacos.deregister, self.registered.discard)
+
+    def _change(self, op: str, name: str, call, note):
         t_sent = time.monotonic()
-        self.nacos.deregister(self.backends[name].port)
-        self.events[name].append(("deregister", t_sent, time.monotonic()))
-        self.registered.discard(name)
+        call(self.backends[name].port)
+        self.events[name].append((op, t_sent, time.monotonic()))
+        note(name)
         self.last_change = time.monotonic()
 
     def step(self):
@@ -238,7 +144,7 @@ def forbidden_intervals(events: list) -> list:
         if op != "deregister":
             continue
         end = float("inf")
-        for op2, t2_sent, _ in events[i + 1:]:
+        for op2, t2_sent, _ in events[i + 1 :]:
             if op2 in ("register", "unknown"):
                 end = t2_sent
                 break
@@ -253,7 +159,7 @@ def deregistration_lags(events: list, hits: list) -> list:
     for i, (op, _t_sent, t_done) in enumerate(events):
         if op != "deregister":
             continue
-        end = next((t2 for op2, t2, _ in events[i + 1:] if op2 in ("register", "unknown")), float("inf"))
+        end = next((t2 for op2, t2, _ in events[i + 1 :] if op2 in ("register", "unknown")), float("inf"))
         lo, hi = bisect.bisect_right(hits, t_done), bisect.bisect_left(hits, end)
         lags.append(hits[hi - 1] - t_done if hi > lo else 0.0)
     return lags
@@ -265,7 +171,7 @@ def registration_delays(events: list, hits: list) -> list:
     for i, (op, t_sent, _t_done) in enumerate(events):
         if op != "register" or i == 0:  # the first one is the initial registration
             continue
-        end = next((t2 for op2, t2, _ in events[i + 1:]), float("inf"))
+        end = next((t2 for op2, t2, _ in events[i + 1 :]), float("inf"))
         j = bisect.bisect_right(hits, t_sent)
         if j < len(hits) and hits[j] < end:
             out.append(hits[j] - t_sent)
@@ -291,8 +197,8 @@ def main() -> int:
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     duration = args.minutes * 60
 
-    if not os.path.exists(plugin_wasm()):
-        print(f"plugin artifact {plugin_wasm()} missing: run `make build` first", file=sys.stderr)
+    if missing_plugin():
+        print(missing_plugin(), file=sys.stderr)
         return 2
 
     # Bounded in time: the load, setup and teardown, whatever happens.
@@ -302,36 +208,35 @@ def main() -> int:
     signal.alarm(int(duration + 180 + args.restarts * 60))
 
     tmp = Path(tempfile.mkdtemp(prefix="nig-soak-"))
-    print(f"soak: {args.minutes:g} min, {args.rps:g} rps over {args.clients} clients, churn every "
-          f"{args.churn_every:g} s, {args.restarts} r-nacos restarts, seed {seed}; work dir {tmp}")
+    print(
+        f"soak: {args.minutes:g} min, {args.rps:g} rps over {args.clients} clients, churn every "
+        f"{args.churn_every:g} s, {args.restarts} r-nacos restarts, seed {seed}; work dir {tmp}"
+    )
     print(f"envoy {envoy_bin()}\nr-nacos {rnacos_bin()}\nplugin {plugin_wasm()}", flush=True)
 
-    nacos: Optional[RNacos] = None
-    envoy: Optional[Envoy] = None
-    backends: dict = {}
+    stack = Stack(tmp)
+    envoy: Envoy | None = None
     clients: list = []
     stop = threading.Event()
     ok = False
     try:
-        nacos = RNacos(tmp)
-        nacos.start()
-        for n in BACKENDS:
-            backends[n] = Backend(n)
+        nacos = stack.start_registry(BACKENDS, register=[])
+        backends = stack.backends
         t0 = time.monotonic()
         churn = Churn(nacos, backends, random.Random(seed), t0)
         for n in BACKENDS:
             churn.register(n)
         churn.verify("initial registration")
-        cfg = plugin_config({"refreshIntervalMs": REFRESH_MS})
-        envoy = Envoy(tmp, nacos.http_port, [b.port for b in backends.values()], cfg, mode="override_host")
-        envoy.start()
-        wait_until(lambda: envoy.guard_stat("poll_success") >= 1, 15, 0.05, "first poll")
+        envoy = stack.start_gateway(plugin_config({"refreshIntervalMs": REFRESH_MS}), mode="override_host")
+        wait_first_poll(envoy)
+        wait_every_worker_routes(envoy, timeout=15)
+        print(
+            f"r-nacos :{nacos.http_port}, Envoy :{envoy.port} (admin :{envoy.admin_port}), backends "
+            + ", ".join(f"{n} :{b.port}" for n, b in backends.items()),
+            flush=True,
+        )
 
-        envoy.wait_all_workers_route(timeout=15)
-        print(f"r-nacos :{nacos.http_port}, Envoy :{envoy.port} (admin :{envoy.admin_port}), backends "
-              + ", ".join(f"{n} :{b.port}" for n, b in backends.items()), flush=True)
-
-        envoy_pid = envoy.proc.p.pid
+        envoy_pid = envoy.pid
         rss_start = rss_kb(envoy_pid)
         rss_samples = [rss_start]
         c_start = guard_counters(envoy)
@@ -339,8 +244,10 @@ def main() -> int:
             b.reset()
 
         rate = args.rps / args.clients
-        clients = [Client(i, envoy.port, rate, keepalive=(i % 2 == 0), stop=stop, seed=seed * 100 + i)
-                   for i in range(args.clients)]
+        clients = [
+            RateClient(i, envoy.port, rate, keepalive=(i % 2 == 0), stop=stop, seed=seed * 100 + i)
+            for i in range(args.clients)
+        ]
         t_load = time.monotonic()
         churn.t0 = t_load
         for c in clients:
@@ -380,8 +287,11 @@ def main() -> int:
                 next_report += 15
                 rss_samples.append(rss_kb(envoy_pid))
                 n = sum(len(c.records) for c in clients)
-                print(f"  t={now - t_load:6.1f}s  {n} requests ({n / (now - t_load):.0f} rps), "
-                      f"Envoy RSS {rss_samples[-1] / 1024:.1f} MB", flush=True)
+                print(
+                    f"  t={now - t_load:6.1f}s  {n} requests ({n / (now - t_load):.0f} rps), "
+                    f"Envoy RSS {rss_samples[-1] / 1024:.1f} MB",
+                    flush=True,
+                )
             time.sleep(min(0.05, max(0.0, min(t_end, next_churn, next_report) - time.monotonic())))
 
         stop.set()
@@ -395,8 +305,23 @@ def main() -> int:
         rss_samples.append(rss_end)
         c_end = guard_counters(envoy) if envoy_alive else {k: -1 for k in c_start}
 
-        ok = report(args, seed, clients, backends, churn, restarts, t_load, t_stopped, rss_start, rss_end,
-                    rss_samples, c_start, c_end, envoy, envoy_alive)
+        ok = report(
+            args,
+            seed,
+            clients,
+            backends,
+            churn,
+            restarts,
+            t_load,
+            t_stopped,
+            rss_start,
+            rss_end,
+            rss_samples,
+            c_start,
+            c_end,
+            envoy,
+            envoy_alive,
+        )
         return 0 if ok else 1
     except Abort as e:
         print(f"\nsoak aborted ({e}); stopping everything", file=sys.stderr, flush=True)
@@ -413,26 +338,32 @@ def main() -> int:
         stop.set()
         for c in clients:
             c.join(timeout=15)
-        if envoy is not None:
-            envoy.stop()
-        if nacos is not None:
-            try:
-                nacos.stop()
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping r-nacos: {e!r}", file=sys.stderr)
-        for b in backends.values():
-            b.stop()
+        stack.owner.stop_all()
         if ok and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"logs kept in {tmp}", flush=True)
 
 
-def report(args, seed, clients, backends, churn, restarts, t_load, t_stopped, rss_start, rss_end, rss_samples,
-           c_start, c_end, envoy, envoy_alive) -> bool:
+def report(
+    args,
+    seed,
+    clients,
+    backends,
+    churn,
+    restarts,
+    t_load,
+    t_stopped,
+    rss_start,
+    rss_end,
+    rss_samples,
+    c_start,
+    c_end,
+    envoy,
+    envoy_alive,
+) -> bool:
     records = sorted(r for c in clients for r in c.records)
     total = len(records)
-    by_status = collections.Counter(r[2] for r in records)
     ok200 = [r for r in records if r[2] == 200]
     bad200 = [r for r in ok200 if r[3] not in backends]
     documented = collections.Counter(r[3] for r in records if r[2] == 503 and r[3] in DOCUMENTED_CODES)
@@ -458,12 +389,26 @@ def report(args, seed, clients, backends, churn, restarts, t_load, t_stopped, rs
 
     # Envoy log: VM failures and the plugin's own warnings
     log = envoy.log_text() if envoy is not None else ""
-    vm_errors = [ln for ln in log.splitlines()
-                 if ("wasm" in ln and ("panicked" in ln or "Function: " in ln and "failed" in ln
-                                       or "Uncaught" in ln or "RuntimeError" in ln or "[critical]" in ln))]
+    vm_errors = [
+        ln
+        for ln in log.splitlines()
+        if (
+            "wasm" in ln
+            and (
+                "panicked" in ln
+                or "Function: " in ln
+                and "failed" in ln
+                or "Uncaught" in ln
+                or "RuntimeError" in ln
+                or "[critical]" in ln
+            )
+        )
+    ]
     plugin_warnings = collections.Counter(
-        ln.split("nacos-instance-guard: ")[-1][:90] for ln in log.splitlines()
-        if "[warning][wasm]" in ln and "nacos-instance-guard" in ln)
+        ln.split("nacos-instance-guard: ")[-1][:90]
+        for ln in log.splitlines()
+        if "[warning][wasm]" in ln and "nacos-instance-guard" in ln
+    )
 
     secs = t_stopped - t_load
     rows = [
@@ -471,38 +416,80 @@ def report(args, seed, clients, backends, churn, restarts, t_load, t_stopped, rs
         ("total requests", f"{total} ({total / secs:.0f} rps)", "", None),
         ("  200 from a backend", f"{len(ok200)} (backends counted {backend_hits} hits)", "", None),
         ("registry changes", f"{n_dereg} deregistrations, {n_reg} re-registrations", "", None),
-        ("r-nacos restarts (data kept)", f"{len(restarts)}, down "
-         + ", ".join(f"{up - st:.1f} s" for st, up in restarts), "", None),
+        (
+            "r-nacos restarts (data kept)",
+            f"{len(restarts)}, down " + ", ".join(f"{up - st:.1f} s" for st, up in restarts),
+            "",
+            None,
+        ),
         (f"reached a deregistered instance > {WINDOW_S:.1f} s after", str(len(late)), "0", len(late) == 0),
-        ("  deregistration -> last hit (max, median)",
-         f"{max(lags) * 1000:.0f} ms, {statistics.median(lags) * 1000:.0f} ms" if lags else "-", "", None),
-        ("  re-registration -> first hit (max, median)",
-         f"{max(reg_delays) * 1000:.0f} ms, {statistics.median(reg_delays) * 1000:.0f} ms" if reg_delays else "-",
-         "", None),
+        (
+            "  deregistration -> last hit (max, median)",
+            f"{max(lags) * 1000:.0f} ms, {statistics.median(lags) * 1000:.0f} ms" if lags else "-",
+            "",
+            None,
+        ),
+        (
+            "  re-registration -> first hit (max, median)",
+            f"{max(reg_delays) * 1000:.0f} ms, {statistics.median(reg_delays) * 1000:.0f} ms" if reg_delays else "-",
+            "",
+            None,
+        ),
         ("5xx other than documented rejections", str(len(other5xx)), "0", len(other5xx) == 0),
         ("no HTTP answer (reset, timeout)", str(len(transport)), "0", len(transport) == 0),
         ("200 with an unknown body, other statuses", f"{len(bad200)}, {len(other)}", "0", not bad200 and not other),
-        ("documented rejections (503 JSON)", f"{sum(documented.values())} "
-         + (("(" + ", ".join(f"{k} {v}" for k, v in sorted(documented.items())) + ")") if documented else ""),
-         "", None),
-        ("latency p50 / p99 / max", f"{latencies[len(latencies) // 2] * 1000:.1f} / "
-         f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} / {latencies[-1] * 1000:.0f} ms" if latencies else "-",
-         "", None),
-        ("Envoy VmRSS start -> end (max)", f"{rss_start / 1024:.1f} MB -> {rss_end / 1024:.1f} MB "
-         f"({max(x for x in rss_samples if x) / 1024:.1f})" if rss_start and rss_end else "-", "", None),
-        ("Envoy alive at the end, wasm VM errors in log", f"{'yes' if envoy_alive else 'NO'}, {len(vm_errors)}",
-         "yes, 0", envoy_alive and not vm_errors),
-        ("registry mismatches (Nacos list != expected)", str(len(churn.mismatches)), "0",
-         not churn.mismatches and not churn.errors),
+        (
+            "documented rejections (503 JSON)",
+            f"{sum(documented.values())} "
+            + (("(" + ", ".join(f"{k} {v}" for k, v in sorted(documented.items())) + ")") if documented else ""),
+            "",
+            None,
+        ),
+        (
+            "latency p50 / p99 / max",
+            f"{latencies[len(latencies) // 2] * 1000:.1f} / "
+            f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} / {latencies[-1] * 1000:.0f} ms"
+            if latencies
+            else "-",
+            "",
+            None,
+        ),
+        (
+            "Envoy VmRSS start -> end (max)",
+            f"{rss_start / 1024:.1f} MB -> {rss_end / 1024:.1f} MB ({max(x for x in rss_samples if x) / 1024:.1f})"
+            if rss_start and rss_end
+            else "-",
+            "",
+            None,
+        ),
+        (
+            "Envoy alive at the end, wasm VM errors in log",
+            f"{'yes' if envoy_alive else 'NO'}, {len(vm_errors)}",
+            "yes, 0",
+            envoy_alive and not vm_errors,
+        ),
+        (
+            "registry mismatches (Nacos list != expected)",
+            str(len(churn.mismatches)),
+            "0",
+            not churn.mismatches and not churn.errors,
+        ),
     ]
     for c in COUNTERS:
-        rows.append((f"plugin {c} (start -> end: delta)", f"{c_start[c]} -> {c_end[c]}: +{c_end[c] - c_start[c]}",
-                     "", None))
+        rows.append(
+            (f"plugin {c} (start -> end: delta)", f"{c_start[c]} -> {c_end[c]}: +{c_end[c] - c_start[c]}", "", None)
+        )
     accounted = sum(c_end[c] - c_start[c] for c in ("routed", "rejected", "passed_through"))
     answered = total - len(transport)
     rows.append(("  routed+rejected+passed_through vs answered", f"{accounted} vs {answered}", "", None))
-    rows.append(("  plugin rejected vs documented rejections", f"{c_end['rejected'] - c_start['rejected']} vs "
-                 f"{sum(documented.values())}", "", None))
+    rows.append(
+        (
+            "  plugin rejected vs documented rejections",
+            f"{c_end['rejected'] - c_start['rejected']} vs {sum(documented.values())}",
+            "",
+            None,
+        )
+    )
 
     w1 = max(len(r[0]) for r in rows)
     w2 = max(len(r[1]) for r in rows)

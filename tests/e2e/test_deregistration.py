@@ -8,23 +8,14 @@ import time
 
 import pytest
 
-from conftest import Traffic
+from testbed.rejections import assert_rejection
+from testbed.traffic import Traffic
 
 MODES = ["override_host", "original_dst"]
 # Plugin default refreshIntervalMs is 1000 with jitter; allow one interval, the jitter and
 # the Nacos round trip, plus a margin for a loaded CI machine.
 REFRESH_S = 1.0
 MARGIN_S = 1.5
-
-
-def assert_rejection(resp, code="no_healthy_instance", status=503):
-    assert resp.status == status, resp
-    assert resp.headers.get("content-type", "").startswith("application/json"), resp.headers
-    body = resp.json()
-    assert body["code"] == code, body
-    assert body["service"] == "demo", body
-    assert body["group"] == "DEFAULT_GROUP", body
-    assert isinstance(body.get("message"), str) and body["message"], body
 
 
 def deregister_and_measure(s, name, traffic):
@@ -93,8 +84,10 @@ def test_scenario2_two_instances_deregister_one_by_one_then_return(stack, mode):
         assert b.hits == b_hits, "backend-b got requests after the refresh interval"
         rejected = tr.since(t_b + REFRESH_S + MARGIN_S)
         assert rejected and all(r[2] == 503 for r in rejected), {r[2] for r in rejected}
-    print(f"\n[scenario2/{mode}] deregistration -> last request: backend-a {lag_a * 1000:.0f} ms, "
-          f"backend-b {lag_b * 1000:.0f} ms")
+    print(
+        f"\n[scenario2/{mode}] deregistration -> last request: backend-a {lag_a * 1000:.0f} ms, "
+        f"backend-b {lag_b * 1000:.0f} ms"
+    )
     assert lag_a <= REFRESH_S + MARGIN_S
     assert lag_b <= REFRESH_S + MARGIN_S
     assert_rejection(s.envoy.request("/demo"))

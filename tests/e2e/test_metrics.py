@@ -6,26 +6,14 @@ and ``wasmcustom.nacos_guard.<name>``; the bootstrap's stats tag regex
 ``nacos_service``, and Prometheus output strips ``wasmcustom.``.
 """
 
-from harness import parse_prometheus
+from testbed.prometheus import guard_metric, parse_prometheus
 
 SVC_COUNTERS = ["routed", "rerouted", "rejected", "passed_through", "poll_success", "poll_failure"]
 
 
-def prom_value(prom: dict, name: str, service="demo"):
-    if service is None:
-        for (n, labels), v in prom.items():
-            if n == f"nacos_guard_{name}":
-                return v
-        return None
-    for (n, labels), v in prom.items():
-        if n == f"nacos_guard_service_{name}" and dict(labels).get("nacos_service") == service:
-            return v
-    return None
-
-
 def snapshot(envoy):
     prom = parse_prometheus(envoy.prometheus())
-    vals = {k: prom_value(prom, k) for k in SVC_COUNTERS + ["usable_instances"]}
+    vals = {k: guard_metric(prom, k) for k in SVC_COUNTERS + ["usable_instances"]}
     return prom, vals
 
 
@@ -37,8 +25,10 @@ def test_scenario8_prometheus_metrics(stack):
     prom, v0 = snapshot(s.envoy)
     text = s.envoy.prometheus()
     for k in SVC_COUNTERS + ["usable_instances"]:
-        assert v0[k] is not None, f"nacos_guard_service_{k}{{nacos_service=\"demo\"}} missing from /stats/prometheus:\n" + \
-            "\n".join(l for l in text.splitlines() if "nacos" in l)
+        assert v0[k] is not None, (
+            f'nacos_guard_service_{k}{{nacos_service="demo"}} missing from /stats/prometheus:\n'
+            + "\n".join(line for line in text.splitlines() if "nacos" in line)
+        )
     assert v0["usable_instances"] == 2
     # the untagged JSON stat names carry the service segment
     js = s.envoy.stats()
@@ -76,5 +66,9 @@ def test_scenario8_prometheus_metrics(stack):
     assert v3["routed"] == v2["routed"]
     assert v3["poll_success"] > v1["poll_success"]
     assert v3["poll_failure"] == 0
-    print("\n[scenario8] prometheus lines:\n" + "\n".join(
-        l for l in s.envoy.prometheus().splitlines() if "nacos_guard" in l and not l.startswith("#")))
+    print(
+        "\n[scenario8] prometheus lines:\n"
+        + "\n".join(
+            line for line in s.envoy.prometheus().splitlines() if "nacos_guard" in line and not line.startswith("#")
+        )
+    )

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from harness import NACOS_CLUSTER, Backend, Envoy, RNacos, plugin_config, wait_until
+from testbed.envoy import NACOS_CLUSTER, wait_every_worker_routes, wait_first_poll
+from testbed.higress import plugin_config, with_rules
 
 CONCURRENCY = 4
 INTERVAL_S = 1.0
@@ -30,66 +29,30 @@ NACOS_RQ_TOTAL = f"cluster.{NACOS_CLUSTER}.upstream_rq_total"
 SETTLE_S = INTERVAL_S + 1.5
 
 
-class OnePollerStack:
-    def __init__(self, tmp_path):
-        self.tmp = tmp_path
-        self.nacos = None
-        self.envoy = None
-        self.backends = {}
-
-    def start(self, backends, services, cfg):
-        """``services``: {service name: [backend names registered in it]}."""
-        self.nacos = RNacos(self.tmp)
-        self.nacos.start()
-        for name in backends:
-            self.backends[name] = Backend(name)
-        for service, names in services.items():
-            for name in names:
-                self.nacos.register(self.backends[name].port, service=service)
-        self.envoy = Envoy(self.tmp, self.nacos.http_port, [b.port for b in self.backends.values()], cfg,
-                           concurrency=CONCURRENCY)
-        self.envoy.start()
-        return self
-
-    def stop(self):
-        if self.envoy is not None:
-            self.envoy.stop()
-        if self.nacos is not None and self.nacos.proc is not None:
-            self.nacos.proc.stop()
-        for b in self.backends.values():
-            b.stop()
-
-    def nacos_requests(self) -> int:
-        return int(self.envoy.stats().get(NACOS_RQ_TOTAL, 0))
-
-    def worker_connections(self) -> dict:
-        """Downstream connections accepted per worker, from the listener's per-worker stats."""
-        out = {}
-        for k, v in self.envoy.stats().items():
-            if k.startswith("listener.127.0.0.1_") and ".worker_" in k and k.endswith(".downstream_cx_total"):
-                out[k.split(".worker_")[1].split(".")[0]] = int(v)
-        return out
-
-    def wait_all_workers_route(self, path="/demo", service="demo"):
-        """Every VM has adopted a snapshot: a batch of requests over fresh connections
-        (so over every worker) is routed in full."""
-        def all_routed():
-            r0 = self.envoy.guard_stat("routed", service)
-            for _ in range(12):
-                self.envoy.request(path)
-            return self.envoy.guard_stat("routed", service) - r0 == 12
-        wait_until(all_routed, 15, 0.05, f"every worker VM routes {service}")
+def start(bed, backends, services, cfg):
+    """``services``: {service name: [backend names registered in it]}."""
+    bed.start_registry(backends, register=services)
+    bed.start_gateway(cfg, concurrency=CONCURRENCY)
+    return bed
 
 
-@pytest.fixture
-def one_poller(tmp_path, request):
-    s = OnePollerStack(tmp_path)
-    yield s
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed and s.envoy is not None:
-        print("----- envoy log tail -----")
-        print(s.envoy.log_text()[-6000:])
-    s.stop()
+def nacos_requests(envoy) -> int:
+    return envoy.stat(NACOS_RQ_TOTAL)
+
+
+def worker_connections(envoy) -> dict:
+    """Downstream connections accepted per worker, from the listener's per-worker stats."""
+    out = {}
+    for k, v in envoy.stats().items():
+        if k.startswith("listener.127.0.0.1_") and ".worker_" in k and k.endswith(".downstream_cx_total"):
+            out[k.split(".worker_")[1].split(".")[0]] = int(v)
+    return out
+
+
+def wait_all_workers_route(envoy, path="/demo", service="demo"):
+    """Every VM has adopted a snapshot: a batch of requests over fresh connections
+    (so over every worker) is routed in full."""
+    wait_every_worker_routes(envoy, path, service, probes=12, timeout=15)
 
 
 def two_service_config() -> dict:
@@ -97,28 +60,28 @@ def two_service_config() -> dict:
     service ``demo2`` instead of being switched off."""
     cfg = plugin_config()
     rules = [r for r in cfg["_rules_"] if "default/legacy" not in r.get("_match_route_", [])]
-    rules.append({"_match_route_": ["default/legacy"], "service": {"name": "demo2"}})
-    cfg["_rules_"] = rules
-    return cfg
+    return with_rules(cfg, [*rules, {"_match_route_": ["default/legacy"], "service": {"name": "demo2"}}])
 
 
 def lease_holders(envoy) -> list:
     return [line for line in envoy.log_text().splitlines() if "now polls Nacos for this gateway" in line]
 
 
-def test_one_poll_per_interval_at_concurrency_4(one_poller):
-    s = one_poller.start(["backend-a"], {"demo": ["backend-a"]}, plugin_config())
+def test_one_poll_per_interval_at_concurrency_4(bed):
+    s = start(bed, ["backend-a"], {"demo": ["backend-a"]}, plugin_config())
     s.envoy.stats()  # admin up
-    wait_until(lambda: s.envoy.guard_stat("poll_success") >= 1, 15, 0.05, "first poll")
-    s.wait_all_workers_route()
+    wait_first_poll(s.envoy)
+    wait_all_workers_route(s.envoy)
 
-    n0, p0 = s.nacos_requests(), s.envoy.guard_stat("poll_success")
+    n0, p0 = nacos_requests(s.envoy), s.envoy.guard_stat("poll_success")
     time.sleep(WINDOW_S)
-    n1, p1 = s.nacos_requests(), s.envoy.guard_stat("poll_success")
+    n1, p1 = nacos_requests(s.envoy), s.envoy.guard_stat("poll_success")
     calls, polls = n1 - n0, p1 - p0
-    print(f"\n[one-poller] concurrency {CONCURRENCY}: {calls} Nacos requests, {polls} successful polls "
-          f"of `demo` in {WINDOW_S:.0f} s at {INTERVAL_S * 1000:.0f} ms "
-          f"({calls / (WINDOW_S / INTERVAL_S):.2f} per interval)")
+    print(
+        f"\n[one-poller] concurrency {CONCURRENCY}: {calls} Nacos requests, {polls} successful polls "
+        f"of `demo` in {WINDOW_S:.0f} s at {INTERVAL_S * 1000:.0f} ms "
+        f"({calls / (WINDOW_S / INTERVAL_S):.2f} per interval)"
+    )
     assert MIN_POLLS <= calls <= MAX_POLLS, f"{calls} Nacos requests in {WINDOW_S} s (one poller: 6-7)"
     # every call was a poll of `demo` (an answer may land just outside the window)
     assert abs(polls - calls) <= 1, (polls, calls)
@@ -127,11 +90,11 @@ def test_one_poll_per_interval_at_concurrency_4(one_poller):
     assert 1 <= len(lease_holders(s.envoy)) <= 2, lease_holders(s.envoy)
 
 
-def test_every_worker_routes_by_the_fresh_snapshot(one_poller):
-    s = one_poller.start(["backend-a", "backend-b"], {"demo": ["backend-a", "backend-b"]}, plugin_config())
-    wait_until(lambda: s.envoy.guard_stat("poll_success") >= 1, 15, 0.05, "first poll")
-    s.wait_all_workers_route()
-    a, b = s.backends["backend-a"], s.backends["backend-b"]
+def test_every_worker_routes_by_the_fresh_snapshot(bed):
+    s = start(bed, ["backend-a", "backend-b"], {"demo": ["backend-a", "backend-b"]}, plugin_config())
+    wait_first_poll(s.envoy)
+    wait_all_workers_route(s.envoy)
+    a = s.be("backend-a")
 
     # Both instances get traffic, on every worker.
     got = {s.envoy.request("/demo").body for _ in range(40)}
@@ -140,11 +103,11 @@ def test_every_worker_routes_by_the_fresh_snapshot(one_poller):
     s.nacos.deregister(a.port)
     time.sleep(SETTLE_S)
     a_hits = a.hits
-    cx0 = s.worker_connections()
+    cx0 = worker_connections(s.envoy)
     r0 = s.envoy.guard_stat("routed")
     n = 200
     answers = [s.envoy.request("/demo") for _ in range(n)]  # a new connection each
-    cx1 = s.worker_connections()
+    cx1 = worker_connections(s.envoy)
     per_worker = {w: cx1.get(w, 0) - cx0.get(w, 0) for w in cx1}
     print(f"\n[one-poller] {n} requests after deregistering backend-a, connections per worker: {per_worker}")
 
@@ -157,25 +120,26 @@ def test_every_worker_routes_by_the_fresh_snapshot(one_poller):
     assert s.envoy.guard_stat("usable_instances") == 1
 
 
-def test_two_services_each_polled_once_per_interval(one_poller):
-    s = one_poller.start(["backend-a", "backend-b"], {"demo": ["backend-a"], "demo2": ["backend-b"]},
-                         two_service_config())
+def test_two_services_each_polled_once_per_interval(bed):
+    s = start(bed, ["backend-a", "backend-b"], {"demo": ["backend-a"], "demo2": ["backend-b"]}, two_service_config())
     for svc in ("demo", "demo2"):
-        wait_until(lambda: s.envoy.guard_stat("poll_success", svc) >= 1, 15, 0.05, f"first poll of {svc}")
-    s.wait_all_workers_route("/demo", "demo")
-    s.wait_all_workers_route("/legacy", "demo2")
+        wait_first_poll(s.envoy, svc)
+    wait_all_workers_route(s.envoy, "/demo", "demo")
+    wait_all_workers_route(s.envoy, "/legacy", "demo2")
     # each route goes to its own service's instance
     assert {s.envoy.request("/demo").body for _ in range(12)} == {"backend-a"}
     assert {s.envoy.request("/legacy").body for _ in range(12)} == {"backend-b"}
 
-    n0 = s.nacos_requests()
+    n0 = nacos_requests(s.envoy)
     p0 = {svc: s.envoy.guard_stat("poll_success", svc) for svc in ("demo", "demo2")}
     time.sleep(WINDOW_S)
-    n1 = s.nacos_requests()
+    n1 = nacos_requests(s.envoy)
     polls = {svc: s.envoy.guard_stat("poll_success", svc) - p0[svc] for svc in ("demo", "demo2")}
     calls = n1 - n0
-    print(f"\n[one-poller] 2 services, concurrency {CONCURRENCY}: {calls} Nacos requests in {WINDOW_S:.0f} s, "
-          f"polls per service {polls}")
+    print(
+        f"\n[one-poller] 2 services, concurrency {CONCURRENCY}: {calls} Nacos requests in {WINDOW_S:.0f} s, "
+        f"polls per service {polls}"
+    )
     for svc, p in polls.items():
         assert MIN_POLLS <= p <= MAX_POLLS, f"{svc}: {p} polls in {WINDOW_S} s"
     assert 2 * MIN_POLLS <= calls <= 2 * MAX_POLLS, calls

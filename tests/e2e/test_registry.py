@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from conftest import Traffic
-from harness import Envoy, plugin_config, wait_until
-from test_deregistration import assert_rejection
+from testbed.higress import plugin_config
+from testbed.rejections import assert_rejection
+from testbed.traffic import Traffic
 
 MAX_STALE_S = 3.0
 REFRESH_S = 1.0
@@ -16,8 +16,11 @@ REFRESH_S = 1.0
 @pytest.mark.parametrize("on_stale", ["fail_open", "fail_closed"])
 def test_scenario6_registry_down_then_back(stack, on_stale):
     # B is stale: in the Envoy cluster, not in Nacos. The snapshot says "A only".
-    s = stack(backends=["backend-a", "backend-b"], register=["backend-a"],
-              global_overrides={"maxStaleMs": int(MAX_STALE_S * 1000), "onStale": on_stale})
+    s = stack(
+        backends=["backend-a", "backend-b"],
+        register=["backend-a"],
+        global_overrides={"maxStaleMs": int(MAX_STALE_S * 1000), "onStale": on_stale},
+    )
     a, b = s.be("backend-a"), s.be("backend-b")
     s.wait_only({"backend-a"}, timeout=5)
     fail0 = s.envoy.guard_stat("poll_failure")
@@ -39,8 +42,10 @@ def test_scenario6_registry_down_then_back(stack, on_stale):
         first_change = next((r[0] for r in after if not snapshot_like(r)), None)
         assert first_change is not None, "onStale never applied"
         stale_for = first_change - t_stop
-        print(f"\n[scenario6/{on_stale}] r-nacos stopped; snapshot served for {stale_for:.2f} s "
-              f"(maxStaleMs={MAX_STALE_S * 1000:.0f})")
+        print(
+            f"\n[scenario6/{on_stale}] r-nacos stopped; snapshot served for {stale_for:.2f} s "
+            f"(maxStaleMs={MAX_STALE_S * 1000:.0f})"
+        )
         assert MAX_STALE_S - 1.6 <= stale_for <= MAX_STALE_S + REFRESH_S + 1.0, stale_for
 
         late = [r for r in tr.records if first_change + 0.3 <= r[0] < t_end_down]
@@ -71,25 +76,30 @@ def test_scenario6_registry_down_then_back(stack, on_stale):
 LOGIN_TTL_S = 4
 
 
-def test_scenario7_auth_token_refresh(stack, tmp_path):
-    s = stack(backends=["backend-a", "backend-b"], register=["backend-a"], auth=True, login_timeout=LOGIN_TTL_S,
-              global_overrides={"nacos": {"username": "admin", "password": "admin"}})
+def test_scenario7_auth_token_refresh(stack):
+    s = stack(
+        backends=["backend-a", "backend-b"],
+        register=["backend-a"],
+        auth=True,
+        login_timeout=LOGIN_TTL_S,
+        global_overrides={"nacos": {"username": "admin", "password": "admin"}},
+    )
     a, b = s.be("backend-a"), s.be("backend-b")
 
     # r-nacos really enforces auth: no token -> refused, token -> served
-    st, body = s.nacos.raw("GET", "/nacos/v1/ns/instance/list",
-                           {"serviceName": "demo", "groupName": "DEFAULT_GROUP", "namespaceId": "public"}, token=False)
+    st, body = s.nacos.raw(
+        "GET",
+        "/nacos/v1/ns/instance/list",
+        {"serviceName": "demo", "groupName": "DEFAULT_GROUP", "namespaceId": "public"},
+        token=False,
+    )
     assert st != 200, (st, body)
     login = s.nacos.login()
     assert int(login["tokenTtl"]) == LOGIN_TTL_S, login
 
     # negative controls on the same registry: wrong password / no credentials never poll successfully
-    bad_pw = Envoy(tmp_path, s.nacos.http_port, [a.port, b.port],
-                   plugin_config({"nacos": {"username": "admin", "password": "wrong"}}))
-    no_cred = Envoy(tmp_path, s.nacos.http_port, [a.port, b.port], plugin_config())
-    s.extra_envoys += [bad_pw, no_cred]
-    bad_pw.start()
-    no_cred.start()
+    bad_pw = s.gateway(plugin_config({"nacos": {"username": "admin", "password": "wrong"}}), backends=[a, b])
+    no_cred = s.gateway(plugin_config(), backends=[a, b])
 
     s.wait_only({"backend-a"}, timeout=5)
     fail0 = s.envoy.guard_stat("poll_failure")
@@ -109,8 +119,10 @@ def test_scenario7_auth_token_refresh(stack, tmp_path):
 
     polls = s.envoy.guard_stat("poll_success")
     logins = s.envoy.guard_stat("login_success", service=None) - login0
-    print(f"\n[scenario7] {lifetimes * LOGIN_TTL_S}s with tokenTtl={LOGIN_TTL_S}s: logins={logins} "
-          f"poll_success={polls} poll_failure={s.envoy.guard_stat('poll_failure') - fail0}")
+    print(
+        f"\n[scenario7] {lifetimes * LOGIN_TTL_S}s with tokenTtl={LOGIN_TTL_S}s: logins={logins} "
+        f"poll_success={polls} poll_failure={s.envoy.guard_stat('poll_failure') - fail0}"
+    )
     assert s.envoy.guard_stat("poll_failure") == fail0 == 0
     assert s.envoy.guard_stat("login_failure", service=None) == 0
     assert logins >= lifetimes - 1, logins

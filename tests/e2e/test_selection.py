@@ -5,15 +5,16 @@ import collections
 
 import pytest
 
-from harness import ROUTING_HEADER, wait_until
-from test_deregistration import assert_rejection
+from testbed.envoy import ORIGINAL_DST_HOST, PIN_HEADER, ROUTING_HEADER
+from testbed.rejections import assert_rejection
+from testbed.waiting import wait_until
 
 SETTLE_S = 4.0
 
 
 def test_scenario3_weights_and_zero_weight(stack):
     s = stack(backends=["backend-a", "backend-b"], weights={"backend-a": 1, "backend-b": 3})
-    a, b = s.be("backend-a"), s.be("backend-b")
+    b = s.be("backend-b")
     s.wait_polls(1)
     got = collections.Counter(s.names(s.send(400)))
     assert set(got) <= {"backend-a", "backend-b"}, got
@@ -40,21 +41,22 @@ def test_scenario3_unhealthy_instance_gets_nothing(stack):
     # r-nacos ignores `healthy` on register/update of persistent instances; it marks them
     # unhealthy through its TCP probe (interval >= 5 s). So B's listener is closed and the
     # probe makes B unhealthy in Nacos while the Envoy cluster still lists it.
-    s = stack(backends=["backend-a", "backend-b"],
-              nacos_env={"RNACOS_NAMING_PERPETUAL_INSTANCE_PROBE_INTERVAL_SECOND": "5"})
-    a, b = s.be("backend-a"), s.be("backend-b")
+    s = stack(
+        backends=["backend-a", "backend-b"], nacos_env={"RNACOS_NAMING_PERPETUAL_INSTANCE_PROBE_INTERVAL_SECOND": "5"}
+    )
+    b = s.be("backend-b")
     assert set(s.names(s.send(20))) == {"backend-a", "backend-b"}
     b.stop()
 
     def b_unhealthy():
         return [h["healthy"] for h in s.nacos.list()["hosts"] if h["port"] == b.port] == [False]
+
     wait_until(b_unhealthy, 20, 0.2, "r-nacos marks backend-b unhealthy")
     s.wait_polls(2)
     # an instance routed to B would fail with 503 (connection refused): none may
     got = s.names(s.send(60))
     assert got == ["backend-a"] * 60, collections.Counter(got)
     assert s.envoy.guard_stat("usable_instances") == 1
-
 
 
 def test_scenario3_disabled_instance_gets_nothing(stack):
@@ -71,17 +73,20 @@ def test_scenario3_disabled_instance_gets_nothing(stack):
 @pytest.mark.parametrize("on_dereg", ["reroute", "reject"])
 def test_scenario4_pinned_instance(stack, on_dereg):
     # C was registered once and is still in the (stale) Envoy cluster, but is gone from Nacos.
-    s = stack(backends=["backend-a", "backend-b", "backend-c"], register=["backend-a", "backend-b"],
-              global_overrides={"onDeregistered": on_dereg})
+    s = stack(
+        backends=["backend-a", "backend-b", "backend-c"],
+        register=["backend-a", "backend-b"],
+        global_overrides={"onDeregistered": on_dereg},
+    )
     a, b, c = s.be("backend-a"), s.be("backend-b"), s.be("backend-c")
 
     # pin to a usable instance: all go there
-    assert s.names(s.send(20, headers={"x-nacos-instance": b.addr})) == ["backend-b"] * 20
-    assert s.names(s.send(20, headers={"x-nacos-instance": a.addr})) == ["backend-a"] * 20
+    assert s.names(s.send(20, headers={PIN_HEADER: b.addr})) == ["backend-b"] * 20
+    assert s.names(s.send(20, headers={PIN_HEADER: a.addr})) == ["backend-a"] * 20
 
     rer0 = s.envoy.guard_stat("rerouted")
     rej0 = s.envoy.guard_stat("rejected")
-    resps = s.send(20, headers={"x-nacos-instance": c.addr})
+    resps = s.send(20, headers={PIN_HEADER: c.addr})
     assert c.hits == 0
     if on_dereg == "reroute":
         assert set(s.names(resps)) == {"backend-a", "backend-b"}, s.names(resps)
@@ -94,7 +99,7 @@ def test_scenario4_pinned_instance(stack, on_dereg):
     # pin to an instance that is deregistered *now*
     s.nacos.deregister(b.port)
     s.wait_polls(2)
-    resps = s.send(10, headers={"x-nacos-instance": b.addr})
+    resps = s.send(10, headers={PIN_HEADER: b.addr})
     if on_dereg == "reroute":
         assert s.names(resps) == ["backend-a"] * 10
     else:
@@ -109,13 +114,13 @@ def test_scenario4_client_routing_header_never_chooses_endpoint(stack, mode):
     s = stack(backends=["backend-a", "backend-c", "backend-evil"], register=["backend-a"], mode=mode)
     c, evil = s.be("backend-c"), s.be("backend-evil")
     for target in (c, evil):
-        for hdr in (ROUTING_HEADER, "x-envoy-original-dst-host"):
+        for hdr in (ROUTING_HEADER, ORIGINAL_DST_HOST):
             resps = s.send(10, headers={hdr: target.addr})
             got = s.names(resps)
             assert got == ["backend-a"] * 10, (hdr, target.name, resps, s.envoy.stats_matching("nacos_guard"))
     assert c.hits == 0 and evil.hits == 0
     # pinning is only honoured for registered instances, never for an arbitrary address
-    got = s.names(s.send(10, headers={"x-nacos-instance": evil.addr}))
+    got = s.names(s.send(10, headers={PIN_HEADER: evil.addr}))
     assert evil.hits == 0, got
 
 
