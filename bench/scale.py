@@ -1,0 +1,190 @@
+"""Section ``scale``: 1, 100 and 1000 guarded services (10 instances each): poll round
+time, calls in flight, memory, CPU at rest and per-request cost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from gateways import NACOS_STAT, OWNER, fast_backend, gateway, start_nacos, wait_first_snapshot
+from measure import fmt_kb, fmt_profile, log, wrk, wrk_profiled
+
+from testbed.envoy import DirectResponseEnvoy, Envoy, route
+from testbed.higress import plugin_config, with_rules
+from testbed.rnacos import RNacos
+from testbed.waiting import wait_until
+
+
+class ActiveSampler:
+    """Samples the Nacos cluster's upstream_rq_active gauge as fast as the admin answers."""
+
+    def __init__(self, envoy: Envoy):
+        self.envoy = envoy
+        self.max = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        regex = r"^cluster\.outbound\|8848\|\|nacos\.dns\.upstream_rq_active$"
+        while not self._stop.is_set():
+            try:
+                v = int(next(iter(self.envoy.stats(regex).values()), 0))
+                self.max = max(self.max, v)
+                self.samples += 1
+            except Exception:  # noqa: BLE001 - envoy stopping
+                pass
+            self._stop.wait(0.005)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+def scale_routes(count: int) -> tuple:
+    """Routes ``bench/svc-<i>`` (exact path ``/svc-<i>``) and one rule per service. The
+    measured route ``/svc-0`` is Envoy's first route but the plugin's *last* rule, the
+    worst case for the plugin's rule matching."""
+    routes = [route(f"bench/svc-{i}", path=f"/svc-{i}") for i in range(count)]
+    rules = [{"_match_route_": [f"bench/svc-{i}"], "service": {"name": f"svc-{i}"}} for i in range(1, count)]
+    rules.append({"_match_route_": ["bench/svc-0"], "service": {"name": "svc-0"}})
+    cfg = with_rules(plugin_config(), rules)
+    return routes, cfg
+
+
+def scale_run(
+    args,
+    work: Path,
+    nacos: RNacos,
+    backend: DirectResponseEnvoy,
+    count: int,
+    concurrency: int = 1,
+    interval_ms: int | None = None,
+    full: bool = True,
+    do_wrk: bool | None = None,
+) -> dict:
+    """One gateway guarding ``count`` services: first and steady poll rounds with the
+    calls in flight sampled, then Nacos calls and Envoy CPU over an idle window, RSS,
+    and wrk on the route of the last rule."""
+    routes, cfg = scale_routes(count)
+    o = {"count": count, "concurrency": concurrency, "interval_ms": interval_ms or cfg.get("refreshIntervalMs", 1000)}
+    if interval_ms:
+        cfg["refreshIntervalMs"] = interval_ms
+        # the one snapshot must stay fresh for the whole run, or requests pass through
+        cfg["maxStaleMs"] = max(cfg.get("maxStaleMs", 30000), 3 * interval_ms)
+    if full:
+        bare = gateway(work, nacos.http_port, backend.ports, None, concurrency=concurrency, routes=routes)
+        time.sleep(1.0)
+        o["bare_rss_kb"] = bare.rss_kb()
+        OWNER.stop(bare)
+    envoy = gateway(work, nacos.http_port, backend.ports, cfg, concurrency=concurrency, routes=routes)
+    sampler = ActiveSampler(envoy)
+    t_ready = time.monotonic()
+    regex = r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_success$"
+
+    def all_polled():
+        vals = envoy.stats(regex)
+        return len(vals) == count and all(v >= 1 for v in vals.values())
+
+    # The first round: every service is due at once, at most 32 calls in flight.
+    wait_until(all_polled, 120, 0.02, f"first poll of all {count} services")
+    o["first_round_s"] = time.monotonic() - t_ready
+    wait_first_snapshot(envoy, "/svc-0", "svc-0", timeout=60)
+    if full:
+        time.sleep(1.0)
+        # Steady state: time until every service's poll_success advanced once more.
+        base = envoy.stats(regex)
+        t0 = time.monotonic()
+        wait_until(
+            lambda: all(v > base.get(k, 0) for k, v in envoy.stats(regex).items()),
+            60,
+            0.02,
+            "one more poll of every service",
+        )
+        o["steady_round_s"] = time.monotonic() - t0
+    sampler.stop()
+    o["active_max"], o["active_samples"] = sampler.max, sampler.samples
+    time.sleep(1.0)
+    # Nacos calls and Envoy CPU over a window with nothing else touching Envoy.
+    n0 = envoy.stat(f"{NACOS_STAT}.upstream_rq_total")
+    c0, w0 = envoy.cpu_seconds(), time.monotonic()
+    time.sleep(args.scale_window)
+    n1 = envoy.stat(f"{NACOS_STAT}.upstream_rq_total")
+    c1, w1 = envoy.cpu_seconds(), time.monotonic()
+    o["per_service_interval"] = (n1 - n0) / ((w1 - w0) * 1000.0 / o["interval_ms"]) / count
+    o["idle_cpu"] = (c1 - c0) / (w1 - w0)
+    o["rss_kb"] = envoy.rss_kb()
+    o["heap"] = envoy.heap_allocated()
+    o["vms"] = int(next(iter(envoy.stats(r"^wasm\.envoy\.wasm\.runtime\.v8\.active$").values()), 0))
+    o["pending_overflow"] = envoy.stat(f"{NACOS_STAT}.upstream_rq_pending_overflow")
+    o["poll_failures"] = int(sum(envoy.stats(r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_failure$").values()))
+    if full if do_wrk is None else do_wrk:
+        wrk(f"http://127.0.0.1:{envoy.port}/svc-0", 2, args.connections)
+        r0 = envoy.stat("wasmcustom.nacos_guard.service.svc-0.routed")
+        runs = [
+            wrk(f"http://127.0.0.1:{envoy.port}/svc-0", args.duration, args.connections)
+            for _ in range(args.scale_runs - 1)
+        ]
+        runs.append(
+            wrk_profiled(envoy, f"http://127.0.0.1:{envoy.port}/svc-0", args.duration, args.connections, args.profile)
+        )
+        runs.sort(key=lambda r: r["rps"])
+        o["wrk"] = dict(runs[len(runs) // 2])  # the median run
+        o["wrk"]["all_rps"] = [r["rps"] for r in runs]
+        o["requests_all"] = sum(r["requests"] for r in runs)
+        prof = next((r["profile"] for r in runs if r.get("profile")), None)
+        if prof:
+            o["wrk"]["profile"] = prof
+        o["decided"] = envoy.stat("wasmcustom.nacos_guard.service.svc-0.routed") - r0
+    OWNER.stop(envoy)
+    w = o.get("wrk")
+    log(
+        f"{count} services, concurrency {concurrency}, every {o['interval_ms']} ms: first round "
+        f"{o['first_round_s']:.2f} s"
+        + (f", steady round {o['steady_round_s']:.2f} s" if full else "")
+        + f", {o['per_service_interval']:.2f} polls/service/interval, in flight max {o['active_max']} "
+        f"({o['active_samples']} samples), CPU at rest {o['idle_cpu'] * 100:.1f}% of a core, "
+        f"RSS {fmt_kb(o['rss_kb'])}"
+        + (f" (no plugin {fmt_kb(o['bare_rss_kb'])})" if full else "")
+        + f", {o['vms']} VMs, poll failures {o['poll_failures']}"
+        + (
+            f", wrk {w['rps']:.0f} rps p50 {w['p50']:.3f} ms p99 {w['p99']:.3f} ms, decided {o['decided']}/"
+            f"{o['requests_all']} (all runs)"
+            if w
+            else ""
+        )
+        + (f"; {fmt_profile(w.get('profile'))}" if w and w.get("profile") else "")
+    )
+    return o
+
+
+def section_scale(args, res: dict, work: Path) -> None:
+    counts = args.scale
+    nacos = start_nacos(work / "scale-nacos")
+    backend = fast_backend(work, 10)
+    jobs = [("svc-0", "127.0.0.1", p) for p in backend.ports]
+    for s in range(1, max(counts)):
+        for i in range(10):
+            jobs.append((f"svc-{s}", f"10.{s // 250}.{s % 250}.{i + 1}", 8080))
+    secs, failed = nacos.register_many(jobs)
+    res["registration"] = {"count": len(jobs), "seconds": secs, "failed": failed}
+    log(f"registered {len(jobs)} persistent instances in {secs:.1f} s ({len(jobs) / secs:.0f}/s), {failed} failed")
+    last = nacos.list(f"svc-{max(counts) - 1}")
+    log(f"svc-{max(counts) - 1} lists {len(last.get('hosts', []))} instances")
+
+    res["scale"] = {count: scale_run(args, work, nacos, backend, count) for count in counts}
+    # Where the time at rest goes with the most services:
+    # - more worker VMs (all followers that adopt what the poller publishes);
+    # - polling paused after the first round (refreshIntervalMs 600000): what is left of
+    #   the per-request cost is the plugin's own request path (rule matching included).
+    top = max(counts)
+    extra = {}
+    for conc in args.scale_follower_concurrency:
+        extra[f"concurrency {conc}"] = scale_run(args, work, nacos, backend, top, concurrency=conc, full=False)
+    paused = scale_run(args, work, nacos, backend, top, interval_ms=600000, full=False, do_wrk=True)
+    extra["polling paused"] = paused
+    res["scale_extra"] = extra
+    OWNER.stop(backend)
+    OWNER.stop(nacos)
