@@ -312,15 +312,11 @@ def main() -> int:
             backends,
             churn,
             restarts,
-            t_load,
-            t_stopped,
-            rss_start,
-            rss_end,
-            rss_samples,
-            c_start,
-            c_end,
             envoy,
             envoy_alive,
+            times=(t_load, t_stopped),
+            rss=(rss_start, rss_end, rss_samples),
+            counters=(c_start, c_end),
         )
         return 0 if ok else 1
     except Abort as e:
@@ -345,23 +341,10 @@ def main() -> int:
             print(f"logs kept in {tmp}", flush=True)
 
 
-def report(
-    args,
-    seed,
-    clients,
-    backends,
-    churn,
-    restarts,
-    t_load,
-    t_stopped,
-    rss_start,
-    rss_end,
-    rss_samples,
-    c_start,
-    c_end,
-    envoy,
-    envoy_alive,
-) -> bool:
+def report(args, seed, clients, backends, churn, restarts, envoy, envoy_alive, times, rss, counters) -> bool:
+    t_load, t_stopped = times
+    rss_start, rss_end, rss_samples = rss
+    c_start, c_end = counters
     records = sorted(r for c in clients for r in c.records)
     total = len(records)
     ok200 = [r for r in records if r[2] == 200]

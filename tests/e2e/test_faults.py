@@ -32,8 +32,6 @@ from testbed.envoy import (
     Resp,
     names,
     route,
-    wait_every_worker_routes,
-    wait_first_poll,
 )
 from testbed.faulty_nacos import FaultyNacos, host
 from testbed.higress import plugin_config
@@ -63,6 +61,7 @@ REFRESH_MS = 200
 TIMEOUT_MS = 500
 RECOVERY_MARGIN_S = 1.0
 RSS_GROWTH_KB = 64 * 1024
+ADMIN_LOGIN = {"nacos": {"username": "admin", "password": "admin"}}
 
 
 def bad_hosts(a: Backend, b: Backend) -> list:
@@ -137,9 +136,7 @@ class FaultGateway:
         cfg = plugin_config(
             {"refreshIntervalMs": REFRESH_MS, "maxStaleMs": 120_000, "nacos": {"timeoutMs": TIMEOUT_MS}}
         )
-        self.envoy = bed.start_gateway(cfg, backends=[self.a, self.b])
-        wait_first_poll(self.envoy)
-        wait_every_worker_routes(self.envoy, expect={"backend-a"})
+        self.envoy = bed.routing_gateway(cfg, expect={"backend-a"}, backends=[self.a, self.b])
         # warm up a little so that the baseline RSS is not the start-up's
         for _ in range(50):
             self.envoy.request("/demo")
@@ -290,9 +287,7 @@ def test_faults_stale_after_max_stale_ms_then_on_stale_applies(bed):
             "nacos": {"timeoutMs": TIMEOUT_MS},
         }
     )
-    envoy = bed.gateway(nacos_port=nacos.port, backends=[a, b], plugin_cfg=cfg)
-    wait_first_poll(envoy)
-    wait_every_worker_routes(envoy, expect={"backend-a"})
+    envoy = bed.routing_gateway(nacos_port=nacos.port, backends=[a, b], plugin_cfg=cfg, expect={"backend-a"})
     off = envoy.log_size()
     with Traffic(envoy, interval=0.01) as tr:
         time.sleep(0.3)
@@ -341,11 +336,12 @@ def test_faults_rnacos_restart_with_and_without_its_data(bed):
     nacos.start()
     a, b = bed.add(Backend("backend-a")), bed.add(Backend("backend-b"))
     nacos.register(a.port)
-    envoy = bed.gateway(
-        nacos_port=nacos.http_port, backends=[a, b], plugin_cfg=plugin_config({"refreshIntervalMs": 300})
+    envoy = bed.routing_gateway(
+        nacos_port=nacos.http_port,
+        backends=[a, b],
+        plugin_cfg=plugin_config({"refreshIntervalMs": 300}),
+        expect={"backend-a"},
     )
-    wait_first_poll(envoy)
-    wait_every_worker_routes(envoy, expect={"backend-a"})
     f0 = envoy.guard_stat("poll_failure")
 
     # 1. restart with its data: the persistent instance is still there, routing goes on
@@ -446,13 +442,12 @@ def test_faults_token_with_very_short_ttl(bed):
     a, b = bed.add(Backend("backend-a")), bed.add(Backend("backend-b"))
     nacos.register(a.port)
     assert int(nacos.login()["tokenTtl"]) == ttl
-    envoy = bed.gateway(
+    envoy = bed.routing_gateway(
         nacos_port=nacos.http_port,
         backends=[a, b],
-        plugin_cfg=plugin_config({"refreshIntervalMs": 200, "nacos": {"username": "admin", "password": "admin"}}),
+        plugin_cfg=plugin_config({"refreshIntervalMs": 200, **ADMIN_LOGIN}),
+        expect={"backend-a"},
     )
-    wait_first_poll(envoy)
-    wait_every_worker_routes(envoy, expect={"backend-a"})
     f0, s0 = envoy.guard_stat("poll_failure"), envoy.guard_stat("poll_success")
     l0 = envoy.guard_stat("login_success", service=None)
     with Traffic(envoy, interval=0.02) as tr:
@@ -483,13 +478,12 @@ def test_faults_token_revoked_early_by_the_server(bed):
     nacos.auth = True
     nacos.token_ttl_s = 3600  # promised an hour ...
     nacos.revoke_after_s = 1.0  # ... refused after a second
-    envoy = bed.gateway(
+    envoy = bed.routing_gateway(
         nacos_port=nacos.port,
         backends=[a, b],
-        plugin_cfg=plugin_config({"refreshIntervalMs": 200, "nacos": {"username": "admin", "password": "admin"}}),
+        plugin_cfg=plugin_config({"refreshIntervalMs": 200, **ADMIN_LOGIN}),
+        expect={"backend-a"},
     )
-    wait_first_poll(envoy)
-    wait_every_worker_routes(envoy, expect={"backend-a"})
     off = envoy.log_size()
     t0 = time.monotonic()
     f0 = envoy.guard_stat("poll_failure")
@@ -527,12 +521,15 @@ def test_faults_request_inputs_pins_and_forged_headers(bed, mode):
     evil = bed.add(Backend("backend-evil", record_headers=True))  # not even in the cluster
     nacos.register(a.port)
     nacos.register(b.port)
-    envoy = bed.gateway(
-        nacos_port=nacos.http_port, backends=[a, b, c], plugin_cfg=plugin_config(), mode=mode, routes=WITH_OTHER_ROUTE
-    )
-    wait_first_poll(envoy)
     AB = {"backend-a", "backend-b"}
-    wait_every_worker_routes(envoy, expect=AB)
+    envoy = bed.routing_gateway(
+        nacos_port=nacos.http_port,
+        backends=[a, b, c],
+        plugin_cfg=plugin_config(),
+        mode=mode,
+        routes=WITH_OTHER_ROUTE,
+        expect=AB,
+    )
     pin = PIN_HEADER
 
     # ---- pins: (name, header list, expected set of backends or None for "any of A, B")
@@ -673,10 +670,10 @@ def test_faults_non_utf8_pin_header_does_not_kill_the_vm(bed):
     a, b, c = (bed.add(Backend(n)) for n in ("backend-a", "backend-b", "backend-c"))
     nacos = bed.add(FaultyNacos([host("127.0.0.1", a.port), host("127.0.0.1", b.port)]))
     bed.nacos = nacos
-    envoy = bed.gateway(nacos_port=nacos.port, backends=[a, b, c], plugin_cfg=plugin_config(), routes=WITH_OTHER_ROUTE)
-    wait_first_poll(envoy)
     AB = {"backend-a", "backend-b"}
-    wait_every_worker_routes(envoy, expect=AB)
+    envoy = bed.routing_gateway(
+        nacos_port=nacos.port, backends=[a, b, c], plugin_cfg=plugin_config(), routes=WITH_OTHER_ROUTE, expect=AB
+    )
 
     rows, problems = [], []
     for name, value in [

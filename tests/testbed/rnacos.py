@@ -190,8 +190,17 @@ class RNacos:
             raise RuntimeError(f"{what}: HTTP {st} {text}")
         return text
 
-    def register(
+    def register(self, port: int, **instance) -> None:
+        """Register a persistent instance (``instance``: see ``_instance``)."""
+        self._instance("POST", "register", port, **instance)
+
+    def update(self, port: int, **instance) -> None:
+        self._instance("PUT", "update", port, **instance)
+
+    def _instance(
         self,
+        method: str,
+        what: str,
         port: int,
         service: str = "demo",
         ip: str = "127.0.0.1",
@@ -205,31 +214,11 @@ class RNacos:
         p = instance_params(port, service, ip, group, cluster, weight=weight, healthy=healthy, enabled=enabled)
         if metadata:
             p["metadata"] = json.dumps(metadata)
-        self._call("POST", INSTANCE, p, "register")
+        self._call(method, INSTANCE, p, what)
 
-    def update(
-        self,
-        port: int,
-        service: str = "demo",
-        ip: str = "127.0.0.1",
-        weight: float = 1.0,
-        healthy: bool = True,
-        enabled: bool = True,
-        group: str = "DEFAULT_GROUP",
-        cluster: str = "DEFAULT",
-    ) -> None:
-        p = instance_params(port, service, ip, group, cluster, weight=weight, healthy=healthy, enabled=enabled)
-        self._call("PUT", INSTANCE, p, "update")
-
-    def deregister(
-        self,
-        port: int,
-        service: str = "demo",
-        ip: str = "127.0.0.1",
-        group: str = "DEFAULT_GROUP",
-        cluster: str = "DEFAULT",
-    ) -> None:
-        self._call("DELETE", INSTANCE, instance_params(port, service, ip, group, cluster), "deregister")
+    def deregister(self, port: int, **where) -> None:
+        """Deregister a persistent instance (``where``: service, ip, group, cluster)."""
+        self._call("DELETE", INSTANCE, instance_params(port, **where), "deregister")
 
     def list(self, service: str = "demo", group: str = "DEFAULT_GROUP", healthy_only: bool = False) -> dict:
         p = {

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from testbed.backends import Backend
-from testbed.envoy import Envoy, names, wait_every_worker_routes
+from testbed.envoy import Envoy, names, wait_every_worker_routes, wait_first_poll
 from testbed.processes import Owner
 from testbed.rnacos import RNacos
 from testbed.waiting import wait_until
@@ -59,6 +59,14 @@ class Stack:
         backends = self.backends.values() if backends is None else backends
         e = self.add(Envoy(self.workdir, nacos_port, [b.port for b in backends], plugin_cfg, **envoy))
         e.start()
+        return e
+
+    def routing_gateway(self, plugin_cfg: dict, expect: set, **gateway) -> Envoy:
+        """``gateway(...)``, then wait for its first poll and until every worker routes,
+        to exactly the backends ``expect``."""
+        e = self.gateway(plugin_cfg, **gateway)
+        wait_first_poll(e)
+        wait_every_worker_routes(e, expect=expect)
         return e
 
     def start_gateway(self, plugin_cfg: dict | None, **envoy) -> Envoy:
