@@ -16,6 +16,7 @@ Everything runs on 127.0.0.1 with free ports. One module per concern:
 * ``rejections``   the plugin's documented rejections
 * ``traffic``      request streams against the gateway
 * ``tables``       plain-text tables for the printed results
+* ``stack``        r-nacos, backends and gateways held by one ``Owner``
 
 Only the standard library and PyYAML are used.
 """
