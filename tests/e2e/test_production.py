@@ -12,9 +12,12 @@ import time
 
 import yaml
 
-from harness import Envoy, NACOS_CLUSTER, plugin_config, wait_until
+from testbed.envoy import NACOS_CLUSTER, Envoy, wait_every_worker_routes, wait_first_poll
+from testbed.higress import plugin_config
+from testbed.waiting import wait_until
 
 NACOS_RQ_TOTAL = f"cluster.{NACOS_CLUSTER}.upstream_rq_total"
+LDS_UPDATES = "listener_manager.lds.update_success"
 
 
 def test_one_request_per_interval_across_two_workers_reaches_every_instance(stack):
@@ -40,17 +43,21 @@ def test_cold_starts_at_concurrency_4_poll_once_per_interval(stack, tmp_path):
     window_s, interval_s = 5.0, cfg.get("refreshIntervalMs", 1000) / 1000
     for start in range(3):
         (tmp_path / f"cold-{start}").mkdir()
-        envoy = Envoy(tmp_path / f"cold-{start}", s.nacos.http_port, [b.port for b in s.backends.values()],
-                      cfg, concurrency=4)
-        s.extra_envoys.append(envoy)
+        envoy = s.add(
+            Envoy(
+                tmp_path / f"cold-{start}", s.nacos.http_port, [b.port for b in s.backends.values()], cfg, concurrency=4
+            )
+        )
         envoy.start()
-        wait_until(lambda: envoy.guard_stat("poll_success") >= 1, 15, 0.05, "first poll")
-        n0 = int(envoy.stats().get(NACOS_RQ_TOTAL, 0))
+        wait_first_poll(envoy)
+        n0 = envoy.stat(NACOS_RQ_TOTAL)
         time.sleep(window_s)
-        calls = int(envoy.stats().get(NACOS_RQ_TOTAL, 0)) - n0
+        calls = envoy.stat(NACOS_RQ_TOTAL) - n0
         pollers = [line for line in envoy.log_text().splitlines() if "now polls Nacos for this gateway" in line]
-        print(f"\n[cold start {start}] {calls} Nacos requests in {window_s:.0f} s at {interval_s * 1000:.0f} ms; "
-              f"{len(pollers)} VM(s) took the lease")
+        print(
+            f"\n[cold start {start}] {calls} Nacos requests in {window_s:.0f} s at {interval_s * 1000:.0f} ms; "
+            f"{len(pollers)} VM(s) took the lease"
+        )
         envoy.stop()
         # One poll per interval, a tenth early at most: 5 or 6 in 5 s, never two VMs' worth.
         assert calls <= window_s / interval_s / 0.9 + 1, calls
@@ -61,19 +68,22 @@ class WatchedEnvoy(Envoy):
     """Envoy whose listener comes from a watched file (LDS), so the plugin's configuration
     can be edited while it runs, as Higress pushes a WasmPlugin edit."""
 
-    def _configure(self) -> None:
-        super()._configure()
-        listener = self.config["static_resources"].pop("listeners")[0]
+    def config(self) -> dict:
+        config = super().config()
+        listener = config["static_resources"].pop("listeners")[0]
         listener["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
         self.lds_dir = self.workdir / f"lds-{self.port}"
         self.lds_dir.mkdir(exist_ok=True)
         self.lds_path = self.lds_dir / "listeners.yaml"
         self._write_listener(listener)
         # Envoy refuses file-based LDS without a node identity.
-        self.config["node"] = {"id": "gateway", "cluster": "gateway"}
-        self.config["dynamic_resources"] = {"lds_config": {"path_config_source": {
-            "path": str(self.lds_path), "watched_directory": {"path": str(self.lds_dir)}}}}
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        config["node"] = {"id": "gateway", "cluster": "gateway"}
+        config["dynamic_resources"] = {
+            "lds_config": {
+                "path_config_source": {"path": str(self.lds_path), "watched_directory": {"path": str(self.lds_dir)}}
+            }
+        }
+        return config
 
     def _write_listener(self, listener: dict) -> None:
         self.listener = listener
@@ -95,12 +105,11 @@ def test_a_configuration_edit_under_load_keeps_serving(stack, tmp_path):
     cfg = plugin_config({"refreshIntervalMs": 1000})
     workdir = tmp_path / "watched"
     workdir.mkdir()
-    envoy = WatchedEnvoy(workdir, s.nacos.http_port, [b.port for b in s.backends.values()], cfg)
-    s.extra_envoys.append(envoy)
+    envoy = s.add(WatchedEnvoy(workdir, s.nacos.http_port, [b.port for b in s.backends.values()], cfg))
     envoy.start()
-    wait_until(lambda: envoy.guard_stat("poll_success") >= 1, 15, 0.05, "first poll")
-    envoy.wait_all_workers_route()
-    updates0 = int(envoy.stats().get("listener_manager.lds.update_success", 0))
+    wait_first_poll(envoy)
+    wait_every_worker_routes(envoy)
+    updates0 = envoy.stat(LDS_UPDATES)
     edited = plugin_config({"refreshIntervalMs": 1000, "onStale": "fail_closed", "maxStaleMs": 5000})
     answers = collections.Counter()
     passed0 = envoy.guard_stat("passed_through")
@@ -113,8 +122,7 @@ def test_a_configuration_edit_under_load_keeps_serving(stack, tmp_path):
         r = envoy.request("/demo")
         answers[r.backend or r.status] += 1
         time.sleep(0.005)
-    wait_until(lambda: int(envoy.stats().get("listener_manager.lds.update_success", 0)) > updates0, 5, 0.05,
-               "the edited listener is loaded")
+    wait_until(lambda: envoy.stat(LDS_UPDATES) > updates0, 5, 0.05, "the edited listener is loaded")
     print(f"\n[config edit] answers around the edit: {dict(answers)}")
     assert set(answers) == {"backend-a"}, answers
     assert envoy.guard_stat("passed_through") == passed0
@@ -123,19 +131,29 @@ def test_a_configuration_edit_under_load_keeps_serving(stack, tmp_path):
 def test_an_ephemeral_instance_that_stops_beating_gets_no_traffic(stack):
     """Real applications register ephemeral instances and vanish by no longer sending
     heartbeats. r-nacos marks such an instance unhealthy after its heartbeat timeout."""
-    s = stack(backends=("backend-a", "backend-b"), register=("backend-a",),
-              global_overrides={"refreshIntervalMs": 1000})
+    s = stack(
+        backends=("backend-a", "backend-b"), register=("backend-a",), global_overrides={"refreshIntervalMs": 1000}
+    )
     b = s.be("backend-b")
-    beat = {"serviceName": "demo", "ip": "127.0.0.1", "port": b.port, "cluster": "DEFAULT",
-            "weight": 1, "metadata": {}}
-    params = {"serviceName": "demo", "groupName": "DEFAULT_GROUP", "namespaceId": "public", "ip": "127.0.0.1",
-              "port": b.port, "ephemeral": "true", "weight": 1}
+    beat = {"serviceName": "demo", "ip": "127.0.0.1", "port": b.port, "cluster": "DEFAULT", "weight": 1, "metadata": {}}
+    params = {
+        "serviceName": "demo",
+        "groupName": "DEFAULT_GROUP",
+        "namespaceId": "public",
+        "ip": "127.0.0.1",
+        "port": b.port,
+        "ephemeral": "true",
+        "weight": 1,
+    }
     st, text = s.nacos.raw("POST", "/nacos/v1/ns/instance", params)
     assert st == 200, text
 
     def send_beat():
-        st, text = s.nacos.raw("PUT", "/nacos/v1/ns/instance/beat",
-                               {"serviceName": "demo", "namespaceId": "public", "beat": json.dumps(beat)})
+        st, text = s.nacos.raw(
+            "PUT",
+            "/nacos/v1/ns/instance/beat",
+            {"serviceName": "demo", "namespaceId": "public", "beat": json.dumps(beat)},
+        )
         assert st == 200, text
 
     # Beat for a while and see it take traffic.
@@ -161,7 +179,9 @@ def test_an_ephemeral_instance_that_stops_beating_gets_no_traffic(stack):
         time.sleep(0.02)
     assert unhealthy_at is not None, "r-nacos marked the silent instance unhealthy"
     last_hit = b.last_hit()
-    print(f"\n[ephemeral] last beat → unhealthy in r-nacos: {unhealthy_at - last_beat:.2f} s; "
-          f"last beat → last request reaching it: {last_hit - last_beat:.2f} s")
+    print(
+        f"\n[ephemeral] last beat → unhealthy in r-nacos: {unhealthy_at - last_beat:.2f} s; "
+        f"last beat → last request reaching it: {last_hit - last_beat:.2f} s"
+    )
     # Nothing after r-nacos marks it unhealthy plus one interval (1 s) and the round trip.
-    assert last_hit <= unhealthy_at + 1.5, (last_hit - unhealthy_at)
+    assert last_hit <= unhealthy_at + 1.5, last_hit - unhealthy_at

@@ -13,18 +13,13 @@ file and log.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import socket
-import subprocess
-import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+
+from testbed.prometheus import Prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "nacos-instance-guard.rules.yaml"
@@ -33,85 +28,22 @@ RULES = ROOT / "deploy" / "prometheus" / "nacos-instance-guard.rules.yaml"
 def documented_stats_tags() -> list:
     """The stats_tags entries README.md's "Metrics" section tells operators to add."""
     readme = (ROOT / "README.md").read_text()
-    metrics = readme[readme.index("## Metrics"):]
-    metrics = metrics[:metrics.index("\n## ", 1)]
-    tags = [{"tag_name": name, "regex": regex}
-            for name, regex in re.findall(r"- tag_name: (\S+)\n\s+regex: '([^']+)'", metrics)]
+    metrics = readme[readme.index("## Metrics") :]
+    metrics = metrics[: metrics.index("\n## ", 1)]
+    tags = [
+        {"tag_name": name, "regex": regex}
+        for name, regex in re.findall(r"- tag_name: (\S+)\n\s+regex: '([^']+)'", metrics)
+    ]
     assert any(tag["tag_name"] == "nacos_service" for tag in tags), tags
     return tags
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Prometheus:
-    def __init__(self, workdir: Path, envoy_admin_port: int):
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus missing: `make e2e` installs Debian's package"
-        self.port = free_port()
-        config = workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(RULES)],
-            "scrape_configs": [{
-                "job_name": "envoy",
-                "metrics_path": "/stats/prometheus",
-                "static_configs": [{"targets": [f"127.0.0.1:{envoy_admin_port}"]}],
-            }],
-        }))
-        self.log_path = workdir / "prometheus.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def api(self, path: str, **params) -> dict:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?" + urllib.parse.urlencode(params, doseq=True)
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            answer = json.load(resp)
-        assert answer["status"] == "success", answer
-        return answer["data"]
-
-    def wait(self, what: str, predicate, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            try:
-                last = predicate()
-                if last:
-                    return last
-            except OSError as error:  # not listening yet
-                last = error
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}: {last}\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture
-def prometheus_for(tmp_path):
-    started = []
-
+def prometheus_for(bed):
     def start(envoy_admin_port: int) -> Prometheus:
-        p = Prometheus(tmp_path, envoy_admin_port)
-        started.append(p)
-        return p
+        return bed.add(Prometheus(bed.workdir, envoy_admin_port, [RULES]))
 
-    yield start
-    for p in started:
-        p.stop()
+    return start
 
 
 def test_every_rule_selects_series_the_plugin_emits(stack, prometheus_for):
@@ -122,8 +54,9 @@ def test_every_rule_selects_series_the_plugin_emits(stack, prometheus_for):
     assert all(t in documented_stats_tags() for t in tags), "the test Envoy uses the stats tags the README documents"
     s.send(5)  # some traffic, so routed moves as well
     version = (ROOT / "VERSION").read_text().strip()
-    assert f"nacos-instance-guard {version} (upstream Envoy build)" in s.envoy.log_text(), \
+    assert f"nacos-instance-guard {version} (upstream Envoy build)" in s.envoy.log_text(), (
         "the plugin logs its version and build when configured"
+    )
 
     prom = prometheus_for(s.envoy.admin_port)
     prom.wait("a good scrape of Envoy", lambda: [r for r in prom.api("query", query='up{job="envoy"} == 1')["result"]])
@@ -145,16 +78,28 @@ def test_every_rule_selects_series_the_plugin_emits(stack, prometheus_for):
             print(f"[prometheus] {alert}: {metric} -> {len(series)} series {series[0]}")
 
     # Values came through: the poll counter moved and the gauge shows the one instance.
-    assert float(prom.api("query", query='nacos_guard_service_poll_success{nacos_service="demo"}')["result"][0]["value"][1]) >= 1
-    assert prom.api("query", query='nacos_guard_service_usable_instances{nacos_service="demo"}')["result"][0]["value"][1] == "1"
+    assert (
+        float(
+            prom.api("query", query='nacos_guard_service_poll_success{nacos_service="demo"}')["result"][0]["value"][1]
+        )
+        >= 1
+    )
+    assert (
+        prom.api("query", query='nacos_guard_service_usable_instances{nacos_service="demo"}')["result"][0]["value"][1]
+        == "1"
+    )
     # The login rule's join finds the gateway's services on the real labels.
-    joined = prom.api("query", query="nacos_guard_login_failure * on (job, instance) group_right () "
-                                     "(nacos_guard_service_poll_success * 0 + 1)")["result"]
+    joined = prom.api(
+        "query",
+        query="nacos_guard_login_failure * on (job, instance) group_right () "
+        "(nacos_guard_service_poll_success * 0 + 1)",
+    )["result"]
     assert [r["metric"].get("nacos_service") for r in joined] == ["demo"], joined
 
     # Prometheus loaded every rule and evaluates each without error on this data.
     def evaluated():
         loaded = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
         return loaded if len(loaded) == len(rules) and all(r["health"] == "ok" for r in loaded) else None
+
     loaded = prom.wait("every rule evaluated", evaluated)
     assert sorted(r["name"] for r in loaded) == sorted(names)

@@ -98,9 +98,20 @@ def test_the_layout_has_the_higress_shape(layout):
 
 def test_make_image_is_reproducible(layout, tmp_path):
     descriptor, _, _ = layout
-    argv = [sys.executable, str(ROOT / "packaging" / "oci_image.py"), "--wasm", str(WASM),
-            "--spec", str(ROOT / "spec.yaml"), "--readme", str(ROOT / "README.md"),
-            "--version", VERSION, "--out", str(tmp_path / "again")]
+    argv = [
+        sys.executable,
+        str(ROOT / "packaging" / "oci_image.py"),
+        "--wasm",
+        str(WASM),
+        "--spec",
+        str(ROOT / "spec.yaml"),
+        "--readme",
+        str(ROOT / "README.md"),
+        "--version",
+        VERSION,
+        "--out",
+        str(tmp_path / "again"),
+    ]
     subprocess.run(argv, check=True, capture_output=True)
     again = json.loads((tmp_path / "again" / "index.json").read_text())["manifests"][0]
     assert again["digest"] == descriptor["digest"]
@@ -126,8 +137,8 @@ class Registry:
         self.config.write_text(
             "version: 0.1\n"
             "log:\n  level: warn\n"
-            "storage:\n  filesystem:\n    rootdirectory: %s\n" % self.storage +
-            "http:\n  addr: 127.0.0.1:%d\n" % self.port
+            f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
         )
         self.log = (workdir / "registry.log").open("w")
         binary = shutil.which("docker-registry")
@@ -215,5 +226,6 @@ def test_registry_round_trip_gives_the_fetcher_plugin_wasm(layout, registry, tmp
     wasm = fetcher_rule(manifest, registry_blob)
     assert wasm == WASM.read_bytes(), "plugin.wasm from the registry differs from build/plugin.wasm"
     assert wasm[:4] == b"\0asm"
-    print(f"\n[image] {target}: manifest {headers['Docker-Content-Digest']}, "
-          f"plugin.wasm {len(wasm)} bytes {sha256(wasm)}")
+    print(
+        f"\n[image] {target}: manifest {headers['Docker-Content-Digest']}, plugin.wasm {len(wasm)} bytes {sha256(wasm)}"
+    )
