@@ -19,17 +19,20 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from testbed.processes import Proc  # noqa: E402
+from testbed.waiting import Fatal, free_port, wait_until  # noqa: E402
+
 IMAGE = ROOT / "build" / "image"
 WASM = ROOT / "build" / "plugin.wasm"
 VERSION = (ROOT / "VERSION").read_text().strip()
@@ -119,12 +122,6 @@ def test_make_image_is_reproducible(layout, tmp_path):
     assert (ROOT / "build" / "image.digest").read_text().strip() == descriptor["digest"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Registry:
     """Debian's docker-registry with its own config, storage and loopback port."""
 
@@ -140,20 +137,19 @@ class Registry:
             f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
         )
-        self.log = (workdir / "registry.log").open("w")
         binary = shutil.which("docker-registry")
         assert binary, "docker-registry missing: `make packaging-test` installs it"
-        self.proc = subprocess.Popen([binary, "serve", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.proc.poll() is None, (workdir / "registry.log").read_text()
+        self.proc = Proc("registry", [binary, "serve", str(self.config)], dict(os.environ), workdir / "registry.log")
+
+        def ready():
+            if not self.proc.alive():
+                raise Fatal(self.proc.log_text())
             try:
-                if self.get("/v2/")[0] == 200:
-                    break
+                return self.get("/v2/")[0] == 200
             except OSError:
-                pass
-            assert time.monotonic() < deadline, "registry did not answer /v2/"
-            time.sleep(0.1)
+                return False
+
+        wait_until(ready, 20, 0.1, "registry answers /v2/")
 
     def get(self, path: str, accept: str | None = None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -164,13 +160,7 @@ class Registry:
         return resp.status, dict(resp.getheaders()), body
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self.proc.stop(timeout=10)
 
 
 @pytest.fixture
