@@ -13,6 +13,7 @@ use fields::Fields;
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::ApiVersion;
 use crate::pure::registry::instance::InstanceFilter;
+use crate::pure::routing::nacos_cluster::{as_label, NacosNames};
 use crate::pure::routing::rules::Matcher;
 
 pub const DEFAULT_ROUTING_HEADER: &str = "x-gateway-destination-endpoint";
@@ -47,6 +48,9 @@ const RULE_MATCH_KEYS: &[&str] = &[
     "_match_route_prefix_",
 ];
 const RULES_KEY: &str = "_rules_";
+const AUTO_KEY: &str = "guardNacosRoutes";
+const DEFAULT_IDLE_MS: u64 = 600_000;
+const DEFAULT_MAX_LEARNED: u64 = 256;
 
 /// What the artifact that parses the configuration can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +133,21 @@ pub struct PluginConfig {
     /// `None` when the global fields are only defaults for the rules (no `service`).
     pub global: Option<Scope>,
     pub rules: Vec<(Matcher, Scope)>,
+    /// `guardNacosRoutes`: guard every request routed to a cluster Higress made
+    /// for a Nacos service, learning the service from the cluster name.
+    pub auto: Option<AutoGuard>,
+}
+
+/// The global settings of `guardNacosRoutes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoGuard {
+    /// The guard settings of a learned service; its `service` is filled in per
+    /// cluster, `service.name` here is a placeholder.
+    pub template: GuardSettings,
+    pub names: NacosNames,
+    /// A learned service with no request for this long is no longer polled.
+    pub idle_ms: u64,
+    pub max_services: usize,
 }
 
 impl PluginConfig {
@@ -141,6 +160,7 @@ impl PluginConfig {
                 Scope::Guard(settings) => Some(settings.as_ref()),
                 Scope::Disabled => None,
             })
+            .chain(self.auto.iter().map(|auto| &auto.template))
     }
 
     /// Header names that only the plugin may set; removed from every request first.
@@ -179,10 +199,14 @@ pub fn parse(json: &[u8], capabilities: Capabilities) -> Result<PluginConfig, Co
     };
     let mut global = root;
     let rules = global.remove(RULES_KEY);
+    let auto = global.remove(AUTO_KEY);
     let global = Value::Object(global);
     let global_fields = Fields::new("", &global)?;
-    global_fields.deny_unknown(&[SETTING_KEYS, &[RULES_KEY]].concat())?;
+    global_fields.deny_unknown(&[SETTING_KEYS, &[RULES_KEY, AUTO_KEY]].concat())?;
     let global_scope = parse_scope(&global_fields, capabilities, false)?;
+    let auto = auto
+        .map(|auto| parse_auto(&auto, &global, global_scope.is_some(), capabilities))
+        .transpose()?;
 
     let mut parsed_rules = Vec::new();
     if let Some(rules) = rules {
@@ -200,6 +224,7 @@ pub fn parse(json: &[u8], capabilities: Capabilities) -> Result<PluginConfig, Co
     Ok(PluginConfig {
         global: global_scope,
         rules: parsed_rules,
+        auto,
     })
 }
 
@@ -336,6 +361,78 @@ fn parse_scope(
         on_deregistered,
         reject_status,
     }))))
+}
+
+fn parse_auto(
+    auto: &Value,
+    global: &Value,
+    global_guards: bool,
+    capabilities: Capabilities,
+) -> Result<AutoGuard, ConfigError> {
+    let fields = Fields::new(AUTO_KEY, auto)?;
+    fields.deny_unknown(&["groups", "namespaces", "idleMs", "maxServices"])?;
+    let error = |reason: &str| ConfigError {
+        field: AUTO_KEY.into(),
+        reason: reason.into(),
+    };
+    if global_guards {
+        return Err(error(
+            "a global `service` or `enabled` already applies to every request no rule \
+             matches; guard learned services or one global service, not both",
+        ));
+    }
+    let names = NacosNames {
+        groups: fields.string_list("groups")?.unwrap_or_default(),
+        namespaces: fields.string_map("namespaces")?.unwrap_or_default(),
+    };
+    let mut labels: Vec<String> = names
+        .namespaces
+        .iter()
+        .map(|(label, _)| as_label(label))
+        .collect();
+    labels.sort();
+    if labels
+        .windows(2)
+        .any(|pair| matches!(pair, [a, b] if a == b))
+    {
+        return Err(fields.error(
+            "namespaces",
+            "two labels read the same once `_` is written `-`, as Higress writes them",
+        ));
+    }
+    let idle_ms = fields
+        .integer_in("idleMs", 1_000..=MAX_STALE_MS, "milliseconds")?
+        .unwrap_or(DEFAULT_IDLE_MS);
+    let max_services = fields
+        .integer_in("maxServices", 1..=10_000, "services")?
+        .unwrap_or(DEFAULT_MAX_LEARNED);
+    // The global settings with a placeholder service are what every learned
+    // service is guarded with.
+    let mut template = match global {
+        Value::Object(global) => global.clone(),
+        _ => Map::new(),
+    };
+    template.insert("service".into(), serde_json::json!({"name": "*"}));
+    let template = Value::Object(template);
+    let Some(Scope::Guard(settings)) =
+        parse_scope(&Fields::new("", &template)?, capabilities, true).map_err(|mut error| {
+            if error.field == "service.clusters" {
+                error.field = "nacos.apiVersion".into();
+                error.reason = "guardNacosRoutes needs v1: a learned service's clusters are \
+                                unknown, and Nacos 3's v3 API lists only DEFAULT without them"
+                    .into();
+            }
+            error
+        })?
+    else {
+        return Err(error("needs a global `nacos`"));
+    };
+    Ok(AutoGuard {
+        template: *settings,
+        names,
+        idle_ms,
+        max_services: usize::try_from(max_services).unwrap_or(usize::MAX),
+    })
 }
 
 /// The server, and the namespace its services are looked up in.

@@ -2,6 +2,7 @@
 //! Higress's routed cluster knows.
 
 pub mod decision;
+pub mod nacos_cluster;
 pub mod rules;
 pub mod selection;
 pub mod upstream_hosts;

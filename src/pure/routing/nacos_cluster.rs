@@ -1,0 +1,221 @@
+//! Which Nacos service a Higress cluster routes to, read from its name alone.
+//!
+//! Higress's McpBridge names the host of every service it discovers in Nacos
+//! `<service>.<group>.<namespace>.nacos` (alibaba/higress `registry/nacos/v2/watcher.go`
+//! for the nacos2/nacos3 registries, `registry/nacos/watcher.go` for v1), with every
+//! `_` in the group and namespace written `-`; the route's cluster is then
+//! `outbound|<port>||<host>`. The `_`→`-` rewrite loses information, so a label
+//! with a `-` is read back only through the names the operator lists; where two
+//! readings stay possible, the plugin refuses to guess.
+
+use crate::pure::polling::nacos::request::ServiceKey;
+
+const SUFFIX: &str = ".nacos";
+pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
+pub const PUBLIC_NAMESPACE: &str = "public";
+
+/// The Nacos names the operator lists, as they are in Nacos.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NacosNames {
+    /// Groups, e.g. `MY_GROUP`; `DEFAULT_GROUP` is always known.
+    pub groups: Vec<String>,
+    /// McpBridge's `nacosNamespace` label → the namespace id the API needs;
+    /// `public` is always known.
+    pub namespaces: Vec<(String, String)>,
+}
+
+/// What a cluster name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterService {
+    /// Not a cluster Higress made for a Nacos service.
+    NotNacos,
+    Service(ServiceKey),
+    /// A Nacos service, but which one cannot be told: the reason, for one log line.
+    Ambiguous(String),
+}
+
+/// How Higress writes a group or namespace in a host name.
+pub fn as_label(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+pub fn service_of(cluster: &str, names: &NacosNames) -> ClusterService {
+    let mut parts = cluster.split('|');
+    let (Some(_direction), Some(_port), Some(_subset), Some(host), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return ClusterService::NotNacos;
+    };
+    let Some(rest) = host.strip_suffix(SUFFIX) else {
+        return ClusterService::NotNacos;
+    };
+    let mut labels = rest.rsplitn(3, '.');
+    let (Some(namespace), Some(group), Some(service)) =
+        (labels.next(), labels.next(), labels.next())
+    else {
+        return ClusterService::NotNacos;
+    };
+    if service.is_empty() || group.is_empty() || namespace.is_empty() {
+        return ClusterService::NotNacos;
+    }
+    let group = match read_label(
+        group,
+        names
+            .groups
+            .iter()
+            .map(String::as_str)
+            .chain([DEFAULT_GROUP])
+            .map(|name| (name, name)),
+    ) {
+        Ok(group) => group,
+        Err(reason) => {
+            return ClusterService::Ambiguous(format!(
+                "group label `{group}` of {cluster} {reason}; list the group as it is in \
+                 Nacos under guardNacosRoutes.groups"
+            ))
+        }
+    };
+    let namespace_id = match read_label(
+        namespace,
+        names
+            .namespaces
+            .iter()
+            .map(|(label, id)| (label.as_str(), id.as_str()))
+            .chain([(PUBLIC_NAMESPACE, PUBLIC_NAMESPACE)]),
+    ) {
+        Ok(id)
+            if names.namespaces.iter().any(|(_, known)| *known == id) || id == PUBLIC_NAMESPACE =>
+        {
+            id
+        }
+        Ok(_) | Err(_) => {
+            return ClusterService::Ambiguous(format!(
+                "namespace label `{namespace}` of {cluster} is not listed; map McpBridge's \
+                 nacosNamespace to its id under guardNacosRoutes.namespaces"
+            ))
+        }
+    };
+    ClusterService::Service(ServiceKey {
+        namespace_id,
+        group,
+        name: service.to_string(),
+    })
+}
+
+/// The one listed name (`(name, value)`) whose label is `label`; without one, a
+/// label with no `-` is its own name (nothing was rewritten).
+fn read_label<'a>(
+    label: &str,
+    listed: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<String, &'static str> {
+    let mut found: Option<&str> = None;
+    for (name, value) in listed {
+        if as_label(name) == label {
+            match found {
+                Some(other) if other != value => return Err("matches two listed names"),
+                _ => found = Some(value),
+            }
+        }
+    }
+    match found {
+        Some(value) => Ok(value.to_string()),
+        None if !label.contains('-') => Ok(label.to_string()),
+        None => Err("may stand for a name with `_` or `-`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+
+    fn names() -> NacosNames {
+        NacosNames {
+            groups: vec!["MY_GROUP".into(), "blue-green".into()],
+            namespaces: vec![("dev_ns".into(), "3f1c9a".into())],
+        }
+    }
+
+    fn service(namespace: &str, group: &str, name: &str) -> ClusterService {
+        ClusterService::Service(ServiceKey {
+            namespace_id: namespace.into(),
+            group: group.into(),
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn higress_names_are_read_back_through_the_listed_names() {
+        let names = names();
+        assert_eq!(
+            service_of("outbound|8080||orders.DEFAULT-GROUP.public.nacos", &names),
+            service("public", "DEFAULT_GROUP", "orders")
+        );
+        assert_eq!(
+            service_of("outbound|8080||orders.MY-GROUP.dev-ns.nacos", &names),
+            service("3f1c9a", "MY_GROUP", "orders")
+        );
+        assert_eq!(
+            service_of("outbound|80||pay.blue-green.public.nacos", &names),
+            service("public", "blue-green", "pay")
+        );
+        assert_eq!(
+            service_of("outbound|80||pay.PLAIN.public.nacos", &names),
+            service("public", "PLAIN", "pay"),
+            "a label without `-` was not rewritten"
+        );
+        assert_eq!(
+            service_of(
+                "outbound|20880||com.acme.OrderService.DEFAULT-GROUP.public.nacos",
+                &names
+            ),
+            service("public", "DEFAULT_GROUP", "com.acme.OrderService"),
+            "service names may carry dots"
+        );
+    }
+
+    #[test]
+    fn other_clusters_are_not_nacos_services() {
+        for cluster in [
+            "outbound|8080||demo.dns",
+            "outbound|8080||demo.default.svc.cluster.local",
+            "demo",
+            "outbound|8080||.nacos",
+            "outbound|8080||a.b.nacos",
+            "outbound|8080|x|orders.G.public.nacos|extra",
+        ] {
+            assert_eq!(
+                service_of(cluster, &names()),
+                ClusterService::NotNacos,
+                "{cluster}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_readings_are_refused_not_guessed() {
+        // `A-B` may be `A_B` or `A-B` in Nacos: neither listed.
+        assert!(matches!(
+            service_of("outbound|80||s.A-B.public.nacos", &names()),
+            ClusterService::Ambiguous(reason) if reason.contains("guardNacosRoutes.groups")
+        ));
+        // Both listed: still two readings.
+        let both = NacosNames {
+            groups: vec!["A_B".into(), "A-B".into()],
+            namespaces: vec![],
+        };
+        assert!(matches!(
+            service_of("outbound|80||s.A-B.public.nacos", &both),
+            ClusterService::Ambiguous(_)
+        ));
+        // A namespace label must be mapped to its id.
+        assert!(matches!(
+            service_of("outbound|80||s.DEFAULT-GROUP.prod.nacos", &names()),
+            ClusterService::Ambiguous(reason) if reason.contains("namespaces")
+        ));
+    }
+}
