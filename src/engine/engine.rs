@@ -8,16 +8,17 @@ use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 use super::ids::{GuardId, Id, ServerId, Table, TargetId};
-use super::metrics::{bump, LoginMetrics, PollMetrics, RequestMetrics};
+use super::metrics::{bump, LearnMetrics, LoginMetrics, PollMetrics, RequestMetrics};
 use super::reject::{RejectResponse, Rejections};
 use super::sharing::{self, Role, Sharing, LEASE_INTERVALS};
-use crate::pure::config::{GuardSettings, NacosServer, PluginConfig, Routing, Scope};
+use crate::pure::config::{AutoGuard, GuardSettings, NacosServer, PluginConfig, Routing, Scope};
 use crate::pure::polling::auth::{Refusal, TokenState};
 use crate::pure::polling::nacos::request::{self, ServiceKey};
 use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
 use crate::pure::registry::snapshot::{Freshness, Snapshot, StaleLimits};
 use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
+use crate::pure::routing::nacos_cluster::{self, ClusterService};
 use crate::pure::routing::rules::{RequestFacts, RuleSet};
 use crate::pure::sharing::published::{stable_hash, ConfigKeys, PublishedToken, ServiceKeys};
 
@@ -60,6 +61,10 @@ struct Server {
 /// One service on one server, polled on its own.
 struct Target {
     server: ServerId,
+    /// Its number in heartbeats and shared keys (`ServiceKeys::id`).
+    id: u64,
+    /// Learned from traffic (`guardNacosRoutes`), not configured.
+    learned: Option<Learned>,
     service: ServiceKey,
     query_clusters: Vec<String>,
     keys: ServiceKeys,
@@ -74,6 +79,26 @@ struct Target {
     /// The strictest limits of the guards that use it, for the stale warning.
     limits: StaleLimits,
     metrics: PollMetrics,
+}
+
+/// What the engine keeps of a service it learned from a cluster name.
+struct Learned {
+    /// Polled only while some VM routed a request to it within `idleMs`.
+    active: bool,
+    /// When the poller next reads when it last carried a request.
+    next_idle_check_ms: u64,
+    /// When this VM last said it carried a request.
+    touched_ms: u64,
+}
+
+/// `guardNacosRoutes`: what every cluster name seen so far means.
+struct Auto {
+    settings: AutoGuard,
+    /// Cluster name → its guard, or `None` for a cluster left alone.
+    by_cluster: HashMap<String, Option<GuardId>>,
+    learned: usize,
+    full_reported: bool,
+    metrics: LearnMetrics,
 }
 
 /// One guarded scope (the global configuration or a rule).
@@ -107,6 +132,10 @@ pub struct Engine {
     login_metrics: LoginMetrics,
     /// `None`: this VM polls alone (tests, or shared data unavailable).
     sharing: Option<Sharing>,
+    /// Targets by their heartbeat number.
+    by_id: HashMap<u64, TargetId>,
+    auto: Option<Auto>,
+    seed: u64,
 }
 
 impl Engine {
@@ -123,6 +152,15 @@ impl Engine {
             protected_headers: config.protected_headers(),
             login_metrics: LoginMetrics::define(metrics),
             sharing: None,
+            by_id: HashMap::new(),
+            auto: config.auto.clone().map(|settings| Auto {
+                settings,
+                by_cluster: HashMap::new(),
+                learned: 0,
+                full_reported: false,
+                metrics: LearnMetrics::define(metrics),
+            }),
+            seed,
         };
         engine.global = config
             .global
@@ -149,9 +187,19 @@ impl Engine {
     }
 
     fn add_scope(&mut self, scope: &Scope, metrics: &mut dyn Metrics, seed: u64) -> Applies {
-        let Scope::Guard(settings) = scope else {
-            return Applies::Disabled;
-        };
+        match scope {
+            Scope::Guard(settings) => Applies::Guard(self.add_guard(settings, metrics, seed)),
+            Scope::Disabled => Applies::Disabled,
+        }
+    }
+
+    /// A guard, with its server and target unless another guard has them.
+    fn add_guard(
+        &mut self,
+        settings: &GuardSettings,
+        metrics: &mut dyn Metrics,
+        seed: u64,
+    ) -> GuardId {
         let server = self
             .servers
             .find(|s| s.settings == settings.server)
@@ -169,9 +217,12 @@ impl Engine {
                     && t.query_clusters == settings.filter.clusters
             })
             .unwrap_or_else(|| {
-                self.targets.push(Target {
+                let keys = ServiceKeys::new(&question(settings));
+                let id = self.targets.push(Target {
                     server,
-                    keys: ServiceKeys::new(&question(settings)),
+                    id: keys.id(),
+                    learned: None,
+                    keys,
                     service: settings.service.clone(),
                     query_clusters: settings.filter.clusters.clone(),
                     snapshot: Snapshot::default(),
@@ -184,16 +235,20 @@ impl Engine {
                         max_stale_ms: settings.max_stale_ms,
                     },
                     metrics: PollMetrics::define(metrics, &settings.service.name),
-                })
+                });
+                if let Some(target) = self.targets.get(id) {
+                    self.by_id.insert(target.id, id);
+                }
+                id
             });
         let view = settings.filter.view_name();
-        let guard = self.guards.push(Guard {
+        self.guards.push(Guard {
             rejections: Rejections::prepare(
                 settings.reject_status,
                 &settings.service.name,
                 &settings.service.group,
             ),
-            settings: (**settings).clone(),
+            settings: settings.clone(),
             target,
             limits: StaleLimits {
                 next_answer_due_ms: 0,
@@ -201,8 +256,7 @@ impl Engine {
             },
             candidates: Candidates::starting_at(seed.rotate_left(self.guards.len() as u32)),
             metrics: RequestMetrics::define(metrics, &settings.service.name, view.as_deref()),
-        });
-        Applies::Guard(guard)
+        })
     }
 
     /// When each target's next answer is due at the latest: its interval, the
@@ -243,7 +297,7 @@ impl Engine {
     }
 
     pub fn guards_anything(&self) -> bool {
-        !self.targets.is_empty()
+        !self.targets.is_empty() || self.auto.is_some()
     }
 
     /// Headers a client must never set; the host removes them from every request.
@@ -295,11 +349,12 @@ impl Engine {
             }
             Role::Poll { took_over: false } => {}
         }
+        self.manage_learned(now_ms, metrics, store);
         self.start_logins(now_ms, outbox, metrics);
         self.start_polls(now_ms, outbox, metrics);
         self.report_staleness(now_ms);
         if let Some(sharing) = &mut self.sharing {
-            let health = self.targets.values().map(|t| t.snapshot.health());
+            let health = self.targets.values().map(|t| (t.id, t.snapshot.health()));
             sharing.write_heartbeat(health, store);
         }
     }
@@ -329,7 +384,13 @@ impl Engine {
             return;
         };
         let mut moved = Vec::new();
-        for ((id, target), health) in self.targets.iter_mut().zip(heartbeat) {
+        for (service, health) in heartbeat {
+            let Some(id) = self.by_id.get(&service).copied() else {
+                continue;
+            };
+            let Some(target) = self.targets.get_mut(id) else {
+                continue;
+            };
             if health.content_stamp > target.snapshot.content_stamp() {
                 moved.push((id, health.content_stamp));
             }
@@ -421,10 +482,11 @@ impl Engine {
         let targets = &self.targets;
         // A server that needs a token is not polled until it has one.
         let ready = |index: usize| {
-            targets
-                .get(TargetId::from_index(index))
-                .and_then(|t| servers.get(t.server))
-                .is_some_and(|s| {
+            let Some(target) = targets.get(TargetId::from_index(index)) else {
+                return false;
+            };
+            target.learned.as_ref().is_none_or(|learned| learned.active)
+                && servers.get(target.server).is_some_and(|s| {
                     s.settings.credentials.is_none() || s.token.valid_token(now_ms).is_some()
                 })
         };
@@ -644,10 +706,15 @@ impl Engine {
         now_ms: u64,
         request: &mut dyn RequestHost,
         metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
     ) -> RequestAction<'_> {
-        let Some(Applies::Guard(id)) = self.rules.select(self.global.as_ref(), request).copied()
-        else {
-            return RequestAction::Ignore;
+        let id = match self.rules.select(self.global.as_ref(), request).copied() {
+            Some(Applies::Guard(id)) => id,
+            Some(Applies::Disabled) => return RequestAction::Ignore,
+            None => match self.learned_guard(now_ms, request, metrics, store) {
+                Some(id) => id,
+                None => return RequestAction::Ignore,
+            },
         };
         let (Some(guard), targets) = (self.guards.get_mut(id), &self.targets) else {
             return RequestAction::Ignore;
@@ -695,6 +762,182 @@ impl Engine {
             },
             Decision::Reject(code) => RequestAction::Reject(guard.rejections.get(code)),
             Decision::PassThrough => RequestAction::PassThrough,
+        }
+    }
+}
+
+impl Engine {
+    /// The guard of the Nacos service a request's cluster routes to, learning
+    /// the service on its first request (`guardNacosRoutes`). Once a cluster is
+    /// known this is one map lookup and a time comparison.
+    fn learned_guard(
+        &mut self,
+        now_ms: u64,
+        request: &mut dyn RequestHost,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) -> Option<GuardId> {
+        let auto = self.auto.as_ref()?;
+        let cluster = request.cluster_name()?;
+        let known = auto.by_cluster.get(cluster).copied();
+        let cluster = cluster.to_string();
+        let guard = match known {
+            Some(guard) => guard?,
+            None => self.learn(&cluster, now_ms, true, metrics, store)?,
+        };
+        self.touch(guard, now_ms, store);
+        Some(guard)
+    }
+
+    /// Say, at most once per eighth of `idleMs` (or at once if the poller let
+    /// the service idle), that the service of `guard` carries requests.
+    fn touch(&mut self, guard: GuardId, now_ms: u64, store: &mut dyn SharedStore) {
+        let Some(idle_ms) = self.auto.as_ref().map(|auto| auto.settings.idle_ms) else {
+            return;
+        };
+        let Some(target) = self.guards.get(guard).map(|g| g.target) else {
+            return;
+        };
+        let Some(t) = self.targets.get_mut(target) else {
+            return;
+        };
+        let Some(learned) = &mut t.learned else {
+            return;
+        };
+        let idle = t.snapshot.freshness(now_ms, t.limits) != Freshness::Fresh;
+        if idle && learned.touched_ms != now_ms
+            || now_ms >= learned.touched_ms.saturating_add(idle_ms / 8)
+        {
+            learned.touched_ms = now_ms;
+            if let Some(sharing) = &self.sharing {
+                sharing.touch(t.id, now_ms, store);
+            }
+        }
+    }
+
+    /// Learn the service of `cluster`; `announce`: tell the poller through the
+    /// learned list (a request found it), rather than read it from there.
+    fn learn(
+        &mut self,
+        cluster: &str,
+        now_ms: u64,
+        announce: bool,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) -> Option<GuardId> {
+        let auto = self.auto.as_mut()?;
+        let service = match nacos_cluster::service_of(cluster, &auto.settings.names) {
+            ClusterService::Service(service) => service,
+            ClusterService::NotNacos => {
+                auto.by_cluster.insert(cluster.to_string(), None);
+                return None;
+            }
+            ClusterService::Ambiguous(reason) => {
+                warn!("nacos-instance-guard: not guarding: {reason}");
+                auto.by_cluster.insert(cluster.to_string(), None);
+                return None;
+            }
+        };
+        let max = auto.settings.max_services;
+        let room = auto.learned < max
+            && (!announce
+                || self
+                    .sharing
+                    .as_ref()
+                    .is_none_or(|sharing| sharing.announce_learned(cluster, max, store)));
+        let auto = self.auto.as_mut()?;
+        if !room {
+            bump(metrics, auto.metrics.refused);
+            if !auto.full_reported {
+                auto.full_reported = true;
+                warn!(
+                    "nacos-instance-guard: {max} services learned already (guardNacosRoutes.maxServices); \
+                     requests to {cluster} and other new services are left alone"
+                );
+            }
+            auto.by_cluster.insert(cluster.to_string(), None);
+            return None;
+        }
+        auto.learned += 1;
+        if let Some(gauge) = auto.metrics.learned {
+            metrics.record(gauge, u64::try_from(auto.learned).unwrap_or(u64::MAX));
+        }
+        let mut settings = auto.settings.template.clone();
+        settings.service = service;
+        let targets_before = self.targets.len();
+        let guard = self.add_guard(&settings, metrics, self.seed);
+        if self.targets.len() > targets_before {
+            self.scheduler.add(settings.refresh_interval_ms);
+        }
+        self.set_limits();
+        let target = self.guards.get(guard)?.target;
+        if let Some(t) = self.targets.get_mut(target) {
+            t.learned = Some(Learned {
+                active: true,
+                next_idle_check_ms: now_ms,
+                touched_ms: now_ms,
+            });
+            if let Some(sharing) = &self.sharing {
+                sharing.touch(t.id, now_ms, store);
+            }
+        }
+        self.adopt_stored_content(target, Adopt::AtStart, store, metrics);
+        info!(
+            "nacos-instance-guard: guarding service {} (group {}, namespace {}) learned from {cluster}",
+            settings.service.name, settings.service.group, settings.service.namespace_id
+        );
+        if let Some(auto) = self.auto.as_mut() {
+            auto.by_cluster.insert(cluster.to_string(), Some(guard));
+        }
+        Some(guard)
+    }
+
+    /// As the poller: take the services other VMs learned, and pause polling a
+    /// learned service no VM has routed a request to for `idleMs`.
+    fn manage_learned(
+        &mut self,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let Some(idle_ms) = self.auto.as_ref().map(|auto| auto.settings.idle_ms) else {
+            return;
+        };
+        let announced = self
+            .sharing
+            .as_mut()
+            .and_then(|sharing| sharing.read_learned(store))
+            .unwrap_or_default();
+        for cluster in announced {
+            let known = self
+                .auto
+                .as_ref()
+                .is_some_and(|auto| auto.by_cluster.contains_key(&cluster));
+            if !known {
+                self.learn(&cluster, now_ms, false, metrics, store);
+            }
+        }
+        let Some(sharing) = &self.sharing else {
+            return;
+        };
+        for target in self.targets.iter_mut().map(|(_, t)| t) {
+            let Some(learned) = &mut target.learned else {
+                continue;
+            };
+            if now_ms < learned.next_idle_check_ms {
+                continue;
+            }
+            let touched = sharing.touched_at(target.id, store).unwrap_or(0);
+            let active = now_ms.saturating_sub(touched) <= idle_ms;
+            if learned.active && !active {
+                info!(
+                    "nacos-instance-guard: no request to service {} for {idle_ms} ms; polling it paused",
+                    target.service.name
+                );
+            }
+            learned.active = active;
+            // An idle service is looked at every second, so traffic brings it back soon.
+            learned.next_idle_check_ms = now_ms + if active { idle_ms / 8 } else { 1_000 };
         }
     }
 }

@@ -126,11 +126,24 @@ impl SharedStore for FakeStore {
 pub struct FakeRequest {
     pub route: &'static str,
     pub pin: Option<String>,
+    pub cluster: Option<&'static str>,
 }
 
 impl FakeRequest {
     pub fn on(route: &'static str) -> Self {
-        Self { route, pin: None }
+        Self {
+            route,
+            pin: None,
+            cluster: None,
+        }
+    }
+
+    /// A request on `route` routed to `cluster`.
+    pub fn to(route: &'static str, cluster: &'static str) -> Self {
+        Self {
+            cluster: Some(cluster),
+            ..Self::on(route)
+        }
     }
 }
 
@@ -142,7 +155,7 @@ impl RequestFacts for FakeRequest {
         None
     }
     fn cluster_name(&mut self) -> Option<&str> {
-        None
+        self.cluster
     }
 }
 

@@ -44,6 +44,8 @@ struct Gateway {
     nacos: Nacos,
     /// What a login answers.
     login: Nacos,
+    /// Answers for particular services, by name, instead of `nacos`.
+    per_service: Vec<(&'static str, Nacos)>,
     logins: usize,
     polls: usize,
 }
@@ -58,6 +60,7 @@ impl Gateway {
             login: Nacos::List(br#"{"accessToken":"T","tokenTtl":3600}"#.to_vec()),
             logins: 0,
             polls: 0,
+            per_service: Vec::new(),
         };
         for _ in 0..vm_count {
             gateway.add_vm(config);
@@ -101,7 +104,10 @@ impl Gateway {
                     &self.login
                 } else {
                     self.polls += 1;
-                    &self.nacos
+                    self.per_service
+                        .iter()
+                        .find(|(name, _)| call.path.contains(&format!("serviceName={name}&")))
+                        .map_or(&self.nacos, |(_, answer)| answer)
                 };
                 let answer = match answer {
                     Nacos::List(body) => (200, body.clone()),
@@ -128,11 +134,16 @@ impl Gateway {
     }
 
     fn request(&mut self, vm: usize, now: u64, route: &'static str) -> String {
-        outcome(
-            self.vms[vm]
-                .engine
-                .on_request(now, &mut FakeRequest::on(route), &mut self.metrics),
-        )
+        self.send(vm, now, FakeRequest::on(route))
+    }
+
+    fn send(&mut self, vm: usize, now: u64, mut request: FakeRequest) -> String {
+        outcome(self.vms[vm].engine.on_request(
+            now,
+            &mut request,
+            &mut self.metrics,
+            &mut self.store,
+        ))
     }
 }
 
@@ -400,5 +411,118 @@ fn filtered_views_of_one_service_have_their_own_gauges() {
             .metrics
             .get("nacos_guard.service.demo.view.clusters_B.usable_instances"),
         1
+    );
+}
+
+const ORDERS: &str = "outbound|8080||orders.DEFAULT-GROUP.public.nacos";
+const PAY: &str = "outbound|8080||pay.MY-GROUP.dev.nacos";
+const PLAIN: &str = "outbound|8080||web.dns";
+
+fn learning(extra: &str) -> String {
+    format!(
+        r#"{{"nacos":{{"cluster":"nacos"}},"refreshIntervalMs":1000,
+            "guardNacosRoutes":{{"groups":["MY_GROUP"],"namespaces":{{"dev":"ns-dev-id"}}{extra}}},
+            "_rules_":[{{"_match_route_":["legacy"],"enabled":false}}]}}"#
+    )
+}
+
+#[test]
+fn services_are_learned_from_traffic_alone_and_guarded_like_configured_ones() {
+    let mut gateway = Gateway::new(&learning(""), 3, Nacos::List(hosts(&FOUR[..1])));
+    gateway.per_service = vec![("pay", Nacos::List(hosts(&FOUR[1..2])))];
+    let mut now = gateway.tick_all(0);
+    // The first request to an unseen service meets onStale (fail_open) while its
+    // first poll runs; requests to other clusters are left alone.
+    assert_eq!(gateway.send(1, now, FakeRequest::to("r", ORDERS)), "pass");
+    assert_eq!(gateway.send(2, now, FakeRequest::to("r", PAY)), "pass");
+    assert_eq!(gateway.send(0, now, FakeRequest::to("r", PLAIN)), "ignore");
+    assert_eq!(
+        gateway.send(0, now, FakeRequest::to("legacy", ORDERS)),
+        "ignore"
+    );
+    for wall in (20..2_000).step_by(20) {
+        now = gateway.tick_all(wall);
+    }
+    for vm in 0..3 {
+        assert_eq!(
+            gateway.send(vm, now, FakeRequest::to("r", ORDERS)),
+            "10.0.0.1:80"
+        );
+        assert_eq!(
+            gateway.send(vm, now, FakeRequest::to("r", PAY)),
+            "10.0.0.2:80"
+        );
+    }
+    assert!(
+        gateway.polls <= 2 * 3,
+        "{} polls: one poller",
+        gateway.polls
+    );
+    assert_eq!(gateway.metrics.get("nacos_guard.learned_services"), 2);
+    assert!(gateway.metrics.get("nacos_guard.service.pay.poll_success") >= 2);
+    // The last instance of orders goes: rejected as for a configured service.
+    gateway.nacos = Nacos::List(hosts(&[]));
+    for wall in (2_000..3_500).step_by(20) {
+        now = gateway.tick_all(wall);
+    }
+    assert_eq!(
+        gateway.send(2, now, FakeRequest::to("r", ORDERS)),
+        "reject no_healthy_instance"
+    );
+    assert_eq!(
+        gateway.send(2, now, FakeRequest::to("r", PAY)),
+        "10.0.0.2:80"
+    );
+}
+
+#[test]
+fn an_idle_service_stops_being_polled_and_traffic_brings_it_back() {
+    let mut gateway = Gateway::new(
+        &learning(r#","idleMs":5000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    let mut now = gateway.tick_all(0);
+    gateway.send(1, now, FakeRequest::to("r", ORDERS));
+    for wall in (20..10_000).step_by(20) {
+        now = gateway.tick_all(wall);
+    }
+    let polls = gateway.polls;
+    for wall in (10_000..20_000).step_by(20) {
+        now = gateway.tick_all(wall);
+    }
+    assert_eq!(gateway.polls, polls, "no request for 5 s: no poll");
+    gateway.send(0, now, FakeRequest::to("r", ORDERS));
+    for wall in (20_000..23_000).step_by(20) {
+        now = gateway.tick_all(wall);
+    }
+    assert!(gateway.polls > polls, "a request resumes polling");
+    assert_eq!(
+        gateway.send(1, now, FakeRequest::to("r", ORDERS)),
+        "10.0.0.1:80"
+    );
+}
+
+#[test]
+fn learned_services_are_bounded_and_ambiguous_names_are_not_guessed() {
+    let mut gateway = Gateway::new(
+        &learning(r#","maxServices":1"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    let now = gateway.tick_all(0);
+    assert_eq!(gateway.send(0, now, FakeRequest::to("r", ORDERS)), "pass");
+    assert_eq!(gateway.send(1, now, FakeRequest::to("r", PAY)), "ignore");
+    assert_eq!(
+        gateway.metrics.get("nacos_guard.learned_services_refused"),
+        1
+    );
+    assert_eq!(
+        gateway.send(
+            1,
+            now,
+            FakeRequest::to("r", "outbound|80||x.A-B.public.nacos")
+        ),
+        "ignore"
     );
 }

@@ -74,6 +74,24 @@ impl PollMetrics {
     }
 }
 
+/// What `guardNacosRoutes` learned, for the whole plugin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LearnMetrics {
+    /// Gauge: services learned from traffic.
+    pub learned: Option<u32>,
+    /// Counter: new services left alone because `maxServices` were learned.
+    pub refused: Option<u32>,
+}
+
+impl LearnMetrics {
+    pub fn define(metrics: &mut dyn Metrics) -> Self {
+        Self {
+            learned: metrics.define_gauge(&format!("{PREFIX}.learned_services")),
+            refused: metrics.define_counter(&format!("{PREFIX}.learned_services_refused")),
+        }
+    }
+}
+
 /// Login counters, one pair for the whole plugin.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoginMetrics {

@@ -11,6 +11,9 @@ use crate::pure::registry::snapshot::Health;
 use crate::pure::sharing::lease::{self, Lease, LeaseStep};
 use crate::pure::sharing::published::{self, ConfigKeys, PublishedToken, ServiceKeys};
 
+/// Compare-and-swap attempts at adding a learned service.
+const ANNOUNCE_ATTEMPTS: usize = 8;
+
 /// The lease lives this many of the shortest refresh intervals.
 pub const LEASE_INTERVALS: u64 = 3;
 
@@ -33,6 +36,7 @@ pub struct Sharing {
     /// is not decoded again.
     heartbeat_seen: Option<u32>,
     heartbeat_written: Vec<u8>,
+    learned_seen: Option<u32>,
 }
 
 impl Sharing {
@@ -46,6 +50,7 @@ impl Sharing {
             leading: false,
             heartbeat_seen: None,
             heartbeat_written: Vec::new(),
+            learned_seen: None,
         }
     }
 
@@ -106,7 +111,7 @@ impl Sharing {
 
     /// Each service's health as the poller last published it; `None` when the
     /// heartbeat has not changed since the last call.
-    pub fn read_heartbeat(&mut self, store: &dyn SharedStore) -> Option<Vec<Health>> {
+    pub fn read_heartbeat(&mut self, store: &dyn SharedStore) -> Option<Vec<(u64, Health)>> {
         let (bytes, cas) = store.get(&self.keys.heartbeat());
         if cas.is_some() && cas == self.heartbeat_seen {
             return None;
@@ -118,13 +123,62 @@ impl Sharing {
     /// Publish each service's health, if it changed since the last write.
     pub fn write_heartbeat(
         &mut self,
-        health: impl Iterator<Item = Health>,
+        health: impl Iterator<Item = (u64, Health)>,
         store: &mut dyn SharedStore,
     ) {
         let bytes = published::encode_heartbeat(health);
         if bytes != self.heartbeat_written && store.set(&self.keys.heartbeat(), &bytes, None) {
             self.heartbeat_written = bytes;
         }
+    }
+
+    /// The learned clusters, if the list changed since the last call.
+    pub fn read_learned(&mut self, store: &dyn SharedStore) -> Option<Vec<String>> {
+        let (bytes, cas) = store.get(&self.keys.learned());
+        if cas.is_some() && cas == self.learned_seen {
+            return None;
+        }
+        self.learned_seen = cas;
+        Some(published::decode_learned(&bytes.unwrap_or_default()))
+    }
+
+    /// Add `cluster` to the learned list unless it holds `max` already; false if
+    /// it could not be added (full, or too much contention).
+    pub fn announce_learned(&self, cluster: &str, max: usize, store: &mut dyn SharedStore) -> bool {
+        let key = self.keys.learned();
+        for _ in 0..ANNOUNCE_ATTEMPTS {
+            let (bytes, cas) = store.get(&key);
+            let mut clusters = published::decode_learned(&bytes.unwrap_or_default());
+            if clusters.iter().any(|known| known == cluster) {
+                return true;
+            }
+            if clusters.len() >= max {
+                return false;
+            }
+            clusters.push(cluster.to_string());
+            // An absent key is written whatever the CAS: seed it empty first, so
+            // two VMs announcing at once cannot overwrite each other.
+            if cas.is_none() {
+                store.set(&key, b"", None);
+                continue;
+            }
+            if store.set(&key, &published::encode_learned(&clusters), cas) {
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn touch(&self, service: u64, now_ms: u64, store: &mut dyn SharedStore) {
+        store.set(
+            &self.keys.touched(service),
+            now_ms.to_string().as_bytes(),
+            None,
+        );
+    }
+
+    pub fn touched_at(&self, service: u64, store: &dyn SharedStore) -> Option<u64> {
+        published::decode_number(store.get(&self.keys.touched(service)).0.as_deref())
     }
 
     pub fn read_token(&self, server: usize, store: &dyn SharedStore) -> Option<PublishedToken> {
@@ -300,10 +354,10 @@ mod tests {
             confirmed_at_ms: 4,
             failing_since_ms: None,
         };
-        poller.write_heartbeat([health].into_iter(), &mut store);
-        assert_eq!(follower.read_heartbeat(&store), Some(vec![health]));
+        poller.write_heartbeat([(5, health)].into_iter(), &mut store);
+        assert_eq!(follower.read_heartbeat(&store), Some(vec![(5, health)]));
         assert_eq!(follower.read_heartbeat(&store), None);
-        poller.write_heartbeat([health].into_iter(), &mut store);
+        poller.write_heartbeat([(5, health)].into_iter(), &mut store);
         assert_eq!(store.writes, 1, "an unchanged heartbeat is not rewritten");
     }
 }

@@ -70,10 +70,14 @@ impl Harness {
     fn decide(&mut self, route: &'static str, now: u64, pin: Option<&str>) -> String {
         let rerouted_before = self.metrics.get("nacos_guard.service.demo.rerouted");
         let mut request = FakeRequest {
-            route,
             pin: pin.map(str::to_string),
+            ..FakeRequest::on(route)
         };
-        let action = outcome(self.engine.on_request(now, &mut request, &mut self.metrics));
+        let action =
+            outcome(
+                self.engine
+                    .on_request(now, &mut request, &mut self.metrics, &mut self.store),
+            );
         if self.metrics.get("nacos_guard.service.demo.rerouted") > rerouted_before {
             format!("{action} rerouted")
         } else {
@@ -306,7 +310,9 @@ fn rejections_are_prepared_per_guard() {
     let mut h = Harness::new(DEMO);
     h.poll(0, Some((200, br#"{"hosts":[]}"#)));
     let mut request = FakeRequest::on("default/demo");
-    let RequestAction::Reject(response) = h.engine.on_request(1, &mut request, &mut h.metrics)
+    let RequestAction::Reject(response) =
+        h.engine
+            .on_request(1, &mut request, &mut h.metrics, &mut h.store)
     else {
         panic!("an empty list rejects");
     };

@@ -4,7 +4,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-use super::host_calls::HostMetrics;
+use super::host_calls::{HostMetrics, HostStore};
 use super::vm::{PropertyStyle, SharedVm, VmState};
 use crate::engine::{RequestAction, RequestHost};
 use crate::pure::config::Routing;
@@ -38,7 +38,7 @@ impl HttpContext for GuardHttp {
             self.set_http_request_header(name, None);
         }
         let mut request = HostRequest::new(property_style);
-        match engine.on_request(*clock_ms, &mut request, &mut HostMetrics) {
+        match engine.on_request(*clock_ms, &mut request, &mut HostMetrics, &mut HostStore) {
             RequestAction::Route { endpoint, routing } => route(routing, endpoint),
             RequestAction::Reject(rejection) => {
                 self.send_http_response(

@@ -48,6 +48,16 @@ impl Scheduler {
         }
     }
 
+    /// One more service, due at once; its index.
+    pub fn add(&mut self, interval_ms: u64) -> usize {
+        self.slots.push(Slot {
+            interval_ms: interval_ms.max(1),
+            next_due_ms: 0,
+            in_flight: false,
+        });
+        self.slots.len() - 1
+    }
+
     /// How often the host should tick: fine enough that polls start on time and
     /// other VMs pick up a new snapshot within a twentieth of the interval, coarse
     /// enough to cost nothing (a tick with nothing due reads two shared-data keys).

@@ -27,6 +27,19 @@ pub fn clock_key() -> String {
     format!("{PLUGIN}.clock")
 }
 
+/// Learned services, one cluster name a line, in the order they were learned.
+pub fn encode_learned(clusters: &[String]) -> Vec<u8> {
+    clusters.join("\n").into_bytes()
+}
+
+pub fn decode_learned(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Keys of one configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigKeys {
@@ -51,23 +64,41 @@ impl ConfigKeys {
     pub fn token(&self, server: usize) -> String {
         format!("{}.token.{server}", self.prefix)
     }
+
+    /// The clusters whose services VMs learned from traffic.
+    pub fn learned(&self) -> String {
+        format!("{}.learned", self.prefix)
+    }
+
+    /// When a learned service last carried a request, by any VM.
+    pub fn touched(&self, service: u64) -> String {
+        format!("{}.touched.{service:016x}", self.prefix)
+    }
 }
 
 /// Keys of one service as one server is asked about it; `question` is everything
 /// that shapes the answer (server, account, namespace, group, name, clusters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceKeys {
+    id: u64,
     content: String,
     confirmed: String,
 }
 
 impl ServiceKeys {
     pub fn new(question: &str) -> Self {
-        let content = format!("{PLUGIN}.service.{:016x}", stable_hash(question.as_bytes()));
+        let id = stable_hash(question.as_bytes());
+        let content = format!("{PLUGIN}.service.{id:016x}");
         Self {
+            id,
             confirmed: format!("{content}.confirmed"),
             content,
         }
+    }
+
+    /// The service's number in heartbeats.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn content(&self) -> &str {
@@ -99,12 +130,14 @@ pub fn decode_content(bytes: &[u8]) -> Option<(u64, InstanceSet)> {
     Some((stamp, set))
 }
 
-/// Each service's [`Health`] in configuration order, 24 bytes apiece
-/// (little-endian: content stamp, confirmed at, failing since or 0): a thousand
-/// services are 24 KB that followers read without parsing text.
-pub fn encode_heartbeat(health: impl Iterator<Item = Health>) -> Vec<u8> {
+/// Each service's [`Health`] under its [`ServiceKeys::id`], 32 bytes apiece
+/// (little-endian: id, content stamp, confirmed at, failing since or 0): a
+/// thousand services are 32 KB that followers read without parsing text, and
+/// VMs that learned services in different orders still agree on which is which.
+pub fn encode_heartbeat(health: impl Iterator<Item = (u64, Health)>) -> Vec<u8> {
     let mut bytes = Vec::new();
-    for h in health {
+    for (id, h) in health {
+        bytes.extend_from_slice(&id.to_le_bytes());
         bytes.extend_from_slice(&h.content_stamp.to_le_bytes());
         bytes.extend_from_slice(&h.confirmed_at_ms.to_le_bytes());
         bytes.extend_from_slice(&h.failing_since_ms.unwrap_or(0).to_le_bytes());
@@ -112,19 +145,20 @@ pub fn encode_heartbeat(health: impl Iterator<Item = Health>) -> Vec<u8> {
     bytes
 }
 
-pub fn decode_heartbeat(bytes: &[u8]) -> impl Iterator<Item = Health> + '_ {
-    bytes.chunks_exact(24).map(|chunk| {
+pub fn decode_heartbeat(bytes: &[u8]) -> impl Iterator<Item = (u64, Health)> + '_ {
+    bytes.chunks_exact(32).map(|chunk| {
         let word = |at: usize| {
             chunk
                 .get(at..at + 8)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map_or(0, u64::from_le_bytes)
         };
-        Health {
-            content_stamp: word(0),
-            confirmed_at_ms: word(8),
-            failing_since_ms: Some(word(16)).filter(|since| *since != 0),
-        }
+        let health = Health {
+            content_stamp: word(8),
+            confirmed_at_ms: word(16),
+            failing_since_ms: Some(word(24)).filter(|since| *since != 0),
+        };
+        (word(0), health)
     })
 }
 
@@ -190,10 +224,11 @@ mod tests {
                 failing_since_ms: Some(9),
             },
         ];
-        let mut bytes = encode_heartbeat(health.iter().copied());
-        assert_eq!(bytes.len(), 48);
+        let entries = [(7, health[0]), (u64::MAX, health[1])];
+        let mut bytes = encode_heartbeat(entries.iter().copied());
+        assert_eq!(bytes.len(), 64);
         bytes.push(1);
-        assert_eq!(decode_heartbeat(&bytes).collect::<Vec<_>>(), health);
+        assert_eq!(decode_heartbeat(&bytes).collect::<Vec<_>>(), entries);
     }
 
     #[test]
