@@ -124,7 +124,11 @@ def test_the_global_and_rule_forms_have_the_same_fields_as_the_parser():
     """SETTING_KEYS in src/pure/config/mod.rs: the fields a global config and a rule may set."""
     source = next(ROOT.glob("src/**/config/mod.rs")).read_text()
     keys = re.search(r"const SETTING_KEYS: &\[&str\] = &\[(.*?)\];", source, re.S).group(1)
-    assert re.findall(r'"(\w+)"', keys) == list(CONFIG_SCHEMA["properties"]) == list(ROUTE_SCHEMA["properties"])
+    settings = re.findall(r'"(\w+)"', keys)
+    assert settings == list(ROUTE_SCHEMA["properties"])
+    # The global form adds what only the global configuration may set (AUTO_KEY).
+    auto = re.search(r'const AUTO_KEY: &str = "(\w+)";', source).group(1)
+    assert settings + [auto] == list(CONFIG_SCHEMA["properties"])
 
 
 def test_plugin_yaml_validates_against_the_schema():
