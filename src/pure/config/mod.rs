@@ -13,6 +13,7 @@ use fields::Fields;
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::ApiVersion;
 use crate::pure::registry::instance::InstanceFilter;
+use crate::pure::routing::cluster_name;
 use crate::pure::routing::nacos_cluster::{as_label, NacosNames};
 use crate::pure::routing::rules::Matcher;
 
@@ -485,9 +486,8 @@ fn parse_nacos(nacos: &Fields<'_>) -> Result<(NacosServer, String), ConfigError>
 
 /// `outbound|8848||nacos.dns` → `nacos.dns`; any other cluster name is used as is.
 fn default_authority(cluster: &str) -> String {
-    let parts: Vec<&str> = cluster.split('|').collect();
-    match parts.as_slice() {
-        [_, _, _, fqdn] if !fqdn.is_empty() => (*fqdn).to_string(),
+    match cluster_name::parse(cluster) {
+        Some(name) if !name.host.is_empty() => name.host.to_string(),
         _ => cluster.to_string(),
     }
 }

@@ -1,6 +1,7 @@
 //! Each request: which rule applies, which instance it goes to, and the hosts
 //! Higress's routed cluster knows.
 
+pub mod cluster_name;
 pub mod decision;
 pub mod nacos_cluster;
 pub mod rules;

@@ -9,6 +9,7 @@
 //! readings stay possible, the plugin refuses to guess.
 
 use crate::pure::polling::nacos::request::ServiceKey;
+use crate::pure::routing::cluster_name;
 
 const SUFFIX: &str = ".nacos";
 pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
@@ -40,17 +41,8 @@ pub fn as_label(name: &str) -> String {
 }
 
 pub fn service_of(cluster: &str, names: &NacosNames) -> ClusterService {
-    let mut parts = cluster.split('|');
-    let (Some(_direction), Some(_port), Some(_subset), Some(host), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return ClusterService::NotNacos;
-    };
-    let Some(rest) = host.strip_suffix(SUFFIX) else {
+    let Some(rest) = cluster_name::parse(cluster).and_then(|name| name.host.strip_suffix(SUFFIX))
+    else {
         return ClusterService::NotNacos;
     };
     let mut labels = rest.rsplitn(3, '.');

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::pure::routing::cluster_name::{self, ClusterName};
+
 /// What a request offers to be matched on. The host reads each fact only when a
 /// rule asks for it.
 pub trait RequestFacts {
@@ -37,17 +39,10 @@ impl ServicePattern {
     }
 
     fn matches(&self, cluster_name: &str) -> bool {
-        let mut parts = cluster_name.split('|');
-        let (Some(_direction), Some(port), Some(_subset), Some(fqdn), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let Some(ClusterName { port, host }) = cluster_name::parse(cluster_name) else {
             return false;
         };
-        fqdn == self.fqdn && self.port.as_deref().is_none_or(|wanted| wanted == port)
+        host == self.fqdn && self.port.as_deref().is_none_or(|wanted| wanted == port)
     }
 }
 
