@@ -1,6 +1,13 @@
 //! Higress-only host functions. A module importing them does not load in upstream
 //! Envoy, which is why this file exists only in the `higress` build.
+//!
+//! Sources: higress-group/proxy-wasm-cpp-host src/exports.cc
+//! (`set_upstream_override_host`, `get_upstream_hosts`); how Envoy reads the
+//! override: README, "Higress routing".
 #![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use crate::pure::routing::upstream_hosts;
 
@@ -9,8 +16,8 @@ extern "C" {
     fn proxy_get_upstream_hosts(return_data: *mut *mut u8, return_size: *mut usize) -> u32;
 }
 
-/// Ask Higress to send this request to `endpoint` (`ip:port`); a host the routed
-/// cluster does not know falls back to its normal load balancing.
+/// Ask Higress to send this request to `endpoint` (`ip:port`). The host only stores
+/// it; the router reads it when it picks the host, after the filter chain ran.
 pub fn set_upstream_override_host(endpoint: &str) {
     // SAFETY: the host only reads `length` bytes from `address`, which stay valid
     // for the duration of the call.
@@ -19,8 +26,44 @@ pub fn set_upstream_override_host(endpoint: &str) {
     }
 }
 
-/// The `ip:port` of every host of the routed cluster; empty if the host has none.
-pub fn upstream_hosts() -> Vec<String> {
+/// The hosts of one cluster as last asked, and when.
+struct Cached {
+    cluster: String,
+    asked_at_ms: u64,
+    hosts: Rc<Vec<String>>,
+}
+
+thread_local! {
+    // One VM is one thread; a handful of clusters at most are guarded.
+    static CACHE: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The hosts of the routed cluster `cluster` that Envoy would honour an override
+/// to (not Unhealthy). The host serializes every host of the cluster on each call,
+/// so it is asked once per cluster per `now_ms`, the VM's clock at its last tick.
+pub fn routable_upstream_hosts(cluster: &str, now_ms: u64) -> Rc<Vec<String>> {
+    CACHE.with(|cache| {
+        let Ok(mut cache) = cache.try_borrow_mut() else {
+            return ask_host();
+        };
+        if let Some(entry) = cache.iter_mut().find(|entry| entry.cluster == cluster) {
+            if entry.asked_at_ms != now_ms {
+                entry.hosts = ask_host();
+                entry.asked_at_ms = now_ms;
+            }
+            return Rc::clone(&entry.hosts);
+        }
+        let hosts = ask_host();
+        cache.push(Cached {
+            cluster: cluster.to_owned(),
+            asked_at_ms: now_ms,
+            hosts: Rc::clone(&hosts),
+        });
+        hosts
+    })
+}
+
+fn ask_host() -> Rc<Vec<String>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: the host writes a pointer to memory it allocated in this VM through
@@ -28,9 +71,9 @@ pub fn upstream_hosts() -> Vec<String> {
     // takes ownership of that buffer exactly once.
     let bytes = unsafe {
         if proxy_get_upstream_hosts(&mut data, &mut size) != 0 || data.is_null() {
-            return Vec::new();
+            return Rc::new(Vec::new());
         }
         Vec::from_raw_parts(data, size, size)
     };
-    upstream_hosts::endpoints(&bytes)
+    Rc::new(upstream_hosts::routable_endpoints(&bytes))
 }

@@ -1,5 +1,7 @@
 //! The HTTP context: match the request, ask the engine, apply the decision.
 
+use std::rc::Rc;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -33,11 +35,17 @@ impl HttpContext for GuardHttp {
             property_style,
             ..
         } = &mut *vm;
-        // Whatever happens next, a client never chooses the endpoint itself.
+        // Whatever happens next, a client never chooses the endpoint itself. Read
+        // first: every removal is a header change, and Higress clears the route
+        // cache on each one (higress-group/envoy
+        // source/extensions/common/wasm/context.cc `removeHeaderMapValue`), which
+        // would re-match the route of every request.
         for name in engine.protected_headers() {
-            self.set_http_request_header(name, None);
+            if self.get_http_request_header_bytes(name).is_some() {
+                self.set_http_request_header(name, None);
+            }
         }
-        let mut request = HostRequest::new(property_style);
+        let mut request = HostRequest::new(property_style, *clock_ms);
         match engine.on_request(*clock_ms, &mut request, &mut HostMetrics, &mut HostStore) {
             RequestAction::Route { endpoint, routing } => route(routing, endpoint),
             RequestAction::Reject(rejection) => {
@@ -63,15 +71,16 @@ fn route(routing: &Routing, endpoint: &str) -> Action {
     }
 }
 
+/// Higress: store the chosen host and let the request go on. The router reads the
+/// override when it picks the host, after the filter chain ran (Envoy's own
+/// `stateful_session` filter sets it and returns Continue). Never resume and Pause
+/// here: under ABI 0.2.1 a Pause from request headers becomes StopAll, and a resume
+/// asked for in the callback runs before the filter manager records that status, so
+/// request bodies stay held (README, "Higress routing").
 #[cfg(feature = "higress")]
 fn route_with_higress(endpoint: &str) -> Action {
     super::higress::set_upstream_override_host(endpoint);
-    // Higress applies the override only while the headers are held
-    // (HeaderStopIteration). Envoy runs a resume asked for inside a callback right
-    // after the callback returns, so the request goes on at once, also when it has
-    // no body.
-    let _ = hostcalls::resume_http_request();
-    Action::Pause
+    Action::Continue
 }
 
 #[cfg(not(feature = "higress"))]
@@ -80,15 +89,16 @@ fn route_with_higress(_endpoint: &str) -> Action {
     Action::Continue
 }
 
-/// Hosts of the routed cluster, in Higress; this build has no way to ask.
+/// Hosts of the routed cluster that Higress would send an override to, asked at
+/// most once per cluster per tick; this build has no way to ask.
 #[cfg(feature = "higress")]
-fn known_hosts() -> Vec<String> {
-    super::higress::upstream_hosts()
+fn known_hosts(cluster: &str, now_ms: u64) -> Rc<Vec<String>> {
+    super::higress::routable_upstream_hosts(cluster, now_ms)
 }
 
 #[cfg(not(feature = "higress"))]
-fn known_hosts() -> Vec<String> {
-    Vec::new()
+fn known_hosts(_cluster: &str, _now_ms: u64) -> Rc<Vec<String>> {
+    Rc::new(Vec::new())
 }
 
 /// What the engine may ask of a request, read from the host on first use only.
@@ -96,18 +106,21 @@ struct HostRequest<'a> {
     route_name: Option<Option<String>>,
     authority: Option<Option<String>>,
     cluster_name: Option<Option<String>>,
-    upstream_hosts: Option<Vec<String>>,
+    upstream_hosts: Option<Rc<Vec<String>>>,
     style: &'a mut Option<PropertyStyle>,
+    /// The VM clock of the last root callback: the per-tick key of the host list.
+    now_ms: u64,
 }
 
 impl<'a> HostRequest<'a> {
-    fn new(style: &'a mut Option<PropertyStyle>) -> Self {
+    fn new(style: &'a mut Option<PropertyStyle>, now_ms: u64) -> Self {
         Self {
             route_name: None,
             authority: None,
             cluster_name: None,
             upstream_hosts: None,
             style,
+            now_ms,
         }
     }
 
@@ -150,7 +163,12 @@ impl RequestHost for HostRequest<'_> {
     }
 
     fn upstream_hosts(&mut self) -> Option<&[String]> {
-        Some(self.upstream_hosts.get_or_insert_with(known_hosts))
+        if self.upstream_hosts.is_none() {
+            let now_ms = self.now_ms;
+            let hosts = known_hosts(self.cluster_name().unwrap_or_default(), now_ms);
+            self.upstream_hosts = Some(hosts);
+        }
+        self.upstream_hosts.as_deref().map(Vec::as_slice)
     }
 }
 
