@@ -20,7 +20,7 @@ def expected(mode):
         ("GET, a and b registered: backends", ["a", "b"]),
         ("pinned to a", ["a", "a", "a"]),
         ("forged routing header to c: c reached", False),
-        ("POST 1000 bytes", dict(routed, upstream_body_len=1000)),
+        ("POST 1000 bytes, pinned to a", dict(routed, upstream_body_len=1000)),
         ("legacy route, forged header: status, header reached upstream",
          *((200, False) if mode == "override_host" else (503, None))),
         ("b deregistered: backends", ["a"]),
