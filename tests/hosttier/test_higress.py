@@ -158,3 +158,16 @@ def test_a_retry_ignores_the_override(higress_wasm):
     # Without retries on the route, B is never reached.
     gw.retries = 0
     assert all(gw.request().attempts == [A] for _ in range(6))
+
+
+def test_header_routing_in_the_higress_artifact(higress_wasm):
+    """`routing: header` in plugin.wasm, in front of an override_host cluster: the header
+    names the instance and the body follows."""
+    nacos = ScriptedNacos()
+    nacos.register(A)
+    gw = Gateway(higress_wasm, plugin_config({"routing": "header"}), mode="override_host",
+                 cluster_hosts={A: "Healthy", B: "Healthy"}, nacos=nacos)
+    gw.advance(2500)
+    out = gw.request("POST", body_chunks=(b"one-", b"two"))
+    assert_reaches(out, {A}, b"one-two")
+    assert out.upstream_headers.get(ROUTING_HEADER) == A and out.override is None
