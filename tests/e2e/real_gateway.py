@@ -1,21 +1,23 @@
 """Real Envoy 1.40 + r-nacos for the request-body, retry and host-tier cross-check tests.
 
 Backends here record what reached them (routing header, body length) and can be told to
-fail, which the harness's backends cannot; the rest comes from harness.py (RNacos, Envoy,
-plugin_config, wait_until).
+fail, which the testbed's backends cannot; the rest comes from tests/testbed (RNacos,
+Envoy with its routes, plugin_config, wait_until).
 """
 
 from __future__ import annotations
 
 import http.client
 import http.server
-import json
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
-from harness import ROUTING_HEADER, Envoy, RNacos, plugin_config, wait_until
+from testbed.envoy import DEFAULT_ROUTES, ROUTING_HEADER, Envoy
+from testbed.higress import plugin_config
+from testbed.rnacos import RNacos
+from testbed.waiting import wait_until
 
 
 class EchoBackend:
@@ -24,7 +26,7 @@ class EchoBackend:
 
     def __init__(self, name: str):
         self.name = name
-        self.fail_status: Optional[int] = None
+        self.fail_status: int | None = None
         self.seen: list = []  # (method, routing header or None, body length)
         backend = self
 
@@ -72,11 +74,17 @@ class EchoBackend:
 class RealGateway:
     """r-nacos, named EchoBackends (all in the stale cluster) and Envoy with the plugin."""
 
-    def __init__(self, tmp: Path, mode: str, names: Iterable[str], retry_policy: Optional[dict] = None,
-                 plugin_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        tmp: Path,
+        mode: str,
+        names: Iterable[str],
+        retry_policy: dict | None = None,
+        plugin_cfg: dict | None = None,
+    ):
         self.backends = {name: EchoBackend(name) for name in names}
         self.nacos = RNacos(tmp)
-        self.envoy: Optional[Envoy] = None
+        self.envoy: Envoy | None = None
         try:
             self._start(tmp, mode, retry_policy, plugin_cfg)
         except BaseException:
@@ -85,14 +93,19 @@ class RealGateway:
 
     def _start(self, tmp, mode, retry_policy, plugin_cfg):
         self.nacos.start()
-        self.envoy = Envoy(tmp, self.nacos.http_port, [b.port for b in self.backends.values()],
-                           plugin_cfg or plugin_config(), mode=mode)
-        if retry_policy:
-            for vhost in self.envoy.config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-                    "typed_config"]["route_config"]["virtual_hosts"]:
-                for route in vhost["routes"]:
-                    route["route"]["retry_policy"] = retry_policy
-            self.envoy.config_path.write_text(json.dumps(self.envoy.config))
+        routes = (
+            [dict(r, route=dict(r["route"], retry_policy=retry_policy)) for r in DEFAULT_ROUTES]
+            if retry_policy
+            else None
+        )
+        self.envoy = Envoy(
+            tmp,
+            self.nacos.http_port,
+            [b.port for b in self.backends.values()],
+            plugin_cfg or plugin_config(),
+            mode=mode,
+            routes=routes,
+        )
         self.envoy.start()
 
     def register(self, name: str):

@@ -14,8 +14,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "hosttier"))
 
 import scenario  # noqa: E402
-from harness import plugin_wasm  # noqa: E402
 from real_gateway import RealGateway  # noqa: E402
+
+from testbed.paths import plugin_wasm  # noqa: E402
 
 
 class RealDriver:
@@ -48,10 +49,9 @@ def test_tier_and_real_envoy_agree(tmp_path, mode):
     gw = RealGateway(tmp_path, mode, ["a", "b", "c"])
     try:
         real = scenario.run(RealDriver(gw), mode)
-        tier = scenario.run(scenario.TierDriver(plugin_wasm(), mode, {n: b.addr for n, b in gw.backends.items()}),
-                            mode)
+        tier = scenario.run(scenario.TierDriver(plugin_wasm(), mode, {n: b.addr for n, b in gw.backends.items()}), mode)
     finally:
         gw.stop()
-    for step_real, step_tier in zip(real, tier):
+    for step_real, step_tier in zip(real, tier, strict=False):
         print("real:", step_real, "\ntier:", step_tier)
     assert real == tier

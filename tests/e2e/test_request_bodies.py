@@ -6,7 +6,6 @@ StopAll (README, "Higress routing"); these requests would then time out.
 """
 
 import pytest
-
 from real_gateway import real_gateway_fixture
 
 MODES = ["override_host", "original_dst"]
@@ -30,8 +29,12 @@ def test_bodies_reach_the_chosen_instance_whole(gateway, mode):
     gw.register("a")
     gw.settle()
     big = [bytes([65 + i % 26]) * 65536 for i in range(16)]  # 1 MiB, streamed in 64 KiB chunks
-    for method, body, length in [("POST", b"x" * 1000, 1000), ("PUT", b"y" * 10, 10),
-                                 ("POST", iter(big), 1 << 20), ("GET", None, 0)]:
+    for method, body, length in [
+        ("POST", b"x" * 1000, 1000),
+        ("PUT", b"y" * 10, 10),
+        ("POST", iter(big), 1 << 20),
+        ("GET", None, 0),
+    ]:
         status, text, backend = gw.request(method, body=body, timeout=5)
         assert (status, backend) == (200, "a"), (method, status, text)
         assert received(gw, "a")[-1] == (method, length)

@@ -7,7 +7,6 @@ and the operator's choice; tests/hosttier/test_higress.py shows the Higress case
 """
 
 import pytest
-
 from real_gateway import real_gateway_fixture
 
 RETRY_5XX_ONCE = {"retry_on": "5xx", "num_retries": 1}
@@ -44,8 +43,10 @@ def test_override_host_policy_retries_through_the_fallback_balancing(gateway):
     and can reach `b`, which Nacos no longer lists."""
     gw = failing_a(gateway, "override_host", RETRY_5XX_ONCE)
     statuses = [gw.request()[0] for _ in range(10)]
-    print(f"override_host, retry on 5xx once, 10 requests: a saw {len(gw.backends['a'].seen)}, "
-          f"b (deregistered) saw {len(gw.backends['b'].seen)}")
+    print(
+        f"override_host, retry on 5xx once, 10 requests: a saw {len(gw.backends['a'].seen)}, "
+        f"b (deregistered) saw {len(gw.backends['b'].seen)}"
+    )
     assert len(gw.backends["a"].seen) >= 10
     assert len(gw.backends["b"].seen) >= 1, "no retry reached the stale instance"
     assert statuses.count(200) == len(gw.backends["b"].seen)  # b answers 200

@@ -41,7 +41,6 @@ import random
 import struct
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Optional
 
 import wasmtime
 
@@ -74,9 +73,9 @@ def parse_pairs(data: bytes) -> list:
     lens = [struct.unpack_from("<II", data, 4 + 8 * i) for i in range(count)]
     pos, out = 4 + 8 * count, []
     for kl, vl in lens:
-        key = data[pos:pos + kl].decode()
+        key = data[pos : pos + kl].decode()
         pos += kl + 1
-        out.append((key, data[pos:pos + vl].decode(errors="replace")))
+        out.append((key, data[pos : pos + vl].decode(errors="replace")))
         pos += vl + 1
     return out
 
@@ -90,7 +89,7 @@ class ScriptedNacos:
     def __init__(self):
         self.services: dict = {}  # service -> {endpoint: {"weight":, "healthy":, "enabled":}}
         self.calls: list = []
-        self.fail_with: Optional[int] = None
+        self.fail_with: int | None = None
 
     def register(self, endpoint: str, service="demo", weight=1.0, healthy=True, enabled=True):
         self.services.setdefault(service, {})[endpoint] = dict(weight=weight, healthy=healthy, enabled=enabled)
@@ -111,22 +110,39 @@ class ScriptedNacos:
         hosts = []
         for ep, inst in self.services.get(name, {}).items():
             ip, port = ep.rsplit(":", 1)
-            hosts.append({"ip": ip, "port": int(port), "weight": inst["weight"], "healthy": inst["healthy"],
-                          "enabled": inst["enabled"], "ephemeral": False, "clusterName": "DEFAULT",
-                          "metadata": {}, "instanceId": f"{ep}#DEFAULT#{name}"})
-        doc = {"name": f"{q.get('groupName', 'DEFAULT_GROUP')}@@{name}", "cacheMillis": 3000, "hosts": hosts,
-               "lastRefTime": EPOCH_MS, "checksum": "", "reachProtectionThreshold": False}
+            hosts.append(
+                {
+                    "ip": ip,
+                    "port": int(port),
+                    "weight": inst["weight"],
+                    "healthy": inst["healthy"],
+                    "enabled": inst["enabled"],
+                    "ephemeral": False,
+                    "clusterName": "DEFAULT",
+                    "metadata": {},
+                    "instanceId": f"{ep}#DEFAULT#{name}",
+                }
+            )
+        doc = {
+            "name": f"{q.get('groupName', 'DEFAULT_GROUP')}@@{name}",
+            "cacheMillis": 3000,
+            "hosts": hosts,
+            "lastRefTime": EPOCH_MS,
+            "checksum": "",
+            "reachProtectionThreshold": False,
+        }
         return 200, [("content-type", "application/json")], json.dumps(doc).encode()
 
 
 @dataclass
 class Cluster:
     """An upstream cluster as the gateway's stale endpoint list has it: address -> health."""
+
     name: str
     hosts: dict  # "ip:port" -> "Healthy" | "Degraded" | "Unhealthy"
     rr: int = 0
 
-    def lb_pick(self, exclude=()) -> Optional[str]:
+    def lb_pick(self, exclude=()) -> str | None:
         usable = [h for h, s in self.hosts.items() if s != "Unhealthy" and h not in exclude]
         usable = usable or [h for h in self.hosts if h not in exclude] or list(self.hosts)
         if not usable:
@@ -137,16 +153,16 @@ class Cluster:
 
 @dataclass
 class Outcome:
-    status: Optional[int]
+    status: int | None
     body: bytes = b""
-    upstream: Optional[str] = None          # the host the (last) attempt went to
+    upstream: str | None = None  # the host the (last) attempt went to
     attempts: list = field(default_factory=list)
     upstream_headers: dict = field(default_factory=dict)
     upstream_body: bytes = b""
-    hung: bool = False                      # the upstream never got the end of the request
+    hung: bool = False  # the upstream never got the end of the request
     local_reply: bool = False
     route_cache_clears: int = 0
-    override: Optional[str] = None
+    override: str | None = None
     host_calls: dict = field(default_factory=dict)
 
     @property
@@ -159,9 +175,9 @@ class Process:
 
     def __init__(self, nacos: ScriptedNacos, clusters: dict, nacos_cluster: str):
         self.now_ms = EPOCH_MS
-        self.shared: dict = {}   # key -> (bytes, cas)    cpp-host src/shared_data.cc
+        self.shared: dict = {}  # key -> (bytes, cas)    cpp-host src/shared_data.cc
         self.next_cas = 0
-        self.stats: dict = {}    # metric name -> value   (one stat per name, whichever VM)
+        self.stats: dict = {}  # metric name -> value   (one stat per name, whichever VM)
         self.nacos = nacos
         self.nacos_cluster = nacos_cluster
         self.clusters = clusters
@@ -183,7 +199,7 @@ class Vm:
 
     def __init__(self, process: Process, wasm_path: str, plugin_config: dict, higress: bool, strict: bool, seed: int):
         self.p = process
-        self.higress = higress      # Higress's host: top-level properties, override imports
+        self.higress = higress  # Higress's host: top-level properties, override imports
         self.strict = strict
         self.rand = random.Random(seed)
         self.config = json.dumps(plugin_config).encode()
@@ -192,12 +208,12 @@ class Vm:
         self.next_metric = 0
         self.tick_ms = 0
         self.next_tick_ms = 0
-        self.calls: dict = {}       # token -> (due_ms, headers, body)
+        self.calls: dict = {}  # token -> (due_ms, headers, body)
         self.next_token = 0
-        self.call_response = None   # (headers, body) while proxy_on_http_call_response runs
-        self.req = None             # the request whose callback runs now
-        self.deferred: list = []    # addAfterVmCallAction queue
-        self.count: dict = {}       # host call name -> count (for "work the host repeats")
+        self.call_response = None  # (headers, body) while proxy_on_http_call_response runs
+        self.req = None  # the request whose callback runs now
+        self.deferred: list = []  # addAfterVmCallAction queue
+        self.count: dict = {}  # host call name -> count (for "work the host repeats")
         module = self._modules.get(wasm_path)
         if module is None:
             module = self._modules[wasm_path] = wasmtime.Module.from_file(self._engine, wasm_path)
@@ -207,8 +223,9 @@ class Vm:
             impl = getattr(self, f"{imp.module}__{imp.name}", None)
             if impl is None:
                 raise HostError(f"the tier lacks import {imp.module}.{imp.name}")
-            linker.define_func(imp.module, imp.name, imp.type, self._counted(imp.name, impl, imp.type),
-                               access_caller=True)
+            linker.define_func(
+                imp.module, imp.name, imp.type, self._counted(imp.name, impl, imp.type), access_caller=True
+            )
         self.instance = linker.instantiate(self.store, module)
         self.exports = self.instance.exports(self.store)
         self.memory = self.exports["memory"]
@@ -224,8 +241,9 @@ class Vm:
 
         def wrapper(caller, *args):
             self.count[name] = self.count.get(name, 0) + 1
-            args = [a & 0xFFFFFFFF if u else a for a, u in zip(args, unsigned)]
+            args = [a & 0xFFFFFFFF if u else a for a, u in zip(args, unsigned, strict=True)]
             return impl(caller, *args)
+
         return wrapper
 
     def call(self, export: str, *args):
@@ -288,13 +306,13 @@ class Vm:
             data = self.req.body_seen
         else:
             return NOT_FOUND
-        return self.give(caller, data[start:start + max_size], ptr_ptr, size_ptr)
+        return self.give(caller, data[start : start + max_size], ptr_ptr, size_ptr)
 
     def env__proxy_set_buffer_bytes(self, caller, kind, start, size, data_ptr, data_size):
         if kind != REQUEST_BODY or self.req is None:
             return NOT_FOUND
         body = self.req.body_seen
-        self.req.body_seen = body[:start] + self.read(caller, data_ptr, data_size) + body[start + size:]
+        self.req.body_seen = body[:start] + self.read(caller, data_ptr, data_size) + body[start + size :]
         return OK
 
     # ---- properties (Envoy's `route_name`/`cluster_name` and the `xds.` forms)
@@ -384,8 +402,9 @@ class Vm:
             self.deferred.append(lambda: setattr(req, "reset", True))
         return OK
 
-    def env__proxy_send_local_response(self, caller, status, det_ptr, det_size, body_ptr, body_size,
-                                       hdr_ptr, hdr_size, grpc_status):
+    def env__proxy_send_local_response(
+        self, caller, status, det_ptr, det_size, body_ptr, body_size, hdr_ptr, hdr_size, grpc_status
+    ):
         req, body = self.req, self.read(caller, body_ptr, body_size)
         headers = parse_pairs(self.read(caller, hdr_ptr, hdr_size))
         if req is None:
@@ -407,10 +426,11 @@ class Vm:
         return self.give(caller, pairs_bytes(pairs) if pairs else b"", ptr_ptr, size_ptr)
 
     # ---- dispatch_http_call, answered later by the scripted Nacos
-    def env__proxy_http_call(self, caller, up_ptr, up_size, hdr_ptr, hdr_size, body_ptr, body_size,
-                             trl_ptr, trl_size, timeout_ms, token_ptr):
+    def env__proxy_http_call(
+        self, caller, up_ptr, up_size, hdr_ptr, hdr_size, body_ptr, body_size, trl_ptr, trl_size, timeout_ms, token_ptr
+    ):
         if self.text(caller, up_ptr, up_size) != self.p.nacos_cluster:
-            return BAD_ARGUMENT   # Envoy: no such cluster
+            return BAD_ARGUMENT  # Envoy: no such cluster
         self.next_token += 1
         headers = dict(parse_pairs(self.read(caller, hdr_ptr, hdr_size)))
         self.calls[self.next_token] = (self.p.now_ms + 5, headers, self.read(caller, body_ptr, body_size))
@@ -502,8 +522,9 @@ class Vm:
                 status, rheaders, rbody = self.p.nacos.answer(headers, body)
                 self.call_response = ([(":status", str(status))] + rheaders, rbody)
                 try:
-                    self.call("proxy_on_http_call_response", self.ROOT_ID, token,
-                              len(self.call_response[0]), len(rbody), 0)
+                    self.call(
+                        "proxy_on_http_call_response", self.ROOT_ID, token, len(self.call_response[0]), len(rbody), 0
+                    )
                 finally:
                     self.call_response = None
         if self.tick_ms and self.p.now_ms >= self.next_tick_ms:
@@ -519,12 +540,17 @@ class Request:
 
     def __init__(self, vm: Vm, method, path, headers, route, cluster, end_of_headers):
         self.vm = vm
-        self.headers = [(":method", method), (":path", path), (":authority", "gateway")] + \
-            [(k.lower(), v) for k, v in headers.items()]
+        self.headers = [(":method", method), (":path", path), (":authority", "gateway")] + [
+            (k.lower(), v) for k, v in headers.items()
+        ]
         self.cluster = cluster
-        self.properties = {"route_name": route, "xds.route_name": route,
-                           "cluster_name": cluster, "xds.cluster_name": cluster}
-        self.body_seen = b""        # body the plugin has seen / passed on
+        self.properties = {
+            "route_name": route,
+            "xds.route_name": route,
+            "cluster_name": cluster,
+            "xds.cluster_name": cluster,
+        }
+        self.body_seen = b""  # body the plugin has seen / passed on
         self.override = None
         self.override_consumed = 0  # override_host policy: listed addresses used by attempts
         self.keep_route_cache = False
@@ -573,12 +599,23 @@ class Gateway:
     """Higress (mode "higress") or plain Envoy ("override_host", "original_dst") with the plugin.
 
     Routes: /demo -> route `default/demo`, /legacy -> `default/legacy`, both to
-    `backend_cluster`, as tests/e2e/harness.py sets up real Envoy.
+    `backend_cluster`, as tests/testbed/envoy.py sets up real Envoy.
     """
 
-    def __init__(self, wasm_path: str, plugin_config: dict, *, mode="higress", strict=False,
-                 cluster_hosts: Optional[dict] = None, workers=2, nacos: Optional[ScriptedNacos] = None,
-                 backends: Optional[dict] = None, retries=0, routing_header="x-gateway-destination-endpoint"):
+    def __init__(
+        self,
+        wasm_path: str,
+        plugin_config: dict,
+        *,
+        mode="higress",
+        strict=False,
+        cluster_hosts: dict | None = None,
+        workers=2,
+        nacos: ScriptedNacos | None = None,
+        backends: dict | None = None,
+        retries=0,
+        routing_header="x-gateway-destination-endpoint",
+    ):
         self.mode = mode
         self.backend_cluster = "outbound|8080||demo.dns"
         self.nacos = nacos or ScriptedNacos()
@@ -600,12 +637,12 @@ class Gateway:
             for vm in self.vms:
                 vm.run_due()
 
-    def stat(self, name: str, service: Optional[str] = "demo") -> int:
+    def stat(self, name: str, service: str | None = "demo") -> int:
         key = f"nacos_guard.service.{service}.{name}" if service else f"nacos_guard.{name}"
         return int(self.p.stats.get(key, 0))
 
     # ---- one request
-    def request(self, method="GET", path="/demo", headers: Optional[dict] = None, body_chunks=(), vm=None) -> Outcome:
+    def request(self, method="GET", path="/demo", headers: dict | None = None, body_chunks=(), vm=None) -> Outcome:
         vm = self.vms[self.next_vm % len(self.vms)] if vm is None else self.vms[vm]
         self.next_vm += 1
         route = "default/demo" if path.startswith("/demo") else "default/legacy" if path.startswith("/legacy") else None
@@ -644,8 +681,7 @@ class Gateway:
         return outcome
 
     def _finish(self, req: Request) -> Outcome:
-        common = dict(route_cache_clears=req.route_cache_clears,
-                      override=req.override[0] if req.override else None)
+        common = dict(route_cache_clears=req.route_cache_clears, override=req.override[0] if req.override else None)
         if req.local is not None:
             status, _headers, body = req.local
             return Outcome(status, body, local_reply=True, **common)
@@ -661,13 +697,21 @@ class Gateway:
                 return Outcome(503, b"no healthy upstream", attempts=attempts, upstream_headers=headers, **common)
             attempts.append(host)
             status, body = self.backends.get(host, lambda m, h, b, host=host: (200, host.encode()))(
-                headers.get(":method"), headers, req.router_body)
+                headers.get(":method"), headers, req.router_body
+            )
             if status < 500 or attempt == self.retries:
-                return Outcome(status, body, upstream=host, attempts=attempts, upstream_headers=headers,
-                               upstream_body=req.router_body, **common)
+                return Outcome(
+                    status,
+                    body,
+                    upstream=host,
+                    attempts=attempts,
+                    upstream_headers=headers,
+                    upstream_body=req.router_body,
+                    **common,
+                )
         raise AssertionError("unreachable")
 
-    def _choose_host(self, req: Request, headers: dict, retry: bool, tried: list) -> Optional[str]:
+    def _choose_host(self, req: Request, headers: dict, retry: bool, tried: list) -> str | None:
         cluster = self.cluster
         if self.mode == "higress":
             # router.h overrideHostToSelect: nothing on a retry; host_utility.cc selectOverrideHost.
@@ -689,4 +733,3 @@ class Gateway:
             if address in cluster.hosts:
                 return address
         return cluster.lb_pick()
-

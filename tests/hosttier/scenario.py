@@ -11,10 +11,8 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Optional
 
 import yaml
-
 from gateway import Gateway, ScriptedNacos
 
 PLUGIN_YAML = Path(__file__).resolve().parent.parent.parent / "plugin.yaml"
@@ -23,7 +21,7 @@ PIN_HEADER = "x-nacos-instance"
 COUNTERS = ("routed", "rerouted", "rejected", "passed_through")
 
 
-def plugin_config(global_overrides: Optional[dict] = None, demo_overrides: Optional[dict] = None) -> dict:
+def plugin_config(global_overrides: dict | None = None, demo_overrides: dict | None = None) -> dict:
     """plugin.yaml as the Higress controller hands it to the plugin: defaultConfig plus one
     `_rules_` entry per matchRule (`ingress` -> `_match_route_`)."""
     spec = yaml.safe_load(PLUGIN_YAML.read_text())["spec"]
@@ -44,12 +42,18 @@ def plugin_config(global_overrides: Optional[dict] = None, demo_overrides: Optio
 class TierDriver:
     """The scenario's view of the host tier."""
 
-    def __init__(self, wasm: str, mode: str, addresses: dict, plugin_cfg: Optional[dict] = None, **gateway_args):
+    def __init__(self, wasm: str, mode: str, addresses: dict, plugin_cfg: dict | None = None, **gateway_args):
         self.addr = addresses  # name -> "ip:port"
         self.names = {v: k for k, v in addresses.items()}
         self.nacos = ScriptedNacos()
-        self.gw = Gateway(wasm, plugin_cfg or plugin_config(), mode=mode, nacos=self.nacos,
-                          cluster_hosts={ep: "Healthy" for ep in addresses.values()}, **gateway_args)
+        self.gw = Gateway(
+            wasm,
+            plugin_cfg or plugin_config(),
+            mode=mode,
+            nacos=self.nacos,
+            cluster_hosts={ep: "Healthy" for ep in addresses.values()},
+            **gateway_args,
+        )
         self.received: dict = {}
         for name, ep in addresses.items():
             self.gw.backends[ep] = self._backend(name)
@@ -58,6 +62,7 @@ class TierDriver:
         def answer(method, headers, body):
             self.received[name] = (headers.get(ROUTING_HEADER), len(body))
             return 200, name.encode()
+
         return answer
 
     def register(self, name):
@@ -74,14 +79,19 @@ class TierDriver:
         out = self.gw.request(method, path, headers or {}, body_chunks=[body] if body else ())
         assert not out.hung, f"{method} {path}: the upstream never got the whole request"
         seen = next(iter(self.received.values()), (None, 0))
-        return observation(out.status, out.body, self.names.get(out.upstream) if out.status == 200 else None,
-                           seen[0] is not None, seen[1])
+        return observation(
+            out.status,
+            out.body,
+            self.names.get(out.upstream) if out.status == 200 else None,
+            seen[0] is not None,
+            seen[1],
+        )
 
     def counters(self) -> dict:
         return {c: self.gw.stat(c) for c in COUNTERS}
 
 
-def observation(status, body: bytes, backend: Optional[str], header_seen: bool, body_len: int) -> dict:
+def observation(status, body: bytes, backend: str | None, header_seen: bool, body_len: int) -> dict:
     obs = {"status": status, "backend": backend}
     if status == 200:
         obs.update(upstream_saw_routing_header=header_seen, upstream_body_len=body_len)
@@ -108,8 +118,13 @@ def run(d, mode: str) -> list:
     t.append(("POST 1000 bytes, pinned to a", d.request("POST", headers={PIN_HEADER: d.addr["a"]}, body=b"x" * 1000)))
     legacy = d.request(path="/legacy", headers={ROUTING_HEADER: d.addr["c"]})
     # Unguarded route: the forged header is removed; the gateway's own balancing decides.
-    t.append(("legacy route, forged header: status, header reached upstream",
-              legacy["status"], legacy.get("upstream_saw_routing_header")))
+    t.append(
+        (
+            "legacy route, forged header: status, header reached upstream",
+            legacy["status"],
+            legacy.get("upstream_saw_routing_header"),
+        )
+    )
 
     d.deregister("b")
     d.settle()

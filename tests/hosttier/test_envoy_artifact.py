@@ -4,10 +4,9 @@ tests/e2e/test_host_tier_crosscheck.py runs the same scenario against real Envoy
 r-nacos and asserts the same transcript, which is what makes this double trustworthy.
 """
 
-import wasmtime
 import pytest
-
 import scenario
+import wasmtime
 from gateway import Gateway, Vm
 
 ADDRESSES = {"a": "10.0.0.1:8080", "b": "10.0.0.2:8080", "c": "10.0.0.3:8080"}
@@ -21,8 +20,10 @@ def expected(mode):
         ("pinned to a", ["a", "a", "a"]),
         ("forged routing header to c: c reached", False),
         ("POST 1000 bytes, pinned to a", dict(routed, upstream_body_len=1000)),
-        ("legacy route, forged header: status, header reached upstream",
-         *((200, False) if mode == "override_host" else (503, None))),
+        (
+            "legacy route, forged header: status, header reached upstream",
+            *((200, False) if mode == "override_host" else (503, None)),
+        ),
         ("b deregistered: backends", ["a"]),
         ("pinned to deregistered b", [dict(routed, upstream_body_len=0)] * 2),
         ("nothing registered", [rejected] * 3),
@@ -41,6 +42,7 @@ def test_envoy_artifact_has_no_higress_imports_and_refuses_higress_routing(envoy
 
     def imports(path):
         return {(i.module, i.name) for i in wasmtime.Module.from_file(engine, path).imports}
+
     higress_only = {("env", "proxy_set_upstream_override_host"), ("env", "proxy_get_upstream_hosts")}
     assert not imports(envoy_wasm) & higress_only
     assert imports(higress_wasm) >= higress_only

@@ -6,7 +6,6 @@ tier models both from the Higress sources).
 """
 
 import pytest
-
 from gateway import Gateway, ScriptedNacos
 from scenario import PIN_HEADER, ROUTING_HEADER, plugin_config
 
@@ -18,8 +17,17 @@ def higress(wasm, registered=(A, B), cluster=None, strict=False, retries=0, back
     for ep in registered:
         nacos.register(ep)
     cluster = cluster if cluster is not None else {A: "Healthy", B: "Healthy", C: "Healthy"}
-    gw = Gateway(wasm, plugin_config(), mode="higress", strict=strict, cluster_hosts=cluster,
-                 nacos=nacos, retries=retries, backends=backends, workers=workers)
+    gw = Gateway(
+        wasm,
+        plugin_config(),
+        mode="higress",
+        strict=strict,
+        cluster_hosts=cluster,
+        nacos=nacos,
+        retries=retries,
+        backends=backends,
+        workers=workers,
+    )
     assert all(vm.configured for vm in gw.vms), gw.vms[0].logs
     gw.advance(2500)  # first poll, published to the other VM
     return gw
@@ -150,8 +158,7 @@ def test_a_retry_ignores_the_override(higress_wasm):
     """router.h: no override on a retry, so a retry is balanced over the stale cluster and
     can reach an instance Nacos no longer lists (B here). README: "Retries"."""
     failing_a = {A: lambda m, h, b: (503, b"a failing"), B: lambda m, h, b: (200, b"b")}
-    gw = higress(higress_wasm, registered=(A,), cluster={A: "Healthy", B: "Healthy"},
-                 retries=1, backends=failing_a)
+    gw = higress(higress_wasm, registered=(A,), cluster={A: "Healthy", B: "Healthy"}, retries=1, backends=failing_a)
     outs = [gw.request() for _ in range(6)]
     assert all(o.attempts[0] == A for o in outs)
     assert any(o.attempts[1:] == [B] for o in outs), [o.attempts for o in outs]
@@ -165,8 +172,13 @@ def test_header_routing_in_the_higress_artifact(higress_wasm):
     names the instance and the body follows."""
     nacos = ScriptedNacos()
     nacos.register(A)
-    gw = Gateway(higress_wasm, plugin_config({"routing": "header"}), mode="override_host",
-                 cluster_hosts={A: "Healthy", B: "Healthy"}, nacos=nacos)
+    gw = Gateway(
+        higress_wasm,
+        plugin_config({"routing": "header"}),
+        mode="override_host",
+        cluster_hosts={A: "Healthy", B: "Healthy"},
+        nacos=nacos,
+    )
     gw.advance(2500)
     out = gw.request("POST", body_chunks=(b"one-", b"two"))
     assert_reaches(out, {A}, b"one-two")
