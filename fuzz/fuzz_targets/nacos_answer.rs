@@ -1,13 +1,16 @@
-//! Any bytes as an answer from Nacos or the host: parsed or refused, never a panic.
+//! Any bytes as an answer from Nacos, the host or shared data: parsed or refused,
+//! never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nacos_instance_guard::pure::sharing::lease::Lease;
 use nacos_instance_guard::pure::polling::nacos::response::{parse_instance_list, parse_login};
 use nacos_instance_guard::pure::polling::nacos::ApiVersion;
-use nacos_instance_guard::pure::sharing::published::{self, PublishedSnapshot, PublishedToken};
 use nacos_instance_guard::pure::registry::endpoint;
+use nacos_instance_guard::pure::routing::nacos_cluster::{service_of, NacosNames};
 use nacos_instance_guard::pure::routing::upstream_hosts;
+use nacos_instance_guard::pure::sharing::clock::Reading;
+use nacos_instance_guard::pure::sharing::lease::Lease;
+use nacos_instance_guard::pure::sharing::published::{self, PublishedToken};
 
 fuzz_target!(|data: &[u8]| {
     for api in [ApiVersion::V1, ApiVersion::V3] {
@@ -18,11 +21,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = parse_login(200, data);
-    let _ = upstream_hosts::endpoints(data);
+    let _ = upstream_hosts::routable_endpoints(data);
     let _ = Lease::decode(data);
-    let _ = published::decode::<PublishedSnapshot>(data);
+    let _ = Reading::decode(data);
+    let _ = published::decode_content(data);
+    let _ = published::decode_heartbeat(data).count();
+    let _ = published::decode_learned(data);
+    let _ = published::decode_number(Some(data));
     let _ = published::decode::<PublishedToken>(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = endpoint::parse(text);
+        let _ = service_of(text, &NacosNames::default());
     }
 });
