@@ -94,6 +94,21 @@ def build_report(res: dict, args) -> tuple:
                 f"p50 {d['to_poll_p50']:.0f}, max {d['to_poll_max']:.0f} ms; p50 {d['after_poll_p50']:.0f}, "
                 f"p99 {d['after_poll_p99']:.0f}, max {d['after_poll_max']:.0f} ms",
             )
+    if "learned" in res:
+        learned = res["learned"]
+        row(
+            f"guardNacosRoutes: first request to a new service -> its first poll done "
+            f"({len(learned['first_poll_ms'])} services)",
+            f"p50 {learned['first_poll_p50_ms']:.0f} ms, max {max(learned['first_poll_ms']):.0f} ms",
+        )
+        known = {name: median([r["cpu_us_per_request"] for r in runs]) for name, runs in learned["runs"].items()}
+        rps = {name: median([r["rps"] for r in runs]) for name, runs in learned["runs"].items()}
+        configured, learned_name = list(known)
+        row(
+            "guardNacosRoutes: once known, learned / configured (same gateway, alternating rounds)",
+            f"gateway CPU per request {known[learned_name]:.1f} / {known[configured]:.1f} us = "
+            f"{known[learned_name] / known[configured]:.3f}; throughput {rps[learned_name] / rps[configured]:.3f}",
+        )
     if "load" in res:
         for conc, load in res["load"].items():
             row(

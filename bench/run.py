@@ -14,6 +14,8 @@ Sections (each also selectable with ``--only``):
              instance, at refreshIntervalMs 1000 and 200, under a steady request stream
   scale      1, 100 and 1000 guarded services (10 instances each): poll round time,
              calls in flight, memory, CPU at rest and per-request cost
+  learned    guardNacosRoutes: first request to a new service -> its first poll; the
+             per-request cost of a learned service against a configured one
 
 When ``perf`` is installed, the gateway is profiled during some wrk runs (share of its
 time in Wasm code, Envoy code and the kernel, per thread).
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from criterion import section_criterion  # noqa: E402
 from detection import section_detection  # noqa: E402
 from gateways import OWNER, PIN, ensure_minimal_filter  # noqa: E402
+from learned import section_learned  # noqa: E402
 from measure import log, machine  # noqa: E402
 from nacos_load import section_load  # noqa: E402
 from overhead import section_overhead  # noqa: E402
@@ -52,7 +55,7 @@ from sizes import section_sizes  # noqa: E402
 
 from testbed.paths import REPO, plugin_wasm  # noqa: E402
 
-SECTIONS = ["sizes", "overhead", "load", "detection", "scale"]
+SECTIONS = ["sizes", "overhead", "load", "detection", "scale", "learned"]
 
 
 def main() -> int:
@@ -75,6 +78,7 @@ def main() -> int:
     ap.add_argument("--detect-concurrency", type=int, default=2)
     ap.add_argument("--load-window", type=float, default=10.0)
     ap.add_argument("--scale", default="1,100,1000")
+    ap.add_argument("--learned-trials", type=int, default=26, help="new services learned, one first request each")
     ap.add_argument("--scale-window", type=float, default=10.0)
     ap.add_argument(
         "--scale-follower-concurrency",
@@ -132,6 +136,7 @@ def main() -> int:
         "load": lambda: section_load(args, res, work),
         "detection": lambda: section_detection(args, res, work),
         "scale": lambda: section_scale(args, res, work),
+        "learned": lambda: section_learned(args, res, work),
     }
     try:
         for name in SECTIONS:

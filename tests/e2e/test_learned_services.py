@@ -7,39 +7,13 @@ from __future__ import annotations
 
 import time
 
-from testbed.envoy import BACKEND_CLUSTER, Envoy, backend_cluster, wait_first_poll
+from testbed.envoy import HigressNamedEnvoy, route_to, wait_first_poll
 from testbed.higress import plugin_config
 from testbed.waiting import wait_until
 
 ORDERS = "outbound|8080||orders.DEFAULT-GROUP.public.nacos"
 PAY = "outbound|8080||pay.MY-GROUP.public.nacos"
 WEB = "outbound|8080||web.dns"
-
-
-def higress_named(cluster: str, mode: str, ports) -> dict:
-    """The stale backend cluster under a Higress-style name."""
-    config = backend_cluster(mode, ports)
-    config["name"] = cluster
-    if "load_assignment" in config:
-        config["load_assignment"] = dict(config["load_assignment"], cluster_name=cluster)
-    return config
-
-
-def route_to(name: str, prefix: str, cluster: str) -> dict:
-    return {"name": name, "match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "3s"}}
-
-
-class NacosRoutesEnvoy(Envoy):
-    """A gateway whose routes go to clusters named as Higress names Nacos services."""
-
-    def config(self) -> dict:
-        config = super().config()
-        clusters = config["static_resources"]["clusters"]
-        stale = next(c for c in clusters if c["name"] == BACKEND_CLUSTER)
-        clusters.remove(stale)
-        for name in (ORDERS, PAY, WEB):
-            clusters.append(higress_named(name, self.mode, self.backend_ports))
-        return config
 
 
 def learning_config(idle_ms: int) -> dict:
@@ -63,12 +37,13 @@ def test_one_setting_guards_every_nacos_route(stack, tmp_path):
     workdir = tmp_path / "learning"
     workdir.mkdir()
     envoy = s.add(
-        NacosRoutesEnvoy(
+        HigressNamedEnvoy(
             workdir,
             s.nacos.http_port,
             [b.port for b in s.backends.values()],
             learning_config(idle_ms=4000),
             routes=routes,
+            clusters=(ORDERS, PAY, WEB),
         )
     )
     envoy.start()

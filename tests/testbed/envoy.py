@@ -432,6 +432,33 @@ class Envoy(EnvoyProcess):
         return [self.request(path, headers) for _ in range(n)]
 
 
+def route_to(name: str, prefix: str, cluster: str) -> dict:
+    """A route to ``cluster`` (the stale backends under that name)."""
+    return {"name": name, "match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "3s"}}
+
+
+class HigressNamedEnvoy(Envoy):
+    """The gateway with the stale backend cluster under each of ``clusters`` names
+    instead of its own, e.g. as Higress names Nacos services
+    (``outbound|8080||orders.DEFAULT-GROUP.public.nacos``); ``routes`` go to them."""
+
+    def __init__(self, *args, clusters: Iterable[str], **kwargs):
+        self.cluster_names = list(clusters)
+        super().__init__(*args, **kwargs)
+
+    def config(self) -> dict:
+        config = super().config()
+        clusters = config["static_resources"]["clusters"]
+        stale = next(c for c in clusters if c["name"] == BACKEND_CLUSTER)
+        clusters.remove(stale)
+        for name in self.cluster_names:
+            renamed = dict(stale, name=name)
+            if "load_assignment" in stale:
+                renamed["load_assignment"] = dict(stale["load_assignment"], cluster_name=name)
+            clusters.append(renamed)
+        return config
+
+
 class DirectResponseEnvoy(EnvoyProcess):
     """An Envoy answering ``200 backend-<i>`` from a direct_response on each of ``count``
     ports: a backend far faster than the gateway under test."""
