@@ -45,6 +45,10 @@ def instance_params(
     return p
 
 
+# Fresh starts tried before giving up (see RNacos.start).
+START_ATTEMPTS = 12
+
+
 class RNacos:
     """r-nacos on free ports with its own data dir. ``stop``/``start`` keep ports and data."""
 
@@ -95,7 +99,9 @@ class RNacos:
         user created. We detect the panic in its log and start again on a clean data dir.
         """
         fresh = not any(self.data_dir.iterdir())
-        for _attempt in range(4):
+        # On a busy machine the race hit 6 of 26 fresh starts here, and four in a row
+        # once (which failed a test with four attempts); twelve make that rare.
+        for _attempt in range(START_ATTEMPTS):
             offset = log_size(self.log_path)
             self.proc = Proc("rnacos", [rnacos_bin()], self.env(), self.log_path)
 
