@@ -559,8 +559,16 @@ impl Engine {
             Some(Pending::Login(server)) => self.on_login(server, answer, now_ms, metrics, store),
             None => return,
         }
-        // Freed capacity (or a new token) lets waiting polls go now, not next tick.
-        self.start_polls(now_ms, outbox, metrics);
+        // Freed capacity (or a new token) lets waiting polls go now, not next tick;
+        // but only while this VM still holds the lease: a poller that stalled
+        // while the lease ran out learns it here, before its next tick would.
+        let polling = self
+            .sharing
+            .as_ref()
+            .is_none_or(|sharing| sharing.still_leading(store));
+        if polling {
+            self.start_polls(now_ms, outbox, metrics);
+        }
     }
 
     fn on_list(
