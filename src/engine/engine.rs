@@ -287,6 +287,13 @@ impl Engine {
         self.guards.values().filter(move |g| g.target == target)
     }
 
+    /// Each polled service's snapshot health, in configuration order: what the
+    /// simulator checks a VM never moves back from.
+    #[cfg(test)]
+    pub(crate) fn snapshot_health(&self) -> Vec<crate::pure::registry::snapshot::Health> {
+        self.targets.values().map(|t| t.snapshot.health()).collect()
+    }
+
     /// Whether this VM polls Nacos (holds the lease, or polls alone).
     pub fn is_poller(&self) -> bool {
         self.sharing.as_ref().is_none_or(Sharing::is_leading)
