@@ -43,21 +43,36 @@ pub fn run_seed(seed: u64) -> Result<(u64, f64, usize), String> {
     }
 }
 
-fn run_seeds(seeds: impl Iterator<Item = u64>) {
+/// Run `seeds`; fail at the first broken one, or with `keep_going` after all of
+/// them, printing the first failure and every failing seed.
+fn run_seeds(seeds: impl Iterator<Item = u64>, keep_going: bool) {
     let mut events = 0;
     let mut worst: f64 = 0.0;
     let mut count = 0;
+    let mut failed = Vec::new();
+    let mut first = None;
     for seed in seeds {
+        count += 1;
         match run_seed(seed) {
             Ok((e, deviation, vms)) => {
                 events += e;
                 worst = worst.max(deviation / vms as f64);
-                count += 1;
+            }
+            Err(failure) if keep_going => {
+                println!("{}", failure.lines().next().unwrap_or_default());
+                failed.push(seed);
+                first.get_or_insert(failure);
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     println!("{count} seeds, {events} events, worst share deviation {worst:.2} requests per VM");
+    if let Some(first) = first {
+        panic!(
+            "{} of {count} seeds failed: {failed:?}\nfirst: {first}",
+            failed.len()
+        );
+    }
 }
 
 /// Seeds that once broke an invariant, kept as regression tests. 18: a poller
@@ -74,10 +89,11 @@ const SEEDS: u64 = 250;
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn simulated_gateways_keep_the_contract() {
-    run_seeds(REGRESSIONS.iter().copied().chain(1..=SEEDS));
+    run_seeds(REGRESSIONS.iter().copied().chain(1..=SEEDS), false);
 }
 
-/// `make simulate SEEDS=N [FIRST=K]`: N seeds from K, in release mode.
+/// `make simulate SEEDS=N [FIRST=K]`: N seeds from K, in release mode
+/// (`SIM_KEEP_GOING=1`: run them all and list the failing ones).
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 #[ignore]
@@ -90,5 +106,8 @@ fn simulate() {
     };
     let first = var("SIM_FIRST", 1_000);
     let count = var("SIM_SEEDS", 1_000);
-    run_seeds(first..first + count);
+    run_seeds(
+        first..first + count,
+        std::env::var_os("SIM_KEEP_GOING").is_some(),
+    );
 }
