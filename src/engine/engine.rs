@@ -590,6 +590,13 @@ impl Engine {
             .sharing
             .as_ref()
             .is_some_and(|sharing| sharing.still_leading(store));
+        // A VM that lost the lease while its call was out takes nothing from the
+        // answer: unpublished, it would make this VM's snapshot differ from the
+        // gateway's, and newer than the poller's if the poller's content has not
+        // changed since, so this VM would keep it, confirmed by every heartbeat.
+        if self.sharing.is_some() && !publishing {
+            return;
+        }
         let Some(target) = self.targets.get_mut(polled.target) else {
             return;
         };
