@@ -77,6 +77,9 @@ pub struct GoodAnswer {
     pub usable: usize,
     /// Received by the VM holding the lease, which publishes it.
     pub published: bool,
+    pub vm: usize,
+    /// When the poller's next tick wrote it into the heartbeat the followers read.
+    pub announced: Option<u64>,
 }
 
 /// The login contract's state for one configuration (`auth.rs`).
@@ -105,6 +108,8 @@ pub struct Checker {
     open_login: Option<usize>,
     /// When every VM was stopped at once.
     frozen: Vec<(u64, u64)>,
+    /// Published answers whose poller has not ticked since: (VM, service, index).
+    unannounced: Vec<(usize, usize, usize)>,
     jumps: Vec<u64>,
     /// Per (configuration, service): the last poll's time and VM.
     last_poll: BTreeMap<(usize, usize), (u64, usize)>,
@@ -385,7 +390,26 @@ impl Checker {
 
     /// A good list answer some VM took.
     pub fn answer(&mut self, service: usize, answer: GoodAnswer) {
+        if answer.published {
+            let index = self.good[service].len();
+            self.unannounced.push((answer.vm, service, index));
+        }
         self.good[service].push(answer);
+    }
+
+    /// VM `vm` ticked at `at`, still the poller: its heartbeat now carries what
+    /// it took since its last tick.
+    pub fn poller_ticked(&mut self, vm: usize, at: u64) {
+        let good = &mut self.good;
+        self.unannounced.retain(|(who, service, index)| {
+            if *who != vm {
+                return true;
+            }
+            if let Some(answer) = good[*service].get_mut(*index) {
+                answer.announced = Some(at);
+            }
+            false
+        });
     }
 
     /// Answers a VM of `gen` configured at `configured` certainly heard of by `at`.
@@ -397,7 +421,10 @@ impl Checker {
         by: u64,
     ) -> impl Iterator<Item = &GoodAnswer> {
         self.good[service].iter().filter(move |a| {
-            a.published && a.received <= by && (a.gen == gen || a.received < configured)
+            // Followers read the heartbeat (written on the poller's tick); a new
+            // root context reads the confirmation published with the answer.
+            let announced = a.gen == gen && a.announced.is_some_and(|at| at <= by);
+            a.published && (announced || a.received < configured)
         })
     }
 
@@ -441,7 +468,9 @@ impl Checker {
         now: u64,
         b: &Bounds,
     ) -> Verdict {
-        let heard_by = now.saturating_sub(2 * b.late_tick() + 1);
+        // A follower tick in the same millisecond as the announcement may read
+        // the store as it was before it (a racing view): it hears a tick later.
+        let heard_by = now.saturating_sub(b.late_tick() + 2);
         let latest = self
             .heard(service, gen, configured, heard_by)
             .map(|a| a.sent)
@@ -468,7 +497,9 @@ impl Checker {
         now: u64,
         b: &Bounds,
     ) -> Verdict {
-        let heard_by = now.saturating_sub(2 * b.late_tick() + 1);
+        // A follower tick in the same millisecond as the announcement may read
+        // the store as it was before it (a racing view): it hears a tick later.
+        let heard_by = now.saturating_sub(b.late_tick() + 2);
         let floor = self
             .heard(service, gen, configured, heard_by)
             .map(|a| a.sent)

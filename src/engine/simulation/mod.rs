@@ -75,13 +75,16 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, keep_going: bool) {
     }
 }
 
-/// Seeds that once broke an invariant, kept as regression tests. 18: a poller
-/// that lost the lease while stalled polled from its late answer (a code bug,
-/// fixed). 1085, 1144, 1165, 1311, 1415: bounds of the contract that were too
-/// tight (shares counted before every VM had the final list; a poll in flight
-/// that will time out; a failed login holding polls back; a login backoff after
-/// an edit; a whole-gateway stop, which the gateway clock does not count).
-const REGRESSIONS: &[u64] = &[18, 1085, 1144, 1165, 1311, 1415];
+/// Seeds that once broke an invariant, kept as regression tests. Code bugs,
+/// fixed: 18 (a poller that lost the lease while stalled polled from its late
+/// answer), 3386 (it took that answer into its snapshot and kept it). Bounds of
+/// the contract that were too tight: 1085 (shares counted before every VM had
+/// the final list), 1144 (a poll in flight that will time out), 1165 (a failed
+/// login holding polls back), 1311 (a login backoff after an edit), 1415 (a
+/// whole-gateway stop, which the gateway clock does not count), 4702 (an answer
+/// followers cannot know of: the poller stalled before its next heartbeat),
+/// 2707 (a follower reading the store as it was just before that heartbeat).
+const REGRESSIONS: &[u64] = &[18, 3386, 1085, 1144, 1165, 1311, 1415, 4702, 2707];
 
 /// The seeds `make unit` runs after the regressions: about 40 s in debug mode.
 const SEEDS: u64 = 250;

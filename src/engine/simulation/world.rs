@@ -709,10 +709,21 @@ impl World {
             } else {
                 line
             };
-            self.note(format!("{what} gw={gw} {role}{race}"));
+            let health = if self.verbose {
+                format!(
+                    " {:?}",
+                    self.vms[v].engine.as_ref().map(Engine::snapshot_health)
+                )
+            } else {
+                String::new()
+            };
+            self.note(format!("{what} gw={gw} {role}{race}{health}"));
         }
         if became {
             self.check.became_poller(v, now);
+        }
+        if ticked && is_poller {
+            self.check.poller_ticked(v, now);
         }
         if let Some(health) = health {
             self.check.snapshot_health(engine_id, v, health)?;
@@ -897,6 +908,8 @@ impl World {
                             received: self.now,
                             usable: call.usable,
                             published,
+                            vm: v,
+                            announced: None,
                         },
                     );
                 } else {
