@@ -289,7 +289,7 @@ impl Engine {
 
     /// Each polled service's snapshot health, in configuration order: what the
     /// simulator checks a VM never moves back from.
-    #[cfg(test)]
+    #[cfg(all(test, not(target_arch = "wasm32")))]
     pub(crate) fn snapshot_health(&self) -> Vec<crate::pure::registry::snapshot::Health> {
         self.targets.values().map(|t| t.snapshot.health()).collect()
     }
