@@ -92,8 +92,14 @@ struct Logins {
     refresh_at_gw: u64,
     refused: bool,
     refusals: u32,
-    last_refusal_gw: u64,
     refusal_due_gw: Option<u64>,
+    /// Per service: the token its last 403 refused, until a good answer.
+    refused_with: BTreeMap<usize, u64>,
+}
+
+/// Tokens are issued as `tok<N>`, N growing.
+fn token_number(token: Option<&str>) -> Option<u64> {
+    token?.strip_prefix("tok")?.parse().ok()
 }
 
 fn backoff(streak: u32) -> u64 {
@@ -368,24 +374,50 @@ impl Checker {
         }
     }
 
-    /// A 403 on a list call that carried `token`.
-    pub fn refused(&mut self, gen: usize, vm: usize, now_gw: u64, token: Option<&str>) {
+    /// A 403 on a list call of `service` that carried `token`: a new login at
+    /// once, unless the same service was refused an older token too with no good
+    /// answer between (then the account lacks permission: back off).
+    pub fn refused(
+        &mut self,
+        gen: usize,
+        vm: usize,
+        service: usize,
+        now_gw: u64,
+        token: Option<&str>,
+    ) {
         let logins = self.logins.entry(gen).or_default();
-        if logins.holder != Some(vm) || logins.refused || token != logins.token.as_deref() {
+        if logins.holder != Some(vm) {
+            return;
+        }
+        let number = token_number(token).unwrap_or(0);
+        let again = logins
+            .refused_with
+            .insert(service, number)
+            .is_some_and(|before| before < number);
+        if logins.refused || token != logins.token.as_deref() {
             return;
         }
         logins.refused = true;
-        if now_gw.saturating_sub(logins.last_refusal_gw) > 60_000 {
-            logins.refusals = 0;
-        }
-        logins.last_refusal_gw = now_gw;
-        logins.refusals += 1;
+        logins.refusals = if again {
+            (logins.refusals + 1).max(2)
+        } else {
+            1
+        };
         let wait = if logins.refusals == 1 {
             0
         } else {
             backoff(logins.refusals - 1)
         };
         logins.refusal_due_gw = Some(now_gw + wait);
+    }
+
+    /// A good answer for `service` taken by `vm`.
+    pub fn served(&mut self, gen: usize, vm: usize, service: usize) {
+        if let Some(logins) = self.logins.get_mut(&gen) {
+            if logins.holder == Some(vm) {
+                logins.refused_with.remove(&service);
+            }
+        }
     }
 
     /// A good list answer some VM took.

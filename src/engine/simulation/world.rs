@@ -563,7 +563,12 @@ impl World {
         } = &mut self.vms[vm];
         let (gen, configured, now_gw) = (*gen, *configured_at, *clock_ms);
         let Some(engine) = engine else { return Ok(()) };
-        let action = engine.on_request(now_gw, &mut Request(format!("r{service}")), &mut NoMetrics);
+        let action = engine.on_request(
+            now_gw,
+            &mut Request(format!("r{service}")),
+            &mut NoMetrics,
+            &mut self.store,
+        );
         let outcome = match action {
             RequestAction::Route { endpoint, .. } => format!("route {endpoint}"),
             RequestAction::Reject(response) => {
@@ -900,6 +905,7 @@ impl World {
             }
             Some(service) => {
                 if good {
+                    self.check.served(call.gen, v, service);
                     self.check.answer(
                         service,
                         GoodAnswer {
@@ -917,7 +923,8 @@ impl World {
                     if matches!(answer, Some((403, _))) {
                         self.check.trouble(self.now, Trouble::Login);
                         if self.p.credentials {
-                            self.check.refused(call.gen, v, gw, call.token.as_deref());
+                            let token = call.token.as_deref();
+                            self.check.refused(call.gen, v, service, gw, token);
                         }
                     }
                 }
