@@ -49,7 +49,7 @@ SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build image demo test lint unit wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
+.PHONY: build image demo test lint unit simulate wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -91,6 +91,13 @@ lint: $(TARGETS_STAMP) $(VENV_STAMP)
 
 unit:
 	cargo test --no-default-features
+
+## simulate: SEEDS more seeds of the gateway simulation (from FIRST), in release mode
+SEEDS ?= 1000
+FIRST ?= 1000
+simulate:
+	SIM_SEEDS=$(SEEDS) SIM_FIRST=$(FIRST) cargo test --release --no-default-features --lib \
+		-- --ignored --exact engine::simulation::simulate --nocapture
 
 wasm-test: $(WASM_BINDGEN_RUNNER) $(TARGETS_STAMP)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \

@@ -287,6 +287,13 @@ impl Engine {
         self.guards.values().filter(move |g| g.target == target)
     }
 
+    /// Each polled service's snapshot health, in configuration order: what the
+    /// simulator checks a VM never moves back from.
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    pub(crate) fn snapshot_health(&self) -> Vec<crate::pure::registry::snapshot::Health> {
+        self.targets.values().map(|t| t.snapshot.health()).collect()
+    }
+
     /// Whether this VM polls Nacos (holds the lease, or polls alone).
     pub fn is_poller(&self) -> bool {
         self.sharing.as_ref().is_none_or(Sharing::is_leading)
@@ -559,8 +566,16 @@ impl Engine {
             Some(Pending::Login(server)) => self.on_login(server, answer, now_ms, metrics, store),
             None => return,
         }
-        // Freed capacity (or a new token) lets waiting polls go now, not next tick.
-        self.start_polls(now_ms, outbox, metrics);
+        // Freed capacity (or a new token) lets waiting polls go now, not next tick;
+        // but only while this VM still holds the lease: a poller that stalled
+        // while the lease ran out learns it here, before its next tick would.
+        let polling = self
+            .sharing
+            .as_ref()
+            .is_none_or(|sharing| sharing.still_leading(store));
+        if polling {
+            self.start_polls(now_ms, outbox, metrics);
+        }
     }
 
     fn on_list(
@@ -575,6 +590,13 @@ impl Engine {
             .sharing
             .as_ref()
             .is_some_and(|sharing| sharing.still_leading(store));
+        // A VM that lost the lease while its call was out takes nothing from the
+        // answer: unpublished, it would make this VM's snapshot differ from the
+        // gateway's, and newer than the poller's if the poller's content has not
+        // changed since, so this VM would keep it, confirmed by every heartbeat.
+        if self.sharing.is_some() && !publishing {
+            return;
+        }
         let Some(target) = self.targets.get_mut(polled.target) else {
             return;
         };

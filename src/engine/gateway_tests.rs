@@ -374,6 +374,107 @@ fn a_former_pollers_late_answer_never_replaces_a_newer_one() {
 }
 
 #[test]
+fn a_poller_that_lost_the_lease_while_stalled_sends_nothing_when_its_answer_comes() {
+    // Found by the simulator (seed 18): the stalled former poller's late answer
+    // freed its slot, and it polled again before its tick told it it follows.
+    let mut gateway = Gateway::new(&global(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    for wall in (0..2_000).step_by(20) {
+        gateway.tick_all(wall);
+    }
+    let poller = (0..2)
+        .find(|vm| gateway.vms[*vm].engine.is_poller())
+        .unwrap();
+    let other = 1 - poller;
+    let mut wall = 2_000;
+    let late_call = loop {
+        let Vm {
+            engine,
+            outbox,
+            clock,
+        } = &mut gateway.vms[poller];
+        let now = clock.now(wall, &mut gateway.store);
+        engine.on_tick(now, outbox, &mut gateway.metrics, &mut gateway.store);
+        if let Some(call) = outbox.take().pop() {
+            break call;
+        }
+        wall += 20;
+    };
+    let polls_before = gateway.polls;
+    let mut now = 0;
+    while wall < 8_000 {
+        now = gateway.tick(other, wall);
+        wall += 20;
+    }
+    assert!(gateway.polls > polls_before, "the other VM took over");
+    let body = hosts(&FOUR[..1]);
+    let Vm { engine, outbox, .. } = &mut gateway.vms[poller];
+    engine.on_answer(
+        late_call.token,
+        Some((200, &body)),
+        now,
+        outbox,
+        &mut gateway.metrics,
+        &mut gateway.store,
+    );
+    assert!(
+        outbox.take().is_empty(),
+        "a VM that lost the lease does not poll"
+    );
+}
+
+#[test]
+fn a_former_pollers_late_answer_does_not_outlive_the_new_pollers_confirmations() {
+    // Found by the simulator (seed 3386): the stalled former poller took its own
+    // late answer (10.0.0.2 briefly registered) into its snapshot, newer than the
+    // new poller's unchanged content, so it never adopted that content again
+    // while every heartbeat confirmed its own: it routed to 10.0.0.2 for good.
+    let mut gateway = Gateway::new(&global(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    for wall in (0..2_000).step_by(20) {
+        gateway.tick_all(wall);
+    }
+    let poller = (0..2)
+        .find(|vm| gateway.vms[*vm].engine.is_poller())
+        .unwrap();
+    let other = 1 - poller;
+    let mut wall = 2_000;
+    let late_call = loop {
+        let Vm {
+            engine,
+            outbox,
+            clock,
+        } = &mut gateway.vms[poller];
+        let now = clock.now(wall, &mut gateway.store);
+        engine.on_tick(now, outbox, &mut gateway.metrics, &mut gateway.store);
+        if let Some(call) = outbox.take().pop() {
+            break call;
+        }
+        wall += 20;
+    };
+    // The other VM takes over and polls the same list as before: no new content.
+    while wall < 8_000 {
+        gateway.tick(other, wall);
+        wall += 20;
+    }
+    let late = hosts(&FOUR[..2]);
+    let Vm { engine, outbox, .. } = &mut gateway.vms[poller];
+    engine.on_answer(
+        late_call.token,
+        Some((200, &late)),
+        wall,
+        outbox,
+        &mut gateway.metrics,
+        &mut gateway.store,
+    );
+    let mut routed = std::collections::BTreeSet::new();
+    while wall < 12_000 {
+        let now = gateway.tick_all(wall);
+        routed.insert(gateway.request(poller, now, "r"));
+        wall += 20;
+    }
+    assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.1:80"]);
+}
+
+#[test]
 fn a_configuration_edit_keeps_serving_the_services_it_keeps() {
     // Before: the new configuration started from nothing, and passed traffic
     // through (or rejected it) until its first answer.

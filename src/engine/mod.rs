@@ -24,4 +24,6 @@ mod fakes;
 #[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;

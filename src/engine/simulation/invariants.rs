@@ -1,0 +1,551 @@
+//! The contract the simulator checks after every event (README, "The contract
+//! the simulator checks"). Times are simulation ("true") milliseconds unless
+//! named `gw` (the gateway clock a VM read); every bound is derived from the
+//! code's own rules, named where they are used.
+
+use std::collections::BTreeMap;
+
+use crate::pure::registry::snapshot::Health;
+use crate::pure::sharing::lease::{self, Lease, LeaseStep};
+
+/// The gateway clock counts a wall-clock step as this much (`sharing::clock`).
+pub const STEP_MS: u64 = crate::pure::sharing::clock::STEP_COUNTS_AS_MS;
+
+/// The numbers the bounds are made of, for one configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub interval: u64,
+    pub timeout: u64,
+    /// The longest a good answer takes in this run (`< timeout`).
+    pub max_delay: u64,
+    pub max_stale: u64,
+    /// Tick period and the most a tick comes late.
+    pub tick: u64,
+    pub tick_jitter: u64,
+}
+
+impl Bounds {
+    /// A tick, at its latest.
+    fn late_tick(&self) -> u64 {
+        self.tick + self.tick_jitter
+    }
+
+    /// Registry change → the last request routed by the old list, all going well:
+    /// the next poll is sent within an interval of the last one (or when the
+    /// last answer came, if later) and a tick, its answer takes `max_delay`, the
+    /// poller publishes on its next tick and a follower adopts on its next.
+    pub fn routed_after_change(&self) -> u64 {
+        self.interval.max(self.max_delay) + self.late_tick() + self.max_delay + 2 * self.late_tick()
+    }
+
+    /// The same while something failed: the snapshot serves until it is stale
+    /// (`Snapshot::freshness`: confirmed + interval + timeout + 2 ticks
+    /// (`Engine::set_limits`) + maxStaleMs), read on a clock up to a tick old.
+    pub fn routed_while_failing(&self) -> u64 {
+        self.interval + self.timeout + 2 * self.tick + self.max_stale + 2 * self.late_tick()
+    }
+
+    /// Polls of one service by one poller are at least this far apart
+    /// (`Scheduler`: at most a tenth of the interval early).
+    pub fn poll_gap(&self) -> u64 {
+        self.interval - self.interval / 10
+    }
+
+    /// A clock step → the next poll: the next poll was due within an interval,
+    /// or when the call in flight ends (at most the timeout), and a tick.
+    pub fn resume_after_jump(&self) -> u64 {
+        self.interval.max(self.timeout) + 2 * self.late_tick() + STEP_MS
+    }
+}
+
+/// What disturbs the gateway, so that the "all going well" bounds do not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    ListFailed(usize),
+    Login,
+    Stall,
+    Edit,
+    Takeover,
+}
+
+/// A good list answer, as the invariants need it.
+#[derive(Debug, Clone, Copy)]
+pub struct GoodAnswer {
+    pub gen: usize,
+    pub sent: u64,
+    pub received: u64,
+    pub usable: usize,
+    /// Received by the VM holding the lease, which publishes it.
+    pub published: bool,
+    pub vm: usize,
+    /// When the poller's next tick wrote it into the heartbeat the followers read.
+    pub announced: Option<u64>,
+}
+
+/// The login contract's state for one configuration (`auth.rs`).
+#[derive(Debug, Default)]
+struct Logins {
+    holder: Option<usize>,
+    failures: u32,
+    failed_at_gw: u64,
+    token: Option<String>,
+    refresh_at_gw: u64,
+    refused: bool,
+    refusals: u32,
+    refusal_due_gw: Option<u64>,
+    /// Per service: the token its last 403 refused, until a good answer.
+    refused_with: BTreeMap<usize, u64>,
+}
+
+/// Tokens are issued as `tok<N>`, N growing.
+fn token_number(token: Option<&str>) -> Option<u64> {
+    token?.strip_prefix("tok")?.parse().ok()
+}
+
+fn backoff(streak: u32) -> u64 {
+    (1_000u64 << streak.saturating_sub(1).min(16)).min(30_000)
+}
+
+#[derive(Default)]
+pub struct Checker {
+    /// What disturbed the gateway, from when to when.
+    trouble: Vec<(u64, u64, Trouble)>,
+    /// The failed login whose trouble lasts until a login succeeds.
+    open_login: Option<usize>,
+    /// When every VM was stopped at once.
+    frozen: Vec<(u64, u64)>,
+    /// Published answers whose poller has not ticked since: (VM, service, index).
+    unannounced: Vec<(usize, usize, usize)>,
+    jumps: Vec<u64>,
+    /// Per (configuration, service): the last poll's time and VM.
+    last_poll: BTreeMap<(usize, usize), (u64, usize)>,
+    /// Per VM: when its engine last became the poller.
+    took_over_at: BTreeMap<usize, u64>,
+    pub good: Vec<Vec<GoodAnswer>>,
+    logins: BTreeMap<usize, Logins>,
+    health: BTreeMap<u64, Vec<Health>>,
+    /// (deadline, configuration, service, jump time)
+    resume: Vec<(u64, usize, usize, u64)>,
+    /// Per (configuration, service): every poll's time.
+    polls: BTreeMap<(usize, usize), Vec<u64>>,
+}
+
+pub type Verdict = Result<(), String>;
+
+impl Checker {
+    pub fn new(services: usize) -> Self {
+        Self {
+            good: vec![Vec::new(); services],
+            ..Self::default()
+        }
+    }
+
+    pub fn trouble(&mut self, at: u64, what: Trouble) {
+        self.trouble_until(at, at, what);
+    }
+
+    pub fn trouble_until(&mut self, from: u64, to: u64, what: Trouble) {
+        self.trouble.push((from, to, what));
+    }
+
+    /// A login failed at `at`: trouble until one succeeds.
+    pub fn login_failing(&mut self, at: u64) {
+        if self.open_login.is_none() {
+            self.open_login = Some(self.trouble.len());
+            self.trouble.push((at, u64::MAX, Trouble::Login));
+        }
+    }
+
+    pub fn login_works(&mut self, at: u64) {
+        if let Some(index) = self.open_login.take() {
+            if let Some(entry) = self.trouble.get_mut(index) {
+                entry.1 = at;
+            }
+        }
+    }
+
+    /// Every VM stopped from `from` to `to`: the gateway clock takes that for a
+    /// stopped process (one step), so that time does not count.
+    pub fn frozen(&mut self, from: u64, to: u64) {
+        self.frozen.push((from, to));
+        for deadline in &mut self.resume {
+            if (deadline.3..=deadline.0).contains(&from) {
+                deadline.0 += to - from;
+            }
+        }
+    }
+
+    fn frozen_within(&self, from: u64, to: u64) -> u64 {
+        self.frozen
+            .iter()
+            .filter(|(a, b)| *a <= to && *b >= from)
+            .map(|(a, b)| (*b).min(to) - (*a).max(from))
+            .sum()
+    }
+
+    /// When the last trouble ended (`u64::MAX` while one lasts).
+    pub fn calm_since(&self) -> u64 {
+        self.trouble
+            .iter()
+            .map(|(_, end, _)| *end)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn troubled(&self, from: u64, to: u64, service: usize) -> bool {
+        self.trouble.iter().rev().any(|(start, end, what)| {
+            *start <= to
+                && *end >= from
+                && match what {
+                    Trouble::ListFailed(s) => *s == service,
+                    _ => true,
+                }
+        })
+    }
+
+    fn steps(&self, from: u64, to: u64) -> u64 {
+        self.jumps
+            .iter()
+            .filter(|at| (from..=to).contains(*at))
+            .count() as u64
+    }
+
+    /// A clock step at `at`: every service of configuration `gen` polls again soon.
+    pub fn jump(&mut self, at: u64, gen: usize, services: usize, bounds: &Bounds) {
+        self.jumps.push(at);
+        for service in 0..services {
+            self.resume
+                .push((at + bounds.resume_after_jump(), gen, service, at));
+        }
+    }
+
+    /// Deadlines that passed by `now`.
+    pub fn deadlines(&mut self, now: u64, credentials: bool) -> Verdict {
+        let due: Vec<_> = self.resume.iter().copied().filter(|d| d.0 <= now).collect();
+        self.resume.retain(|d| d.0 > now);
+        for (deadline, gen, service, jumped) in due {
+            let polled = self
+                .polls
+                .get(&(gen, service))
+                .is_some_and(|polls| polls.iter().rev().any(|t| *t > jumped && *t <= deadline));
+            let excused = self.trouble.iter().any(|(start, end, what)| {
+                let from = if credentials && *what == Trouble::Login {
+                    jumped.saturating_sub(60_000)
+                } else {
+                    jumped.saturating_sub(deadline - jumped)
+                };
+                *start <= deadline && *end >= from && !matches!(what, Trouble::ListFailed(_))
+            });
+            if !polled && !excused {
+                return Err(format!(
+                    "after the clock step at {jumped}, service s{service} (config {gen}) \
+                     was not polled by {deadline}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored lease of a configuration changed hands in one VM callback.
+    pub fn lease_change(
+        &mut self,
+        before: Option<Lease>,
+        after: Option<Lease>,
+        writer: u64,
+        now_gw: u64,
+        ttl: u64,
+    ) -> Verdict {
+        let Some(after) = after else { return Ok(()) };
+        if after.holder == 0 || before.is_some_and(|b| b.holder == after.holder) {
+            return Ok(());
+        }
+        let legit = match before {
+            None => true,
+            Some(before) if before.holder == 0 => true,
+            Some(before) => lease::step(Some(&before), writer, now_gw, ttl) == LeaseStep::TakeOver,
+        };
+        if legit {
+            Ok(())
+        } else {
+            Err(format!(
+                "VM {writer:x} took a live lease: {before:?} -> {after:?} at gw {now_gw}"
+            ))
+        }
+    }
+
+    pub fn became_poller(&mut self, vm: usize, at: u64) {
+        self.took_over_at.insert(vm, at);
+        self.trouble(at, Trouble::Takeover);
+    }
+
+    /// A poll of `service` sent by `vm` of configuration `gen`.
+    pub fn poll(&mut self, gen: usize, service: usize, vm: usize, at: u64, b: &Bounds) -> Verdict {
+        self.polls.entry((gen, service)).or_default().push(at);
+        let previous = self.last_poll.insert((gen, service), (at, vm));
+        let Some((last, last_vm)) = previous else {
+            return Ok(());
+        };
+        let gap = at - last;
+        let allowed = b.poll_gap().saturating_sub(STEP_MS * self.steps(last, at));
+        let explained = self
+            .took_over_at
+            .get(&vm)
+            .is_some_and(|t| *t >= last && vm != last_vm);
+        if gap < allowed && !explained {
+            return Err(format!(
+                "service s{service} (config {gen}) polled by VM {vm} {gap} ms after VM \
+                 {last_vm}'s poll (at least {allowed} unless a lease takeover explains it)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A VM's snapshots may only move forward.
+    pub fn snapshot_health(&mut self, engine: u64, vm: usize, health: Vec<Health>) -> Verdict {
+        if let Some(before) = self.health.get(&engine) {
+            for (s, (old, new)) in before.iter().zip(&health).enumerate() {
+                if new.content_stamp < old.content_stamp
+                    || new.confirmed_at_ms < old.confirmed_at_ms
+                {
+                    return Err(format!(
+                        "VM {vm} moved service s{s} back from {old:?} to {new:?}"
+                    ));
+                }
+            }
+        }
+        self.health.insert(engine, health);
+        Ok(())
+    }
+
+    pub fn login_sent(&mut self, gen: usize, vm: usize, now_gw: u64, holder: bool) -> Verdict {
+        if !holder {
+            return Err(format!("VM {vm} logged in without holding the lease"));
+        }
+        let logins = self.logins.entry(gen).or_default();
+        if logins.holder != Some(vm) {
+            // A new poller starts its own token state: nothing to hold it to yet.
+            *logins = Logins {
+                holder: Some(vm),
+                ..Logins::default()
+            };
+            return Ok(());
+        }
+        let earliest = if logins.failures > 0 {
+            logins.failed_at_gw + backoff(logins.failures)
+        } else if logins.token.is_some() {
+            logins
+                .refusal_due_gw
+                .map_or(logins.refresh_at_gw, |due| due.min(logins.refresh_at_gw))
+        } else {
+            0
+        };
+        if now_gw < earliest {
+            return Err(format!(
+                "VM {vm} logged in at gw {now_gw}, before gw {earliest} ({logins:?})"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn login_answered(
+        &mut self,
+        gen: usize,
+        vm: usize,
+        now_gw: u64,
+        grant: Option<(String, u64)>,
+    ) {
+        let logins = self.logins.entry(gen).or_default();
+        if logins.holder != Some(vm) {
+            return;
+        }
+        match grant {
+            Some((token, ttl_s)) => {
+                let lifetime = ttl_s.max(1) * 1000;
+                logins.failures = 0;
+                logins.token = Some(token);
+                logins.refresh_at_gw = now_gw + lifetime / 4 * 3;
+                logins.refused = false;
+                logins.refusal_due_gw = None;
+            }
+            None => {
+                logins.failures += 1;
+                logins.failed_at_gw = now_gw;
+            }
+        }
+    }
+
+    /// A 403 on a list call of `service` that carried `token`: a new login at
+    /// once, unless the same service was refused an older token too with no good
+    /// answer between (then the account lacks permission: back off).
+    pub fn refused(
+        &mut self,
+        gen: usize,
+        vm: usize,
+        service: usize,
+        now_gw: u64,
+        token: Option<&str>,
+    ) {
+        let logins = self.logins.entry(gen).or_default();
+        if logins.holder != Some(vm) {
+            return;
+        }
+        let number = token_number(token).unwrap_or(0);
+        let again = logins
+            .refused_with
+            .insert(service, number)
+            .is_some_and(|before| before < number);
+        if logins.refused || token != logins.token.as_deref() {
+            return;
+        }
+        logins.refused = true;
+        logins.refusals = if again {
+            (logins.refusals + 1).max(2)
+        } else {
+            1
+        };
+        let wait = if logins.refusals == 1 {
+            0
+        } else {
+            backoff(logins.refusals - 1)
+        };
+        logins.refusal_due_gw = Some(now_gw + wait);
+    }
+
+    /// A good answer for `service` taken by `vm`.
+    pub fn served(&mut self, gen: usize, vm: usize, service: usize) {
+        if let Some(logins) = self.logins.get_mut(&gen) {
+            if logins.holder == Some(vm) {
+                logins.refused_with.remove(&service);
+            }
+        }
+    }
+
+    /// A good list answer some VM took.
+    pub fn answer(&mut self, service: usize, answer: GoodAnswer) {
+        if answer.published {
+            let index = self.good[service].len();
+            self.unannounced.push((answer.vm, service, index));
+        }
+        self.good[service].push(answer);
+    }
+
+    /// VM `vm` ticked at `at`, still the poller: its heartbeat now carries what
+    /// it took since its last tick.
+    pub fn poller_ticked(&mut self, vm: usize, at: u64) {
+        let good = &mut self.good;
+        self.unannounced.retain(|(who, service, index)| {
+            if *who != vm {
+                return true;
+            }
+            if let Some(answer) = good[*service].get_mut(*index) {
+                answer.announced = Some(at);
+            }
+            false
+        });
+    }
+
+    /// Answers a VM of `gen` configured at `configured` certainly heard of by `at`.
+    fn heard(
+        &self,
+        service: usize,
+        gen: usize,
+        configured: u64,
+        by: u64,
+    ) -> impl Iterator<Item = &GoodAnswer> {
+        self.good[service].iter().filter(move |a| {
+            // Followers read the heartbeat (written on the poller's tick); a new
+            // root context reads the confirmation published with the answer.
+            let announced = a.gen == gen && a.announced.is_some_and(|at| at <= by);
+            a.published && (announced || a.received < configured)
+        })
+    }
+
+    /// A request of `service` routed to `endpoint`, which the registry stopped
+    /// listing as usable at `stopped` (if it did).
+    pub fn routed(
+        &self,
+        service: usize,
+        endpoint: &str,
+        stopped: Option<u64>,
+        now: u64,
+        b: &Bounds,
+    ) -> Verdict {
+        let Some(stopped) = stopped else {
+            return Ok(());
+        };
+        let age = now - stopped.min(now);
+        let steps = STEP_MS * self.steps(stopped, now) + self.frozen_within(stopped, now);
+        if age <= b.routed_after_change() + steps {
+            return Ok(());
+        }
+        let window = stopped.saturating_sub(b.interval.max(b.timeout) + b.timeout);
+        let failing = self.troubled(window, now, service);
+        if failing && age <= b.routed_while_failing() + steps {
+            return Ok(());
+        }
+        Err(format!(
+            "routed to {endpoint} of s{service} {age} ms after it stopped being usable \
+             (bound {} all going well, {} while failing; failing: {failing})",
+            b.routed_after_change() + steps,
+            b.routed_while_failing() + steps
+        ))
+    }
+
+    /// A request of `service` passed through or rejected as stale.
+    pub fn stale(
+        &self,
+        service: usize,
+        gen: usize,
+        configured: u64,
+        now: u64,
+        b: &Bounds,
+    ) -> Verdict {
+        // A follower tick in the same millisecond as the announcement may read
+        // the store as it was before it (a racing view): it hears a tick later.
+        let heard_by = now.saturating_sub(b.late_tick() + 2);
+        let latest = self
+            .heard(service, gen, configured, heard_by)
+            .map(|a| a.sent)
+            .max();
+        let steps = STEP_MS * self.steps(latest.unwrap_or(now), now);
+        match latest {
+            Some(sent) if now - sent.min(now) + steps + b.late_tick() < b.max_stale => {
+                Err(format!(
+                    "s{service} treated as stale at {now}, but a good answer sent at {sent} was \
+                 published (maxStaleMs {})",
+                    b.max_stale
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A request of `service` rejected `no_healthy_instance`.
+    pub fn no_healthy(
+        &self,
+        service: usize,
+        gen: usize,
+        configured: u64,
+        now: u64,
+        b: &Bounds,
+    ) -> Verdict {
+        // A follower tick in the same millisecond as the announcement may read
+        // the store as it was before it (a racing view): it hears a tick later.
+        let heard_by = now.saturating_sub(b.late_tick() + 2);
+        let floor = self
+            .heard(service, gen, configured, heard_by)
+            .map(|a| a.sent)
+            .max();
+        let empty = self.good[service].iter().any(|a| {
+            a.usable == 0 && a.received <= now && floor.is_none_or(|floor| a.sent >= floor)
+        });
+        if empty {
+            Ok(())
+        } else {
+            Err(format!(
+                "s{service} rejected no_healthy_instance at {now}, but no good answer since \
+                 the one sent at {floor:?} lists no usable instance"
+            ))
+        }
+    }
+}

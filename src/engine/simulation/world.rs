@@ -1,0 +1,1009 @@
+//! The simulated gateway: VMs, one shared store, one wall clock that jumps, one
+//! registry, and a seeded scheduler that interleaves their events.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
+use super::registry::Registry;
+use super::rng::Rng;
+use super::store::{SimStore, View};
+use crate::engine::{
+    Engine, GatewayClock, Metrics, Outbox, OutgoingCall, RequestAction, RequestHost,
+};
+use crate::pure::config::{parse, Capabilities};
+use crate::pure::routing::rules::RequestFacts;
+use crate::pure::sharing::lease::Lease;
+use crate::pure::sharing::published::ConfigKeys;
+
+const TRACE_LINES: usize = 200;
+const MAX_REQUESTS: u64 = 20_000;
+
+/// One run's shape, drawn from its seed.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub vms: usize,
+    pub services: usize,
+    pub interval: u64,
+    pub timeout: u64,
+    pub max_delay: u64,
+    pub max_stale: u64,
+    pub fail_closed: bool,
+    pub credentials: bool,
+    pub ttl_s: u64,
+    pub ref_time: bool,
+    /// Per mille of VM callbacks that run against a stale view of shared data
+    /// when another VM's callback ran at the same moment.
+    pub race: u64,
+    /// Churn, faults, jumps, stalls and edits happen before this; after it the
+    /// registry is still and answers well, and the shares are counted.
+    pub steady_at: u64,
+    pub end_at: u64,
+    pub steady_gap: u64,
+}
+
+impl Params {
+    pub fn draw(rng: &mut Rng) -> Self {
+        let interval = rng.pick(&[100, 200, 500, 1000, 3000]);
+        let timeout = rng.pick(&[(interval / 2).max(50), interval, 2000]);
+        let tick = (interval / 20).clamp(10, 50);
+        let main = (rng.between(30, 80) * interval).min(90_000);
+        let steady = (60 * interval).min(90_000);
+        let steady_gap = rng.pick(&[1, 10, interval / 4, interval, 2 * interval]);
+        Self {
+            vms: rng.between(1, 8) as usize,
+            services: rng.between(1, 3) as usize,
+            interval,
+            timeout,
+            max_delay: (timeout - 1).min(interval),
+            max_stale: rng.pick(&[0, interval, 3_000, 30_000]),
+            fail_closed: rng.chance(500),
+            credentials: rng.chance(500),
+            ttl_s: rng.pick(&[2, 5, 60, 3600]),
+            ref_time: rng.chance(500),
+            race: rng.pick(&[0, 300, 1000]),
+            steady_at: main,
+            end_at: main + steady,
+            steady_gap: steady_gap.max(steady / 5_000).max(1) + tick / 1000,
+        }
+    }
+
+    fn config(&self, max_stale: u64, fail_closed: bool) -> String {
+        let credentials = if self.credentials {
+            r#","username":"u","password":"p""#
+        } else {
+            ""
+        };
+        let rules: Vec<String> = (0..self.services)
+            .map(|s| format!(r#"{{"_match_route_":["r{s}"],"service":{{"name":"s{s}"}}}}"#))
+            .collect();
+        format!(
+            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","_rules_":[{}]}}"#,
+            self.timeout,
+            self.interval,
+            if fail_closed {
+                "fail_closed"
+            } else {
+                "fail_open"
+            },
+            rules.join(",")
+        )
+    }
+}
+
+/// How Nacos behaves for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Calm,
+    Flaky,
+    Outage,
+    /// Every list call 403, whatever the token (an account without permission).
+    Forbidden,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Configure {
+        vm: usize,
+        gen: usize,
+    },
+    Tick {
+        vm: usize,
+        engine: u64,
+    },
+    Answer {
+        vm: usize,
+        engine: u64,
+        token: u32,
+        answer: Option<(u16, Vec<u8>)>,
+    },
+    Request,
+    Rate,
+    Churn,
+    Jump,
+    Stall,
+    Edit,
+    Weather,
+    Revoke,
+}
+
+struct Event {
+    at: u64,
+    seq: u64,
+    kind: Kind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Default)]
+struct SimOutbox {
+    next: u32,
+    sent: Vec<(u32, bool, String)>,
+}
+
+impl Outbox for SimOutbox {
+    fn dispatch(&mut self, call: OutgoingCall<'_>) -> Result<u32, String> {
+        self.next += 1;
+        let login = call.request.method == "POST";
+        self.sent
+            .push((self.next, login, call.request.path.clone()));
+        Ok(self.next)
+    }
+}
+
+struct NoMetrics;
+
+impl Metrics for NoMetrics {
+    fn define_counter(&mut self, _: &str) -> Option<u32> {
+        Some(0)
+    }
+    fn define_gauge(&mut self, _: &str) -> Option<u32> {
+        Some(0)
+    }
+    fn add(&mut self, _: u32, _: u64) {}
+    fn record(&mut self, _: u32, _: u64) {}
+}
+
+struct Request(String);
+
+impl RequestFacts for Request {
+    fn route_name(&mut self) -> Option<&str> {
+        Some(&self.0)
+    }
+    fn authority(&mut self) -> Option<&str> {
+        None
+    }
+    fn cluster_name(&mut self) -> Option<&str> {
+        None
+    }
+}
+
+impl RequestHost for Request {
+    fn header(&mut self, _: &str) -> Option<String> {
+        None
+    }
+    fn upstream_hosts(&mut self) -> Option<&[String]> {
+        None
+    }
+}
+
+struct Vm {
+    id: u64,
+    engine: Option<Engine>,
+    engine_id: u64,
+    gen: usize,
+    configured_at: u64,
+    outbox: SimOutbox,
+    clock: GatewayClock,
+    clock_ms: u64,
+    stalled_until: u64,
+    poller: bool,
+}
+
+struct Config {
+    raw: String,
+    bounds: Bounds,
+    lease_key: String,
+    fail_closed: bool,
+}
+
+struct Call {
+    gen: usize,
+    /// `None` for a login.
+    service: Option<usize>,
+    sent: u64,
+    token: Option<String>,
+    usable: usize,
+}
+
+pub struct World {
+    p: Params,
+    rng: Rng,
+    now: u64,
+    wall_offset: i64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Event>>,
+    vms: Vec<Vm>,
+    store: SimStore,
+    registry: Registry,
+    configs: Vec<Config>,
+    pending: BTreeMap<(usize, u64, u32), Call>,
+    profile: Profile,
+    request_gap: u64,
+    requests: u64,
+    engines: u64,
+    check: Checker,
+    trace: VecDeque<String>,
+    /// The store before the last VM callback, and whose it was, for racing views.
+    before_last: Option<(usize, u64, SimStore)>,
+    /// Requests routed in the steady phase: (service, endpoint) → count.
+    pub shares: BTreeMap<(usize, String), u64>,
+    pub events: u64,
+    /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
+    verbose: bool,
+}
+
+impl World {
+    pub fn new(seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let p = Params::draw(&mut rng);
+        let registry = Registry::new(p.services, &mut rng);
+        let mut world = Self {
+            check: Checker::new(p.services),
+            rng,
+            now: 0,
+            wall_offset: 36_000_000,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            vms: Vec::new(),
+            store: SimStore::default(),
+            registry,
+            configs: Vec::new(),
+            pending: BTreeMap::new(),
+            profile: Profile::Calm,
+            request_gap: p.interval,
+            requests: 0,
+            engines: 0,
+            trace: VecDeque::new(),
+            before_last: None,
+            shares: BTreeMap::new(),
+            events: 0,
+            verbose: std::env::var_os("SIM_VERBOSE").is_some(),
+            p,
+        };
+        world.add_config(world.p.max_stale, world.p.fail_closed);
+        for vm in 0..world.p.vms {
+            let id = world.rng.next_u64() | 1;
+            world.vms.push(Vm {
+                id,
+                engine: None,
+                engine_id: 0,
+                gen: 0,
+                configured_at: 0,
+                outbox: SimOutbox::default(),
+                clock: GatewayClock::default(),
+                clock_ms: 0,
+                stalled_until: 0,
+                poller: false,
+            });
+            // All VMs configure within a few milliseconds: "at the same time".
+            let at = world.rng.below(3);
+            world.push(at, Kind::Configure { vm, gen: 0 });
+        }
+        let first = world.rng.below(world.p.interval);
+        for kind in [Kind::Request, Kind::Rate, Kind::Churn, Kind::Weather] {
+            world.push(first, kind);
+        }
+        for kind in [Kind::Jump, Kind::Stall, Kind::Edit, Kind::Revoke] {
+            let at = world
+                .rng
+                .between(world.p.interval, world.p.steady_at.max(1));
+            world.push(at, kind);
+        }
+        world.note(format!("params {:?}", world.p));
+        world
+    }
+
+    fn add_config(&mut self, max_stale: u64, fail_closed: bool) {
+        let raw = self.p.config(max_stale, fail_closed);
+        let tick = (self.p.interval / 20).clamp(10, 50);
+        self.configs.push(Config {
+            lease_key: ConfigKeys::new(raw.as_bytes()).lease(),
+            raw,
+            fail_closed,
+            bounds: Bounds {
+                interval: self.p.interval,
+                timeout: self.p.timeout,
+                max_delay: self.p.max_delay,
+                max_stale,
+                tick,
+                tick_jitter: tick / 10,
+            },
+        });
+    }
+
+    fn push(&mut self, at: u64, kind: Kind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    fn note(&mut self, line: String) {
+        if self.verbose {
+            eprintln!("t={} {line}", self.now);
+        }
+        if self.trace.len() == TRACE_LINES {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("t={} {line}", self.now));
+    }
+
+    pub fn trace(&self) -> String {
+        self.trace.iter().map(|l| format!("  {l}\n")).collect()
+    }
+
+    fn wall(&self) -> u64 {
+        self.now.saturating_add_signed(self.wall_offset)
+    }
+
+    fn steady(&self) -> bool {
+        self.now >= self.p.steady_at
+    }
+
+    /// Shares are counted once every VM routes by the final list: after a stall
+    /// begun before the steady phase (up to 5 intervals), the lease running out
+    /// (3 more), and a poll, its answer and two ticks.
+    /// A login backoff begun before (up to 30 s) holds polling back as long.
+    fn counting(&self) -> bool {
+        let settle = 10 * self.p.interval + 2 * self.p.timeout;
+        let calm = self.check.calm_since().saturating_add(settle);
+        self.now >= calm.max(self.p.steady_at + settle)
+    }
+
+    /// Run to the end; the first broken invariant, with the trace's tail.
+    pub fn run(&mut self) -> Verdict {
+        while let Some(Reverse(event)) = self.queue.pop() {
+            if event.at > self.p.end_at {
+                break;
+            }
+            self.now = event.at;
+            self.events += 1;
+            self.step(event)?;
+            let credentials = self.p.credentials;
+            self.check.deadlines(self.now, credentials)?;
+        }
+        self.check_shares()
+    }
+
+    fn step(&mut self, event: Event) -> Verdict {
+        let at = self.now;
+        let interval = self.p.interval;
+        match event.kind {
+            Kind::Configure { vm, .. } | Kind::Tick { vm, .. } | Kind::Answer { vm, .. }
+                if self.vms[vm].stalled_until > at =>
+            {
+                // A stalled VM runs nothing; its events wait, in order.
+                let until = self.vms[vm].stalled_until;
+                self.push(until, event.kind);
+                Ok(())
+            }
+            Kind::Configure { vm, gen } => self.vm_callback(vm, Callback::Configure(gen)),
+            Kind::Tick { vm, engine } => {
+                if self.vms[vm].engine_id != engine {
+                    return Ok(());
+                }
+                self.vm_callback(vm, Callback::Tick)
+            }
+            Kind::Answer {
+                vm,
+                engine,
+                token,
+                answer,
+            } => {
+                if self.vms[vm].engine_id != engine {
+                    return Ok(());
+                }
+                self.vm_callback(vm, Callback::Answer(token, answer))
+            }
+            Kind::Request => {
+                if self.requests < MAX_REQUESTS {
+                    self.requests += 1;
+                    let gap = if self.steady() {
+                        self.p.steady_gap
+                    } else {
+                        self.rng.between(1, 2 * self.request_gap)
+                    };
+                    self.push(at + gap, Kind::Request);
+                }
+                self.request()
+            }
+            Kind::Rate => {
+                self.request_gap =
+                    self.rng
+                        .pick(&[1, 5, 50, interval / 4, interval, 4 * interval, 60_000]);
+                if self.steady() {
+                    return Ok(());
+                }
+                let next = at + self.rng.between(2, 20) * interval;
+                self.push(next, Kind::Rate);
+                self.note(format!("request gap ~{} ms", self.request_gap));
+                Ok(())
+            }
+            Kind::Churn => {
+                if self.steady() {
+                    return Ok(());
+                }
+                let what = self.registry.churn(&mut self.rng, at);
+                self.note(format!("registry: {what}"));
+                let next = at + self.rng.between(1, 4 * interval);
+                self.push(next, Kind::Churn);
+                Ok(())
+            }
+            Kind::Weather => {
+                self.profile = if self.steady() {
+                    Profile::Calm
+                } else {
+                    match self.rng.below(10) {
+                        0..=4 => Profile::Calm,
+                        5..=7 => Profile::Flaky,
+                        8 => Profile::Outage,
+                        _ => Profile::Forbidden,
+                    }
+                };
+                self.note(format!("nacos now {:?}", self.profile));
+                if !self.steady() {
+                    let next = (at + self.rng.between(1, 20) * interval).min(self.p.steady_at);
+                    self.push(next, Kind::Weather);
+                }
+                Ok(())
+            }
+            Kind::Jump => {
+                if self.steady() {
+                    return Ok(());
+                }
+                let size = self.rng.pick(&[2_000, 60_000, 3_600_000, 7_200_000]) as i64;
+                let step = if self.rng.chance(500) { size } else { -size };
+                self.wall_offset += step;
+                self.note(format!("wall clock steps {step} ms"));
+                let gen = self.configs.len() - 1;
+                let bounds = self.configs[gen].bounds;
+                self.check.jump(at, gen, self.p.services, &bounds);
+                let next = at + self.rng.between(5, 40) * interval;
+                self.push(next, Kind::Jump);
+                Ok(())
+            }
+            Kind::Stall => {
+                if self.steady() {
+                    return Ok(());
+                }
+                let vm = self.rng.below(self.vms.len() as u64) as usize;
+                let until = at + self.rng.between(interval, 5 * interval);
+                self.vms[vm].stalled_until = until;
+                let all = self
+                    .vms
+                    .iter()
+                    .map(|vm| vm.stalled_until)
+                    .min()
+                    .unwrap_or(0);
+                if all > at {
+                    self.check.frozen(at, all);
+                }
+                self.check.trouble_until(at, until, Trouble::Stall);
+                self.note(format!("VM {vm} stalls until {until}"));
+                let next = at + self.rng.between(10, 60) * interval;
+                self.push(next, Kind::Stall);
+                Ok(())
+            }
+            Kind::Edit => {
+                if self.steady() {
+                    return Ok(());
+                }
+                let max_stale = self.rng.pick(&[0, interval, 3_000, 30_000]);
+                let fail_closed = self.rng.chance(500);
+                self.add_config(max_stale, fail_closed);
+                let gen = self.configs.len() - 1;
+                let settle = 2 * (interval / 20).clamp(10, 50) + 10;
+                self.check.trouble_until(at, at + settle, Trouble::Edit);
+                self.note(format!("edit: config {gen}, maxStaleMs {max_stale}"));
+                for vm in 0..self.vms.len() {
+                    let when = at + self.rng.below(3);
+                    self.push(when, Kind::Configure { vm, gen });
+                }
+                let next = at + self.rng.between(20, 80) * interval;
+                self.push(next, Kind::Edit);
+                Ok(())
+            }
+            Kind::Revoke => {
+                if self.steady() {
+                    return Ok(());
+                }
+                self.registry.revoke_tokens();
+                self.check.trouble(at, Trouble::Login);
+                self.note("nacos revokes every token".into());
+                let next = at + self.rng.between(10, 60) * interval;
+                self.push(next, Kind::Revoke);
+                Ok(())
+            }
+        }
+    }
+
+    fn request(&mut self) -> Verdict {
+        let running: Vec<usize> = (0..self.vms.len())
+            .filter(|vm| self.vms[*vm].stalled_until <= self.now && self.vms[*vm].engine.is_some())
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        let vm = running[self.rng.below(running.len() as u64) as usize];
+        let service = self.rng.below(self.p.services as u64) as usize;
+        let Vm {
+            engine,
+            clock_ms,
+            gen,
+            configured_at,
+            ..
+        } = &mut self.vms[vm];
+        let (gen, configured, now_gw) = (*gen, *configured_at, *clock_ms);
+        let Some(engine) = engine else { return Ok(()) };
+        let action = engine.on_request(
+            now_gw,
+            &mut Request(format!("r{service}")),
+            &mut NoMetrics,
+            &mut self.store,
+        );
+        let outcome = match action {
+            RequestAction::Route { endpoint, .. } => format!("route {endpoint}"),
+            RequestAction::Reject(response) => {
+                let code = if response.body.contains("no_healthy_instance") {
+                    "no_healthy_instance"
+                } else if response.body.contains("registry_unavailable") {
+                    "registry_unavailable"
+                } else {
+                    "other"
+                };
+                format!("reject {code}")
+            }
+            RequestAction::PassThrough => "pass".to_string(),
+            RequestAction::Ignore => "ignore".to_string(),
+        };
+        self.note(format!(
+            "VM {vm} request s{service} gw={now_gw} -> {outcome}"
+        ));
+        let bounds = self.configs[gen].bounds;
+        let now = self.now;
+        match outcome.split_once(' ').unwrap_or((&outcome, "")) {
+            ("route", endpoint) => {
+                let stopped = self.registry.services[service].unusable_since(endpoint);
+                self.check
+                    .routed(service, endpoint, stopped, now, &bounds)?;
+                if self.counting() {
+                    *self
+                        .shares
+                        .entry((service, endpoint.to_string()))
+                        .or_default() += 1;
+                }
+                Ok(())
+            }
+            ("reject", "no_healthy_instance") => self
+                .check
+                .no_healthy(service, gen, configured, now, &bounds),
+            ("reject", "registry_unavailable") | ("pass", _) => {
+                let policy_ok = (outcome == "pass") != self.configs[gen].fail_closed;
+                if !policy_ok {
+                    return Err(format!("onStale not followed: {outcome}"));
+                }
+                self.check.stale(service, gen, configured, now, &bounds)
+            }
+            _ => Err(format!("unexpected outcome {outcome}")),
+        }
+    }
+
+    /// The store the next VM callback reads: live, or (racing) as it was before
+    /// another VM's callback at the same moment.
+    fn racing_view(&mut self, vm: usize) -> Option<SimStore> {
+        let (other, at, store) = self.before_last.take()?;
+        (other != vm && at + 1 >= self.now && self.rng.chance(self.p.race)).then_some(store)
+    }
+
+    fn vm_callback(&mut self, v: usize, callback: Callback) -> Verdict {
+        let stale = self.racing_view(v);
+        let racing = stale.is_some();
+        // Keep the store as it was, in case the next callback races this one.
+        self.before_last = Some((v, self.now, self.store.clone()));
+        let leases_before: Vec<Option<Lease>> = self.leases();
+        let wall = self.wall();
+        let now = self.now;
+        let engine_seed = self.rng.next_u64();
+        let vm = &mut self.vms[v];
+        let ticked = matches!(callback, Callback::Tick);
+        let configured = matches!(callback, Callback::Configure(_));
+        let mut view = View::new(&mut self.store, stale.as_ref());
+        let mut line = String::new();
+        match callback {
+            Callback::Configure(gen) => {
+                let config = &self.configs[gen];
+                let parsed = parse(
+                    config.raw.as_bytes(),
+                    Capabilities {
+                        higress_routing: false,
+                    },
+                )
+                .map_err(|e| format!("config {gen} refused: {e}"))?;
+                let mut engine = Engine::new(&parsed, &mut NoMetrics, engine_seed);
+                engine.share(
+                    ConfigKeys::new(config.raw.as_bytes()),
+                    vm.id,
+                    &mut view,
+                    &mut NoMetrics,
+                );
+                self.engines += 1;
+                vm.engine_id = self.engines;
+                vm.engine = Some(engine);
+                vm.gen = gen;
+                vm.configured_at = now;
+                vm.poller = false;
+                vm.outbox = SimOutbox::default();
+                vm.clock_ms = vm.clock.now(wall, &mut view);
+                line = format!("VM {v} configures config {gen}");
+            }
+            Callback::Tick => {
+                vm.clock_ms = vm.clock.now(wall, &mut view);
+                if let Some(engine) = &mut vm.engine {
+                    engine.on_tick(vm.clock_ms, &mut vm.outbox, &mut NoMetrics, &mut view);
+                }
+            }
+            Callback::Answer(token, answer) => {
+                vm.clock_ms = vm.clock.now(wall, &mut view);
+                let status = answer.as_ref().map(|(status, _)| *status);
+                line = format!("VM {v} answer #{token}: {status:?}");
+                if let Some(engine) = &mut vm.engine {
+                    engine.on_answer(
+                        token,
+                        answer.as_ref().map(|(s, b)| (*s, b.as_slice())),
+                        vm.clock_ms,
+                        &mut vm.outbox,
+                        &mut NoMetrics,
+                        &mut view,
+                    );
+                }
+                self.received(v, token, answer)?;
+            }
+        }
+        let vm = &mut self.vms[v];
+        let period = vm.engine.as_ref().map_or(50, Engine::tick_period_ms);
+        let is_poller = vm.engine.as_ref().is_some_and(Engine::is_poller);
+        let became = is_poller && !vm.poller;
+        vm.poller = is_poller;
+        let (gw, gen, engine_id) = (vm.clock_ms, vm.gen, vm.engine_id);
+        let health = vm.engine.as_ref().map(Engine::snapshot_health);
+        if configured || ticked {
+            // Envoy ticks every period, a little late at times.
+            let next = now + period + self.rng.below(period / 10 + 1);
+            self.push(
+                next,
+                Kind::Tick {
+                    vm: v,
+                    engine: engine_id,
+                },
+            );
+        }
+        let sent = std::mem::take(&mut self.vms[v].outbox.sent);
+        if !line.is_empty() || !sent.is_empty() || became || self.verbose {
+            let role = if is_poller { "poller" } else { "follower" };
+            let race = if racing { " (stale view)" } else { "" };
+            let what = if line.is_empty() {
+                format!("VM {v} tick")
+            } else {
+                line
+            };
+            let health = if self.verbose {
+                format!(
+                    " {:?}",
+                    self.vms[v].engine.as_ref().map(Engine::snapshot_health)
+                )
+            } else {
+                String::new()
+            };
+            self.note(format!("{what} gw={gw} {role}{race}{health}"));
+        }
+        if became {
+            self.check.became_poller(v, now);
+        }
+        if ticked && is_poller {
+            self.check.poller_ticked(v, now);
+        }
+        if let Some(health) = health {
+            self.check.snapshot_health(engine_id, v, health)?;
+        }
+        // The lease of each configuration changes hands only when it is free.
+        let leases_after = self.leases();
+        let ttl = self.p.interval * crate::engine::sharing::LEASE_INTERVALS;
+        let writer = self.vms[v].id;
+        for (before, after) in leases_before.into_iter().zip(leases_after) {
+            self.check.lease_change(before, after, writer, gw, ttl)?;
+        }
+        for (token, login, path) in sent {
+            self.dispatch(v, gen, engine_id, token, login, &path)?;
+        }
+        Ok(())
+    }
+
+    fn leases(&self) -> Vec<Option<Lease>> {
+        self.configs
+            .iter()
+            .map(|c| self.store.value(&c.lease_key).and_then(Lease::decode))
+            .collect()
+    }
+
+    fn holds_lease(&self, vm: usize) -> bool {
+        let key = &self.configs[self.vms[vm].gen].lease_key;
+        self.store
+            .value(key)
+            .and_then(Lease::decode)
+            .is_some_and(|lease| lease.holder == self.vms[vm].id)
+    }
+
+    /// A call a VM sent: Nacos decides its answer now and delivers it later.
+    fn dispatch(
+        &mut self,
+        v: usize,
+        gen: usize,
+        engine: u64,
+        token: u32,
+        login: bool,
+        path: &str,
+    ) -> Verdict {
+        let now = self.now;
+        let gw = self.vms[v].clock_ms;
+        let bounds = self.configs[gen].bounds;
+        let what = if login { "login" } else { "poll" };
+        self.note(format!(
+            "  VM {v} sends #{token} {what} {}",
+            path.split('?').nth(1).unwrap_or("")
+        ));
+        let access = path
+            .split_once("accessToken=")
+            .map(|(_, t)| t.split('&').next().unwrap_or("").to_string());
+        let service = path
+            .split_once("serviceName=s")
+            .and_then(|(_, rest)| rest.split('&').next()?.parse::<usize>().ok());
+        let delay = if self.rng.chance(800) {
+            self.rng.between(1, self.p.max_delay / 10 + 1)
+        } else {
+            self.rng.between(1, self.p.max_delay)
+        };
+        let fault = match self.profile {
+            Profile::Calm => false,
+            Profile::Flaky => self.rng.chance(250),
+            Profile::Outage | Profile::Forbidden => true,
+        };
+        let (answer, at, usable) = if login {
+            let holder = self.holds_lease(v);
+            self.check.login_sent(gen, v, gw, holder)?;
+            // Under Forbidden the login itself mostly works: the account lacks
+            // permission on the service, not the right to log in.
+            let fails = fault && (self.profile != Profile::Forbidden || self.rng.chance(300));
+            if fails {
+                self.fault_answer(delay)
+            } else {
+                let ttl_ms = self.p.ttl_s * 1000;
+                let token = self.registry.issue_token(ttl_ms, now);
+                let body = format!(r#"{{"accessToken":"{token}","tokenTtl":{}}}"#, self.p.ttl_s);
+                (Some((200, body.into_bytes())), delay, 0)
+            }
+        } else {
+            let s = service.ok_or_else(|| format!("a list call names no service: {path}"))?;
+            self.check.poll(gen, s, v, now, &bounds)?;
+            if self.p.credentials
+                && (self.profile == Profile::Forbidden
+                    || !self.registry.accepts(access.as_deref(), now))
+            {
+                (Some((403, b"forbidden".to_vec())), delay, 0)
+            } else if fault {
+                self.fault_answer(delay)
+            } else {
+                let ref_time = self.p.ref_time.then_some(now);
+                let service = &self.registry.services[s];
+                let usable = service.usable().count();
+                (
+                    Some((200, service.body(&format!("s{s}"), ref_time))),
+                    delay,
+                    usable,
+                )
+            }
+        };
+        // A call that will fail marks trouble from when it is sent: until its
+        // answer comes (a timeout is long) nobody can know better.
+        let good = matches!(&answer, Some((200, body)) if body.ends_with(b"}"));
+        if !good {
+            match service {
+                Some(s) if !login => {
+                    self.check
+                        .trouble_until(now, now + at, Trouble::ListFailed(s))
+                }
+                _ => self.check.login_failing(now),
+            }
+        }
+        let status = answer
+            .as_ref()
+            .map_or("none".to_string(), |(s, _)| s.to_string());
+        self.pending.insert(
+            (v, engine, token),
+            Call {
+                gen,
+                service: if login { None } else { service },
+                sent: now,
+                token: access,
+                usable,
+            },
+        );
+        self.push(
+            now + at,
+            Kind::Answer {
+                vm: v,
+                engine,
+                token,
+                answer,
+            },
+        );
+        self.note(format!("  #{token} will answer {status} in {at} ms"));
+        Ok(())
+    }
+
+    fn fault_answer(&mut self, delay: u64) -> (Option<(u16, Vec<u8>)>, u64, usize) {
+        match self.rng.below(8) {
+            0 => (Some((500, b"boom".to_vec())), delay, 0),
+            1 => (Some((403, b"forbidden".to_vec())), delay, 0),
+            2 => (Some((404, Vec::new())), delay, 0),
+            3 => (Some((410, Vec::new())), delay, 0),
+            4 => (Some((503, Vec::new())), delay, 0),
+            5 => (Some((200, br#"{"hosts":[{"ip":"10.0."#.to_vec())), delay, 0),
+            // No answer at all: Envoy gives up at the call's timeout.
+            _ => (None, self.p.timeout, 0),
+        }
+    }
+
+    /// What the invariants learn from an answer a VM just took.
+    fn received(&mut self, v: usize, token: u32, answer: Option<(u16, Vec<u8>)>) -> Verdict {
+        let engine = self.vms[v].engine_id;
+        let Some(call) = self.pending.remove(&(v, engine, token)) else {
+            return Ok(());
+        };
+        let gw = self.vms[v].clock_ms;
+        let published =
+            self.vms[v].engine.as_ref().is_some_and(Engine::is_poller) && self.holds_lease(v);
+        let good = matches!(&answer, Some((200, body)) if body.ends_with(b"}"));
+        match call.service {
+            None => {
+                let grant = answer.filter(|_| good).and_then(|(_, body)| {
+                    let text = String::from_utf8(body).ok()?;
+                    let token = text.split('"').nth(3)?.to_string();
+                    Some((token, self.p.ttl_s))
+                });
+                if grant.is_some() {
+                    self.check.login_works(self.now);
+                }
+                self.check.login_answered(call.gen, v, gw, grant);
+            }
+            Some(service) => {
+                if good {
+                    self.check.served(call.gen, v, service);
+                    self.check.answer(
+                        service,
+                        GoodAnswer {
+                            gen: call.gen,
+                            sent: call.sent,
+                            received: self.now,
+                            usable: call.usable,
+                            published,
+                            vm: v,
+                            announced: None,
+                        },
+                    );
+                } else {
+                    self.check.trouble(self.now, Trouble::ListFailed(service));
+                    if matches!(answer, Some((403, _))) {
+                        self.check.trouble(self.now, Trouble::Login);
+                        if self.p.credentials {
+                            let token = call.token.as_deref();
+                            self.check.refused(call.gen, v, service, gw, token);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Over the steady phase, each usable instance's share of requests follows its
+    /// weight: within `SHARE_TOLERANCE` requests per VM of the exact share.
+    fn check_shares(&self) -> Verdict {
+        for (s, service) in self.registry.services.iter().enumerate() {
+            let usable: Vec<(&String, f64)> =
+                service.usable().map(|(e, h)| (e, h.weight)).collect();
+            let total: u64 = self
+                .shares
+                .iter()
+                .filter(|((service, _), _)| *service == s)
+                .map(|(_, n)| *n)
+                .sum();
+            let weights: f64 = usable.iter().map(|(_, w)| w).sum();
+            for (endpoint, weight) in &usable {
+                let got = self
+                    .shares
+                    .get(&(s, (*endpoint).clone()))
+                    .copied()
+                    .unwrap_or(0);
+                let expected = total as f64 * weight / weights;
+                let tolerance = share_tolerance(self.p.vms);
+                if (got as f64 - expected).abs() > tolerance {
+                    return Err(format!(
+                        "s{s}: {endpoint} (weight {weight}) got {got} of {total} requests, \
+                         expected {expected:.1} ± {tolerance}; usable {usable:?}, routed {:?}",
+                        self.shares
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest share deviation seen in the steady phase, in requests.
+    pub fn share_deviation(&self) -> f64 {
+        let mut worst: f64 = 0.0;
+        for (s, service) in self.registry.services.iter().enumerate() {
+            let usable: Vec<(&String, f64)> =
+                service.usable().map(|(e, h)| (e, h.weight)).collect();
+            let total: u64 = self
+                .shares
+                .iter()
+                .filter(|((x, _), _)| *x == s)
+                .map(|(_, n)| *n)
+                .sum();
+            let weights: f64 = usable.iter().map(|(_, w)| w).sum();
+            for (endpoint, weight) in &usable {
+                let got = self
+                    .shares
+                    .get(&(s, (*endpoint).clone()))
+                    .copied()
+                    .unwrap_or(0);
+                worst = worst.max((got as f64 - total as f64 * weight / weights).abs());
+            }
+        }
+        worst
+    }
+
+    pub fn vms(&self) -> usize {
+        self.p.vms
+    }
+}
+
+/// Requests an instance's count may differ from its exact weighted share by,
+/// over the steady phase: each VM runs its own smooth weighted round robin.
+pub fn share_tolerance(vms: usize) -> f64 {
+    2.0 * vms as f64
+}
+
+enum Callback {
+    Configure(usize),
+    Tick,
+    Answer(u32, Option<(u16, Vec<u8>)>),
+}
