@@ -13,6 +13,7 @@ from measure import log, median, pct, wrk
 
 from testbed.envoy import HigressNamedEnvoy, route_to
 from testbed.higress import plugin_config
+from testbed.waiting import wait_until
 
 
 def learned_cluster(i: int) -> str:
@@ -28,9 +29,11 @@ def section_learned(args, res: dict, work: Path) -> None:
     nacos.register(backend.ports[0], service="demo")
     cfg = plugin_config()
     cfg["guardNacosRoutes"] = {}
+    # A trailing slash, or /svc1 would also match /svc10.
     routes = [route_to("default/demo", "/demo", learned_cluster(0))] + [
-        route_to(f"default/svc{i}", f"/svc{i}", learned_cluster(i)) for i in range(trials)
+        route_to(f"default/svc{i}", f"/svc{i}/", learned_cluster(i)) for i in range(trials)
     ]
+    (work / "learned-gw").mkdir()
     envoy = OWNER.add(
         HigressNamedEnvoy(
             work / "learned-gw",
@@ -50,12 +53,15 @@ def section_learned(args, res: dict, work: Path) -> None:
     for i in range(1, trials):
         service = f"svc{i}"
         t0 = time.monotonic()
-        envoy.request(f"/svc{i}")
-        while envoy.guard_stat("poll_success", service) < 1:
-            time.sleep(0.002)
+        envoy.request(f"/svc{i}/")
+        wait_until(lambda s=service: envoy.guard_stat("poll_success", s) >= 1, 10, 0.002, f"first poll of {service}")
         first_poll_ms.append((time.monotonic() - t0) * 1000)
-        while envoy.guard_stat("routed", service) < 1:
-            envoy.request(f"/svc{i}")
+        wait_until(
+            lambda s=service, i=i: envoy.request(f"/svc{i}/") and envoy.guard_stat("routed", s) >= 1,
+            10,
+            0.002,
+            f"first routed request of {service}",
+        )
         first_routed_ms.append((time.monotonic() - t0) * 1000)
     log(
         f"learned: first poll done after the first request p50 {median(first_poll_ms):.0f} ms, "
@@ -63,7 +69,7 @@ def section_learned(args, res: dict, work: Path) -> None:
         f"(p50), {max(first_routed_ms):.0f} ms (max), {trials - 1} new services"
     )
     # Once known: /svc1 (learned) against /demo (a rule names `demo`), same gateway.
-    targets = {"configured (rule)": "/demo", "learned (guardNacosRoutes)": "/svc1"}
+    targets = {"configured (rule)": "/demo", "learned (guardNacosRoutes)": "/svc1/"}
     runs = {name: [] for name in targets}
     duration = 2 if args.quick else args.duration
     for path in targets.values():
