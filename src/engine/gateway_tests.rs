@@ -2,7 +2,7 @@
 //! conditions production gateways meet (rare requests, long intervals, clock
 //! steps, 403s, configuration edits) that a single engine in a test never sees.
 
-use super::fakes::{outcome, FakeMetrics, FakeOutbox, FakeRequest, FakeStore};
+use super::fakes::{outcome, FakeMetrics, FakeOutbox, FakeRequest, FakeStore, SentCall};
 use super::*;
 use crate::pure::config::{parse, Capabilities};
 use crate::pure::sharing::published::ConfigKeys;
@@ -124,6 +124,28 @@ impl Gateway {
             }
         }
         now
+    }
+
+    /// Tick only the poller from `wall` on until it sends a poll, and return it
+    /// with that call, never answered, and the wall time reached: the poller then
+    /// stalls with its call out.
+    fn stall_poller_with_a_call_out(&mut self, mut wall: u64) -> (usize, SentCall, u64) {
+        let poller = (0..self.vms.len())
+            .find(|vm| self.vms[*vm].engine.is_poller())
+            .unwrap();
+        loop {
+            let Vm {
+                engine,
+                outbox,
+                clock,
+            } = &mut self.vms[poller];
+            let now = clock.now(wall, &mut self.store);
+            engine.on_tick(now, outbox, &mut self.metrics, &mut self.store);
+            if let Some(call) = outbox.take().pop() {
+                return (poller, call, wall);
+            }
+            wall += 20;
+        }
     }
 
     fn tick_all(&mut self, wall: u64) -> u64 {
@@ -325,24 +347,8 @@ fn a_former_pollers_late_answer_never_replaces_a_newer_one() {
     for wall in (0..2_000).step_by(20) {
         gateway.tick_all(wall);
     }
-    let poller = (0..3)
-        .find(|vm| gateway.vms[*vm].engine.is_poller())
-        .unwrap();
     // The poller sends its next poll, then stalls with the call out.
-    let mut wall = 2_000;
-    let late_call = loop {
-        let Vm {
-            engine,
-            outbox,
-            clock,
-        } = &mut gateway.vms[poller];
-        let now = clock.now(wall, &mut gateway.store);
-        engine.on_tick(now, outbox, &mut gateway.metrics, &mut gateway.store);
-        if let Some(call) = outbox.take().pop() {
-            break call;
-        }
-        wall += 20;
-    };
+    let (poller, late_call, mut wall) = gateway.stall_poller_with_a_call_out(2_000);
     let others: Vec<usize> = (0..3).filter(|vm| *vm != poller).collect();
     // Another VM takes over and learns that the service moved to 10.0.0.2.
     gateway.nacos = Nacos::List(hosts(&FOUR[1..2]));
@@ -381,24 +387,8 @@ fn a_poller_that_lost_the_lease_while_stalled_sends_nothing_when_its_answer_come
     for wall in (0..2_000).step_by(20) {
         gateway.tick_all(wall);
     }
-    let poller = (0..2)
-        .find(|vm| gateway.vms[*vm].engine.is_poller())
-        .unwrap();
+    let (poller, late_call, mut wall) = gateway.stall_poller_with_a_call_out(2_000);
     let other = 1 - poller;
-    let mut wall = 2_000;
-    let late_call = loop {
-        let Vm {
-            engine,
-            outbox,
-            clock,
-        } = &mut gateway.vms[poller];
-        let now = clock.now(wall, &mut gateway.store);
-        engine.on_tick(now, outbox, &mut gateway.metrics, &mut gateway.store);
-        if let Some(call) = outbox.take().pop() {
-            break call;
-        }
-        wall += 20;
-    };
     let polls_before = gateway.polls;
     let mut now = 0;
     while wall < 8_000 {
@@ -432,24 +422,8 @@ fn a_former_pollers_late_answer_does_not_outlive_the_new_pollers_confirmations()
     for wall in (0..2_000).step_by(20) {
         gateway.tick_all(wall);
     }
-    let poller = (0..2)
-        .find(|vm| gateway.vms[*vm].engine.is_poller())
-        .unwrap();
+    let (poller, late_call, mut wall) = gateway.stall_poller_with_a_call_out(2_000);
     let other = 1 - poller;
-    let mut wall = 2_000;
-    let late_call = loop {
-        let Vm {
-            engine,
-            outbox,
-            clock,
-        } = &mut gateway.vms[poller];
-        let now = clock.now(wall, &mut gateway.store);
-        engine.on_tick(now, outbox, &mut gateway.metrics, &mut gateway.store);
-        if let Some(call) = outbox.take().pop() {
-            break call;
-        }
-        wall += 20;
-    };
     // The other VM takes over and polls the same list as before: no new content.
     while wall < 8_000 {
         gateway.tick(other, wall);
