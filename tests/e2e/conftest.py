@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testbed.higress import plugin_config  # noqa: E402
 from testbed.paths import envoy_bin, missing_plugin, plugin_wasm, rnacos_bin  # noqa: E402
+from testbed.real_gateway import real_gateway_fixture  # noqa: E402
 from testbed.stack import Stack  # noqa: E402
 
 
@@ -69,3 +70,13 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """Factory of real gateways whose backends record what reached them:
+    ``gw = gateway(mode, names, retry_policy=None)``; all stopped after the test."""
+    make, made = real_gateway_fixture(tmp_path)
+    yield make
+    for gw in made:
+        gw.stop()

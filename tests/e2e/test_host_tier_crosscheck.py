@@ -14,9 +14,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "hosttier"))
 
 import scenario  # noqa: E402
-from real_gateway import RealGateway  # noqa: E402
 
 from testbed.paths import plugin_wasm  # noqa: E402
+from testbed.real_gateway import RealGateway  # noqa: E402
 
 
 class RealDriver:

@@ -6,17 +6,8 @@ StopAll (README, "Higress routing"); these requests would then time out.
 """
 
 import pytest
-from real_gateway import real_gateway_fixture
 
 MODES = ["override_host", "original_dst"]
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    make, made = real_gateway_fixture(tmp_path)
-    yield make
-    for gw in made:
-        gw.stop()
 
 
 def received(gw, name):

@@ -7,17 +7,8 @@ and the operator's choice; tests/hosttier/test_higress.py shows the Higress case
 """
 
 import pytest
-from real_gateway import real_gateway_fixture
 
 RETRY_5XX_ONCE = {"retry_on": "5xx", "num_retries": 1}
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    make, made = real_gateway_fixture(tmp_path)
-    yield make
-    for gw in made:
-        gw.stop()
 
 
 def failing_a(gateway, mode, retry_policy):
