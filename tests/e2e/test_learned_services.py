@@ -74,7 +74,8 @@ def test_one_setting_guards_every_nacos_route(stack, tmp_path):
 
     # Deregistering each one's instance is detected as for a configured service.
     s.nacos.deregister(s.be("backend-a").port, service="orders")
-    wait_until(lambda: envoy.request("/orders").status == 503, 3, 0.05, "orders rejected")
+    # Every worker: a batch of new connections all rejected.
+    wait_until(lambda: all(r.status == 503 for r in envoy.send(8, "/orders")), 3, 0.05, "orders rejected")
     rejection = envoy.request("/orders")
     assert '"no_healthy_instance"' in rejection.body and '"orders"' in rejection.body, rejection
     assert only("/pay", "backend-b")
