@@ -933,9 +933,10 @@ impl World {
         Ok(())
     }
 
-    /// Over the steady phase, each usable instance's share of requests follows its
-    /// weight: within `SHARE_TOLERANCE` requests per VM of the exact share.
-    fn check_shares(&self) -> Verdict {
+    /// Each usable instance's requests over the steady phase against its weighted
+    /// share: (service, endpoint, weight, got, of total, expected).
+    fn shares_against_weights(&self) -> Vec<(usize, &String, f64, u64, u64, f64)> {
+        let mut rows = Vec::new();
         for (s, service) in self.registry.services.iter().enumerate() {
             let usable: Vec<(&String, f64)> =
                 service.usable().map(|(e, h)| (e, h.weight)).collect();
@@ -946,21 +947,30 @@ impl World {
                 .map(|(_, n)| *n)
                 .sum();
             let weights: f64 = usable.iter().map(|(_, w)| w).sum();
-            for (endpoint, weight) in &usable {
+            for (endpoint, weight) in usable {
                 let got = self
                     .shares
-                    .get(&(s, (*endpoint).clone()))
+                    .get(&(s, endpoint.clone()))
                     .copied()
                     .unwrap_or(0);
                 let expected = total as f64 * weight / weights;
-                let tolerance = share_tolerance(self.p.vms);
-                if (got as f64 - expected).abs() > tolerance {
-                    return Err(format!(
-                        "s{s}: {endpoint} (weight {weight}) got {got} of {total} requests, \
-                         expected {expected:.1} ± {tolerance}; usable {usable:?}, routed {:?}",
-                        self.shares
-                    ));
-                }
+                rows.push((s, endpoint, weight, got, total, expected));
+            }
+        }
+        rows
+    }
+
+    /// Over the steady phase, each usable instance's share of requests follows its
+    /// weight: within `SHARE_TOLERANCE` requests per VM of the exact share.
+    fn check_shares(&self) -> Verdict {
+        let tolerance = share_tolerance(self.p.vms);
+        for (s, endpoint, weight, got, total, expected) in self.shares_against_weights() {
+            if (got as f64 - expected).abs() > tolerance {
+                return Err(format!(
+                    "s{s}: {endpoint} (weight {weight}) got {got} of {total} requests, \
+                     expected {expected:.1} ± {tolerance}; routed {:?}",
+                    self.shares
+                ));
             }
         }
         Ok(())
@@ -968,27 +978,10 @@ impl World {
 
     /// The largest share deviation seen in the steady phase, in requests.
     pub fn share_deviation(&self) -> f64 {
-        let mut worst: f64 = 0.0;
-        for (s, service) in self.registry.services.iter().enumerate() {
-            let usable: Vec<(&String, f64)> =
-                service.usable().map(|(e, h)| (e, h.weight)).collect();
-            let total: u64 = self
-                .shares
-                .iter()
-                .filter(|((x, _), _)| *x == s)
-                .map(|(_, n)| *n)
-                .sum();
-            let weights: f64 = usable.iter().map(|(_, w)| w).sum();
-            for (endpoint, weight) in &usable {
-                let got = self
-                    .shares
-                    .get(&(s, (*endpoint).clone()))
-                    .copied()
-                    .unwrap_or(0);
-                worst = worst.max((got as f64 - total as f64 * weight / weights).abs());
-            }
-        }
-        worst
+        self.shares_against_weights()
+            .into_iter()
+            .map(|(_, _, _, got, _, expected)| (got as f64 - expected).abs())
+            .fold(0.0, f64::max)
     }
 
     pub fn vms(&self) -> usize {
