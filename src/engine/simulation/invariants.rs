@@ -491,6 +491,23 @@ impl Checker {
         ))
     }
 
+    /// When the newest answer of `service` a VM has certainly heard of by `now`
+    /// was sent. A follower tick in the same millisecond as the announcement may
+    /// read the store as it was before it (a racing view): it hears a tick later.
+    fn latest_heard(
+        &self,
+        service: usize,
+        gen: usize,
+        configured: u64,
+        now: u64,
+        b: &Bounds,
+    ) -> Option<u64> {
+        let heard_by = now.saturating_sub(b.late_tick() + 2);
+        self.heard(service, gen, configured, heard_by)
+            .map(|a| a.sent)
+            .max()
+    }
+
     /// A request of `service` passed through or rejected as stale.
     pub fn stale(
         &self,
@@ -500,13 +517,7 @@ impl Checker {
         now: u64,
         b: &Bounds,
     ) -> Verdict {
-        // A follower tick in the same millisecond as the announcement may read
-        // the store as it was before it (a racing view): it hears a tick later.
-        let heard_by = now.saturating_sub(b.late_tick() + 2);
-        let latest = self
-            .heard(service, gen, configured, heard_by)
-            .map(|a| a.sent)
-            .max();
+        let latest = self.latest_heard(service, gen, configured, now, b);
         let steps = STEP_MS * self.steps(latest.unwrap_or(now), now);
         match latest {
             Some(sent) if now - sent.min(now) + steps + b.late_tick() < b.max_stale => {
@@ -529,13 +540,7 @@ impl Checker {
         now: u64,
         b: &Bounds,
     ) -> Verdict {
-        // A follower tick in the same millisecond as the announcement may read
-        // the store as it was before it (a racing view): it hears a tick later.
-        let heard_by = now.saturating_sub(b.late_tick() + 2);
-        let floor = self
-            .heard(service, gen, configured, heard_by)
-            .map(|a| a.sent)
-            .max();
+        let floor = self.latest_heard(service, gen, configured, now, b);
         let empty = self.good[service].iter().any(|a| {
             a.usable == 0 && a.received <= now && floor.is_none_or(|floor| a.sent >= floor)
         });
