@@ -549,54 +549,57 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        match self.pending.remove(&token) {
-            Some(Pending::List {
+        let Some(pending) = self.pending.remove(&token) else {
+            return;
+        };
+        // Read once: neither answer moves the lease. A poller that stalled while
+        // the lease ran out learns here, before its next tick would, that it
+        // follows now.
+        let leading = self
+            .sharing
+            .as_ref()
+            .is_none_or(|sharing| sharing.still_leading(store));
+        match pending {
+            Pending::List {
                 target,
                 polled_at_ms,
                 token_generation,
-            }) => {
+            } => {
                 self.scheduler.finished(target.index());
                 let polled = Polled {
                     target,
                     polled_at_ms,
                     token_generation,
                 };
-                self.on_list(polled, answer, now_ms, metrics, store);
+                self.on_list(polled, leading, answer, now_ms, metrics, store);
             }
-            Some(Pending::Login(server)) => self.on_login(server, answer, now_ms, metrics, store),
-            None => return,
+            Pending::Login(server) => self.on_login(server, answer, now_ms, metrics, store),
         }
         // Freed capacity (or a new token) lets waiting polls go now, not next tick;
-        // but only while this VM still holds the lease: a poller that stalled
-        // while the lease ran out learns it here, before its next tick would.
-        let polling = self
-            .sharing
-            .as_ref()
-            .is_none_or(|sharing| sharing.still_leading(store));
-        if polling {
+        // but only while this VM still holds the lease.
+        if leading {
             self.start_polls(now_ms, outbox, metrics);
         }
     }
 
+    /// `leading`: this VM still holds the lease (or polls alone).
     fn on_list(
         &mut self,
         polled: Polled,
+        leading: bool,
         answer: Option<(u16, &[u8])>,
         now_ms: u64,
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        let publishing = self
-            .sharing
-            .as_ref()
-            .is_some_and(|sharing| sharing.still_leading(store));
         // A VM that lost the lease while its call was out takes nothing from the
         // answer: unpublished, it would make this VM's snapshot differ from the
         // gateway's, and newer than the poller's if the poller's content has not
         // changed since, so this VM would keep it, confirmed by every heartbeat.
-        if self.sharing.is_some() && !publishing {
+        if !leading {
             return;
         }
+        let publishing = self.sharing.is_some();
         let Some(target) = self.targets.get_mut(polled.target) else {
             return;
         };
