@@ -63,9 +63,10 @@ struct V3List {
     data: Option<Vec<RawHost>>,
 }
 
+/// One entry of a `hosts` (v1, gRPC) or `data` (v3) array.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawHost {
+pub(crate) struct RawHost {
     #[serde(default)]
     ip: String,
     #[serde(default)]
@@ -122,6 +123,15 @@ pub fn parse_instance_list(
             (hosts, false)
         }
     };
+    instance_set(hosts, protection_reached)
+}
+
+/// The instances of a listed `hosts` array, the same for every API: hosts without a
+/// usable address are dropped, and so are repeats of an address.
+pub(crate) fn instance_set(
+    hosts: Vec<RawHost>,
+    protection_reached: bool,
+) -> Result<InstanceSet, AnswerError> {
     let listed = hosts.len();
     let mut instances: Vec<Instance> = Vec::with_capacity(listed);
     for host in hosts {
