@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod polling;
+/// Nacos 2.x gRPC push: the wire format and the messages.
+pub mod push;
 pub mod registry;
 pub mod routing;
 pub mod sharing;
