@@ -2,4 +2,5 @@
 //! service and hearing of its changes. Pure bytes in and out; the host carries them
 //! over Envoy's gRPC calls.
 
+pub mod messages;
 pub mod wire;
