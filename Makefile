@@ -31,7 +31,7 @@ RULES := deploy/prometheus/nacos-instance-guard.rules.yaml
 CARGO_FUZZ_VERSION := 0.13.1
 CARGO_FUZZ := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
 NIGHTLY_STAMP := $(CACHE)/nightly.stamp
-FUZZ_TARGETS := config nacos_answer
+FUZZ_TARGETS := config nacos_answer push_message
 FUZZ_SECONDS ?= 120
 FUZZ_SMOKE_SECONDS ?= 15
 
