@@ -73,6 +73,20 @@ fn the_parser_fills_in_the_defaults_the_corpus_lists() {
         }
     };
     let higress = settings(true);
+    let with_push =
+        br#"{"nacos":{"cluster":"c","push":{"grpcCluster":"g"}},"service":{"name":"demo"}}"#;
+    let pushed = match parse(
+        with_push,
+        Capabilities {
+            higress_routing: true,
+        },
+    )
+    .unwrap()
+    .global
+    {
+        Some(super::Scope::Guard(settings)) => settings.server.push.unwrap(),
+        other => panic!("expected a global guard, got {other:?}"),
+    };
     let Routing::Header(routing_header) = settings(false).routing else {
         panic!("plugin-envoy.wasm routes by header");
     };
@@ -102,6 +116,7 @@ fn the_parser_fills_in_the_defaults_the_corpus_lists() {
         },
         "nacos.namespaceId": higress.service.namespace_id,
         "nacos.timeoutMs": higress.server.timeout_ms,
+        "nacos.push.safetyIntervalMs": pushed.safety_interval_ms,
         "service.group": higress.service.group,
     });
     assert_eq!(corpus()["defaults"], actual);

@@ -28,6 +28,9 @@ const MIN_REFRESH_MS: u64 = 100;
 const MAX_REFRESH_MS: u64 = 600_000;
 const MAX_STALE_MS: u64 = 86_400_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
+/// While pushes arrive, a poll this often still checks that none was missed.
+const DEFAULT_SAFETY_INTERVAL_MS: u64 = 30_000;
+const MIN_SAFETY_INTERVAL_MS: u64 = 1_000;
 
 const SETTING_KEYS: &[&str] = &[
     "nacos",
@@ -84,6 +87,19 @@ pub struct NacosServer {
     pub api: ApiVersion,
     pub credentials: Option<Credentials>,
     pub timeout_ms: u64,
+    /// `push`: subscribe over Nacos 2.x gRPC instead of polling at every interval.
+    pub push: Option<PushSettings>,
+}
+
+/// `nacos.push`: the server pushes every change over one gRPC stream; polls
+/// continue at `safety_interval_ms` while the stream is up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PushSettings {
+    /// The Envoy cluster of the server's gRPC port (HTTP/2), HTTP port + 1000.
+    pub grpc_cluster: String,
+    /// `:authority` of the gRPC calls, derived as `nacos.authority` is.
+    pub grpc_authority: String,
+    pub safety_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,6 +462,7 @@ fn parse_nacos(nacos: &Fields<'_>) -> Result<(NacosServer, String), ConfigError>
         "username",
         "password",
         "timeoutMs",
+        "push",
     ])?;
     let cluster = nacos
         .non_empty_string("cluster")?
@@ -474,14 +491,38 @@ fn parse_nacos(nacos: &Fields<'_>) -> Result<(NacosServer, String), ConfigError>
     let timeout_ms = nacos
         .integer_in("timeoutMs", 1..=MAX_TIMEOUT_MS, "milliseconds")?
         .unwrap_or(2000);
+    let push = nacos.object("push")?.as_ref().map(parse_push).transpose()?;
     let server = NacosServer {
         cluster,
         authority,
         api,
         credentials,
         timeout_ms,
+        push,
     };
     Ok((server, namespace_id))
+}
+
+fn parse_push(push: &Fields<'_>) -> Result<PushSettings, ConfigError> {
+    push.deny_unknown(&["grpcCluster", "safetyIntervalMs"])?;
+    let grpc_cluster = push.non_empty_string("grpcCluster")?.ok_or_else(|| {
+        push.error(
+            "grpcCluster",
+            "required: the Envoy cluster (HTTP/2) of the Nacos gRPC port, usually the HTTP port + 1000",
+        )
+    })?;
+    let safety_interval_ms = push
+        .integer_in(
+            "safetyIntervalMs",
+            MIN_SAFETY_INTERVAL_MS..=MAX_REFRESH_MS,
+            "milliseconds",
+        )?
+        .unwrap_or(DEFAULT_SAFETY_INTERVAL_MS);
+    Ok(PushSettings {
+        grpc_authority: default_authority(&grpc_cluster),
+        grpc_cluster,
+        safety_interval_ms,
+    })
 }
 
 /// `outbound|8848||nacos.dns` → `nacos.dns`; any other cluster name is used as is.

@@ -117,6 +117,13 @@ impl Scheduler {
         due
     }
 
+    /// Make `index` due at `now_ms`, however recently it was polled.
+    pub fn due_now(&mut self, index: usize, now_ms: u64) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.next_due_ms = slot.next_due_ms.min(now_ms);
+        }
+    }
+
     /// The call for `index` ended (answer, error or failed dispatch).
     pub fn finished(&mut self, index: usize) {
         if let Some(slot) = self.slots.get_mut(index) {
