@@ -2,5 +2,6 @@
 //! service and hearing of its changes. Pure bytes in and out; the host carries them
 //! over Envoy's gRPC calls.
 
+pub mod grpc;
 pub mod messages;
 pub mod wire;

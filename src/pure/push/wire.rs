@@ -113,7 +113,8 @@ enum Field<'a> {
     Other(u8),
 }
 
-fn put(out: &mut Vec<u8>, number: u64, data: &[u8]) {
+/// Append length-delimited field `number` holding `data`.
+pub(crate) fn put(out: &mut Vec<u8>, number: u64, data: &[u8]) {
     put_varint(out, number << 3 | 2);
     put_varint(out, data.len() as u64);
     out.extend_from_slice(data);
