@@ -8,7 +8,8 @@ use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 use super::ids::{GuardId, Id, ServerId, Table, TargetId};
-use super::metrics::{bump, LearnMetrics, LoginMetrics, PollMetrics, RequestMetrics};
+use super::metrics::{bump, LearnMetrics, LoginMetrics, PollMetrics, PushMetrics, RequestMetrics};
+use super::push::{DuePoll, Heard, Link, Wanted};
 use super::reject::{RejectResponse, Rejections};
 use super::sharing::{self, Role, Sharing, LEASE_INTERVALS};
 use crate::pure::config::{AutoGuard, GuardSettings, NacosServer, PluginConfig, Routing, Scope};
@@ -16,6 +17,7 @@ use crate::pure::polling::auth::{Refusal, TokenState};
 use crate::pure::polling::nacos::request::{self, ServiceKey};
 use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
+use crate::pure::registry::instance::InstanceSet;
 use crate::pure::registry::snapshot::{Freshness, Snapshot, StaleLimits};
 use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
 use crate::pure::routing::nacos_cluster::{self, ClusterService};
@@ -56,6 +58,8 @@ enum Applies {
 struct Server {
     settings: NacosServer,
     token: TokenState,
+    /// `nacos.push`: the gRPC link, held while this VM polls.
+    push: Option<Link>,
 }
 
 /// One service on one server, polled on its own.
@@ -130,6 +134,8 @@ pub struct Engine {
     pending: HashMap<u32, Pending>,
     protected_headers: Vec<String>,
     login_metrics: LoginMetrics,
+    /// Defined only where some server is pushed to.
+    push_metrics: Option<PushMetrics>,
     /// `None`: this VM polls alone (tests, or shared data unavailable).
     sharing: Option<Sharing>,
     /// Targets by their heartbeat number.
@@ -151,6 +157,10 @@ impl Engine {
             pending: HashMap::new(),
             protected_headers: config.protected_headers(),
             login_metrics: LoginMetrics::define(metrics),
+            push_metrics: config
+                .guards()
+                .any(|guard| guard.server.push.is_some())
+                .then(|| PushMetrics::define(metrics)),
             sharing: None,
             by_id: HashMap::new(),
             auto: config.auto.clone().map(|settings| Auto {
@@ -204,9 +214,14 @@ impl Engine {
             .servers
             .find(|s| s.settings == settings.server)
             .unwrap_or_else(|| {
+                let push = settings.server.push.clone().map(|push| {
+                    let metrics = self.push_metrics.unwrap_or_default();
+                    Link::new(push, settings.server.timeout_ms, metrics)
+                });
                 self.servers.push(Server {
                     settings: settings.server.clone(),
                     token: TokenState::default(),
+                    push,
                 })
             });
         let target = self
@@ -346,6 +361,7 @@ impl Engine {
         };
         match role {
             Role::Follow => {
+                self.stop_push(outbox, metrics);
                 self.follow(store, metrics);
                 return;
             }
@@ -358,7 +374,8 @@ impl Engine {
         }
         self.manage_learned(now_ms, metrics, store);
         self.start_logins(now_ms, outbox, metrics);
-        self.start_polls(now_ms, outbox, metrics);
+        self.drive_push(now_ms, outbox, metrics);
+        self.start_polls(now_ms, outbox, metrics, store);
         self.report_staleness(now_ms);
         if let Some(sharing) = &mut self.sharing {
             let health = self.targets.values().map(|t| (t.id, t.snapshot.health()));
@@ -484,7 +501,13 @@ impl Engine {
         }
     }
 
-    fn start_polls(&mut self, now_ms: u64, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+    fn start_polls(
+        &mut self,
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
         let servers = &self.servers;
         let targets = &self.targets;
         // A server that needs a token is not polled until it has one.
@@ -499,14 +522,26 @@ impl Engine {
         };
         for index in self.scheduler.take_due_where(now_ms, ready) {
             let id = TargetId::from_index(index);
-            let server = self
-                .targets
-                .get(id)
-                .and_then(|t| self.servers.get(t.server));
-            let (Some(target), Some(server)) = (self.targets.get_mut(id), server) else {
+            let Some(target) = self.targets.get_mut(id) else {
                 self.scheduler.finished(index);
                 continue;
             };
+            let Some(server) = self.servers.get_mut(target.server) else {
+                self.scheduler.finished(index);
+                continue;
+            };
+            let pushed = server
+                .push
+                .as_mut()
+                .is_some_and(|link| link.due_poll(id, now_ms) == DuePoll::Confirm);
+            if pushed {
+                self.scheduler.finished(index);
+                target.snapshot.accept_same(now_ms);
+                if self.sharing.is_some() {
+                    sharing::publish_confirmed(&target.keys, now_ms, store);
+                }
+                continue;
+            }
             let list = request::instance_list(
                 server.settings.api,
                 &target.service,
@@ -578,7 +613,7 @@ impl Engine {
         // Freed capacity (or a new token) lets waiting polls go now, not next tick;
         // but only while this VM still holds the lease.
         if leading {
-            self.start_polls(now_ms, outbox, metrics);
+            self.start_polls(now_ms, outbox, metrics, store);
         }
     }
 
@@ -599,7 +634,6 @@ impl Engine {
         if !leading {
             return;
         }
-        let publishing = self.sharing.is_some();
         let Some(target) = self.targets.get_mut(polled.target) else {
             return;
         };
@@ -638,6 +672,25 @@ impl Engine {
                 return;
             }
         };
+        target.last_good_body = body_hash;
+        bump(metrics, target.metrics.success);
+        self.take_list(polled.target, set, polled.polled_at_ms, metrics, store);
+    }
+
+    /// A good list for `id` telling the state as of `stamp_ms`; `None`: the
+    /// same bytes as the last good one.
+    fn take_list(
+        &mut self,
+        id: TargetId,
+        set: Option<InstanceSet>,
+        stamp_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let publishing = self.sharing.is_some();
+        let Some(target) = self.targets.get_mut(id) else {
+            return;
+        };
         if target.failure_streak > 0 {
             info!(
                 "nacos-instance-guard: polling service {} works again after {} failures",
@@ -646,11 +699,9 @@ impl Engine {
         }
         target.failure_streak = 0;
         target.refused_with = None;
-        target.last_good_body = body_hash;
-        bump(metrics, target.metrics.success);
         let changed = match set {
-            Some(set) => target.snapshot.accept(set, polled.polled_at_ms),
-            None => target.snapshot.accept_same(polled.polled_at_ms),
+            Some(set) => target.snapshot.accept(set, stamp_ms),
+            None => target.snapshot.accept_same(stamp_ms),
         };
         if publishing {
             if changed {
@@ -663,10 +714,10 @@ impl Engine {
                     );
                 }
             }
-            sharing::publish_confirmed(&target.keys, polled.polled_at_ms, store);
+            sharing::publish_confirmed(&target.keys, stamp_ms, store);
         }
         if changed {
-            self.refresh_guards(polled.target, metrics);
+            self.refresh_guards(id, metrics);
         }
     }
 
@@ -963,6 +1014,175 @@ impl Engine {
             learned.active = active;
             // An idle service is looked at every second, so traffic brings it back soon.
             learned.next_idle_check_ms = now_ms + if active { idle_ms / 8 } else { 1_000 };
+        }
+    }
+}
+
+/// Push (`nacos.push`): the poller's gRPC links, and what comes over them.
+impl Engine {
+    /// As the poller: keep each pushed server's link connected and subscribed.
+    fn drive_push(&mut self, now_ms: u64, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+        let targets = &self.targets;
+        for (id, server) in self.servers.iter_mut() {
+            let Server {
+                settings,
+                token,
+                push: Some(link),
+            } = server
+            else {
+                continue;
+            };
+            let access_token = token.valid_token(now_ms);
+            // Subscriptions wait for a token where the server needs one.
+            let count = if settings.credentials.is_some() && access_token.is_none() {
+                0
+            } else {
+                targets.values().filter(|t| t.server == id).count()
+            };
+            let wanted = || {
+                targets
+                    .iter()
+                    .filter(|(_, t)| t.server == id)
+                    .map(|(target, t)| Wanted {
+                        target,
+                        service: &t.service,
+                        clusters: &t.query_clusters,
+                    })
+                    .collect()
+            };
+            link.drive(now_ms, count, wanted, access_token, outbox, metrics);
+        }
+        self.poll_where_links_were_lost(now_ms);
+    }
+
+    /// Poll at once every service of a link that was lost: a change pushed
+    /// just before the loss may never have arrived.
+    fn poll_where_links_were_lost(&mut self, now_ms: u64) {
+        for (id, server) in self.servers.iter_mut() {
+            if !server.push.as_mut().is_some_and(Link::take_lost) {
+                continue;
+            }
+            for (target, t) in self.targets.iter() {
+                if t.server == id {
+                    self.scheduler.due_now(target.index(), now_ms);
+                }
+            }
+        }
+    }
+
+    fn stop_push(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+        for (_, server) in self.servers.iter_mut() {
+            if let Some(link) = &mut server.push {
+                link.stop(outbox, metrics);
+            }
+        }
+    }
+
+    /// The link that `owns` a gRPC token, if this VM still polls; a VM that
+    /// lost the lease drops its links instead.
+    fn link_of(
+        &mut self,
+        owns: impl Fn(&Link) -> bool,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &dyn SharedStore,
+    ) -> Option<ServerId> {
+        let server = self.servers.find(|s| s.push.as_ref().is_some_and(&owns))?;
+        let leading = self
+            .sharing
+            .as_ref()
+            .is_none_or(|sharing| sharing.still_leading(store));
+        if !leading {
+            self.stop_push(outbox, metrics);
+            return None;
+        }
+        Some(server)
+    }
+
+    /// The answer to a unary gRPC call; `None` when the call failed.
+    pub fn on_grpc_answer(
+        &mut self,
+        token: u32,
+        answer: Option<&[u8]>,
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let Some(server) = self.link_of(|link| link.owns_call(token), outbox, metrics, store)
+        else {
+            return;
+        };
+        let link = self.servers.get_mut(server).and_then(|s| s.push.as_mut());
+        let heard =
+            link.and_then(|link| link.on_call_answer(token, answer, now_ms, outbox, metrics));
+        if let Some(heard) = heard {
+            self.hear(server, heard, now_ms, metrics, store);
+        }
+        self.poll_where_links_were_lost(now_ms);
+    }
+
+    /// A message the server sent on a push stream.
+    pub fn on_push_message(
+        &mut self,
+        stream: u32,
+        message: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let Some(server) = self.link_of(|link| link.owns_stream(stream), outbox, metrics, store)
+        else {
+            return;
+        };
+        let link = self.servers.get_mut(server).and_then(|s| s.push.as_mut());
+        let heard = link.and_then(|link| link.on_stream_message(message, now_ms, outbox, metrics));
+        if let Some(heard) = heard {
+            self.hear(server, heard, now_ms, metrics, store);
+        }
+        self.poll_where_links_were_lost(now_ms);
+    }
+
+    /// A push stream ended; its services are polled until it is back.
+    pub fn on_push_closed(&mut self, stream: u32, now_ms: u64, metrics: &mut dyn Metrics) {
+        for (_, server) in self.servers.iter_mut() {
+            if let Some(link) = server.push.as_mut().filter(|link| link.owns_stream(stream)) {
+                link.on_stream_closed(now_ms, metrics);
+            }
+        }
+        self.poll_where_links_were_lost(now_ms);
+    }
+
+    /// Take a list the server gave: through the same path as a polled one, or,
+    /// if it did not parse, keep the last good snapshot and poll at once.
+    fn hear(
+        &mut self,
+        server: ServerId,
+        heard: Heard,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        match heard.list {
+            Ok(set) => {
+                if let Some(target) = self.targets.get_mut(heard.target) {
+                    target.last_good_body = None;
+                }
+                self.take_list(heard.target, Some(set), heard.stamp_ms, metrics, store);
+            }
+            Err(error) => {
+                let name = self
+                    .targets
+                    .get(heard.target)
+                    .map(|t| t.service.name.as_str());
+                if let (Some(link), Some(name)) = (
+                    self.servers.get_mut(server).and_then(|s| s.push.as_mut()),
+                    name,
+                ) {
+                    link.poll_soon(heard.target, name, &error.to_string(), now_ms, metrics);
+                }
+            }
         }
     }
 }

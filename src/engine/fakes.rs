@@ -22,6 +22,12 @@ pub struct SentCall {
 pub struct FakeOutbox {
     pub sent: Vec<SentCall>,
     pub refuse: bool,
+    /// Unary gRPC calls: token, service, message.
+    pub grpc_calls: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    /// Streams opened (tokens), messages sent on them, streams closed.
+    pub opened: Vec<u32>,
+    pub on_streams: Vec<(u32, Vec<u8>)>,
+    pub closed: Vec<u32>,
     next_token: u32,
 }
 
@@ -41,6 +47,36 @@ impl Outbox for FakeOutbox {
             timeout_ms: call.timeout_ms,
         });
         Ok(self.next_token)
+    }
+
+    fn grpc_call(
+        &mut self,
+        service: &[u8],
+        message: &[u8],
+        _timeout_ms: u64,
+    ) -> Result<u32, String> {
+        if self.refuse {
+            return Err("cluster not found".into());
+        }
+        self.next_token += 1;
+        self.grpc_calls
+            .push((self.next_token, service.to_vec(), message.to_vec()));
+        Ok(self.next_token)
+    }
+
+    fn grpc_open(&mut self, _service: &[u8]) -> Result<u32, String> {
+        self.next_token += 1;
+        self.opened.push(self.next_token);
+        Ok(self.next_token)
+    }
+
+    fn grpc_send(&mut self, stream: u32, message: &[u8]) -> Result<(), String> {
+        self.on_streams.push((stream, message.to_vec()));
+        Ok(())
+    }
+
+    fn grpc_close(&mut self, stream: u32) {
+        self.closed.push(stream);
     }
 }
 

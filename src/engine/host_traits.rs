@@ -14,6 +14,15 @@ pub struct OutgoingCall<'a> {
 /// Sends calls (`dispatch_http_call`); the answer comes back later by token.
 pub trait Outbox {
     fn dispatch(&mut self, call: OutgoingCall<'_>) -> Result<u32, String>;
+
+    /// A unary Nacos gRPC call (`Request/request`) of one encoded `Payload` to
+    /// `service` (`push::grpc::envoy_grpc_service`); the answer comes back by token.
+    fn grpc_call(&mut self, service: &[u8], message: &[u8], timeout_ms: u64)
+        -> Result<u32, String>;
+    /// Open Nacos's bidirectional stream (`BiRequestStream/requestBiStream`).
+    fn grpc_open(&mut self, service: &[u8]) -> Result<u32, String>;
+    fn grpc_send(&mut self, stream: u32, message: &[u8]) -> Result<(), String>;
+    fn grpc_close(&mut self, stream: u32);
 }
 
 /// Gateway stats (`define_metric`, `increment_metric`, `record_metric`).

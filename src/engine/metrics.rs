@@ -108,6 +108,30 @@ impl LoginMetrics {
     }
 }
 
+/// Push counters, for the whole plugin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushMetrics {
+    /// Gauge: push streams this VM holds open (the poller's; 0 elsewhere).
+    pub streams: Option<u32>,
+    /// Counter: streams opened again after one was lost.
+    pub reconnects: Option<u32>,
+    /// Counter: lists the server pushed for a subscribed service.
+    pub pushes: Option<u32>,
+    /// Counter: connections, subscriptions or messages that failed.
+    pub failures: Option<u32>,
+}
+
+impl PushMetrics {
+    pub fn define(metrics: &mut dyn Metrics) -> Self {
+        Self {
+            streams: metrics.define_gauge(&format!("{PREFIX}.push_streams")),
+            reconnects: metrics.define_counter(&format!("{PREFIX}.push_reconnects")),
+            pushes: metrics.define_counter(&format!("{PREFIX}.pushes")),
+            failures: metrics.define_counter(&format!("{PREFIX}.push_failures")),
+        }
+    }
+}
+
 /// Count one event if its metric could be defined.
 pub fn bump(metrics: &mut dyn Metrics, id: Option<u32>) {
     if let Some(id) = id {

@@ -10,6 +10,7 @@ mod engine;
 mod host_traits;
 mod ids;
 mod metrics;
+mod push;
 mod reject;
 mod sharing;
 
@@ -23,6 +24,8 @@ pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};
 mod fakes;
 #[cfg(test)]
 mod gateway_tests;
+#[cfg(test)]
+mod push_tests;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]

@@ -6,6 +6,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::engine::{Metrics, Outbox, OutgoingCall, SharedStore};
+use crate::pure::push::grpc;
 
 pub struct HostOutbox;
 
@@ -28,6 +29,45 @@ impl Outbox for HostOutbox {
         )
         .map_err(|status| format!("dispatch refused by the host: {status:?}"))
     }
+
+    fn grpc_call(
+        &mut self,
+        service: &[u8],
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_grpc_call(
+            service_str(service)?,
+            grpc::UNARY_SERVICE,
+            grpc::UNARY_METHOD,
+            vec![],
+            Some(message),
+            Duration::from_millis(timeout_ms),
+        )
+        .map_err(|status| format!("gRPC call refused by the host: {status:?}"))
+    }
+
+    fn grpc_open(&mut self, service: &[u8]) -> Result<u32, String> {
+        let service = service_str(service)?;
+        hostcalls::open_grpc_stream(service, grpc::STREAM_SERVICE, grpc::STREAM_METHOD, vec![])
+            .map_err(|status| format!("gRPC stream refused by the host: {status:?}"))
+    }
+
+    fn grpc_send(&mut self, stream: u32, message: &[u8]) -> Result<(), String> {
+        hostcalls::send_grpc_stream_message(stream, Some(message), false)
+            .map_err(|status| format!("gRPC send refused by the host: {status:?}"))
+    }
+
+    fn grpc_close(&mut self, stream: u32) {
+        // Cancelled, not half-closed: nothing more is wanted from it.
+        let _ = hostcalls::cancel_grpc_stream(stream);
+    }
+}
+
+/// The SDK passes the service as `&str` though Envoy reads bytes; the serialized
+/// `GrpcService` is UTF-8 whenever its names are ASCII, as Envoy cluster names are.
+fn service_str(service: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(service).map_err(|_| "the gRPC cluster name is not ASCII".to_string())
 }
 
 pub struct HostMetrics;

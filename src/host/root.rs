@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType};
 
 use super::host_calls::{random_u64, HostMetrics, HostOutbox, HostStore};
 use super::http::GuardHttp;
@@ -69,6 +69,62 @@ impl Context for GuardRoot {
             &mut HostStore,
         );
     }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) else {
+            return;
+        };
+        let answer = (status_code == GRPC_OK)
+            .then(|| read_grpc_message(response_size))
+            .flatten();
+        let now = vm.read_clock();
+        vm.engine.on_grpc_answer(
+            token,
+            answer.as_deref(),
+            now,
+            &mut HostOutbox,
+            &mut HostMetrics,
+            &mut HostStore,
+        );
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, message_size: usize) {
+        let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) else {
+            return;
+        };
+        let Some(message) = read_grpc_message(message_size) else {
+            return;
+        };
+        let now = vm.read_clock();
+        vm.engine.on_push_message(
+            token,
+            &message,
+            now,
+            &mut HostOutbox,
+            &mut HostMetrics,
+            &mut HostStore,
+        );
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, _status_code: u32) {
+        if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
+            let now = vm.read_clock();
+            vm.engine.on_push_closed(token, now, &mut HostMetrics);
+        }
+    }
+}
+
+const GRPC_OK: u32 = 0;
+
+/// The gRPC message just received, read straight from the host: the SDK's
+/// reader panics where the host refuses. An oversized one is not read at all.
+fn read_grpc_message(size: usize) -> Option<Vec<u8>> {
+    if size > MAX_ANSWER_BYTES {
+        return None;
+    }
+    proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
 }
 
 impl RootContext for GuardRoot {

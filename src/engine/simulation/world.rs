@@ -164,6 +164,18 @@ impl Outbox for SimOutbox {
             .push((self.next, login, call.request.path.clone()));
         Ok(self.next)
     }
+
+    // The simulated registry is polled only: configurations here never push.
+    fn grpc_call(&mut self, _: &[u8], _: &[u8], _: u64) -> Result<u32, String> {
+        Err("no gRPC in the simulation".into())
+    }
+    fn grpc_open(&mut self, _: &[u8]) -> Result<u32, String> {
+        Err("no gRPC in the simulation".into())
+    }
+    fn grpc_send(&mut self, _: u32, _: &[u8]) -> Result<(), String> {
+        Err("no gRPC in the simulation".into())
+    }
+    fn grpc_close(&mut self, _: u32) {}
 }
 
 struct NoMetrics;
