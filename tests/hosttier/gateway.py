@@ -440,7 +440,10 @@ class Vm:
     def env__proxy_grpc_send(self, caller, *args):
         return UNIMPLEMENTED
 
+    # The host tier scripts Nacos over HTTP only; push (gRPC) is proven against real
+    # Envoy and r-nacos in tests/e2e/test_push.py.
     env__proxy_grpc_cancel = env__proxy_grpc_close = env__proxy_grpc_send
+    env__proxy_grpc_call = env__proxy_grpc_stream = env__proxy_grpc_send
 
     def env__proxy_register_shared_queue(self, caller, *args):
         return UNIMPLEMENTED

@@ -33,6 +33,8 @@ ORIGINAL_DST_HOST = "x-envoy-original-dst-host"
 PIN_HEADER = "x-nacos-instance"
 BACKEND_CLUSTER = "outbound|8080||demo.dns"
 NACOS_CLUSTER = "outbound|8848||nacos.dns"
+# The Nacos gRPC port as Higress names it: the HTTP port + 1000.
+NACOS_GRPC_CLUSTER = "outbound|9848||nacos.dns"
 STAT_PREFIX = "wasmcustom.nacos_guard"
 SERVICE_TAG_REGEX = r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)"
 FILTER_NAME = "nacos-instance-guard"
@@ -63,6 +65,19 @@ def static_cluster(name: str, ports: Iterable[int]) -> dict:
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": sock(p)}} for p in ports]}],
         },
+    }
+
+
+def grpc_cluster(name: str, port: int) -> dict:
+    """A cluster Envoy speaks gRPC to: HTTP/2 cleartext, with pings so a dead peer is
+    noticed (the plugin's probe notices too, this only makes it sooner)."""
+    http2 = {"connection_keepalive": {"interval": "10s", "timeout": "5s"}}
+    options = {
+        "@type": EXTENSIONS + "upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": http2},
+    }
+    return static_cluster(name, [port]) | {
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
     }
 
 
@@ -163,9 +178,10 @@ def envoy_config(
     wasm_path: str | None = None,
     filter_name: str = FILTER_NAME,
     filter_configuration: str | None = None,
+    nacos_grpc_port: int | None = None,
 ) -> dict:
     """The gateway: ``routes`` (default ``DEFAULT_ROUTES``) to the stale backend cluster,
-    the Nacos cluster, and, unless ``plugin_cfg`` is None, the Wasm filter
+    the Nacos cluster (and its gRPC cluster if ``nacos_grpc_port``), and, unless ``plugin_cfg`` is None, the Wasm filter
     (``wasm_path``, default the plugin; ``filter_configuration``, default ``plugin_cfg``
     as JSON)."""
     http_filters = []
@@ -174,12 +190,15 @@ def envoy_config(
         http_filters.append(wasm_filter(configuration, wasm_path or plugin_wasm(), filter_name))
     http_filters.append(ROUTER)
     routes = [dict(r, route=dict(r["route"])) for r in (DEFAULT_ROUTES if routes is None else routes)]
+    clusters = [backend_cluster(mode, backend_ports), static_cluster(NACOS_CLUSTER, [nacos_port])]
+    if nacos_grpc_port is not None:
+        clusters.append(grpc_cluster(NACOS_GRPC_CLUSTER, nacos_grpc_port))
     return {
         "admin": {"address": sock(admin_port)},
         "stats_config": {"stats_tags": [{"tag_name": "nacos_service", "regex": SERVICE_TAG_REGEX}]},
         "static_resources": {
             "listeners": [listener("gateway", listen_port, "gateway", routes, http_filters)],
-            "clusters": [backend_cluster(mode, backend_ports), static_cluster(NACOS_CLUSTER, [nacos_port])],
+            "clusters": clusters,
         },
     }
 
@@ -385,9 +404,11 @@ class Envoy(EnvoyProcess):
         wasm_path: str | None = None,
         filter_name: str = FILTER_NAME,
         filter_configuration: str | None = None,
+        nacos_grpc_port: int | None = None,
         **process,
     ):
         self.mode = mode
+        self.nacos_grpc_port = nacos_grpc_port
         self.plugin_cfg = plugin_cfg
         self.nacos_port = nacos_port
         self.backend_ports = list(backend_ports)
@@ -405,6 +426,7 @@ class Envoy(EnvoyProcess):
             self.mode,
             self.routes,
             **self.filter,
+            nacos_grpc_port=self.nacos_grpc_port,
         )
 
     def guard_stat(self, name: str, service: str | None = "demo") -> int:

@@ -56,6 +56,7 @@ class Stack:
         with the Nacos cluster on ``nacos_port`` (default: this stack's registry)."""
         if nacos_port is None:
             nacos_port = getattr(self.nacos, "http_port", None) or self.nacos.port
+            envoy.setdefault("nacos_grpc_port", getattr(self.nacos, "grpc_port", None))
         backends = self.backends.values() if backends is None else backends
         e = self.add(Envoy(self.workdir, nacos_port, [b.port for b in backends], plugin_cfg, **envoy))
         e.start()
