@@ -139,6 +139,49 @@ def fmt_profile(prof: dict | None) -> str:
     return "; ".join(parts)
 
 
+# ------------------------------------------------------------------ CPU time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu_seconds(path: str) -> float:
+    """utime + stime of a /proc/.../stat file, in seconds (kernel ticks of 1/CLK_TCK s)."""
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system time of the whole process (every thread, exited ones included)."""
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system time of one thread of ``pid``."""
+    return _stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
+
+
+def involuntary_switches(pid: int, tid: int) -> int:
+    """How often the scheduler took the CPU from thread ``tid`` of ``pid`` (a sign of
+    other work on its CPU)."""
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
+def thread_ids(pid: int, prefix: str) -> list:
+    """The threads of ``pid`` whose name starts with ``prefix`` (Envoy names its
+    workers ``wrk:worker_<i>``)."""
+    out = []
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda p: int(p.name)):
+        try:
+            if (task / "comm").read_text().strip().startswith(prefix):
+                out.append(int(task.name))
+        except OSError:
+            continue
+    return out
+
+
 # --------------------------------------------------------------------- helpers
 
 
@@ -153,6 +196,11 @@ def pct(values: list, p: float) -> float:
 
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs) -> tuple:
+    """(median, min, max) of ``xs``."""
+    return (median(xs), min(xs), max(xs)) if xs else (float("nan"),) * 3
 
 
 def fmt_kb(kb: float) -> str:

@@ -5,10 +5,16 @@ Sections (each also selectable with ``--only``):
 
   sizes      sizes of build/plugin.wasm, build/plugin-envoy.wasm and the minimal filter,
              and the criterion micro-benchmarks (``cargo bench --bench hot_paths``)
-  overhead   wrk -t1 -c32 against the same Envoy (override_host routing, concurrency 1)
-             without a Wasm filter, with a minimal filter that only sets one header
-             (bench/minimal-filter), and with the plugin deciding every request; three
-             more variants split the plugin's cost; rounds alternate the variants
+  overhead   the gateway's CPU time per request (primary) and wrk throughput and p99
+             (secondary), Envoy --concurrency 1 pinned to CPU 0, wrk, backend and
+             r-nacos on CPU 1: no filter, a minimal filter that only sets one header
+             (bench/minimal-filter), and the plugin on a guarded route (header mode),
+             with 100 route rules, with a pin header and on a route it does not guard;
+             many short rounds interleave the variants; ratios per round, median and
+             spread; ``--repeat 2`` runs it twice and checks the runs agree within 3 %
+  higress    the host tier (tests/hosttier: wasmtime running build/plugin.wasm as
+             Higress does): CPU time of the plugin's request callbacks with 10 and
+             1,000 hosts in the routed cluster
   load       Nacos requests per guarded service per interval at concurrency 1, 2, 4
   detection  from r-nacos answering a deregistration to the last request reaching the
              instance, at refreshIntervalMs 1000 and 200, under a steady request stream
@@ -45,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from criterion import section_criterion  # noqa: E402
 from detection import section_detection  # noqa: E402
 from gateways import OWNER, PIN, ensure_minimal_filter  # noqa: E402
+from higress_path import section_higress  # noqa: E402
 from learned import section_learned  # noqa: E402
 from measure import log, machine  # noqa: E402
 from nacos_load import section_load  # noqa: E402
@@ -55,7 +62,7 @@ from sizes import section_sizes  # noqa: E402
 
 from testbed.paths import REPO, plugin_wasm  # noqa: E402
 
-SECTIONS = ["sizes", "overhead", "load", "detection", "scale", "learned"]
+SECTIONS = ["sizes", "overhead", "higress", "load", "detection", "scale", "learned"]
 
 
 def main() -> int:
@@ -69,9 +76,24 @@ def main() -> int:
         "--pin", action="store_true", help="pin the gateway to CPU 0 and wrk and the backend to CPU 1 (taskset)"
     )
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--overhead-rounds", type=int, default=9, help="overhead: rounds, each running every variant")
+    ap.add_argument("--overhead-seconds", type=int, default=3, help="overhead: seconds of one wrk run")
+    ap.add_argument("--idle-seconds", type=float, default=3.0, help="overhead: window for the gateways' CPU at rest")
     ap.add_argument(
-        "--no-breakdown", dest="breakdown", action="store_false", help="only the three main overhead variants"
+        "--repeat",
+        type=int,
+        default=None,
+        help="overhead: whole runs back to back, checked for agreement (default 2, 1 with --quick)",
     )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="overhead: two more variants (no filter with the client setting the routing header; the minimal "
+        "filter making the plugin's host calls)",
+    )
+    ap.add_argument("--higress-requests", type=int, default=10000, help="higress: requests per round and host count")
+    ap.add_argument("--higress-rounds", type=int, default=3, help="higress: rounds alternating 10 and 1,000 hosts")
+    ap.add_argument("--higress-rps", type=int, default=5000, help="higress: simulated requests per second per VM")
     ap.add_argument("--trials-1000", type=int, default=25)
     ap.add_argument("--trials-200", type=int, default=30)
     ap.add_argument("--stream-period", type=float, default=0.005)
@@ -97,8 +119,12 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.scale_runs = 1, 3, 1
+        args.overhead_rounds, args.overhead_seconds, args.idle_seconds = 3, 2, 1.0
+        args.higress_requests, args.higress_rounds = 2000, 2
         args.trials_1000, args.trials_200 = 4, 5
         args.load_window, args.scale_window, args.criterion_seconds = 4.0, 4.0, 0.5
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 2
     args.scale = [int(x) for x in args.scale.split(",") if x]
     if args.pin:
         PIN.update(gateway="0", load="1")
@@ -133,6 +159,7 @@ def main() -> int:
     funcs = {
         "sizes": sizes_and_criterion,
         "overhead": lambda: section_overhead(args, res, work),
+        "higress": lambda: section_higress(args, res),
         "load": lambda: section_load(args, res, work),
         "detection": lambda: section_detection(args, res, work),
         "scale": lambda: section_scale(args, res, work),

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -196,8 +197,19 @@ class Vm:
     ROOT_ID = 1
     _modules: dict = {}
     _engine = wasmtime.Engine()
+    _fuel_engine = None  # made on first use: an engine that counts fuel (Wasm instructions)
+    FUEL = 10**15
 
-    def __init__(self, process: Process, wasm_path: str, plugin_config: dict, higress: bool, strict: bool, seed: int):
+    def __init__(
+        self,
+        process: Process,
+        wasm_path: str,
+        plugin_config: dict,
+        higress: bool,
+        strict: bool,
+        seed: int,
+        count_fuel: bool = False,
+    ):
         self.p = process
         self.higress = higress  # Higress's host: top-level properties, override imports
         self.strict = strict
@@ -214,11 +226,24 @@ class Vm:
         self.req = None  # the request whose callback runs now
         self.deferred: list = []  # addAfterVmCallAction queue
         self.count: dict = {}  # host call name -> count (for "work the host repeats")
-        module = self._modules.get(wasm_path)
+        # Time (ns, perf_counter) inside calls into the VM, and inside this host's imports (bench/higress_path.py)
+        self.call_ns = 0
+        self.host_ns = 0
+        engine = self._engine
+        if count_fuel:  # the bench's measure of the plugin's own work (bench/higress_path.py)
+            if Vm._fuel_engine is None:
+                config = wasmtime.Config()
+                config.consume_fuel = True
+                Vm._fuel_engine = wasmtime.Engine(config)
+            engine = Vm._fuel_engine
+        self.count_fuel = count_fuel
+        module = self._modules.get((wasm_path, count_fuel))
         if module is None:
-            module = self._modules[wasm_path] = wasmtime.Module.from_file(self._engine, wasm_path)
-        self.store = wasmtime.Store(self._engine)
-        linker = wasmtime.Linker(self._engine)
+            module = self._modules[(wasm_path, count_fuel)] = wasmtime.Module.from_file(engine, wasm_path)
+        self.store = wasmtime.Store(engine)
+        if count_fuel:
+            self.store.set_fuel(self.FUEL)
+        linker = wasmtime.Linker(engine)
         for imp in module.imports:
             impl = getattr(self, f"{imp.module}__{imp.name}", None)
             if impl is None:
@@ -240,15 +265,25 @@ class Vm:
         unsigned = [str(t) == "i32" for t in functype.params]
 
         def wrapper(caller, *args):
+            t0 = time.perf_counter_ns()
             self.count[name] = self.count.get(name, 0) + 1
             args = [a & 0xFFFFFFFF if u else a for a, u in zip(args, unsigned, strict=True)]
-            return impl(caller, *args)
+            try:
+                return impl(caller, *args)
+            finally:
+                self.host_ns += time.perf_counter_ns() - t0
 
         return wrapper
 
+    def fuel_used(self) -> int:
+        """Wasm instructions run so far (wasmtime fuel), with ``count_fuel``; else 0."""
+        return self.FUEL - self.store.get_fuel() if self.count_fuel else 0
+
     def call(self, export: str, *args):
         """Call into the VM; queued actions run when the call returns (cpp-host DeferAfterCallActions)."""
+        t0 = time.perf_counter_ns()
         result = self.exports[export](self.store, *args)
+        self.call_ns += time.perf_counter_ns() - t0
         actions, self.deferred = self.deferred, []
         for action in actions:
             action()
@@ -618,6 +653,7 @@ class Gateway:
         backends: dict | None = None,
         retries=0,
         routing_header="x-gateway-destination-endpoint",
+        count_fuel=False,
     ):
         self.mode = mode
         self.backend_cluster = "outbound|8080||demo.dns"
@@ -629,7 +665,10 @@ class Gateway:
         self.backends = backends if backends is not None else {}
         self.retries = retries
         self.routing_header = routing_header
-        self.vms = [Vm(self.p, wasm_path, plugin_config, mode == "higress", strict, seed=i) for i in range(workers)]
+        self.vms = [
+            Vm(self.p, wasm_path, plugin_config, mode == "higress", strict, seed=i, count_fuel=count_fuel)
+            for i in range(workers)
+        ]
         self.next_vm = 0
         self.next_context = 100
 
