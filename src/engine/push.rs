@@ -10,12 +10,10 @@
 //! HTTP/2 connection, so a `ServerCheck` answered on time proves the stream's
 //! connection is up. A link whose probe fails is closed and reconnected.
 
-use std::collections::HashMap;
-
 use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox};
-use super::ids::TargetId;
+use super::ids::{Id, TargetId};
 use super::metrics::{bump, PushMetrics};
 use crate::pure::config::PushSettings;
 use crate::pure::polling::nacos::request::ServiceKey;
@@ -102,8 +100,10 @@ pub(super) struct Link {
     service: Vec<u8>,
     timeout_ms: u64,
     state: State,
-    calls: HashMap<u32, Call>,
-    subscriptions: HashMap<TargetId, Subscribed>,
+    /// Unary calls in flight, by token: a handful, or one per service while
+    /// subscribing, each found once.
+    calls: Vec<(u32, Call)>,
+    subscriptions: Subscriptions,
     retry_at_ms: u64,
     backoff_ms: u64,
     /// A link was open before: the next connection is a reconnection.
@@ -121,8 +121,8 @@ impl Link {
             settings,
             timeout_ms,
             state: State::Down,
-            calls: HashMap::new(),
-            subscriptions: HashMap::new(),
+            calls: Vec::new(),
+            subscriptions: Subscriptions::default(),
             retry_at_ms: 0,
             backoff_ms: FIRST_BACKOFF_MS,
             was_open: false,
@@ -139,7 +139,7 @@ impl Link {
     }
 
     pub fn owns_call(&self, token: u32) -> bool {
-        self.calls.contains_key(&token)
+        self.calls.iter().any(|(t, _)| *t == token)
     }
 
     pub fn owns_stream(&self, token: u32) -> bool {
@@ -160,7 +160,7 @@ impl Link {
     pub fn due_poll(&mut self, target: TargetId, now_ms: u64) -> DuePoll {
         let alive = self.is_alive(now_ms);
         let safety = self.settings.safety_interval_ms;
-        match self.subscriptions.get_mut(&target).map(|s| &mut s.state) {
+        match self.subscriptions.get_mut(target).map(|s| &mut s.state) {
             Some(Subscription::Live { safety_poll_due_ms }) if alive => {
                 if now_ms < *safety_poll_due_ms {
                     return DuePoll::Confirm;
@@ -190,7 +190,7 @@ impl Link {
         if let Some(Subscribed {
             state: Subscription::Live { safety_poll_due_ms },
             ..
-        }) = self.subscriptions.get_mut(&target)
+        }) = self.subscriptions.get_mut(target)
         {
             *safety_poll_due_ms = now_ms;
         }
@@ -211,7 +211,7 @@ impl Link {
             State::Down if now_ms >= self.retry_at_ms => {
                 match outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms) {
                     Ok(token) => {
-                        self.calls.insert(token, Call::Check);
+                        self.calls.push((token, Call::Check));
                         self.state = State::Checking;
                     }
                     Err(reason) => self.failed_to_connect(now_ms, &reason, metrics),
@@ -247,7 +247,7 @@ impl Link {
         let sent = outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms);
         match sent {
             Ok(token) => {
-                self.calls.insert(token, Call::Probe);
+                self.calls.push((token, Call::Probe));
                 if let State::Open {
                     probing,
                     probe_due_ms,
@@ -270,7 +270,7 @@ impl Link {
         outbox: &mut dyn Outbox,
     ) {
         for want in &wanted {
-            let due = match self.subscriptions.get(&want.target).map(|s| &s.state) {
+            let due = match self.subscriptions.get(want.target).map(|s| &s.state) {
                 None => true,
                 Some(Subscription::RetryAt(at)) => now_ms >= *at,
                 Some(_) => false,
@@ -297,13 +297,13 @@ impl Link {
             };
             let state = match sent {
                 Ok(token) => {
-                    self.calls.insert(
+                    self.calls.push((
                         token,
                         Call::Subscribe {
                             target: want.target,
                             sent_at_ms: now_ms,
                         },
-                    );
+                    ));
                     Subscription::Sent
                 }
                 Err(_) if ambiguous => Subscription::Polled,
@@ -330,7 +330,8 @@ impl Link {
         outbox: &mut dyn Outbox,
         metrics: &mut dyn Metrics,
     ) -> Option<Heard> {
-        let call = self.calls.remove(&token)?;
+        let index = self.calls.iter().position(|(t, _)| *t == token)?;
+        let (_, call) = self.calls.swap_remove(index);
         match call {
             Call::Check => {
                 let checked = answer
@@ -363,7 +364,7 @@ impl Link {
                 None
             }
             Call::Subscribe { target, sent_at_ms } => {
-                let subscribed = self.subscriptions.get_mut(&target)?;
+                let subscribed = self.subscriptions.get_mut(target)?;
                 let info = answer
                     .ok_or_else(|| "no answer".to_string())
                     .and_then(|body| {
@@ -538,7 +539,7 @@ impl Link {
     fn subscribed_target(&self, service: &ServiceInfo) -> Option<TargetId> {
         self.subscriptions.iter().find_map(|(target, s)| {
             (s.group == service.group && s.name == service.name && s.clusters == service.clusters)
-                .then_some(*target)
+                .then_some(target)
         })
     }
 
@@ -561,5 +562,58 @@ impl Link {
         self.calls.clear();
         self.retry_at_ms = 0;
         self.backoff_ms = FIRST_BACKOFF_MS;
+    }
+}
+
+/// The link's subscriptions by service: `TargetId`s are small and dense.
+#[derive(Default)]
+struct Subscriptions {
+    by_target: Vec<Option<Subscribed>>,
+    count: usize,
+}
+
+impl Subscriptions {
+    fn get(&self, target: TargetId) -> Option<&Subscribed> {
+        self.by_target.get(target.index())?.as_ref()
+    }
+
+    fn get_mut(&mut self, target: TargetId) -> Option<&mut Subscribed> {
+        self.by_target.get_mut(target.index())?.as_mut()
+    }
+
+    fn insert(&mut self, target: TargetId, subscribed: Subscribed) {
+        let index = target.index();
+        if self.by_target.len() <= index {
+            self.by_target.resize_with(index + 1, || None);
+        }
+        if let Some(slot) = self.by_target.get_mut(index) {
+            if slot.replace(subscribed).is_none() {
+                self.count += 1;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn clear(&mut self) {
+        self.by_target.clear();
+        self.count = 0;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (TargetId, &Subscribed)> {
+        self.by_target
+            .iter()
+            .enumerate()
+            .filter_map(|(index, s)| Some((TargetId::from_index(index), s.as_ref()?)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Subscribed> {
+        self.by_target.iter().flatten()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Subscribed> {
+        self.by_target.iter_mut().flatten()
     }
 }

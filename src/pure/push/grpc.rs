@@ -34,7 +34,7 @@ mod tests {
     #[test]
     fn the_service_is_an_envoy_grpc_message_naming_cluster_and_authority() {
         let service = envoy_grpc_service("outbound|9848||nacos.dns", "nacos.dns");
-        let mut expected = vec![0x0a, 36, 0x0a, 24];
+        let mut expected = vec![0x0a, 37, 0x0a, 24];
         expected.extend_from_slice(b"outbound|9848||nacos.dns");
         expected.extend_from_slice(&[0x12, 9]);
         expected.extend_from_slice(b"nacos.dns");

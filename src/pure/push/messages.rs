@@ -18,11 +18,10 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde_json::json;
 
 use super::wire::{self, Payload, WireError};
 use crate::pure::polling::nacos::request::ServiceKey;
-use crate::pure::polling::nacos::response::{instance_set, AnswerError, RawHost, MAX_ANSWER_BYTES};
+use crate::pure::polling::nacos::response::{AnswerError, RawServiceInfo, MAX_ANSWER_BYTES};
 use crate::pure::registry::instance::InstanceSet;
 
 /// What a subscribe answer or a push says about one service.
@@ -103,24 +102,12 @@ struct Body {
     service_info: Option<RawServiceInfo>,
 }
 
-/// Nacos's `ServiceInfo`, the shape of the v1 list answer.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawServiceInfo {
-    name: Option<String>,
-    group_name: Option<String>,
-    clusters: Option<String>,
-    hosts: Option<Vec<RawHost>>,
-    #[serde(default)]
-    reach_protection_threshold: bool,
-}
-
 /// The unary `ServerCheckRequest`, which gives the connection's id.
 pub fn server_check() -> Vec<u8> {
     request(
         "ServerCheckRequest",
         None,
-        json!({"requestId": "", "headers": {}, "module": "internal"}),
+        r#"{"requestId":"","headers":{},"module":"internal"}"#.into(),
     )
 }
 
@@ -139,14 +126,11 @@ pub fn connection_setup(namespace: &str) -> Vec<u8> {
     request(
         "ConnectionSetupRequest",
         None,
-        json!({
-            "requestId": "",
-            "headers": {},
-            "module": "internal",
-            "clientVersion": concat!("nacos-instance-guard:v", env!("CARGO_PKG_VERSION")),
-            "tenant": namespace,
-            "labels": {"source": "sdk", "module": "naming"},
-        }),
+        format!(
+            r#"{{"requestId":"","headers":{{}},"module":"internal","clientVersion":"{}","tenant":{},"labels":{{"source":"sdk","module":"naming"}}}}"#,
+            concat!("nacos-instance-guard:v", env!("CARGO_PKG_VERSION")),
+            quoted(namespace)
+        ),
     )
 }
 
@@ -159,19 +143,20 @@ pub fn subscribe(
     access_token: Option<&str>,
     request_id: &str,
 ) -> Vec<u8> {
+    let headers = access_token.map_or(String::new(), |token| {
+        format!(r#""accessToken":{}"#, quoted(token))
+    });
     request(
         "SubscribeServiceRequest",
         access_token,
-        json!({
-            "requestId": request_id,
-            "headers": access_token.map_or(json!({}), |token| json!({"accessToken": token})),
-            "module": "naming",
-            "namespace": service.namespace_id,
-            "serviceName": service.name,
-            "groupName": service.group,
-            "clusters": clusters.join(","),
-            "subscribe": true,
-        }),
+        format!(
+            r#"{{"requestId":{},"headers":{{{headers}}},"module":"naming","namespace":{},"serviceName":{},"groupName":{},"clusters":{},"subscribe":true}}"#,
+            quoted(request_id),
+            quoted(&service.namespace_id),
+            quoted(&service.name),
+            quoted(&service.group),
+            quoted(&clusters.join(",")),
+        ),
     )
 }
 
@@ -213,18 +198,26 @@ fn ack(message_type: &str, request_id: &str) -> Vec<u8> {
     request(
         message_type,
         None,
-        json!({"requestId": request_id, "resultCode": 200, "errorCode": 0, "message": ""}),
+        format!(
+            r#"{{"requestId":{},"resultCode":200,"errorCode":0,"message":""}}"#,
+            quoted(request_id)
+        ),
     )
 }
 
-fn request(message_type: &str, access_token: Option<&str>, body: serde_json::Value) -> Vec<u8> {
+/// `text` as a JSON string, quotes and escapes included.
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+fn request(message_type: &str, access_token: Option<&str>, body: String) -> Vec<u8> {
     wire::encode(&Payload {
         message_type: message_type.to_string(),
         headers: access_token
             .map(|token| ("accessToken".to_string(), token.to_string()))
             .into_iter()
             .collect(),
-        body: body.to_string().into_bytes(),
+        body: body.into_bytes(),
     })
 }
 
@@ -266,23 +259,19 @@ fn required<T>(field: Option<T>, name: &str) -> Result<T, PushError> {
 }
 
 fn service_info(raw: Option<RawServiceInfo>) -> Result<ServiceInfo, PushError> {
-    let raw = required(raw, "serviceInfo")?;
-    let full_name = raw.name.unwrap_or_default();
+    let mut raw = required(raw, "serviceInfo")?;
+    let full_name = raw.name.take().unwrap_or_default();
     // Nacos may name the service `group@@name`, as its v1 list answer does.
     let (group, name) = full_name.split_once("@@").unwrap_or(("", &full_name));
     Ok(ServiceInfo {
         group: raw
             .group_name
+            .take()
             .filter(|group| !group.is_empty())
             .unwrap_or_else(|| group.to_string()),
         name: name.to_string(),
-        clusters: raw.clusters.unwrap_or_default(),
-        list: match raw.hosts {
-            Some(hosts) => instance_set(hosts, raw.reach_protection_threshold),
-            None => Err(AnswerError::Malformed(
-                "`serviceInfo` without `hosts`".into(),
-            )),
-        },
+        clusters: raw.clusters.take().unwrap_or_default(),
+        list: raw.instances(),
     })
 }
 
@@ -290,6 +279,7 @@ fn service_info(raw: Option<RawServiceInfo>) -> Result<ServiceInfo, PushError> {
 mod tests {
     use super::*;
     use crate::testing::test;
+    use serde_json::json;
 
     const SERVER_CHECK: &[u8] = include_bytes!("captured/server_check.bin");
     const SUBSCRIBE_ONE_HOST: &[u8] = include_bytes!("captured/subscribe_one_host.bin");

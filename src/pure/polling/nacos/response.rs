@@ -46,12 +46,31 @@ impl fmt::Display for AnswerError {
     }
 }
 
+/// Nacos's `ServiceInfo`: the v1 list answer, and the list a gRPC subscription
+/// answer or push carries (`push::messages`). One shape, so one decoder.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct V1List {
-    hosts: Vec<RawHost>,
+pub(crate) struct RawServiceInfo {
     #[serde(default)]
-    reach_protection_threshold: bool,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub group_name: Option<String>,
+    #[serde(default)]
+    pub clusters: Option<String>,
+    #[serde(default)]
+    pub hosts: Option<Vec<RawHost>>,
+    #[serde(default)]
+    pub reach_protection_threshold: bool,
+}
+
+impl RawServiceInfo {
+    /// Its instances; a list without `hosts` is malformed, an empty one is the truth.
+    pub(crate) fn instances(self) -> Result<InstanceSet, AnswerError> {
+        match self.hosts {
+            Some(hosts) => instance_set(hosts, self.reach_protection_threshold),
+            None => Err(AnswerError::Malformed("missing field `hosts`".into())),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -106,8 +125,8 @@ pub fn parse_instance_list(
     let malformed = |error: serde_json::Error| AnswerError::Malformed(error.to_string());
     let (hosts, protection_reached) = match api {
         ApiVersion::V1 => {
-            let list: V1List = serde_json::from_slice(body).map_err(malformed)?;
-            (list.hosts, list.reach_protection_threshold)
+            let list: RawServiceInfo = serde_json::from_slice(body).map_err(malformed)?;
+            return list.instances();
         }
         ApiVersion::V3 => {
             let list: V3List = serde_json::from_slice(body).map_err(malformed)?;
