@@ -142,7 +142,7 @@ SOAK_MINUTES ?= 5
 soak: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) tests/e2e/soak.py --minutes $(SOAK_MINUTES)
 
-## bench: CPU per request (two runs), the Higress path in the host tier, detection time, Nacos load, scale and sizes (writes bench/results.md)
+## bench: CPU per request (two runs), the Higress path in the host tier, detection time and Nacos load (polling and push), scale and sizes (writes bench/results.md)
 bench: build $(VENV_STAMP) $(RNACOS) $(WRK)
 	$(E2E_ENV) $(PYTHON) bench/run.py
 

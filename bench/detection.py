@@ -1,5 +1,6 @@
 """Section ``detection``: from r-nacos answering a deregistration to the last request
-reaching the instance, at refreshIntervalMs 1000 and 200, under a steady request stream."""
+reaching the instance, at refreshIntervalMs 1000 and 200 and by push (bench/push.py),
+under a steady request stream."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from gateways import OWNER, gateway, start_nacos, wait_first_snapshot
 from measure import log, pct
+from push import detection_push
 
 from testbed.backends import Backend
 from testbed.higress import plugin_config
@@ -110,3 +112,5 @@ def section_detection(args, res: dict, work: Path) -> None:
         for item in (envoy, a, b, nacos):
             OWNER.stop(item)
     res["detection"] = out
+    if args.trials_push:
+        res["detection_push"] = detection_push(args, work)

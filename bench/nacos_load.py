@@ -1,5 +1,6 @@
 """Section ``load``: Nacos requests per guarded service per interval as the worker count
-grows."""
+grows, polling at 1 s; then with push (bench/push.py): HTTP list calls per service per
+minute and gRPC connections per gateway, at concurrency 1, 2, 4 and at 1,000 services."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from gateways import NACOS_STAT, OWNER, fast_backend, gateway, start_nacos, wait_first_snapshot
 from measure import log
+from push import load_push
 
 from testbed.higress import plugin_config
 
@@ -39,5 +41,7 @@ def section_load(args, res: dict, work: Path) -> None:
         )
         OWNER.stop(envoy)
     res["load"] = out
+    if args.push_services:
+        res["load_push"] = load_push(args, work, nacos, backend)
     OWNER.stop(backend)
     OWNER.stop(nacos)

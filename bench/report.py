@@ -48,6 +48,8 @@ def build_report(res: dict, args) -> tuple:
                 f"p50 {d['to_poll_p50']:.0f}, max {d['to_poll_max']:.0f} ms; p50 {d['after_poll_p50']:.0f}, "
                 f"p99 {d['after_poll_p99']:.0f}, max {d['after_poll_max']:.0f} ms",
             )
+    if "detection_push" in res:
+        detection_push_rows(res["detection_push"], row)
     if "learned" in res:
         learned = res["learned"]
         row(
@@ -71,6 +73,8 @@ def build_report(res: dict, args) -> tuple:
                 "1",
                 "met" if load["per_interval"] <= 1.15 else "missed",
             )
+    if "load_push" in res:
+        load_push_rows(res["load_push"], res.get("load", {}), row)
     if "registration" in res:
         r = res["registration"]
         row(
@@ -143,7 +147,84 @@ def build_report(res: dict, args) -> tuple:
                 f"poll failures {d['poll_failure']})"
             )
         details.append("")
+    if "detection_push" in res:
+        d = res["detection_push"]
+        details.append("### Detection by push, every valid trial (ms)\n")
+        details.append("- deregistration -> last request: " + ", ".join(f"{x:.0f}" for x in d["lags_ms"]))
+        details.append("- r-nacos push delay (its log): " + ", ".join(f"{x:.0f}" for x in d["delays_ms"]))
+        details.append(
+            "- DELETE answered -> gateway's pushes counter: " + ", ".join(f"{x:.0f}" for x in d["to_push_ms"])
+        )
+        details.append(
+            f"- {len(d['all_trials'])} trials: {d['invalid']} invalid (poll_success moved), {d['no_push']} without a "
+            f"push; {d['censored']} hit the watch window; {d['no_traffic']} without recent traffic; pushed on "
+            f"bi-stream(s) {d['streams']}; stream of {d['requests']} requests, {d['errors']} errors; "
+            f"{d['reconnects']} reconnects, {d['push_failures']} push failures"
+        )
+        details.append("")
     return "\n".join(table), "\n".join(details)
+
+
+def fmt_ms(x) -> str:
+    return "n/a" if x != x else f"{x:.0f}"  # NaN
+
+
+def detection_push_rows(d: dict, row) -> None:
+    row(
+        f"detection by push ({d['trials']} valid trials of {len(d['all_trials'])}; safety poll "
+        f"{d['safety_ms'] // 1000} s, {d['invalid']} trials with a poll left out, {d['no_push']} without a push)",
+        f"p50 {fmt_ms(d['p50'])} ms, p99 {fmt_ms(d['p99'])} ms, max {fmt_ms(d['max'])} ms",
+        f"p99 <= push delay p99 + 100 = {fmt_ms(d['goal_ms'])} ms",
+        "met" if d["met"] else "missed" + (f" by {d['p99'] - d['goal_ms']:.0f} ms" if d["p99"] == d["p99"] else ""),
+    )
+    row(
+        "r-nacos push delay: DELETE answered -> the pushed frame sent (r-nacos's log, us timestamps)",
+        f"p50 {fmt_ms(d['delay_p50'])}, p99 {fmt_ms(d['delay_p99'])}, max {fmt_ms(d['delay_max'])} ms"
+        + (f" ({d['delay_missing']} trials without it)" if d["delay_missing"] else ""),
+    )
+    row(
+        "detection by push, split: DELETE answered -> gateway's pushes counter (admin, ~2 ms samples); push -> "
+        "last request; per trial detection - push delay (the gateway's own part)",
+        f"p50 {fmt_ms(d['to_push_p50'])}, p99 {fmt_ms(d['to_push_p99'])} ms; p50 {fmt_ms(d['after_push_p50'])}, "
+        f"p99 {fmt_ms(d['after_push_p99'])} ms; p50 {fmt_ms(d['excess_p50'])}, p99 {fmt_ms(d['excess_p99'])} ms",
+    )
+
+
+def load_push_rows(lp: dict, polling: dict, row) -> None:
+    safety = lp["safety_ms"] / 1000
+
+    def rows(name, o, polled):
+        per_min = o["per_service_per_minute"]
+        row(
+            f"HTTP list calls per service per minute at steady state, push (safety {safety:.0f} s), {name} "
+            f"({o['seconds']:.0f} s window)",
+            f"{per_min:.2f} ({o['list_calls']} calls; {o['pushes']} pushes)"
+            + (" (window shorter than the safety interval: a reduced run)" if o["seconds"] < safety else "")
+            + (f"; polling at 1 s in this run: {polled:.1f}" if polled is not None else ""),
+            "<= 2 (polling at 1 s: 60)",
+            "met" if per_min <= 2.0 else "missed",
+        )
+        ok = o["grpc_cx_min"] == o["grpc_cx_max"] == 1
+        row(
+            f"gRPC connections per gateway, push, {name} ({o['vms']} VMs)",
+            f"{o['grpc_cx_min']}..{o['grpc_cx_max']} active ({o['grpc_cx_samples']} samples), {o['grpc_cx_new']} "
+            f"opened in the window, {o['reconnects']} reconnects",
+            "1 per Nacos server (1 here)",
+            "met" if ok else "missed",
+        )
+
+    for conc, o in lp["by_concurrency"].items():
+        p = polling.get(conc)
+        rows(f"concurrency {conc}", o, p["per_interval"] * 60 if p else None)
+    o = lp["services"]
+    rows(f"{o['services']} services, concurrency {o['concurrency']}", o, None)
+    ms = o.get("last_service_push_ms")
+    row(
+        f"{o['services']} services: a change to the last service afterwards (its subscription holds)",
+        f"pushed after {ms:.0f} ms" if ms is not None else "no push within 5 s",
+        "pushed",
+        "met" if ms is not None else "missed",
+    )
 
 
 def overhead_rows(ov: dict, row) -> None:
@@ -296,6 +377,18 @@ def write_results(res: dict, args, mach: dict, errors: dict, started: float) -> 
         "client sends a request every ~5 ms on a new connection (so over every worker; concurrency "
         f"{args.detect_concurrency}); the time runs from r-nacos answering the DELETE to the last request "
         "that reached A (its own timestamp). The split uses the `poll_success` counter sampled every ~2 ms.",
+        "- Detection by push: the same stream and trial, the gateway taking lists by push with the safety poll at "
+        "600 s; a trial in which the service's `poll_success` moved is left out (invalid). Each trial waits for "
+        "A's re-registration to be pushed, then a random phase of 0-1 s (two of r-nacos's 500 ms push checks) "
+        "before the DELETE. The push delay is r-nacos's own, from its log (`RUST_LOG` with "
+        "`actix_web::middleware::logger=info,h2::codec::framed_write=debug,h2::codec::framed_read=debug`): "
+        "from the log line of the DELETE's answer to the first HTTP/2 DATA frame r-nacos sent unprompted "
+        "(on a stream it had received no DATA on since: the bi-stream) after it.",
+        "- Nacos load with push: the safety poll at its default; three gateways (--concurrency 1, 2, 4) run "
+        "side by side against one r-nacos, each counting its own `upstream_rq_total` of the Nacos HTTP "
+        "cluster over one common window at steady state (after polling settled), and sampling "
+        "`cluster.outbound|9848||nacos.dns.upstream_cx_active` every ~0.5 s; then one gateway guarding "
+        "1,000 services (one rule each, as in scale; one instance each).",
         "- Nacos load and scale: `cluster.outbound|8848||nacos.dns.upstream_rq_total` over a window; calls "
         "in flight: that cluster's `upstream_rq_active` gauge sampled every ~5 ms during the first and the "
         'steady round. Memory: the process\'s RSS after the rounds; "without plugin" is the same Envoy '

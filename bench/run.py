@@ -15,9 +15,12 @@ Sections (each also selectable with ``--only``):
   higress    the host tier (tests/hosttier: wasmtime running build/plugin.wasm as
              Higress does): CPU time of the plugin's request callbacks with 10 and
              1,000 hosts in the routed cluster
-  load       Nacos requests per guarded service per interval at concurrency 1, 2, 4
+  load       Nacos requests per guarded service per interval at concurrency 1, 2, 4; with
+             push: HTTP list calls per service per minute and gRPC connections per
+             gateway at concurrency 1, 2, 4 and at 1,000 services (``--push-load-window``)
   detection  from r-nacos answering a deregistration to the last request reaching the
-             instance, at refreshIntervalMs 1000 and 200, under a steady request stream
+             instance, at refreshIntervalMs 1000 and 200 and by push (with r-nacos's
+             push delay from its log), under a steady request stream
   scale      1, 100 and 1000 guarded services (10 instances each): poll round time,
              calls in flight, memory, CPU at rest and per-request cost
   learned    guardNacosRoutes: first request to a new service -> its first poll; the
@@ -96,6 +99,15 @@ def main() -> int:
     ap.add_argument("--higress-rps", type=int, default=5000, help="higress: simulated requests per second per VM")
     ap.add_argument("--trials-1000", type=int, default=25)
     ap.add_argument("--trials-200", type=int, default=30)
+    ap.add_argument("--trials-push", type=int, default=25, help="detection by push: trials (0: none)")
+    ap.add_argument("--push-window", type=float, default=2.5, help="detection by push: seconds to wait for a push")
+    ap.add_argument(
+        "--push-load-window",
+        type=float,
+        default=None,
+        help="load with push: seconds of the steady-state window (default 60, 15 with --quick)",
+    )
+    ap.add_argument("--push-services", type=int, default=1000, help="load with push: services of the big run (0: none)")
     ap.add_argument("--stream-period", type=float, default=0.005)
     ap.add_argument("--detect-concurrency", type=int, default=2)
     ap.add_argument("--load-window", type=float, default=10.0)
@@ -121,8 +133,10 @@ def main() -> int:
         args.rounds, args.duration, args.scale_runs = 1, 3, 1
         args.overhead_rounds, args.overhead_seconds, args.idle_seconds = 3, 2, 1.0
         args.higress_requests, args.higress_rounds = 2000, 2
-        args.trials_1000, args.trials_200 = 4, 5
+        args.trials_1000, args.trials_200, args.trials_push = 4, 5, 5
         args.load_window, args.scale_window, args.criterion_seconds = 4.0, 4.0, 0.5
+    if args.push_load_window is None:
+        args.push_load_window = 15.0 if args.quick else 60.0
     if args.repeat is None:
         args.repeat = 1 if args.quick else 2
     args.scale = [int(x) for x in args.scale.split(",") if x]
