@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = published::decode_heartbeat(data).count();
     let _ = published::decode_learned(data);
     let _ = published::decode_number(Some(data));
-    let _ = published::decode::<PublishedToken>(data);
+    let _ = PublishedToken::decode(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = endpoint::parse(text);
         let _ = service_of(text, &NacosNames::default());

@@ -1,8 +1,7 @@
 //! The answer a rejected request gets: a status and a small JSON body with a
 //! stable code, prepared once per guard rather than per request.
 
-use serde::Serialize;
-
+use crate::pure::json::quoted;
 use crate::pure::routing::decision::RejectCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,14 +11,6 @@ pub struct RejectResponse {
 }
 
 pub const REJECT_CONTENT_TYPE: &str = "application/json";
-
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    service: &'a str,
-    group: &'a str,
-    message: String,
-}
 
 /// A guard's rejections, one per code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,17 +51,17 @@ fn prepare_one(code: RejectCode, status: u32, service: &str, group: &str) -> Rej
             format!("Nacos has not answered for service {service} recently enough")
         }
     };
-    let body = Body {
-        code: code.as_str(),
-        service,
-        group,
-        message,
-    };
     RejectResponse {
         status,
-        // Serializing a struct of strings cannot fail; the fallback keeps the code.
-        body: serde_json::to_string(&body)
-            .unwrap_or_else(|_| format!("{{\"code\":\"{}\"}}", code.as_str())),
+        // Written directly rather than through a derived `Serialize`: only strings,
+        // and the plugin links the string escaper anyway.
+        body: format!(
+            r#"{{"code":{},"service":{},"group":{},"message":{}}}"#,
+            quoted(code.as_str()),
+            quoted(service),
+            quoted(group),
+            quoted(&message)
+        ),
     }
 }
 
@@ -91,5 +82,10 @@ mod tests {
             assert_eq!(body["group"], "G");
             assert!(body["message"].as_str().unwrap().contains("de\"mo"));
         }
+        // The bytes the derived `Serialize` wrote, field order included.
+        assert_eq!(
+            responses.get(RejectCode::NoHealthyInstance).body,
+            r#"{"code":"no_healthy_instance","service":"de\"mo","group":"G","message":"service de\"mo has no healthy instance in Nacos"}"#
+        );
     }
 }

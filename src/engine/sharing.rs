@@ -186,7 +186,7 @@ impl Sharing {
             .get(&self.keys.token(server))
             .0
             .as_deref()
-            .and_then(published::decode)
+            .and_then(PublishedToken::decode)
     }
 
     pub fn publish_token(
@@ -195,7 +195,7 @@ impl Sharing {
         token: &PublishedToken,
         store: &mut dyn SharedStore,
     ) {
-        if let Some(bytes) = published::encode(token) {
+        if let Some(bytes) = token.encode() {
             store.set(&self.keys.token(server), &bytes, None);
         }
     }

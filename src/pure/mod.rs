@@ -3,6 +3,8 @@
 //! answers, routing each request, and the sharing between an Envoy's VMs.
 
 pub mod config;
+/// Reading Nacos's JSON by hand, and writing JSON strings.
+pub mod json;
 pub mod polling;
 /// Nacos 2.x gRPC push: the wire format and the messages.
 pub mod push;

@@ -17,9 +17,10 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use super::wire::{self, Payload, WireError};
+use crate::pure::json::{self, quoted};
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::response::{AnswerError, RawServiceInfo, MAX_ANSWER_BYTES};
 use crate::pure::registry::instance::InstanceSet;
@@ -91,8 +92,6 @@ impl From<WireError> for PushError {
 }
 
 /// The fields of every message read here; each message has a few of them.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Body {
     result_code: Option<i64>,
     error_code: Option<i64>,
@@ -205,11 +204,6 @@ fn ack(message_type: &str, request_id: &str) -> Vec<u8> {
     )
 }
 
-/// `text` as a JSON string, quotes and escapes included.
-fn quoted(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_default()
-}
-
 fn request(message_type: &str, access_token: Option<&str>, body: String) -> Vec<u8> {
     wire::encode(&Payload {
         message_type: message_type.to_string(),
@@ -251,7 +245,25 @@ fn parse(json: &[u8]) -> Result<Body, PushError> {
             json.len()
         )));
     }
-    serde_json::from_slice(json).map_err(|error| PushError::Malformed(error.to_string()))
+    json::parse(json)
+        .and_then(|value| read_body(&value))
+        .map_err(PushError::Malformed)
+}
+
+/// Every field, `serviceInfo` with its hosts too, so a message with any of them of
+/// the wrong type is malformed as a whole.
+fn read_body(value: &Value) -> Result<Body, String> {
+    let body = json::object(value, "message")?;
+    Ok(Body {
+        result_code: json::int(body, "resultCode")?,
+        error_code: json::int(body, "errorCode")?,
+        message: json::string(body, "message")?,
+        request_id: json::string(body, "requestId")?,
+        connection_id: json::string(body, "connectionId")?,
+        service_info: json::present(body, "serviceInfo")
+            .map(RawServiceInfo::read)
+            .transpose()?,
+    })
 }
 
 fn required<T>(field: Option<T>, name: &str) -> Result<T, PushError> {

@@ -1,9 +1,7 @@
 //! What Nacos said about one service, and which of its instances may get traffic.
 
-use serde::{Deserialize, Serialize};
-
 /// One instance as Nacos listed it, its address already in canonical `ip:port` form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
     pub endpoint: String,
     pub weight: f64,
@@ -14,7 +12,7 @@ pub struct Instance {
 }
 
 /// One answer of Nacos for one service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstanceSet {
     pub instances: Vec<Instance>,
     /// Nacos reached the service's protection threshold and marked every instance

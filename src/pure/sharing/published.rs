@@ -7,9 +7,7 @@
 //!   changes, and when it was last confirmed. A configuration edit makes a new
 //!   configuration with new keys, and it starts from these instead of nothing.
 
-use serde::{Deserialize, Serialize};
-
-use crate::pure::registry::instance::InstanceSet;
+use crate::pure::registry::instance::{Instance, InstanceSet};
 use crate::pure::registry::snapshot::Health;
 
 const PLUGIN: &str = "nacos-instance-guard";
@@ -110,11 +108,38 @@ impl ServiceKeys {
     }
 }
 
-/// A service's content: `<stamp>\n<json>`, so that a writer can tell whether what
-/// is stored is newer than what it holds without decoding the list.
+/// The first byte of a service's content list and of a token. Releases before it
+/// wrote JSON there, which starts with `{`: VMs of two releases share one Envoy
+/// during an upgrade, and each must find the other's values unreadable (nothing to
+/// adopt) rather than misread them. Change it whenever the layout below changes.
+const FORMAT: u8 = 1;
+
+/// A service's content: `<stamp>\n` and the list, so that a writer can tell whether
+/// what is stored is newer than what it holds without decoding the list.
+///
+/// The list is binary rather than JSON, which needed a serializer and a deserializer
+/// in the plugin for this alone: [`FORMAT`], then whether the protection threshold
+/// was reached, the number of instances and each instance (endpoint, weight as
+/// IEEE 754 bits, healthy, enabled, cluster, the number of metadata pairs and
+/// each key and value). Numbers are little-endian, the count and string lengths
+/// 32-bit, flags one byte of 0 or 1.
 pub fn encode_content(stamp: u64, set: &InstanceSet) -> Option<Vec<u8>> {
     let mut bytes = format!("{stamp}\n").into_bytes();
-    serde_json::to_writer(&mut bytes, set).ok()?;
+    bytes.push(FORMAT);
+    bytes.push(u8::from(set.protection_reached));
+    put_len(&mut bytes, set.instances.len())?;
+    for instance in &set.instances {
+        put_str(&mut bytes, &instance.endpoint)?;
+        bytes.extend_from_slice(&instance.weight.to_bits().to_le_bytes());
+        bytes.push(u8::from(instance.healthy));
+        bytes.push(u8::from(instance.enabled));
+        put_str(&mut bytes, &instance.cluster)?;
+        put_len(&mut bytes, instance.metadata.len())?;
+        for (key, value) in &instance.metadata {
+            put_str(&mut bytes, key)?;
+            put_str(&mut bytes, value)?;
+        }
+    }
     Some(bytes)
 }
 
@@ -123,11 +148,94 @@ pub fn content_stamp(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes.get(..end)?).ok()?.parse().ok()
 }
 
+/// `None` for anything but exactly what [`encode_content`] writes: another format,
+/// a torn or truncated value, bytes left over.
 pub fn decode_content(bytes: &[u8]) -> Option<(u64, InstanceSet)> {
     let stamp = content_stamp(bytes)?;
     let start = bytes.iter().position(|b| *b == b'\n')? + 1;
-    let set = serde_json::from_slice(bytes.get(start..)?).ok()?;
-    Some((stamp, set))
+    let mut reader = Reader(bytes.get(start..)?);
+    reader.format()?;
+    let protection_reached = reader.flag()?;
+    let mut instances = Vec::new();
+    // Not preallocated: the count is not trusted before the bytes back it.
+    for _ in 0..reader.u32()? {
+        let endpoint = reader.string()?;
+        let weight = f64::from_bits(reader.u64()?);
+        let healthy = reader.flag()?;
+        let enabled = reader.flag()?;
+        let cluster = reader.string()?;
+        let mut metadata = Vec::new();
+        for _ in 0..reader.u32()? {
+            metadata.push((reader.string()?, reader.string()?));
+        }
+        instances.push(Instance {
+            endpoint,
+            weight,
+            healthy,
+            enabled,
+            cluster,
+            metadata,
+        });
+    }
+    reader.end()?;
+    Some((
+        stamp,
+        InstanceSet {
+            instances,
+            protection_reached,
+        },
+    ))
+}
+
+fn put_len(bytes: &mut Vec<u8>, len: usize) -> Option<()> {
+    bytes.extend_from_slice(&u32::try_from(len).ok()?.to_le_bytes());
+    Some(())
+}
+
+fn put_str(bytes: &mut Vec<u8>, text: &str) -> Option<()> {
+    put_len(bytes, text.len())?;
+    bytes.extend_from_slice(text.as_bytes());
+    Some(())
+}
+
+/// The unread rest of a binary value; every read is `None` past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn format(&mut self) -> Option<()> {
+        (self.take(1)? == [FORMAT]).then_some(())
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        match self.take(1)? {
+            [0] => Some(false),
+            [1] => Some(true),
+            _ => None,
+        }
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+
+    fn end(&self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
 }
 
 /// Each service's [`Health`] under its [`ServiceKeys::id`], 32 bytes apiece
@@ -162,19 +270,38 @@ pub fn decode_heartbeat(bytes: &[u8]) -> impl Iterator<Item = (u64, Health)> + '
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedToken {
     pub token: String,
     pub refresh_at_ms: u64,
     pub expires_at_ms: u64,
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Option<Vec<u8>> {
-    serde_json::to_vec(value).ok()
-}
+impl PublishedToken {
+    /// [`FORMAT`], the two times (64-bit little-endian), then the token's length
+    /// and bytes.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut bytes = vec![FORMAT];
+        bytes.extend_from_slice(&self.refresh_at_ms.to_le_bytes());
+        bytes.extend_from_slice(&self.expires_at_ms.to_le_bytes());
+        put_str(&mut bytes, &self.token)?;
+        Some(bytes)
+    }
 
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
-    serde_json::from_slice(bytes).ok()
+    /// `None` for anything but exactly what [`Self::encode`] writes.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut reader = Reader(bytes);
+        reader.format()?;
+        let refresh_at_ms = reader.u64()?;
+        let expires_at_ms = reader.u64()?;
+        let token = reader.string()?;
+        reader.end()?;
+        Some(Self {
+            token,
+            refresh_at_ms,
+            expires_at_ms,
+        })
+    }
 }
 
 pub fn decode_number(bytes: Option<&[u8]>) -> Option<u64> {
@@ -187,27 +314,87 @@ mod tests {
     use crate::pure::registry::instance::instance;
     use crate::testing::test;
 
+    fn rich_set() -> InstanceSet {
+        let mut odd = instance("[::1]:8080", f64::MIN_POSITIVE);
+        odd.healthy = false;
+        odd.cluster = "集群\n\"B\"".into();
+        odd.metadata = vec![("zone".into(), "a".into()), (String::new(), "\0".into())];
+        let mut disabled = instance("10.0.0.2:1", 0.0);
+        disabled.enabled = false;
+        disabled.cluster = String::new();
+        InstanceSet {
+            instances: vec![instance("10.0.0.1:80", 2.5), odd, disabled],
+            protection_reached: true,
+        }
+    }
+
+    fn token() -> PublishedToken {
+        PublishedToken {
+            token: "eyJ0.é".into(),
+            refresh_at_ms: 1,
+            expires_at_ms: u64::MAX,
+        }
+    }
+
     #[test]
     fn content_and_tokens_round_trip() {
-        let set = InstanceSet {
-            instances: vec![instance("10.0.0.1:80", 2.5)],
-            protection_reached: true,
-        };
-        let bytes = encode_content(99, &set).unwrap();
-        assert_eq!(content_stamp(&bytes), Some(99));
-        assert_eq!(decode_content(&bytes), Some((99, set)));
-        assert_eq!(decode_content(b"12\nnot json"), None);
+        for set in [rich_set(), InstanceSet::default()] {
+            let bytes = encode_content(99, &set).unwrap();
+            assert_eq!(content_stamp(&bytes), Some(99));
+            assert_eq!(decode_content(&bytes), Some((99, set)));
+        }
         assert_eq!(content_stamp(b"no stamp"), None);
-        let token = PublishedToken {
-            token: "t".into(),
-            refresh_at_ms: 1,
-            expires_at_ms: 2,
-        };
+        let token = token();
         assert_eq!(
-            decode::<PublishedToken>(&encode(&token).unwrap()),
+            PublishedToken::decode(&token.encode().unwrap()),
             Some(token)
         );
-        assert_eq!(decode::<PublishedToken>(b"garbage"), None);
+    }
+
+    #[test]
+    fn garbage_torn_or_foreign_values_decode_to_nothing() {
+        let content = encode_content(7, &rich_set()).unwrap();
+        let token = token().encode().unwrap();
+        // Every torn value, and one with a byte too many.
+        for end in 0..content.len() {
+            assert_eq!(decode_content(&content[..end]), None, "{end}");
+        }
+        for end in 0..token.len() {
+            assert_eq!(PublishedToken::decode(&token[..end]), None, "{end}");
+        }
+        let mut longer = content.clone();
+        longer.push(0);
+        assert_eq!(decode_content(&longer), None);
+        let mut longer = token.clone();
+        longer.push(0);
+        assert_eq!(PublishedToken::decode(&longer), None);
+        // The JSON that releases before FORMAT wrote, and another format's byte.
+        let json_content = br#"12
+{"instances":[],"protection_reached":false}"#;
+        assert_eq!(decode_content(json_content), None);
+        assert_eq!(content_stamp(json_content), Some(12));
+        let json_token = br#"{"token":"t","refresh_at_ms":1,"expires_at_ms":2}"#;
+        assert_eq!(PublishedToken::decode(json_token), None);
+        let start = content.iter().position(|b| *b == b'\n').unwrap() + 1;
+        let mut other_format = content.clone();
+        other_format[start] = FORMAT + 1;
+        assert_eq!(decode_content(&other_format), None);
+        let mut other_format = token.clone();
+        other_format[0] = FORMAT + 1;
+        assert_eq!(PublishedToken::decode(&other_format), None);
+        // A flag that is neither 0 nor 1, a length past the end, text not UTF-8.
+        let mut bad_flag = content.clone();
+        bad_flag[start + 1] = 2;
+        assert_eq!(decode_content(&bad_flag), None);
+        let mut huge_count = content.clone();
+        huge_count[start + 2..start + 6].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_content(&huge_count), None);
+        let mut bad_text = token.clone();
+        let last = bad_text.len() - 1;
+        bad_text[last] = 0xff;
+        assert_eq!(PublishedToken::decode(&bad_text), None);
+        assert_eq!(decode_content(b"12\n"), None);
+        assert_eq!(PublishedToken::decode(b"garbage"), None);
     }
 
     #[test]

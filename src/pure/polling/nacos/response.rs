@@ -1,12 +1,12 @@
 //! Parsing Nacos answers. An answer is either a complete instance list (possibly
 //! empty: that is the truth) or an error; there is no half-answer.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use super::ApiVersion;
+use crate::pure::json;
 use crate::pure::registry::endpoint;
 use crate::pure::registry::instance::{Instance, InstanceSet};
 
@@ -47,23 +47,29 @@ impl fmt::Display for AnswerError {
 }
 
 /// Nacos's `ServiceInfo`: the v1 list answer, and the list a gRPC subscription
-/// answer or push carries (`push::messages`). One shape, so one decoder.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// answer or push carries (`push::messages`). One shape, so one reader.
 pub(crate) struct RawServiceInfo {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub group_name: Option<String>,
-    #[serde(default)]
     pub clusters: Option<String>,
-    #[serde(default)]
     pub hosts: Option<Vec<RawHost>>,
-    #[serde(default)]
     pub reach_protection_threshold: bool,
 }
 
 impl RawServiceInfo {
+    /// Every field read, the hosts too, so a host of the wrong shape makes the whole
+    /// answer malformed rather than being skipped.
+    pub(crate) fn read(value: &Value) -> Result<Self, String> {
+        let info = json::object(value, "service info")?;
+        Ok(Self {
+            name: json::string(info, "name")?,
+            group_name: json::string(info, "groupName")?,
+            clusters: json::string(info, "clusters")?,
+            hosts: read_hosts(json::array(info, "hosts")?)?,
+            reach_protection_threshold: json::bool_or(info, "reachProtectionThreshold", false)?,
+        })
+    }
+
     /// Its instances; a list without `hosts` is malformed, an empty one is the truth.
     pub(crate) fn instances(self) -> Result<InstanceSet, AnswerError> {
         match self.hosts {
@@ -73,41 +79,42 @@ impl RawServiceInfo {
     }
 }
 
-#[derive(Deserialize)]
-struct V3List {
-    code: i64,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    data: Option<Vec<RawHost>>,
-}
-
-/// One entry of a `hosts` (v1, gRPC) or `data` (v3) array.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// One entry of a `hosts` (v1, gRPC) or `data` (v3) array, with Nacos's defaults
+/// for what it leaves out.
 pub(crate) struct RawHost {
-    #[serde(default)]
     ip: String,
-    #[serde(default)]
     port: i64,
-    #[serde(default = "default_weight")]
     weight: f64,
-    #[serde(default = "yes")]
     healthy: bool,
-    #[serde(default = "yes")]
     enabled: bool,
-    #[serde(default)]
     cluster_name: Option<String>,
-    #[serde(default)]
-    metadata: Option<BTreeMap<String, serde_json::Value>>,
+    /// The string-valued entries only, in key order.
+    metadata: Vec<(String, String)>,
 }
 
-fn default_weight() -> f64 {
-    1.0
+impl RawHost {
+    fn read(value: &Value) -> Result<Self, String> {
+        let host = json::object(value, "host")?;
+        Ok(Self {
+            ip: json::str_or_empty(host, "ip")?.to_string(),
+            port: json::int_or(host, "port", 0)?,
+            weight: json::float_or(host, "weight", 1.0)?,
+            healthy: json::bool_or(host, "healthy", true)?,
+            enabled: json::bool_or(host, "enabled", true)?,
+            cluster_name: json::string(host, "clusterName")?,
+            metadata: json::object_field(host, "metadata")?
+                .into_iter()
+                .flatten()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+                .collect(),
+        })
+    }
 }
 
-fn yes() -> bool {
-    true
+fn read_hosts(hosts: Option<&Vec<Value>>) -> Result<Option<Vec<RawHost>>, String> {
+    hosts
+        .map(|hosts| hosts.iter().map(RawHost::read).collect())
+        .transpose()
 }
 
 /// Parse an instance-list answer given its HTTP status and body.
@@ -122,27 +129,41 @@ pub fn parse_instance_list(
     if body.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::TooLarge(body.len()));
     }
-    let malformed = |error: serde_json::Error| AnswerError::Malformed(error.to_string());
+    let value = json::parse(body).map_err(AnswerError::Malformed)?;
     let (hosts, protection_reached) = match api {
         ApiVersion::V1 => {
-            let list: RawServiceInfo = serde_json::from_slice(body).map_err(malformed)?;
-            return list.instances();
+            return RawServiceInfo::read(&value)
+                .map_err(AnswerError::Malformed)?
+                .instances();
         }
         ApiVersion::V3 => {
-            let list: V3List = serde_json::from_slice(body).map_err(malformed)?;
-            if list.code != 0 {
+            let (code, message, data) = read_v3(&value).map_err(AnswerError::Malformed)?;
+            if code != 0 {
                 return Err(AnswerError::Refused {
-                    code: list.code,
-                    message: list.message.unwrap_or_default(),
+                    code,
+                    message: message.unwrap_or_default(),
                 });
             }
-            let hosts = list
-                .data
-                .ok_or_else(|| AnswerError::Malformed("missing field `data`".into()))?;
+            let hosts =
+                data.ok_or_else(|| AnswerError::Malformed("missing field `data`".into()))?;
             (hosts, false)
         }
     };
     instance_set(hosts, protection_reached)
+}
+
+/// The v3 envelope: `code`, `message`, and the hosts as `data`, read whether or not
+/// `code` says the answer is good.
+type V3List = (i64, Option<String>, Option<Vec<RawHost>>);
+
+fn read_v3(value: &Value) -> Result<V3List, String> {
+    let list = json::object(value, "answer")?;
+    let code = json::int(list, "code")?.ok_or("missing field `code`")?;
+    Ok((
+        code,
+        json::string(list, "message")?,
+        read_hosts(json::array(list, "data")?)?,
+    ))
 }
 
 /// The instances of a listed `hosts` array, the same for every API: hosts without a
@@ -167,15 +188,7 @@ pub(crate) fn instance_set(
             healthy: host.healthy,
             enabled: host.enabled,
             cluster: host.cluster_name.unwrap_or_else(|| "DEFAULT".to_string()),
-            metadata: host
-                .metadata
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(key, value)| match value {
-                    serde_json::Value::String(text) => Some((key, text)),
-                    _ => None,
-                })
-                .collect(),
+            metadata: host.metadata,
         });
     }
     if listed > 0 && instances.is_empty() {
@@ -194,12 +207,24 @@ pub struct LoginGrant {
     pub ttl_seconds: u64,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct RawGrant {
     access_token: Option<String>,
     token_ttl: Option<u64>,
     data: Option<Box<RawGrant>>,
+}
+
+impl RawGrant {
+    /// Nested `data` is read to any depth, as a grant of the same shape.
+    fn read(value: &Value) -> Result<Self, String> {
+        let grant = json::object(value, "login answer")?;
+        Ok(Self {
+            access_token: json::string(grant, "accessToken")?,
+            token_ttl: json::uint(grant, "tokenTtl")?,
+            data: json::present(grant, "data")
+                .map(|data| Self::read(data).map(Box::new))
+                .transpose()?,
+        })
+    }
 }
 
 /// Parse a login answer, flat (`{accessToken, tokenTtl}`) or wrapped in `data`.
@@ -210,8 +235,9 @@ pub fn parse_login(status: u16, body: &[u8]) -> Result<LoginGrant, AnswerError> 
     if body.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::TooLarge(body.len()));
     }
-    let raw: RawGrant =
-        serde_json::from_slice(body).map_err(|e| AnswerError::Malformed(e.to_string()))?;
+    let raw = json::parse(body)
+        .and_then(|value| RawGrant::read(&value))
+        .map_err(AnswerError::Malformed)?;
     let raw = match raw {
         RawGrant {
             access_token: None,
