@@ -8,7 +8,9 @@ use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 use super::ids::{GuardId, Id, ServerId, Table, TargetId};
-use super::metrics::{bump, LearnMetrics, LoginMetrics, PollMetrics, PushMetrics, RequestMetrics};
+use super::metrics::{
+    bump, LearnMetrics, LoginMetrics, PollMetrics, PushMetrics, RequestCounts, RequestMetrics,
+};
 use super::push::{DuePoll, Heard, Link, Wanted};
 use super::reject::{RejectResponse, Rejections};
 use super::sharing::{self, Role, Sharing, LEASE_INTERVALS};
@@ -112,6 +114,8 @@ struct Guard {
     limits: StaleLimits,
     candidates: Candidates,
     metrics: RequestMetrics,
+    /// Requests decided since the last tick, counted into `metrics` on the tick.
+    counts: RequestCounts,
     rejections: Rejections,
 }
 
@@ -271,6 +275,7 @@ impl Engine {
             },
             candidates: Candidates::starting_at(seed.rotate_left(self.guards.len() as u32)),
             metrics: RequestMetrics::define(metrics, &settings.service.name, view.as_deref()),
+            counts: RequestCounts::default(),
         })
     }
 
@@ -355,6 +360,7 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
+        self.flush_request_counts(metrics);
         let role = match &mut self.sharing {
             Some(sharing) => sharing.coordinate(now_ms, store),
             None => Role::Poll { took_over: false },
@@ -380,6 +386,13 @@ impl Engine {
         if let Some(sharing) = &mut self.sharing {
             let health = self.targets.values().map(|t| (t.id, t.snapshot.health()));
             sharing.write_heartbeat(health, store);
+        }
+    }
+
+    /// Count the requests decided since the last tick into the host's counters.
+    pub(crate) fn flush_request_counts(&mut self, metrics: &mut dyn Metrics) {
+        for guard in self.guards.iter_mut().map(|(_, g)| g) {
+            guard.metrics.flush(&mut guard.counts, metrics);
         }
     }
 
@@ -820,16 +833,14 @@ impl Engine {
             on_deregistered: guard.settings.on_deregistered,
         };
         let decision = decision::decide(&mut guard.candidates, freshness, policies, view);
-        let counters = match decision {
-            Decision::Route { rerouted: true, .. } => {
-                [guard.metrics.routed, guard.metrics.rerouted]
+        let counts = &mut guard.counts;
+        match decision {
+            Decision::Route { rerouted, .. } => {
+                counts.routed += 1;
+                counts.rerouted += u64::from(rerouted);
             }
-            Decision::Route { .. } => [guard.metrics.routed, None],
-            Decision::Reject(_) => [guard.metrics.rejected, None],
-            Decision::PassThrough => [guard.metrics.passed_through, None],
-        };
-        for counter in counters {
-            bump(metrics, counter);
+            Decision::Reject(_) => counts.rejected += 1,
+            Decision::PassThrough => counts.passed_through += 1,
         }
         match decision {
             Decision::Route { endpoint, .. } => RequestAction::Route {

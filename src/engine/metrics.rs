@@ -35,6 +35,37 @@ pub struct RequestMetrics {
     pub usable_instances: Option<u32>,
 }
 
+/// Requests counted since the last tick, one per `RequestMetrics` counter: the
+/// host's counters are bumped once per tick, not once per request, which saves a
+/// host call on every request. The stats lag by at most one tick.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestCounts {
+    pub routed: u64,
+    pub rerouted: u64,
+    pub rejected: u64,
+    pub passed_through: u64,
+}
+
+impl RequestMetrics {
+    /// Hand the counts gathered since the last flush to the host.
+    pub fn flush(&self, counts: &mut RequestCounts, metrics: &mut dyn Metrics) {
+        let pairs = [
+            (self.routed, &mut counts.routed),
+            (self.rerouted, &mut counts.rerouted),
+            (self.rejected, &mut counts.rejected),
+            (self.passed_through, &mut counts.passed_through),
+        ];
+        for (id, count) in pairs {
+            if *count > 0 {
+                if let Some(id) = id {
+                    metrics.add(id, *count);
+                }
+                *count = 0;
+            }
+        }
+    }
+}
+
 /// Counters of polls for one service.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PollMetrics {

@@ -78,6 +78,7 @@ impl Harness {
                 self.engine
                     .on_request(now, &mut request, &mut self.metrics, &mut self.store),
             );
+        self.engine.flush_request_counts(&mut self.metrics);
         if self.metrics.get("nacos_guard.service.demo.rerouted") > rerouted_before {
             format!("{action} rerouted")
         } else {
@@ -319,4 +320,28 @@ fn rejections_are_prepared_per_guard() {
     assert_eq!(response.status, 503);
     assert!(response.body.contains("\"code\":\"no_healthy_instance\""));
     assert!(response.body.contains("\"service\":\"demo\""));
+}
+
+#[test]
+fn request_counters_reach_the_host_once_per_tick() {
+    let mut h = Harness::new(DEMO);
+    h.poll(0, Some((200, TWO)));
+    for _ in 0..5 {
+        let mut request = FakeRequest::on("default/demo");
+        h.engine
+            .on_request(10, &mut request, &mut h.metrics, &mut h.store);
+    }
+    assert_eq!(
+        h.metrics.get("nacos_guard.service.demo.routed"),
+        0,
+        "not per request"
+    );
+    h.tick(20);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.routed"), 5);
+    h.tick(30);
+    assert_eq!(
+        h.metrics.get("nacos_guard.service.demo.routed"),
+        5,
+        "counted once"
+    );
 }

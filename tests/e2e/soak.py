@@ -41,7 +41,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testbed.envoy import STAT_PREFIX, Envoy, wait_every_worker_routes, wait_first_poll  # noqa: E402
+from testbed.envoy import (  # noqa: E402
+    STAT_PREFIX,
+    Envoy,
+    settle_request_counters,
+    wait_every_worker_routes,
+    wait_first_poll,
+)
 from testbed.higress import plugin_config  # noqa: E402
 from testbed.paths import envoy_bin, missing_plugin, plugin_wasm, rnacos_bin  # noqa: E402
 from testbed.processes import rss_kb  # noqa: E402
@@ -69,6 +75,7 @@ def _raise_abort(signum, _frame):
 
 
 def guard_counters(envoy: Envoy) -> dict:
+    settle_request_counters()
     stats = envoy.stats()
     out = {c: int(stats.get(f"{STAT_PREFIX}.service.demo.{c}", 0)) for c in COUNTERS}
     out["usable_instances"] = int(stats.get(f"{STAT_PREFIX}.service.demo.usable_instances", 0))

@@ -6,12 +6,14 @@ and ``wasmcustom.nacos_guard.<name>``; the bootstrap's stats tag regex
 ``nacos_service``, and Prometheus output strips ``wasmcustom.``.
 """
 
+from testbed.envoy import settle_request_counters
 from testbed.prometheus import guard_metric, parse_prometheus
 
 SVC_COUNTERS = ["routed", "rerouted", "rejected", "passed_through", "poll_success", "poll_failure"]
 
 
 def snapshot(envoy):
+    settle_request_counters()
     prom = parse_prometheus(envoy.prometheus())
     vals = {k: guard_metric(prom, k) for k in SVC_COUNTERS + ["usable_instances"]}
     return prom, vals

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,6 +39,10 @@ NACOS_GRPC_CLUSTER = "outbound|9848||nacos.dns"
 STAT_PREFIX = "wasmcustom.nacos_guard"
 SERVICE_TAG_REGEX = r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)"
 FILTER_NAME = "nacos-instance-guard"
+# The plugin counts requests in the VM and hands the counts to Envoy on its next
+# tick (every 50 ms at most), so these lag the requests by up to one tick.
+REQUEST_COUNTERS = ("routed", "rerouted", "rejected", "passed_through")
+REQUEST_COUNTER_LAG_S = 0.12
 EXTENSIONS = "type.googleapis.com/envoy.extensions."
 HCM = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = EXTENSIONS + "filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -45,6 +50,11 @@ ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": EXTENSI
 
 
 # ------------------------------------------------------------------ configuration
+
+
+def settle_request_counters() -> None:
+    """Wait until every request sent so far is in the request counters."""
+    time.sleep(REQUEST_COUNTER_LAG_S)
 
 
 def sock(port: int) -> dict:
@@ -430,7 +440,10 @@ class Envoy(EnvoyProcess):
         )
 
     def guard_stat(self, name: str, service: str | None = "demo") -> int:
-        """The plugin's metric ``name`` of ``service`` (None: a gateway-wide one)."""
+        """The plugin's metric ``name`` of ``service`` (None: a gateway-wide one). A
+        request counter is read after the ticks that count every request sent so far."""
+        if name in REQUEST_COUNTERS:
+            settle_request_counters()
         return self.stat(f"{STAT_PREFIX}.service.{service}.{name}" if service else f"{STAT_PREFIX}.{name}")
 
     def request(self, path: str = "/demo", headers: dict | None = None, timeout: float = 5.0) -> Resp:
