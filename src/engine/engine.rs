@@ -24,6 +24,7 @@ use crate::pure::registry::snapshot::{Freshness, Snapshot, StaleLimits};
 use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
 use crate::pure::routing::nacos_cluster::{self, ClusterService};
 use crate::pure::routing::rules::{RequestFacts, RuleSet};
+use crate::pure::routing::upstream_hosts::RoutableHosts;
 use crate::pure::sharing::published::{stable_hash, ConfigKeys, PublishedToken, ServiceKeys};
 
 /// What the request brings beyond its rule facts; read only when needed.
@@ -32,7 +33,7 @@ pub trait RequestHost: RequestFacts {
     fn header(&mut self, name: &str) -> Option<String>;
     /// The `ip:port` of the hosts the routed cluster can send to (Higress); `None`
     /// when the host cannot tell.
-    fn upstream_hosts(&mut self) -> Option<&[String]>;
+    fn upstream_hosts(&mut self) -> Option<&RoutableHosts>;
 }
 
 /// Everything the host does with one request.
@@ -819,14 +820,9 @@ impl Engine {
             Routing::Higress => request.upstream_hosts(),
             Routing::Header(_) => None,
         };
-        let is_known = |endpoint: &str| {
-            known_hosts.is_some_and(|hosts| hosts.iter().any(|host| host == endpoint))
-        };
         let view = RequestView {
             pin: pin.as_deref(),
-            known: known_hosts
-                .filter(|hosts| !hosts.is_empty())
-                .map(|_| &is_known as &dyn Fn(&str) -> bool),
+            known: known_hosts.filter(|hosts| !hosts.is_empty()),
         };
         let policies = Policies {
             on_stale: guard.settings.on_stale,

@@ -201,7 +201,7 @@ impl RequestHost for FakeRequest {
             .then(|| self.pin.clone())
             .flatten()
     }
-    fn upstream_hosts(&mut self) -> Option<&[String]> {
+    fn upstream_hosts(&mut self) -> Option<&crate::pure::routing::upstream_hosts::RoutableHosts> {
         None
     }
 }

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::pure::routing::upstream_hosts;
+use crate::pure::routing::upstream_hosts::RoutableHosts;
 
 extern "C" {
     fn proxy_set_upstream_override_host(address: *const u8, length: usize) -> u32;
@@ -30,7 +30,7 @@ pub fn set_upstream_override_host(endpoint: &str) {
 struct Cached {
     cluster: String,
     asked_at_ms: u64,
-    hosts: Rc<Vec<String>>,
+    hosts: Rc<RoutableHosts>,
 }
 
 thread_local! {
@@ -38,16 +38,24 @@ thread_local! {
     static CACHE: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
 }
 
+/// How long a cluster's host list is kept. The host serializes every host of the
+/// cluster on each call, and reading 1,000 of them costs the VM about a million Wasm
+/// instructions (`bench/run.py --only higress`); once a second that is a fraction of
+/// a percent of a worker's requests, once a tick it was a third more work per
+/// request. The list only ranks the instances Nacos lists (a host the cluster does
+/// not have yet, or marks Unhealthy, comes last), so a second of lag costs nothing
+/// but a later preference.
+const HOST_LIST_TTL_MS: u64 = 1_000;
+
 /// The hosts of the routed cluster `cluster` that Envoy would honour an override
-/// to (not Unhealthy). The host serializes every host of the cluster on each call,
-/// so it is asked once per cluster per `now_ms`, the VM's clock at its last tick.
-pub fn routable_upstream_hosts(cluster: &str, now_ms: u64) -> Rc<Vec<String>> {
+/// to (not Unhealthy), asked again once `HOST_LIST_TTL_MS` passed on the VM's clock.
+pub fn routable_upstream_hosts(cluster: &str, now_ms: u64) -> Rc<RoutableHosts> {
     CACHE.with(|cache| {
         let Ok(mut cache) = cache.try_borrow_mut() else {
             return ask_host();
         };
         if let Some(entry) = cache.iter_mut().find(|entry| entry.cluster == cluster) {
-            if entry.asked_at_ms != now_ms {
+            if now_ms.abs_diff(entry.asked_at_ms) >= HOST_LIST_TTL_MS {
                 entry.hosts = ask_host();
                 entry.asked_at_ms = now_ms;
             }
@@ -63,7 +71,7 @@ pub fn routable_upstream_hosts(cluster: &str, now_ms: u64) -> Rc<Vec<String>> {
     })
 }
 
-fn ask_host() -> Rc<Vec<String>> {
+fn ask_host() -> Rc<RoutableHosts> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: the host writes a pointer to memory it allocated in this VM through
@@ -71,9 +79,9 @@ fn ask_host() -> Rc<Vec<String>> {
     // takes ownership of that buffer exactly once.
     let bytes = unsafe {
         if proxy_get_upstream_hosts(&mut data, &mut size) != 0 || data.is_null() {
-            return Rc::new(Vec::new());
+            return Rc::new(RoutableHosts::default());
         }
         Vec::from_raw_parts(data, size, size)
     };
-    Rc::new(upstream_hosts::routable_endpoints(&bytes))
+    Rc::new(RoutableHosts::read(&bytes))
 }

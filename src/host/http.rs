@@ -11,6 +11,7 @@ use super::vm::{PropertyStyle, SharedVm, VmState};
 use crate::engine::{RequestAction, RequestHost};
 use crate::pure::config::Routing;
 use crate::pure::routing::rules::RequestFacts;
+use crate::pure::routing::upstream_hosts::RoutableHosts;
 
 pub struct GuardHttp {
     vm: Option<SharedVm>,
@@ -92,13 +93,13 @@ fn route_with_higress(_endpoint: &str) -> Action {
 /// Hosts of the routed cluster that Higress would send an override to, asked at
 /// most once per cluster per tick; this build has no way to ask.
 #[cfg(feature = "higress")]
-fn known_hosts(cluster: &str, now_ms: u64) -> Rc<Vec<String>> {
+fn known_hosts(cluster: &str, now_ms: u64) -> Rc<RoutableHosts> {
     super::higress::routable_upstream_hosts(cluster, now_ms)
 }
 
 #[cfg(not(feature = "higress"))]
-fn known_hosts(_cluster: &str, _now_ms: u64) -> Rc<Vec<String>> {
-    Rc::new(Vec::new())
+fn known_hosts(_cluster: &str, _now_ms: u64) -> Rc<RoutableHosts> {
+    Rc::new(RoutableHosts::default())
 }
 
 /// What the engine may ask of a request, read from the host on first use only.
@@ -106,7 +107,7 @@ struct HostRequest<'a> {
     route_name: Option<Option<String>>,
     authority: Option<Option<String>>,
     cluster_name: Option<Option<String>>,
-    upstream_hosts: Option<Rc<Vec<String>>>,
+    upstream_hosts: Option<Rc<RoutableHosts>>,
     style: &'a mut Option<PropertyStyle>,
     /// The VM clock of the last root callback: the per-tick key of the host list.
     now_ms: u64,
@@ -162,13 +163,13 @@ impl RequestHost for HostRequest<'_> {
             .and_then(|bytes| String::from_utf8(bytes).ok())
     }
 
-    fn upstream_hosts(&mut self) -> Option<&[String]> {
+    fn upstream_hosts(&mut self) -> Option<&RoutableHosts> {
         if self.upstream_hosts.is_none() {
             let now_ms = self.now_ms;
             let hosts = known_hosts(self.cluster_name().unwrap_or_default(), now_ms);
             self.upstream_hosts = Some(hosts);
         }
-        self.upstream_hosts.as_deref().map(Vec::as_slice)
+        self.upstream_hosts.as_deref()
     }
 }
 

@@ -209,7 +209,7 @@ impl RequestHost for Request {
     fn header(&mut self, _: &str) -> Option<String> {
         None
     }
-    fn upstream_hosts(&mut self) -> Option<&[String]> {
+    fn upstream_hosts(&mut self) -> Option<&crate::pure::routing::upstream_hosts::RoutableHosts> {
         None
     }
 }

@@ -5,6 +5,7 @@ use crate::pure::registry::endpoint;
 use crate::pure::registry::instance::InstanceFilter;
 use crate::pure::registry::snapshot::{Freshness, Snapshot};
 use crate::pure::routing::selection::WeightedRoundRobin;
+use crate::pure::routing::upstream_hosts::RoutableHosts;
 
 /// The usable instances of one guard, prepared once per content change so that
 /// a request costs a scan and no allocation.
@@ -15,6 +16,9 @@ pub struct Candidates {
     picker: WeightedRoundRobin,
     /// Where this VM's rotation starts on its first list.
     start: u64,
+    /// Which endpoints the routed cluster's host list (of this generation) has:
+    /// worked out once per list, not on every request.
+    known: Option<(u64, Vec<bool>)>,
 }
 
 impl Candidates {
@@ -37,6 +41,7 @@ impl Candidates {
         }
         let first_build = self.built.is_none();
         self.built = Some(stamp);
+        self.known = None;
         let previous = std::mem::take(&mut self.endpoints);
         let mut weights = Vec::new();
         if let Some(set) = snapshot.instances() {
@@ -62,18 +67,20 @@ impl Candidates {
         &self.endpoints
     }
 
-    fn pick_index(&mut self, known: Option<&dyn Fn(&str) -> bool>) -> Option<usize> {
-        match known {
-            Some(known) => {
-                let endpoints = &self.endpoints;
-                let is_known = |index: usize| endpoints.get(index).is_some_and(|e| known(e));
-                if endpoints.iter().any(|e| known(e)) {
-                    self.picker.pick_where(is_known)
-                } else {
-                    self.picker.pick()
-                }
-            }
-            None => self.picker.pick(),
+    fn pick_index(&mut self, hosts: Option<&RoutableHosts>) -> Option<usize> {
+        let Some(hosts) = hosts else {
+            return self.picker.pick();
+        };
+        let generation = hosts.generation();
+        if self.known.as_ref().map(|(seen, _)| *seen) != Some(generation) {
+            let mask = self.endpoints.iter().map(|e| hosts.contains(e)).collect();
+            self.known = Some((generation, mask));
+        }
+        match &self.known {
+            Some((_, mask)) if mask.contains(&true) => self
+                .picker
+                .pick_where(|index| mask.get(index).copied().unwrap_or(false)),
+            _ => self.picker.pick(),
         }
     }
 }
@@ -122,7 +129,7 @@ pub struct RequestView<'r> {
     pub pin: Option<&'r str>,
     /// Hosts the routed cluster knows (Higress mode): preferred when any usable
     /// instance is among them.
-    pub known: Option<&'r dyn Fn(&str) -> bool>,
+    pub known: Option<&'r RoutableHosts>,
 }
 
 /// The guard's policies that shape a decision.
@@ -337,7 +344,7 @@ mod tests {
     #[test]
     fn known_hosts_are_preferred_when_any_is_usable() {
         let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
-        let only_second = |endpoint: &str| endpoint == "10.0.0.2:80";
+        let only_second = RoutableHosts::of(&["10.0.0.2:80", "10.0.0.9:80"]);
         let view = RequestView {
             pin: None,
             known: Some(&only_second),
@@ -351,7 +358,22 @@ mod tests {
                 }
             );
         }
-        let none_known = |_: &str| false;
+        // A new list of the cluster's hosts is read afresh, not taken for the last one.
+        let only_first = RoutableHosts::of(&["10.0.0.1:80"]);
+        let view = RequestView {
+            pin: None,
+            known: Some(&only_first),
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                decide(&mut candidates, Freshness::Fresh, REROUTE_OPEN, view),
+                Decision::Route {
+                    endpoint: "10.0.0.1:80",
+                    rerouted: false
+                }
+            );
+        }
+        let none_known = RoutableHosts::of(&["10.0.0.9:80"]);
         let view = RequestView {
             pin: None,
             known: Some(&none_known),

@@ -8,20 +8,70 @@
 //! each key and each value followed by a NUL byte; all little-endian
 //! (higress-group/proxy-wasm-cpp-host src/exports.cc `get_upstream_hosts`).
 
+use crate::pure::sharing::published::stable_hash;
+
 /// The hosts Envoy would send an override to: every host but those it marks
 /// `Unhealthy`. Envoy honours an override only for a host whose status is in the
 /// cluster's `override_host_status` (default UNKNOWN, HEALTHY, DEGRADED:
 /// higress-group/envoy source/common/upstream/host_utility.cc `selectOverrideHost`),
 /// so an override to an Unhealthy host is dropped (or, strict, answered 503). A
 /// value that is not the expected JSON says nothing about health: the host counts.
-/// Empty when the bytes are malformed.
-pub fn routable_endpoints(bytes: &[u8]) -> Vec<String> {
-    parse(bytes)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, value)| !is_unhealthy(value))
-        .map(|(key, _)| key)
-        .collect()
+///
+/// Kept as the sorted hashes of their `ip:port`: read once per cluster per tick
+/// with no allocation per host, and asked in O(log n) per request, where a list of
+/// strings cost each request a scan. Two addresses whose 64-bit hashes collide
+/// would both count as known, which only ranks one instance first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutableHosts {
+    sorted: Vec<u64>,
+    /// A hash of the hosts: the same hosts, the same number, so what a guard
+    /// worked out from one list holds for the next until it changes.
+    generation: u64,
+}
+
+impl RoutableHosts {
+    /// The hosts in a `proxy_get_upstream_hosts` answer; none when it is malformed.
+    pub fn read(bytes: &[u8]) -> Self {
+        let sorted: Vec<u64> = parse(bytes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, value)| !is_unhealthy(value))
+            .map(|(key, _)| stable_hash(key))
+            .collect();
+        Self::from_hashes(sorted)
+    }
+
+    /// Hosts named directly (tests and fakes of the host).
+    pub fn of(endpoints: &[&str]) -> Self {
+        Self::from_hashes(
+            endpoints
+                .iter()
+                .map(|endpoint| stable_hash(endpoint.as_bytes()))
+                .collect(),
+        )
+    }
+
+    fn from_hashes(mut sorted: Vec<u64>) -> Self {
+        sorted.sort_unstable();
+        let generation = sorted.iter().fold(sorted.len() as u64, |hash, host| {
+            (hash ^ host).wrapping_mul(0x0100_0000_01b3)
+        });
+        Self { sorted, generation }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn contains(&self, endpoint: &str) -> bool {
+        self.sorted
+            .binary_search(&stable_hash(endpoint.as_bytes()))
+            .is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
 }
 
 /// Whether the host's JSON says `"health_status": "Unhealthy"`. A scan, not a
@@ -49,7 +99,7 @@ fn trim_start(bytes: &[u8]) -> &[u8] {
     bytes.get(skip..).unwrap_or_default()
 }
 
-fn parse(bytes: &[u8]) -> Option<Vec<(String, &[u8])>> {
+fn parse(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     let count = usize::try_from(read_u32(bytes, 0)?).ok()?;
     // Each entry needs at least 8 bytes of lengths and 2 NULs: a count beyond that
     // is a lie, and must not size an allocation.
@@ -66,7 +116,7 @@ fn parse(bytes: &[u8]) -> Option<Vec<(String, &[u8])>> {
         data = data.checked_add(key_len)?.checked_add(1)?;
         let value = bytes.get(data..data.checked_add(value_len)?)?;
         data = data.checked_add(value_len)?.checked_add(1)?;
-        entries.push((String::from_utf8_lossy(key).into_owned(), value));
+        entries.push((key, value));
     }
     Some(entries)
 }
@@ -96,17 +146,48 @@ mod tests {
         bytes
     }
 
+    fn routable(bytes: &[u8], candidates: &[&str]) -> Vec<String> {
+        let hosts = RoutableHosts::read(bytes);
+        candidates
+            .iter()
+            .filter(|endpoint| hosts.contains(endpoint))
+            .map(|endpoint| endpoint.to_string())
+            .collect()
+    }
+
+    const SEVEN: [&str; 7] = [
+        "10.0.0.1:80",
+        "10.0.0.2:80",
+        "10.0.0.3:80",
+        "10.0.0.4:80",
+        "10.0.0.5:80",
+        "10.0.0.6:80",
+        "10.0.0.7:80",
+    ];
+
     #[test]
-    fn keys_are_read_in_order() {
+    fn every_listed_key_is_known_and_nothing_else() {
         let bytes = serialize(&[
             ("10.0.0.1:80", r#"{"health_status":"Healthy"}"#),
             ("10.0.0.2:80", ""),
         ]);
-        assert_eq!(
-            routable_endpoints(&bytes),
-            vec!["10.0.0.1:80", "10.0.0.2:80"]
-        );
-        assert!(routable_endpoints(&serialize(&[])).is_empty());
+        assert_eq!(routable(&bytes, &SEVEN), vec!["10.0.0.1:80", "10.0.0.2:80"]);
+        assert!(!RoutableHosts::read(&bytes).contains("10.0.0.1:8"));
+        assert!(RoutableHosts::read(&serialize(&[])).is_empty());
+    }
+
+    #[test]
+    fn a_thousand_hosts_are_all_found() {
+        let keys: Vec<String> = (0..1000)
+            .map(|i| format!("10.1.{}.{}:8080", i / 256, i % 256))
+            .collect();
+        let pairs: Vec<(&str, &str)> = keys
+            .iter()
+            .map(|key| (key.as_str(), r#"{"health_status":"Healthy"}"#))
+            .collect();
+        let hosts = RoutableHosts::read(&serialize(&pairs));
+        assert!(keys.iter().all(|key| hosts.contains(key)));
+        assert!(!hosts.contains("10.1.4.0:8080"));
     }
 
     #[test]
@@ -124,7 +205,7 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            routable_endpoints(&bytes),
+            routable(&bytes, &SEVEN),
             vec![
                 "10.0.0.1:80",
                 "10.0.0.3:80",
@@ -139,10 +220,10 @@ mod tests {
     fn malformed_maps_give_nothing_and_never_panic() {
         let good = serialize(&[("10.0.0.1:80", r#"{"health_status":"Healthy"}"#)]);
         for cut in 0..good.len() {
-            let _ = routable_endpoints(&good[..cut]);
+            let _ = RoutableHosts::read(&good[..cut]);
         }
-        assert!(routable_endpoints(&good[..good.len() - 5]).is_empty());
-        assert!(routable_endpoints(&[0xff, 0xff, 0xff, 0xff]).is_empty());
-        assert!(routable_endpoints(&[]).is_empty());
+        assert!(RoutableHosts::read(&good[..good.len() - 5]).is_empty());
+        assert!(RoutableHosts::read(&[0xff, 0xff, 0xff, 0xff]).is_empty());
+        assert!(RoutableHosts::read(&[]).is_empty());
     }
 }
