@@ -1116,17 +1116,11 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        let Some(server) = self.link_of(|link| link.owns_call(token), outbox, metrics, store)
-        else {
-            return;
+        let event = |link: &mut Link, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics| {
+            link.on_call_answer(token, answer, now_ms, outbox, metrics)
         };
-        let link = self.servers.get_mut(server).and_then(|s| s.push.as_mut());
-        let heard =
-            link.and_then(|link| link.on_call_answer(token, answer, now_ms, outbox, metrics));
-        if let Some(heard) = heard {
-            self.hear(server, heard, now_ms, metrics, store);
-        }
-        self.poll_where_links_were_lost(now_ms);
+        let owns = |link: &Link| link.owns_call(token);
+        self.hand_to_link(owns, event, now_ms, outbox, metrics, store);
     }
 
     /// A message the server sent on a push stream.
@@ -1139,13 +1133,28 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        let Some(server) = self.link_of(|link| link.owns_stream(stream), outbox, metrics, store)
-        else {
+        let event = |link: &mut Link, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics| {
+            link.on_stream_message(message, now_ms, outbox, metrics)
+        };
+        let owns = |link: &Link| link.owns_stream(stream);
+        self.hand_to_link(owns, event, now_ms, outbox, metrics, store);
+    }
+
+    /// Hand a gRPC event to the link that `owns` it, and take any list it heard.
+    fn hand_to_link(
+        &mut self,
+        owns: impl Fn(&Link) -> bool,
+        event: impl FnOnce(&mut Link, &mut dyn Outbox, &mut dyn Metrics) -> Option<Heard>,
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let Some(server) = self.link_of(owns, outbox, metrics, store) else {
             return;
         };
         let link = self.servers.get_mut(server).and_then(|s| s.push.as_mut());
-        let heard = link.and_then(|link| link.on_stream_message(message, now_ms, outbox, metrics));
-        if let Some(heard) = heard {
+        if let Some(heard) = link.and_then(|link| event(link, outbox, metrics)) {
             self.hear(server, heard, now_ms, metrics, store);
         }
         self.poll_where_links_were_lost(now_ms);

@@ -1,9 +1,7 @@
 //! The engine with `nacos.push`: the link's life (connect, subscribe, pushes,
 //! loss, probe, lease), against fakes of the host and messages as r-nacos sends them.
 
-use super::fakes::{outcome, FakeMetrics, FakeOutbox, FakeRequest, FakeStore};
-use super::*;
-use crate::pure::config::{parse, Capabilities};
+use super::tests::Harness;
 use crate::pure::push::wire::{self, Payload};
 use crate::testing::test;
 
@@ -57,49 +55,17 @@ fn message_type(bytes: &[u8]) -> String {
     wire::decode(bytes).unwrap().message_type
 }
 
-struct Gateway {
-    engine: Engine,
-    outbox: FakeOutbox,
-    metrics: FakeMetrics,
-    store: FakeStore,
-}
-
-impl Gateway {
-    fn new() -> Self {
-        let config = parse(
-            CONFIG.as_bytes(),
-            Capabilities {
-                higress_routing: false,
-            },
-        )
-        .unwrap();
-        let mut metrics = FakeMetrics::default();
-        let engine = Engine::new(&config, &mut metrics, 7);
-        Self {
-            engine,
-            outbox: FakeOutbox::default(),
-            metrics,
-            store: FakeStore::default(),
-        }
-    }
-
-    fn tick(&mut self, now: u64) {
-        self.engine
-            .on_tick(now, &mut self.outbox, &mut self.metrics, &mut self.store);
+/// The engine tests' harness, with what push needs.
+impl Harness {
+    fn pushing() -> Self {
+        Self::new(CONFIG)
     }
 
     /// Answer every HTTP poll sent so far with `LIST`; how many there were.
     fn answer_polls(&mut self, now: u64) -> usize {
         let sent = self.outbox.take();
         for call in &sent {
-            self.engine.on_answer(
-                call.token,
-                Some((200, LIST)),
-                now,
-                &mut self.outbox,
-                &mut self.metrics,
-                &mut self.store,
-            );
+            self.answer(call.token, Some((200, LIST)), now);
         }
         sent.len()
     }
@@ -132,14 +98,6 @@ impl Gateway {
             &mut self.metrics,
             &mut self.store,
         );
-    }
-
-    fn decide(&mut self, now: u64) -> String {
-        let mut request = FakeRequest::on("default/demo");
-        outcome(
-            self.engine
-                .on_request(now, &mut request, &mut self.metrics, &mut self.store),
-        )
     }
 
     /// From nothing to a live subscription: the first poll, the link, the
@@ -190,11 +148,11 @@ impl Gateway {
 
 #[test]
 fn a_live_subscription_replaces_polls_until_the_safety_poll() {
-    let mut gw = Gateway::new();
+    let mut gw = Harness::pushing();
     gw.subscribed();
     assert_eq!(gw.metric("push_streams"), 1);
     assert_eq!(gw.run(400..30_000), 0, "no list call while pushes arrive");
-    assert_eq!(gw.decide(30_000), "10.0.0.1:80");
+    assert_eq!(gw.decide("default/demo", 30_000, None), "10.0.0.1:80");
     assert_eq!(
         gw.run(30_000..31_400),
         1,
@@ -204,10 +162,13 @@ fn a_live_subscription_replaces_polls_until_the_safety_poll() {
 
 #[test]
 fn an_empty_push_is_the_truth_and_is_acknowledged() {
-    let mut gw = Gateway::new();
+    let mut gw = Harness::pushing();
     let stream = gw.subscribed();
     gw.push(stream, &notify("77", NO_HOST), 1_000);
-    assert_eq!(gw.decide(1_001), "reject no_healthy_instance");
+    assert_eq!(
+        gw.decide("default/demo", 1_001, None),
+        "reject no_healthy_instance"
+    );
     assert_eq!(gw.metric("pushes"), 1);
     let (to, ack) = gw.outbox.on_streams.last().unwrap();
     let ack = wire::decode(ack).unwrap();
@@ -220,7 +181,7 @@ fn an_empty_push_is_the_truth_and_is_acknowledged() {
 
 #[test]
 fn the_servers_liveness_check_is_answered() {
-    let mut gw = Gateway::new();
+    let mut gw = Harness::pushing();
     let stream = gw.subscribed();
     gw.push(
         stream,
@@ -239,12 +200,12 @@ fn the_servers_liveness_check_is_answered() {
 
 #[test]
 fn a_push_that_does_not_parse_keeps_the_snapshot_and_polls_at_once() {
-    let mut gw = Gateway::new();
+    let mut gw = Harness::pushing();
     let stream = gw.subscribed();
     let garbage = r#"{"name":"demo","groupName":"DEFAULT_GROUP","clusters":"","hosts":[{"ip":"not an ip","port":80}]}"#;
     gw.push(stream, &notify("5", garbage), 1_000);
     assert_eq!(gw.metric("push_failures"), 1);
-    assert_eq!(gw.decide(1_001), "10.0.0.1:80");
+    assert_eq!(gw.decide("default/demo", 1_001, None), "10.0.0.1:80");
     gw.tick(1_050);
     assert_eq!(
         gw.answer_polls(1_050),
@@ -256,7 +217,7 @@ fn a_push_that_does_not_parse_keeps_the_snapshot_and_polls_at_once() {
 
 #[test]
 fn a_lost_stream_hands_over_to_polling_and_reconnects_with_backoff() {
-    let mut gw = Gateway::new();
+    let mut gw = Harness::pushing();
     let stream = gw.subscribed();
     gw.engine.on_push_closed(stream, 1_000, &mut gw.metrics);
     assert_eq!(gw.metric("push_streams"), 0);
@@ -276,7 +237,7 @@ fn a_lost_stream_hands_over_to_polling_and_reconnects_with_backoff() {
 
 #[test]
 fn an_unanswered_probe_closes_the_link() {
-    let mut gw = Gateway::new();
+    let mut gw = Harness::pushing();
     let stream = gw.subscribed();
     gw.tick(5_100);
     let probes = gw.take_grpc();
@@ -290,7 +251,7 @@ fn an_unanswered_probe_closes_the_link() {
 
 #[test]
 fn a_refused_subscription_is_retried_and_the_service_polled_meanwhile() {
-    let mut gw = Gateway::new();
+    let mut gw = Harness::pushing();
     gw.tick(0);
     gw.answer_polls(0);
     let check = gw.take_grpc()[0].0;
@@ -316,7 +277,7 @@ fn a_refused_subscription_is_retried_and_the_service_polled_meanwhile() {
 
 #[test]
 fn only_the_lease_holder_holds_a_link() {
-    let mut poller = Gateway::new();
+    let mut poller = Harness::pushing();
     poller.engine.share(
         crate::pure::sharing::published::ConfigKeys::new(CONFIG.as_bytes()),
         1,
@@ -326,7 +287,7 @@ fn only_the_lease_holder_holds_a_link() {
     poller.tick(0); // seeds the vacant lease
     let stream = poller.subscribed();
     // Another VM of the same Envoy: same store, its own engine.
-    let mut follower = Gateway::new();
+    let mut follower = Harness::pushing();
     follower.store = std::mem::take(&mut poller.store);
     follower.engine.share(
         crate::pure::sharing::published::ConfigKeys::new(CONFIG.as_bytes()),
@@ -338,7 +299,7 @@ fn only_the_lease_holder_holds_a_link() {
         follower.tick(now);
     }
     assert!(follower.outbox.grpc_calls.is_empty() && follower.outbox.opened.is_empty());
-    assert_eq!(follower.decide(3_000), "10.0.0.1:80");
+    assert_eq!(follower.decide("default/demo", 3_000, None), "10.0.0.1:80");
     // The poller stalls past its lease: the follower takes over, links up...
     for now in (3_000..5_000).step_by(50) {
         follower.tick(now);
@@ -348,5 +309,9 @@ fn only_the_lease_holder_holds_a_link() {
     poller.store = std::mem::take(&mut follower.store);
     poller.push(stream, &notify("1", NO_HOST), 5_000);
     assert_eq!(poller.outbox.closed, vec![stream]);
-    assert_eq!(poller.decide(5_001), "10.0.0.1:80", "nothing taken from it");
+    assert_eq!(
+        poller.decide("default/demo", 5_001, None),
+        "10.0.0.1:80",
+        "nothing taken from it"
+    );
 }

@@ -21,15 +21,16 @@ const DEMO: &str = r#"{
 const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
     {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
 
-struct Harness {
-    engine: Engine,
-    outbox: FakeOutbox,
-    metrics: FakeMetrics,
-    store: FakeStore,
+/// One VM's engine over fake host calls; `push_tests` extends it.
+pub(super) struct Harness {
+    pub(super) engine: Engine,
+    pub(super) outbox: FakeOutbox,
+    pub(super) metrics: FakeMetrics,
+    pub(super) store: FakeStore,
 }
 
 impl Harness {
-    fn new(json: &str) -> Self {
+    pub(super) fn new(json: &str) -> Self {
         let config = parse(json.as_bytes(), ENVOY).unwrap();
         let mut metrics = FakeMetrics::default();
         let engine = Engine::new(&config, &mut metrics, 42);
@@ -41,12 +42,12 @@ impl Harness {
         }
     }
 
-    fn tick(&mut self, now: u64) {
+    pub(super) fn tick(&mut self, now: u64) {
         self.engine
             .on_tick(now, &mut self.outbox, &mut self.metrics, &mut self.store);
     }
 
-    fn answer(&mut self, token: u32, answer: Option<(u16, &[u8])>, now: u64) {
+    pub(super) fn answer(&mut self, token: u32, answer: Option<(u16, &[u8])>, now: u64) {
         self.engine.on_answer(
             token,
             answer,
@@ -67,7 +68,7 @@ impl Harness {
         sent.len()
     }
 
-    fn decide(&mut self, route: &'static str, now: u64, pin: Option<&str>) -> String {
+    pub(super) fn decide(&mut self, route: &'static str, now: u64, pin: Option<&str>) -> String {
         let rerouted_before = self.metrics.get("nacos_guard.service.demo.rerouted");
         let mut request = FakeRequest {
             pin: pin.map(str::to_string),
