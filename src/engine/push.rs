@@ -275,24 +275,25 @@ impl Link {
                 Some(Subscription::RetryAt(at)) => now_ms >= *at,
                 Some(_) => false,
             };
-            // The pushed `serviceInfo` names no namespace: a service asked for in
-            // two namespaces of one server could not be told apart, so it is polled.
+            if !due {
+                continue;
+            }
+            // A push is matched to its service by the `serviceInfo`'s group, name and
+            // clusters, which name no namespace: a service asked for in two
+            // namespaces of one server could not be told apart, so it is polled.
             let ambiguous = wanted.iter().any(|other| {
                 other.target != want.target
                     && other.service.group == want.service.group
                     && other.service.name == want.service.name
                     && other.clusters == want.clusters
             });
-            if !due {
-                continue;
-            }
-            self.requests += 1;
-            let request_id = self.requests.to_string();
-            let message =
-                messages::subscribe(want.service, want.clusters, access_token, &request_id);
             let sent = if ambiguous {
                 Err(String::new())
             } else {
+                self.requests += 1;
+                let request_id = self.requests.to_string();
+                let message =
+                    messages::subscribe(want.service, want.clusters, access_token, &request_id);
                 outbox.grpc_call(&self.service, &message, self.timeout_ms)
             };
             let state = match sent {

@@ -315,3 +315,33 @@ fn only_the_lease_holder_holds_a_link() {
         "nothing taken from it"
     );
 }
+
+#[test]
+fn a_service_in_two_namespaces_of_one_server_is_polled_not_subscribed() {
+    let nacos = |namespace: &str| {
+        format!(
+            r#"{{"cluster": "outbound|8848||nacos.dns", "namespaceId": "{namespace}",
+                "push": {{"grpcCluster": "outbound|9848||nacos.dns"}}}}"#
+        )
+    };
+    let config = format!(
+        r#"{{"_rules_": [
+            {{"_match_route_": ["default/demo"], "nacos": {}, "service": {{"name": "demo"}}}},
+            {{"_match_route_": ["default/other"], "nacos": {}, "service": {{"name": "demo"}}}}
+        ]}}"#,
+        nacos("public"),
+        nacos("dev")
+    );
+    let mut gw = Harness::new(&config);
+    gw.tick(0);
+    assert_eq!(gw.answer_polls(0), 2);
+    let check = gw.take_grpc()[0].0;
+    gw.grpc_answer(check, Some(&server_check_answer()), 5);
+    gw.tick(300);
+    assert!(
+        gw.take_grpc().is_empty(),
+        "a push could not say which one changed"
+    );
+    gw.tick(1_050);
+    assert_eq!(gw.answer_polls(1_050), 2, "both stay polled");
+}
