@@ -7,7 +7,7 @@ use nacos_instance_guard::pure::polling::nacos::response::{parse_instance_list, 
 use nacos_instance_guard::pure::polling::nacos::ApiVersion;
 use nacos_instance_guard::pure::registry::endpoint;
 use nacos_instance_guard::pure::routing::nacos_cluster::{service_of, NacosNames};
-use nacos_instance_guard::pure::routing::upstream_hosts;
+use nacos_instance_guard::pure::routing::upstream_hosts::RoutableHosts;
 use nacos_instance_guard::pure::sharing::clock::Reading;
 use nacos_instance_guard::pure::sharing::lease::Lease;
 use nacos_instance_guard::pure::sharing::published::{self, PublishedToken};
@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = parse_login(200, data);
-    let _ = upstream_hosts::routable_endpoints(data);
+    let hosts = RoutableHosts::read(data);
+    let _ = hosts.contains(std::str::from_utf8(data).unwrap_or_default());
     let _ = Lease::decode(data);
     let _ = Reading::decode(data);
     let _ = published::decode_content(data);
