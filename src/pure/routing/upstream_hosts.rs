@@ -41,7 +41,8 @@ impl RoutableHosts {
         Self::from_hashes(sorted)
     }
 
-    /// Hosts named directly (tests and fakes of the host).
+    /// Hosts named directly, for tests.
+    #[cfg(test)]
     pub fn of(endpoints: &[&str]) -> Self {
         Self::from_hashes(
             endpoints
