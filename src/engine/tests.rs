@@ -61,6 +61,11 @@ impl Harness {
     /// Poll once at `now` and answer every call with `answer`.
     fn poll(&mut self, now: u64, answer: Option<(u16, &[u8])>) -> usize {
         self.tick(now);
+        self.answer_sent(now, answer)
+    }
+
+    /// Answer every HTTP call sent so far with `answer`; how many there were.
+    pub(super) fn answer_sent(&mut self, now: u64, answer: Option<(u16, &[u8])>) -> usize {
         let sent = self.outbox.take();
         for call in &sent {
             self.answer(call.token, answer, now);
