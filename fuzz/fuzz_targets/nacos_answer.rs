@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use nacos_instance_guard::pure::polling::nacos::digest::answer_digest;
 use nacos_instance_guard::pure::polling::nacos::response::{parse_instance_list, parse_login};
 use nacos_instance_guard::pure::polling::nacos::ApiVersion;
 use nacos_instance_guard::pure::registry::endpoint;
@@ -20,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    let _ = answer_digest(data);
     let _ = parse_login(200, data);
     let hosts = RoutableHosts::read(data);
     let _ = hosts.contains(std::str::from_utf8(data).unwrap_or_default());

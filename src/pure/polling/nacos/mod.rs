@@ -1,6 +1,7 @@
 //! The Nacos OpenAPI as this plugin speaks it: the requests it sends and the
 //! answers it accepts.
 
+pub mod digest;
 pub mod request;
 pub mod response;
 
