@@ -16,6 +16,7 @@ use super::reject::{RejectResponse, Rejections};
 use super::sharing::{self, Role, Sharing, LEASE_INTERVALS};
 use crate::pure::config::{AutoGuard, GuardSettings, NacosServer, PluginConfig, Routing, Scope};
 use crate::pure::polling::auth::{Refusal, TokenState};
+use crate::pure::polling::nacos::digest::answer_digest;
 use crate::pure::polling::nacos::request::{self, ServiceKey};
 use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
@@ -25,7 +26,7 @@ use crate::pure::routing::decision::{self, Candidates, Decision, Policies, Reque
 use crate::pure::routing::nacos_cluster::{self, ClusterService};
 use crate::pure::routing::rules::{RequestFacts, RuleSet};
 use crate::pure::routing::upstream_hosts::RoutableHosts;
-use crate::pure::sharing::published::{stable_hash, ConfigKeys, PublishedToken, ServiceKeys};
+use crate::pure::sharing::published::{ConfigKeys, PublishedToken, ServiceKeys};
 
 /// What the request brings beyond its rule facts; read only when needed.
 pub trait RequestHost: RequestFacts {
@@ -76,7 +77,8 @@ struct Target {
     query_clusters: Vec<String>,
     keys: ServiceKeys,
     snapshot: Snapshot,
-    /// Hash of the last good answer's bytes: the same bytes again confirm the
+    /// `answer_digest` of the last good answer: its bytes but the time Nacos
+    /// stamps on each answer. An answer with the same digest confirms the
     /// snapshot without being parsed.
     last_good_body: Option<u64>,
     failure_streak: u32,
@@ -654,12 +656,15 @@ impl Engine {
         let Some(server) = self.servers.get_mut(target.server) else {
             return;
         };
-        let body_hash = match answer {
-            Some((200, body)) => Some(stable_hash(body)),
+        let digest = match answer {
+            // Oversized answers are refused by the parser, whatever they digest to.
+            Some((200, body)) if body.len() <= response::MAX_ANSWER_BYTES => {
+                Some(answer_digest(body))
+            }
             _ => None,
         };
         let parsed = match answer {
-            _ if body_hash.is_some() && body_hash == target.last_good_body => Ok(None),
+            _ if digest.is_some() && digest == target.last_good_body => Ok(None),
             Some((status, body)) => {
                 response::parse_instance_list(server.settings.api, status, body).map(Some)
             }
@@ -686,13 +691,13 @@ impl Engine {
                 return;
             }
         };
-        target.last_good_body = body_hash;
+        target.last_good_body = digest;
         bump(metrics, target.metrics.success);
         self.take_list(polled.target, set, polled.polled_at_ms, metrics, store);
     }
 
     /// A good list for `id` telling the state as of `stamp_ms`; `None`: the
-    /// same bytes as the last good one.
+    /// same answer as the last good one (the same `answer_digest`).
     fn take_list(
         &mut self,
         id: TargetId,

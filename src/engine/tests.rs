@@ -351,3 +351,35 @@ fn request_counters_reach_the_host_once_per_tick() {
         "counted once"
     );
 }
+
+/// An r-nacos list answer of `hosts`, stamped with `stamp` as r-nacos stamps each
+/// answer with its time.
+fn stamped(hosts: &str, stamp: u64) -> Vec<u8> {
+    format!(
+        r#"{{"name":"DEFAULT_GROUP@@demo","clusters":"","cacheMillis":10000,"hosts":[{hosts}],"lastRefTime":{stamp},"checksum":"{stamp}","useSpecifiedURL":false}}"#
+    )
+    .into_bytes()
+}
+
+#[test]
+fn answers_that_differ_only_in_nacos_stamps_confirm_the_snapshot() {
+    let mut h = Harness::new(DEMO);
+    let one = r#"{"ip":"10.0.0.1","port":80,"weight":1.0,"healthy":true}"#;
+    let two = r#"{"ip":"10.0.0.2","port":80,"weight":1.0,"healthy":true}"#;
+    h.poll(0, Some((200, &stamped(one, 7))));
+    assert_eq!(h.decide("default/demo-strict", 1, None), "10.0.0.1:80");
+    h.poll(1000, Some((200, &stamped(two, 7))));
+    assert_eq!(
+        h.decide("default/demo-strict", 1001, None),
+        "10.0.0.2:80",
+        "new hosts under the same stamps are taken"
+    );
+    // Only the stamps change, for longer than maxStaleMs (3 s): each answer
+    // confirms the list, which stays fresh.
+    for now in (2000..=6000).step_by(1000) {
+        h.poll(now, Some((200, &stamped(two, now))));
+    }
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 7);
+    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 0);
+    assert_eq!(h.decide("default/demo-strict", 8500, None), "10.0.0.2:80");
+}
