@@ -25,6 +25,10 @@ pub struct Scheduler {
     max_in_flight: usize,
     /// Where the next scan starts, so a bound on calls never starves the last services.
     cursor: usize,
+    /// No service can be due before this: a call before it returns at once instead of
+    /// scanning every service (it is asked after each answer, and ticks come 20 times
+    /// per interval).
+    next_wake_ms: u64,
     rng: u64,
 }
 
@@ -43,6 +47,7 @@ impl Scheduler {
             in_flight: 0,
             max_in_flight: max_in_flight.max(1),
             cursor: 0,
+            next_wake_ms: 0,
             // xorshift must not start at zero.
             rng: seed | 1,
         }
@@ -55,6 +60,7 @@ impl Scheduler {
             next_due_ms: 0,
             in_flight: false,
         });
+        self.next_wake_ms = 0;
         self.slots.len() - 1
     }
 
@@ -93,20 +99,34 @@ impl Scheduler {
     /// stay due).
     pub fn take_due_where(&mut self, now_ms: u64, ready: impl Fn(usize) -> bool) -> Vec<usize> {
         let mut due = Vec::new();
+        if now_ms < self.next_wake_ms {
+            return due;
+        }
         let count = self.slots.len();
         let start = self.cursor;
+        let mut next_wake_ms = u64::MAX;
         for step in 0..count {
             if self.in_flight >= self.max_in_flight {
+                // The slots not scanned may be due: scan again next time.
+                next_wake_ms = now_ms;
                 break;
             }
             let index = (start + step) % count;
+            let Some(slot) = self.slots.get(index) else {
+                continue;
+            };
+            if slot.in_flight {
+                continue;
+            }
+            if now_ms < slot.next_due_ms || !ready(index) {
+                // A slot `ready` refused stays due, and is asked again next time.
+                next_wake_ms = next_wake_ms.min(slot.next_due_ms.max(now_ms));
+                continue;
+            }
             let jitter = self.next_jitter(index);
             let Some(slot) = self.slots.get_mut(index) else {
                 continue;
             };
-            if slot.in_flight || now_ms < slot.next_due_ms || !ready(index) {
-                continue;
-            }
             slot.in_flight = true;
             slot.next_due_ms =
                 now_ms + slot.interval_ms - jitter.min(slot.interval_ms / JITTER_DIVISOR);
@@ -114,6 +134,7 @@ impl Scheduler {
             due.push(index);
             self.cursor = (index + 1) % count;
         }
+        self.next_wake_ms = next_wake_ms;
         due
     }
 
@@ -121,6 +142,7 @@ impl Scheduler {
     pub fn due_now(&mut self, index: usize, now_ms: u64) {
         if let Some(slot) = self.slots.get_mut(index) {
             slot.next_due_ms = slot.next_due_ms.min(now_ms);
+            self.next_wake_ms = self.next_wake_ms.min(slot.next_due_ms);
         }
     }
 
@@ -130,6 +152,7 @@ impl Scheduler {
             if slot.in_flight {
                 slot.in_flight = false;
                 self.in_flight = self.in_flight.saturating_sub(1);
+                self.next_wake_ms = self.next_wake_ms.min(slot.next_due_ms);
             }
         }
     }
@@ -164,6 +187,44 @@ mod tests {
         due.sort();
         assert_eq!(due, vec![0, 1, 2]);
         assert_eq!(scheduler.in_flight(), 3);
+    }
+
+    #[test]
+    fn a_service_made_due_early_is_taken_before_the_next_wake() {
+        let mut scheduler = Scheduler::new([1000, 1000], 7, 32);
+        for index in scheduler.take_due(0) {
+            scheduler.finished(index);
+        }
+        assert!(scheduler.take_due(10).is_empty(), "nothing is due yet");
+        scheduler.due_now(1, 20);
+        assert_eq!(scheduler.take_due(20), vec![1]);
+        assert!(scheduler.take_due(30).is_empty());
+    }
+
+    #[test]
+    fn a_call_that_ends_after_its_next_due_time_is_polled_again_at_once() {
+        let mut scheduler = Scheduler::new([100, 1000], 7, 32);
+        assert_eq!(scheduler.take_due(0).len(), 2);
+        scheduler.finished(1);
+        // Service 0's call is out past its interval; nothing else is due.
+        assert!(scheduler.take_due(150).is_empty());
+        scheduler.finished(0);
+        assert_eq!(scheduler.take_due(150), vec![0]);
+    }
+
+    #[test]
+    fn services_held_back_by_the_bound_on_calls_go_when_calls_end() {
+        let mut scheduler = Scheduler::new([1000, 1000, 1000], 7, 1);
+        let first = scheduler.take_due(0);
+        assert_eq!(first.len(), 1);
+        assert!(
+            scheduler.take_due(0).is_empty(),
+            "the one call allowed is out"
+        );
+        scheduler.finished(first[0]);
+        let second = scheduler.take_due(1);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second, first);
     }
 
     #[test]
