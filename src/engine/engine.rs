@@ -16,7 +16,7 @@ use super::reject::{RejectResponse, Rejections};
 use super::sharing::{self, Role, Sharing, LEASE_INTERVALS};
 use crate::pure::config::{AutoGuard, GuardSettings, NacosServer, PluginConfig, Routing, Scope};
 use crate::pure::polling::auth::{Refusal, TokenState};
-use crate::pure::polling::nacos::digest::answer_digest;
+use crate::pure::polling::nacos::digest::AnswerDigest;
 use crate::pure::polling::nacos::request::{self, ServiceKey};
 use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
@@ -77,10 +77,9 @@ struct Target {
     query_clusters: Vec<String>,
     keys: ServiceKeys,
     snapshot: Snapshot,
-    /// `answer_digest` of the last good answer: its bytes but the time Nacos
-    /// stamps on each answer. An answer with the same digest confirms the
-    /// snapshot without being parsed.
-    last_good_body: Option<u64>,
+    /// The last good answer, but the time Nacos stamps on each answer: an
+    /// answer it matches confirms the snapshot without being parsed.
+    last_good: Option<AnswerDigest>,
     failure_streak: u32,
     /// The token generation of this service's last answer, if that was a 403.
     refused_with: Option<u64>,
@@ -248,7 +247,7 @@ impl Engine {
                     service: settings.service.clone(),
                     query_clusters: settings.filter.clusters.clone(),
                     snapshot: Snapshot::default(),
-                    last_good_body: None,
+                    last_good: None,
                     failure_streak: 0,
                     refused_with: None,
                     stale_reported: false,
@@ -472,7 +471,7 @@ impl Engine {
             return;
         }
         if t.snapshot.adopt_content(set, stamp) {
-            t.last_good_body = None;
+            t.last_good = None;
             if adopt == Adopt::AtStart {
                 if let Some(confirmed_at_ms) = sharing::read_confirmed(&t.keys, store) {
                     let mut health = t.snapshot.health();
@@ -656,15 +655,17 @@ impl Engine {
         let Some(server) = self.servers.get_mut(target.server) else {
             return;
         };
-        let digest = match answer {
-            // Oversized answers are refused by the parser, whatever they digest to.
-            Some((200, body)) if body.len() <= response::MAX_ANSWER_BYTES => {
-                Some(answer_digest(body))
-            }
-            _ => None,
+        // Oversized answers are refused by the parser, whatever they look like.
+        let good_size = |body: &[u8]| body.len() <= response::MAX_ANSWER_BYTES;
+        let unchanged = match answer {
+            Some((200, body)) if good_size(body) => target
+                .last_good
+                .as_ref()
+                .is_some_and(|last| last.matches(body)),
+            _ => false,
         };
         let parsed = match answer {
-            _ if digest.is_some() && digest == target.last_good_body => Ok(None),
+            _ if unchanged => Ok(None),
             Some((status, body)) => {
                 response::parse_instance_list(server.settings.api, status, body).map(Some)
             }
@@ -691,13 +692,18 @@ impl Engine {
                 return;
             }
         };
-        target.last_good_body = digest;
+        if !unchanged {
+            target.last_good = match answer {
+                Some((200, body)) if good_size(body) => Some(AnswerDigest::of(body)),
+                _ => None,
+            };
+        }
         bump(metrics, target.metrics.success);
         self.take_list(polled.target, set, polled.polled_at_ms, metrics, store);
     }
 
     /// A good list for `id` telling the state as of `stamp_ms`; `None`: the
-    /// same answer as the last good one (the same `answer_digest`).
+    /// same answer as the last good one (`AnswerDigest::matches`).
     fn take_list(
         &mut self,
         id: TargetId,
@@ -1188,7 +1194,7 @@ impl Engine {
         match heard.list {
             Ok(set) => {
                 if let Some(target) = self.targets.get_mut(heard.target) {
-                    target.last_good_body = None;
+                    target.last_good = None;
                 }
                 self.take_list(heard.target, Some(set), heard.stamp_ms, metrics, store);
             }

@@ -15,16 +15,7 @@ const PLUGIN: &str = "nacos-instance-guard";
 /// FNV-1a: VMs share state only with VMs of the same configuration, and a
 /// service's content only with guards that ask Nacos the same question.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    stable_hash_more(STABLE_HASH_START, bytes)
-}
-
-/// [`stable_hash`] of nothing: where a hash fed in pieces starts.
-pub const STABLE_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// Feeds `bytes` to a [`stable_hash`] under way: starting from
-/// [`STABLE_HASH_START`], pieces fed in order hash as their concatenation does.
-pub fn stable_hash_more(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |hash, byte| {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }

@@ -12,16 +12,14 @@
 //! `naming/src/main/java/com/alibaba/nacos/naming/core/InstanceOperatorClientImpl.java`
 //! calls for the list). A hash of the whole body therefore never repeats.
 
-use crate::pure::sharing::published::{stable_hash_more, STABLE_HASH_START};
-
 /// The members where Nacos stamps the time of an answer.
 const STAMPS: [&[u8]; 2] = [b"lastRefTime", b"checksum"];
 
-/// FNV-1a (as [`stable_hash`](crate::pure::sharing::published::stable_hash))
-/// over `body`, except the values of members named `lastRefTime` or `checksum`
-/// that are not inside any JSON array; their names and colons are hashed, so
-/// `{"lastRefTime":1}` and `{"checksum":1}` differ. A body without such members
-/// digests as its `stable_hash`.
+/// A 64-bit hash of an answer, except the values of members named `lastRefTime` or
+/// `checksum` that are not inside any JSON array; their names and colons are
+/// hashed, so `{"lastRefTime":1}` and `{"checksum":1}` differ. The hash only
+/// compares one answer of a service with its last good one in this VM: it is
+/// not stored or shared, so it may change between versions.
 ///
 /// Why this is safe: instances always sit inside an array (`hosts: [...]` in v1,
 /// `data: [...]` in v3), so everything the parser reads about them, metadata
@@ -31,40 +29,135 @@ const STAMPS: [&[u8]; 2] = [b"lastRefTime", b"checksum"];
 /// (`response::parse_instance_list`), never `lastRefTime` or `checksum`. So two
 /// JSON bodies with equal digests parse to the same result.
 ///
-/// One pass, no allocation, no panic on any bytes. Strings are read with their
-/// escapes; a skipped value is a string, an object or array (to its matching
+/// No panic on any bytes. Strings are read with their escapes; a skipped value is a string, an object or array (to its matching
 /// bracket) or a run of number and literal characters. Malformed input gets some
 /// deterministic digest: a body malformed only inside a stamp's value (which
 /// Nacos does not send) digests as the well-formed body with another value
 /// there, so it would be taken as that body again rather than refused.
-pub fn answer_digest(body: &[u8]) -> u64 {
-    let mut hash = STABLE_HASH_START;
-    let mut at = 0;
-    // Arrays open at `at`; brackets in strings and in skipped values do not count.
-    let mut arrays: usize = 0;
-    while let Some(&byte) = body.get(at) {
-        if byte == b'"' {
-            let end = string_end(body, at);
-            let string = body.get(at..end).unwrap_or_default();
-            hash = stable_hash_more(hash, string);
-            at = end;
-            if arrays == 0 && is_stamp(string) {
-                if let Some(value) = value_after_colon(body, end) {
-                    hash = stable_hash_more(hash, body.get(end..value).unwrap_or_default());
-                    at = value_end(body, value);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerDigest {
+    hash: u64,
+    len: usize,
+    /// Where the stamps' values were, when every one is a number or a string
+    /// without escapes; `None` if one was anything else.
+    stamps: Option<Vec<(usize, usize)>>,
+}
+
+impl AnswerDigest {
+    /// Scans `body` for its stamps, byte by byte.
+    pub fn of(body: &[u8]) -> Self {
+        let mut stamps = Some(Vec::new());
+        let mut at = 0;
+        // Arrays open at `at`; brackets in strings and in skipped values do not count.
+        let mut arrays: usize = 0;
+        while let Some(&byte) = body.get(at) {
+            match byte {
+                b'"' => {
+                    let end = string_end(body, at);
+                    let stamp = arrays == 0 && is_stamp(body.get(at..end).unwrap_or_default());
+                    at = end;
+                    if let Some(value) = value_after_colon(body, end).filter(|_| stamp) {
+                        at = value_end(body, value);
+                        if let Some(spans) =
+                            stamps.as_mut().filter(|_| simple_value(body, value, at))
+                        {
+                            spans.push((value, at));
+                        } else {
+                            stamps = None;
+                        }
+                    }
+                    continue;
                 }
+                b'[' => arrays = arrays.saturating_add(1),
+                b']' => arrays = arrays.saturating_sub(1),
+                _ => {}
             }
-            continue;
+            at += 1;
         }
-        match byte {
-            b'[' => arrays = arrays.saturating_add(1),
-            b']' => arrays = arrays.saturating_sub(1),
-            _ => {}
+        let hash = match &stamps {
+            Some(spans) => hash_around(body, spans),
+            // Not recognisable without a scan: the whole body, so only the same
+            // bytes match.
+            None => hash_piece(START, body),
+        };
+        Self {
+            hash,
+            len: body.len(),
+            stamps,
         }
-        hash = stable_hash_more(hash, &[byte]);
-        at += 1;
     }
-    hash
+
+    /// `body` is this answer again but for the values of its stamps. Checked
+    /// where this answer had its stamps, without a scan: Nacos's stamps keep
+    /// their width (milliseconds since 1970), so an unchanged service answers
+    /// with the same length and the same bytes around them. That is exact: the
+    /// bytes around are the same (by the hash) and each new value is again a
+    /// number or a plain string ending where the old one did, so a scan would
+    /// find the same members in the same places.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        let Some(spans) = &self.stamps else {
+            return body.len() == self.len && hash_piece(START, body) == self.hash;
+        };
+        body.len() == self.len
+            && spans
+                .iter()
+                .all(|&(start, end)| simple_value(body, start, end))
+            && hash_around(body, spans) == self.hash
+    }
+}
+
+/// The hash of `body` but the values at `spans` (in order, not overlapping).
+fn hash_around(body: &[u8], spans: &[(usize, usize)]) -> u64 {
+    let mut hash = START;
+    let mut hashed = 0;
+    for &(start, end) in spans {
+        hash = hash_piece(hash, body.get(hashed..start).unwrap_or_default());
+        hashed = end;
+    }
+    hash_piece(hash, body.get(hashed..).unwrap_or_default())
+}
+
+/// `body[start..end]` is a whole value a scan reads the same way whatever its
+/// content: a run of number and literal characters, or a string without escapes.
+fn simple_value(body: &[u8], start: usize, end: usize) -> bool {
+    let Some(value) = body.get(start..end).filter(|value| !value.is_empty()) else {
+        return false;
+    };
+    match value.strip_prefix(b"\"") {
+        Some(inner) => inner
+            .strip_suffix(b"\"")
+            .is_some_and(|inner| !inner.iter().any(|byte| matches!(byte, b'"' | b'\\'))),
+        None => value.iter().all(|byte| is_literal(*byte)),
+    }
+}
+
+fn is_literal(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.')
+}
+
+const START: u64 = 0xcbf2_9ce4_8422_2325;
+const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// `hash` followed by `piece`, eight bytes at a time. The piece's length goes in
+/// first, so the same bytes cut into pieces at other places hash otherwise.
+fn hash_piece(hash: u64, piece: &[u8]) -> u64 {
+    let mix = |hash: u64, word: u64| {
+        let hash = (hash ^ word).wrapping_mul(MULTIPLIER);
+        hash ^ (hash >> 32)
+    };
+    let mut hash = mix(hash, piece.len() as u64);
+    let mut words = piece.chunks_exact(8);
+    for word in &mut words {
+        hash = mix(
+            hash,
+            u64::from_le_bytes(word.try_into().unwrap_or_default()),
+        );
+    }
+    let mut last = [0u8; 8];
+    for (to, from) in last.iter_mut().zip(words.remainder()) {
+        *to = *from;
+    }
+    mix(hash, u64::from_le_bytes(last))
 }
 
 /// `string` (with its quotes) names a stamp.
@@ -111,9 +204,7 @@ fn value_end(body: &[u8], start: usize) -> usize {
         Some(b'{' | b'[') => container_end(body, start),
         _ => {
             let mut at = start;
-            while body.get(at).is_some_and(|byte| {
-                byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.')
-            }) {
+            while body.get(at).is_some_and(|byte| is_literal(*byte)) {
                 at += 1;
             }
             at
@@ -151,8 +242,12 @@ mod tests {
     use super::*;
     use crate::pure::polling::nacos::response::parse_instance_list;
     use crate::pure::polling::nacos::ApiVersion;
-    use crate::pure::sharing::published::stable_hash;
     use crate::testing::test;
+
+    /// What the earlier, scan-only digest compared: the hash around the stamps.
+    fn answer_digest(body: &[u8]) -> u64 {
+        AnswerDigest::of(body).hash
+    }
 
     /// Two answers of r-nacos 0.8.8 for one unchanged service, a second apart.
     const RNACOS_FIRST: &str = r#"{"name":"DEFAULT_GROUP@@svc-1","clusters":"","cacheMillis":10000,"hosts":[{"service":"DEFAULT_GROUP@@svc-1","ip":"10.0.0.3","port":8080,"clusterName":"DEFAULT","weight":1.0,"healthy":true,"instanceId":"10.0.0.3#8080","metadata":{},"marked":true,"enabled":true,"serviceName":"DEFAULT_GROUP@@svc-1","ephemeral":false},{"service":"DEFAULT_GROUP@@svc-1","ip":"10.0.0.1","port":8080,"clusterName":"DEFAULT","weight":1.0,"healthy":true,"instanceId":"10.0.0.1#8080","metadata":{},"marked":true,"enabled":true,"serviceName":"DEFAULT_GROUP@@svc-1","ephemeral":false}],"lastRefTime":1795983932100,"checksum":"1795983932100","useSpecifiedURL":false,"env":"","protectThreshold":null,"reachLocalSiteCallThreshold":null,"dom":"svc-1","metadata":null}"#;
@@ -165,13 +260,41 @@ mod tests {
     #[test]
     fn rnacos_answers_of_an_unchanged_service_digest_equal() {
         assert_ne!(
-            stable_hash(RNACOS_FIRST.as_bytes()),
-            stable_hash(RNACOS_SECOND.as_bytes())
+            hash_piece(START, RNACOS_FIRST.as_bytes()),
+            hash_piece(START, RNACOS_SECOND.as_bytes())
         );
         assert_eq!(digest(RNACOS_FIRST), digest(RNACOS_SECOND));
         assert_eq!(
             parse_instance_list(ApiVersion::V1, 200, RNACOS_FIRST.as_bytes()),
             parse_instance_list(ApiVersion::V1, 200, RNACOS_SECOND.as_bytes())
+        );
+    }
+
+    #[test]
+    fn an_unchanged_service_is_recognised_where_its_stamps_were() {
+        let last = AnswerDigest::of(RNACOS_FIRST.as_bytes());
+        assert!(last.matches(RNACOS_SECOND.as_bytes()));
+        assert!(last.matches(RNACOS_FIRST.as_bytes()));
+        let moved = RNACOS_SECOND.replace("10.0.0.1", "10.0.0.2");
+        assert!(!last.matches(moved.as_bytes()), "a host changed");
+        let quoted = RNACOS_SECOND.replace(
+            "\"checksum\":\"1795983933211\"",
+            "\"checksum\":\"17959839\\\"211\"",
+        );
+        assert_eq!(quoted.len(), RNACOS_SECOND.len());
+        assert!(
+            !last.matches(quoted.as_bytes()),
+            "a stamp that is no longer plain"
+        );
+        let wider = RNACOS_SECOND.replace("1795983933211", "17959839332110");
+        assert!(
+            !last.matches(wider.as_bytes()),
+            "another width: scanned again"
+        );
+        assert_eq!(
+            AnswerDigest::of(wider.as_bytes()).hash,
+            last.hash,
+            "though the scan finds the same answer"
         );
     }
 
@@ -266,13 +389,18 @@ mod tests {
         );
         assert_eq!(
             answer_digest(br#"{"checksum":"12","hosts":[1]}"#),
-            answer_digest(br#"{"checksum":"3\"4\\","hosts":[1]}"#),
-            "string values, escapes included"
+            answer_digest(br#"{"checksum":"345","hosts":[1]}"#),
+            "string values"
         );
-        assert_eq!(
+        assert_ne!(
+            answer_digest(br#"{"checksum":"12","hosts":[1]}"#),
+            answer_digest(br#"{"checksum":"3\"4\\","hosts":[1]}"#),
+            "a stamp with escapes is not plain: the whole body is compared"
+        );
+        assert_ne!(
             answer_digest(br#"{"checksum":{"a":[1,"]"]},"hosts":[1]}"#),
             answer_digest(br#"{"checksum":[{"b":"}"}],"hosts":[1]}"#),
-            "nested values, brackets in strings included"
+            "nested values are not plain: the whole body is compared"
         );
         assert_ne!(
             answer_digest(br#"{"checksum":{"a":[1,"]"]},"hosts":[1]}"#),
@@ -325,7 +453,7 @@ mod tests {
     #[test]
     fn a_body_without_stamps_digests_as_its_bytes() {
         let body = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"metadata":{"a":"[\"{"}}]}"#;
-        assert_eq!(answer_digest(body), stable_hash(body));
+        assert_eq!(answer_digest(body), hash_piece(START, body));
     }
 
     #[test]
@@ -336,7 +464,7 @@ mod tests {
             let prefix = &body[..end];
             let digest = answer_digest(prefix);
             if end < stamp {
-                assert_eq!(digest, stable_hash(prefix), "prefix of {end} bytes");
+                assert_eq!(digest, hash_piece(START, prefix), "prefix of {end} bytes");
             }
         }
         let malformed: [&[u8]; 12] = [
