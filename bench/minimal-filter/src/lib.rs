@@ -13,6 +13,8 @@
 //! - `route=IP:PORT|IP:PORT...`: set `x-gateway-destination-endpoint` to each of the
 //!   endpoints in turn, as the plugin's round robin does
 //! - `set`: set `x-minimal-filter: 1`
+//! - `get=NAME`: read request header `NAME`
+//! - `prop=A.B`: read the property at path `A.B` (dot-separated)
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -37,6 +39,8 @@ enum Op {
     Time,
     Metric(u32),
     Route(Vec<String>),
+    Get(String),
+    Prop(Vec<String>),
 }
 
 struct MinimalRoot {
@@ -64,12 +68,17 @@ impl RootContext for MinimalRoot {
                         Err(_) => return false,
                     }
                 }
-                other => match other.strip_prefix("route=") {
-                    Some(endpoints) => {
+                other => {
+                    if let Some(endpoints) = other.strip_prefix("route=") {
                         Op::Route(endpoints.split('|').map(str::to_string).collect())
+                    } else if let Some(name) = other.strip_prefix("get=") {
+                        Op::Get(name.to_string())
+                    } else if let Some(path) = other.strip_prefix("prop=") {
+                        Op::Prop(path.split('.').map(str::to_string).collect())
+                    } else {
+                        return false;
                     }
-                    None => return false,
-                },
+                }
             };
             ops.push(op);
         }
@@ -113,6 +122,12 @@ impl HttpContext for MinimalHttp {
                 }
                 Op::Pin => {
                     std::hint::black_box(self.get_http_request_header("x-nacos-instance"));
+                }
+                Op::Get(name) => {
+                    std::hint::black_box(self.get_http_request_header_bytes(name));
+                }
+                Op::Prop(path) => {
+                    std::hint::black_box(self.get_property(path.iter().map(String::as_str).collect()));
                 }
                 Op::Time => {
                     std::hint::black_box(self.get_current_time());
