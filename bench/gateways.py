@@ -8,6 +8,7 @@ other, so that the three do not take turns on the same CPU. Set from ``--pin``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,6 +24,7 @@ MINIMAL_TARGET_DIR = REPO / "target" / "minimal-filter"
 MINIMAL_WASM = MINIMAL_TARGET_DIR / "wasm32-wasip1" / "release" / "minimal_filter.wasm"
 NACOS_STAT = f"cluster.{NACOS_CLUSTER}"
 PIN = {"gateway": None, "load": None}
+GATEWAY_CPU, LOAD_CPU = "0", "1"
 OWNER = Owner()
 
 
@@ -92,3 +94,24 @@ def ensure_minimal_filter() -> None:
         ],
         check=True,
     )
+
+
+class Pinned:
+    """Pins the gateways to CPU 0 and everything else this run starts (and this
+    script) to CPU 1, for the duration of a ``with``; nothing on a single CPU."""
+
+    def __enter__(self):
+        self.saved_pin = dict(PIN)
+        self.saved_affinity = os.sched_getaffinity(0)
+        self.on = shutil.which("taskset") is not None and {int(GATEWAY_CPU), int(LOAD_CPU)} <= self.saved_affinity
+        if self.on:
+            PIN.update(gateway=GATEWAY_CPU, load=LOAD_CPU)
+            # Children inherit it: r-nacos runs on the load CPU too.
+            os.sched_setaffinity(0, {int(LOAD_CPU)})
+        return self
+
+    def __exit__(self, *exc):
+        PIN.clear()
+        PIN.update(self.saved_pin)
+        os.sched_setaffinity(0, self.saved_affinity)
+        return False

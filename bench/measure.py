@@ -141,23 +141,28 @@ def fmt_profile(prof: dict | None) -> str:
 
 # ------------------------------------------------------------------ CPU time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+def _schedstat_seconds(path: Path) -> float:
+    """The time a thread ran on a CPU, from its ``schedstat`` (nanoseconds)."""
+    return int(path.read_text().split()[0]) / 1e9
 
 
-def _stat_cpu_seconds(path: str) -> float:
-    """utime + stime of a /proc/.../stat file, in seconds (kernel ticks of 1/CLK_TCK s)."""
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def process_run_seconds(pid: int) -> float:
+    """Time every live thread of ``pid`` ran on a CPU, to the nanosecond (the
+    scheduler's own account): at a few hundred ms per window, ``stat``'s 10 ms ticks
+    would be a few per cent of noise."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += _schedstat_seconds(task / "schedstat")
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return total
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system time of the whole process (every thread, exited ones included)."""
-    return _stat_cpu_seconds(f"/proc/{pid}/stat")
-
-
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """User + system time of one thread of ``pid``."""
-    return _stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
+def thread_run_seconds(pid: int, tid: int) -> float:
+    """Time thread ``tid`` of ``pid`` ran on a CPU, to the nanosecond."""
+    return _schedstat_seconds(Path(f"/proc/{pid}/task/{tid}/schedstat"))
 
 
 def involuntary_switches(pid: int, tid: int) -> int:
@@ -179,6 +184,62 @@ def thread_ids(pid: int, prefix: str) -> list:
                 out.append(int(task.name))
         except OSError:
             continue
+    return out
+
+
+REQUESTS_STAT = "http.gateway.downstream_rq_total"
+
+
+def measured_round(args, loads: dict, seconds: int, at_rest: dict | None = None) -> dict:
+    """Every gateway of ``loads`` (variant: (envoy, worker tid, path, extra wrk args,
+    routed counter)) loaded by its own wrk at the same time for ``seconds``, with each
+    gateway's CPU time and requests around the common window, its CPU at rest
+    (``at_rest``, CPU-seconds per second) taken off; {variant: figures}."""
+    before = {}
+    for name, (envoy, tid, _, _, routed) in loads.items():
+        before[name] = (
+            envoy.stat(REQUESTS_STAT),
+            envoy.stat(routed) if routed else 0,
+            involuntary_switches(envoy.pid, tid),
+            process_run_seconds(envoy.pid),
+            thread_run_seconds(envoy.pid, tid),
+        )
+    started = time.monotonic()
+    results: dict = {}
+
+    def load(name, envoy, path, extra):
+        results[name] = wrk(f"http://127.0.0.1:{envoy.port}{path}", seconds, args.connections, extra=extra)
+
+    threads = [
+        threading.Thread(target=load, args=(name, envoy, path, extra))
+        for name, (envoy, _, path, extra, _) in loads.items()
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(0.1)  # requests wrk abandoned at its deadline finish
+    window = time.monotonic() - started
+    out = {}
+    for name, (envoy, tid, _, _, routed) in loads.items():
+        n0, d0, s0, c0, w0 = before[name]
+        c1, w1 = process_run_seconds(envoy.pid), thread_run_seconds(envoy.pid, tid)
+        rest = (at_rest or {}).get(name, 0.0) * window
+        c1 -= rest  # the worker thread stays as measured
+        served = envoy.stat(REQUESTS_STAT) - n0
+        r = results[name]
+        r.pop("raw", None)
+        r.update(
+            served=served,
+            cpu_s=c1 - c0,
+            worker_cpu_s=w1 - w0,
+            cpu_us=(c1 - c0) * 1e6 / max(served, 1),
+            worker_us=(w1 - w0) * 1e6 / max(served, 1),
+            preempted=involuntary_switches(envoy.pid, tid) - s0,
+        )
+        if routed:
+            r["decided"] = envoy.stat(routed) - d0
+        out[name] = r
     return out
 
 

@@ -7,35 +7,35 @@ run (``http.gateway.downstream_rq_total``, read from the admin port before and a
 The worker thread's own CPU time (``/proc/<pid>/task/<tid>/stat``) is kept beside it.
 Throughput and p99 of the same wrk runs are the secondary figures.
 
-Set-up, so that the variants take turns on an otherwise steady machine:
+Set-up, so that every variant is measured under the same conditions:
 - every gateway Envoy runs ``--concurrency 1`` pinned to CPU 0 (``taskset -c 0``);
   wrk, the backend Envoy, r-nacos and this script run on CPU 1;
-- all gateways are started once and stay up; one gateway per configuration (a variant
-  that differs only by its requests shares its configuration's gateway);
-- many short rounds, each running every variant once, the order rotating; a ratio
-  (variant / minimal filter, variant / no filter) is computed per round, and the report
-  gives its median and its spread (min-max) over the rounds;
+- one gateway per variant, all started once and kept up, and in every round all of them
+  are loaded at the same time, each by its own wrk, so they share CPU 0 for the same
+  seconds. This machine's speed per CPU-second drifts by +-25 % from one second to the
+  next (a pinned spin loop shows it); gateways measured at once see the same drift, so
+  their ratios cancel it, where gateways measured one after the other did not;
+- a second gateway with the minimal filter runs beside the first as an A/A control: its
+  ratio to the first is what the measurement cannot tell apart;
+- a ratio (variant / minimal filter, variant / no filter) is computed per round, and the
+  report gives its median and its spread (min-max) over the rounds;
 - ``--repeat N`` runs the whole section N times back to back (fresh processes each
   time); the report says whether the runs' median ratios agree within 3 %.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
-from gateways import OWNER, PIN, fast_backend, gateway, start_nacos, wait_first_snapshot
+from gateways import OWNER, Pinned, fast_backend, gateway, start_nacos, wait_first_snapshot
 from measure import (
     fmt_profile,
-    involuntary_switches,
     log,
-    process_cpu_seconds,
+    measured_round,
+    process_run_seconds,
     spread,
-    thread_cpu_seconds,
     thread_ids,
-    wrk,
     wrk_profiled,
 )
 from scale import scale_routes
@@ -45,6 +45,10 @@ from testbed.higress import plugin_config
 
 NO_FILTER = "no filter"
 MINIMAL = "minimal filter"
+MINIMAL_TWIN = "minimal filter, a second gateway (A/A control)"
+# What any route-scoped filter pays on Envoy: Higress's `_match_route_` rules need the
+# route's name, and upstream Envoy serves it only as `xds.route_name`.
+ROUTE_FLOOR = "minimal filter that also reads xds.route_name"
 GUARDED = "plugin, guarded route (header mode)"
 RULES_100 = "plugin, 100 route rules (the last rule's route)"
 PINNED = "plugin, pin header on every request"
@@ -53,8 +57,6 @@ PLUGIN_VARIANTS = (GUARDED, RULES_100, PINNED, UNGUARDED)
 CLIENT_HEADER = "no filter, client sets the routing header"
 MINIMAL_CALLS = "minimal filter making the plugin's host calls"
 BASES = (MINIMAL, NO_FILTER)
-REQUESTS_STAT = "http.gateway.downstream_rq_total"
-GATEWAY_CPU, LOAD_CPU = "0", "1"
 
 # Goals of issue 15, part 2, against the minimal filter, on the medians of one run.
 GOAL_CPU = 1.05
@@ -86,30 +88,9 @@ def section_overhead(args, res: dict, work: Path) -> None:
         log(f"the {len(runs)} runs {'agree' if ok else 'do NOT agree'} within {AGREE:.0%}")
 
 
-class _Pinned:
-    """Pins the gateways to CPU 0 and everything else this run starts (and this
-    script) to CPU 1, for the duration of a ``with``; nothing on a single CPU."""
-
-    def __enter__(self):
-        self.saved_pin = dict(PIN)
-        self.saved_affinity = os.sched_getaffinity(0)
-        self.on = shutil.which("taskset") is not None and {int(GATEWAY_CPU), int(LOAD_CPU)} <= self.saved_affinity
-        if self.on:
-            PIN.update(gateway=GATEWAY_CPU, load=LOAD_CPU)
-            # Children inherit it: r-nacos runs on the load CPU too.
-            os.sched_setaffinity(0, {int(LOAD_CPU)})
-        return self
-
-    def __exit__(self, *exc):
-        PIN.clear()
-        PIN.update(self.saved_pin)
-        os.sched_setaffinity(0, self.saved_affinity)
-        return False
-
-
 def overhead_run(args, work: Path, profile: bool) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    with _Pinned() as pinned:
+    with Pinned() as pinned:
         try:
             run = _overhead_run(args, work, profile)
         finally:
@@ -130,108 +111,118 @@ def _overhead_run(args, work: Path, profile: bool) -> dict:
     endpoints = "|".join(f"127.0.0.1:{p}" for p in backend.ports)  # in turn, like the plugin
     routes_100, cfg_100 = scale_routes(100)
     header_mode = {"routing": "header"}
-    configs = {  # gateway: keyword arguments of gateways.gateway
-        "none": dict(plugin_cfg=None),
-        "minimal": dict(plugin_cfg={}, minimal_ops="set"),
-        "plugin": dict(plugin_cfg=plugin_config(header_mode)),
-        "plugin-100": dict(plugin_cfg={**cfg_100, **header_mode}, routes=routes_100),
-    }
+    plugin = dict(plugin_cfg=plugin_config(header_mode))
     demo_routed = "wasmcustom.nacos_guard.service.demo.routed"
-    targets = {  # variant: (gateway, path, extra wrk args, the plugin's routed counter)
-        NO_FILTER: ("none", "/demo", [], None),
-        MINIMAL: ("minimal", "/demo", [], None),
-        GUARDED: ("plugin", "/demo", [], demo_routed),
-        RULES_100: ("plugin-100", "/svc-0", [], "wasmcustom.nacos_guard.service.svc-0.routed"),
-        PINNED: ("plugin", "/demo", ["-H", f"{PIN_HEADER}: {endpoint}"], demo_routed),
-        UNGUARDED: ("plugin", "/legacy", [], demo_routed),
+    # variant: (keyword arguments of gateways.gateway, path, extra wrk args, the
+    # plugin's routed counter); each variant its own gateway, so all run at once.
+    targets = {
+        NO_FILTER: (dict(plugin_cfg=None), "/demo", [], None),
+        MINIMAL: (dict(plugin_cfg={}, minimal_ops="set"), "/demo", [], None),
+        MINIMAL_TWIN: (dict(plugin_cfg={}, minimal_ops="set"), "/demo", [], None),
+        ROUTE_FLOOR: (dict(plugin_cfg={}, minimal_ops="set,prop=xds.route_name"), "/demo", [], None),
+        GUARDED: (plugin, "/demo", [], demo_routed),
+        RULES_100: (
+            dict(plugin_cfg={**cfg_100, **header_mode}, routes=routes_100),
+            "/svc-0",
+            [],
+            "wasmcustom.nacos_guard.service.svc-0.routed",
+        ),
+        PINNED: (plugin, "/demo", ["-H", f"{PIN_HEADER}: {endpoint}"], demo_routed),
+        UNGUARDED: (plugin, "/legacy", [], demo_routed),
     }
     if args.breakdown:
-        configs["minimal-calls"] = dict(plugin_cfg={}, minimal_ops=f"remove,property,pin,metric,route={endpoints}")
-        targets[CLIENT_HEADER] = ("none", "/demo", ["-H", f"{ROUTING_HEADER}: {endpoint}"], None)
-        targets[MINIMAL_CALLS] = ("minimal-calls", "/demo", [], None)
-    envoys = {name: gateway(work, nacos.http_port, backend.ports, concurrency=1, **kw) for name, kw in configs.items()}
-    wait_first_snapshot(envoys["plugin"], "/demo", "demo")
-    wait_first_snapshot(envoys["plugin-100"], "/svc-0", "svc-0", timeout=60)
+        targets[CLIENT_HEADER] = (dict(plugin_cfg=None), "/demo", ["-H", f"{ROUTING_HEADER}: {endpoint}"], None)
+        targets[MINIMAL_CALLS] = (
+            dict(plugin_cfg={}, minimal_ops=f"remove,property,pin,metric,route={endpoints}"),
+            "/demo",
+            [],
+            None,
+        )
+    envoys = {
+        name: gateway(work, nacos.http_port, backend.ports, concurrency=1, **kw)
+        for name, (kw, _, _, _) in targets.items()
+    }
+    for name, (_, _, _, routed) in targets.items():
+        if routed:  # its guarded route serves from the snapshot (/legacy is not guarded)
+            service = routed.split(".")[-2]
+            wait_first_snapshot(envoys[name], "/demo" if service == "demo" else f"/{service}", service, timeout=60)
     workers = {}
     for name, e in envoys.items():
         tids = thread_ids(e.pid, "wrk:worker")
         if len(tids) != 1:
             raise RuntimeError(f"gateway {name}: expected one worker thread, found {tids}")
         workers[name] = tids[0]
-    for gw, path, extra, _ in targets.values():  # warm-up: connections, JIT, caches
-        wrk(f"http://127.0.0.1:{envoys[gw].port}{path}", 2, args.connections, extra=extra)
+    loads = {
+        name: (envoys[name], workers[name], path, extra, routed) for name, (_, path, extra, routed) in targets.items()
+    }
+    measured_round(args, loads, seconds=2)  # warm-up: connections, JIT, caches
 
-    # CPU at rest of every gateway, over one window with no requests.
+    # CPU at rest of every gateway, over one window with no requests: subtracted from
+    # each loaded window, so a per-request figure is what the requests cost.
     time.sleep(0.5)
-    c0 = {n: process_cpu_seconds(e.pid) for n, e in envoys.items()}
+    c0 = {n: process_run_seconds(e.pid) for n, e in envoys.items()}
     t0 = time.monotonic()
     time.sleep(args.idle_seconds)
     dt = time.monotonic() - t0
-    at_rest = {n: (process_cpu_seconds(e.pid) - c0[n]) / dt for n, e in envoys.items()}
-    log("CPU at rest: " + ", ".join(f"{n} {v * 100:.1f}%" for n, v in at_rest.items()))
+    at_rest = {n: (process_run_seconds(e.pid) - c0[n]) / dt for n, e in envoys.items()}
+    log("CPU at rest: " + ", ".join(f"{n} {v * 100:.2f}%" for n, v in at_rest.items()))
 
-    rounds = {name: [] for name in targets}
-    order = list(targets)
+    # Every round loads the minimal filter's gateway together with each other gateway
+    # in turn (the twin's pair is the A/A control), the order rotating.
+    others = [name for name in targets if name != MINIMAL]
+    rounds: dict = {name: [] for name in targets}
     for rnd in range(args.overhead_rounds):
-        for name in order:
-            gw, path, extra, routed = targets[name]
-            r = measured_wrk(args, envoys[gw], workers[gw], path, extra, routed)
+        for name in others[rnd % len(others) :] + others[: rnd % len(others)]:
+            pair = {n: loads[n] for n in (MINIMAL, name)}
+            got = measured_round(args, pair, args.overhead_seconds, at_rest)
+            r, base = got[name], got[MINIMAL]
+            r["pair"] = base
             rounds[name].append(r)
+            if name == MINIMAL_TWIN:
+                rounds[MINIMAL].append(base)
             log(
-                f"round {rnd + 1} {name:>48}: {r['cpu_us']:6.1f} us/request (worker {r['worker_us']:6.1f})"
-                f"  {r['rps']:7.0f} rps  p99 {r['p99']:.3f} ms  served {r['served']}"
-                f"  non-2xx {r['non2xx']}  errors {r['socket_errors']}  worker preempted {r['preempted']}x"
-                + (f"  routed by the plugin {r['decided']}" if routed else "")
+                f"round {rnd + 1} {name:>48}: {r['cpu_us']:6.1f} us/request beside the minimal filter's "
+                f"{base['cpu_us']:6.1f} = {r['cpu_us'] / base['cpu_us']:.3f}"
+                f"  {r['rps']:6.0f} / {base['rps']:6.0f} rps  p99 {r['p99']:.3f} / {base['p99']:.3f} ms"
+                f"  non-2xx {r['non2xx'] + base['non2xx']}  errors {r['socket_errors'] + base['socket_errors']}"
+                + (f"  routed by the plugin {r['decided']} of {r['served']}" if "decided" in r else "")
             )
-        order = order[1:] + order[:1]  # rotate who goes first
-    run = {"rounds": rounds, "at_rest": {n: at_rest[targets[n][0]] for n in targets}}
+    run = {"rounds": rounds, "at_rest": at_rest}
     if profile:
         profiles = {}
         for name in (MINIMAL, MINIMAL_CALLS, GUARDED):
             if name not in targets:
                 continue
-            gw, path, extra, _ = targets[name]
-            e = envoys[gw]
+            _, path, extra, _ = targets[name]
+            e = envoys[name]
             r = wrk_profiled(e, f"http://127.0.0.1:{e.port}{path}", 8, args.connections, True, extra=extra)
             if r.get("profile"):
                 profiles[name] = r["profile"]
-                log(f"profile {name}: {fmt_profile(r['profile'])}")
+                log(f"profile {name} (alone on CPU 0): {fmt_profile(r['profile'])}")
         run["profiles"] = profiles
     return run
-
-
-def measured_wrk(args, envoy, worker_tid: int, path: str, extra: list, routed: str | None) -> dict:
-    """One wrk run against ``envoy`` with the gateway's CPU time and requests around it."""
-    n0 = envoy.stat(REQUESTS_STAT)
-    d0 = envoy.stat(routed) if routed else 0
-    s0 = involuntary_switches(envoy.pid, worker_tid)
-    c0, w0 = process_cpu_seconds(envoy.pid), thread_cpu_seconds(envoy.pid, worker_tid)
-    r = wrk(f"http://127.0.0.1:{envoy.port}{path}", args.overhead_seconds, args.connections, extra=extra)
-    r.pop("raw", None)
-    time.sleep(0.1)  # requests wrk abandoned at its deadline finish
-    c1, w1 = process_cpu_seconds(envoy.pid), thread_cpu_seconds(envoy.pid, worker_tid)
-    preempted = involuntary_switches(envoy.pid, worker_tid) - s0
-    served = envoy.stat(REQUESTS_STAT) - n0
-    r.update(
-        served=served,
-        cpu_s=c1 - c0,
-        worker_cpu_s=w1 - w0,
-        cpu_us=(c1 - c0) * 1e6 / max(served, 1),
-        worker_us=(w1 - w0) * 1e6 / max(served, 1),
-        preempted=preempted,
-    )
-    if routed:
-        r["decided"] = envoy.stat(routed) - d0
-    return r
 
 
 # ------------------------------------------------------------------ the figures of a run
 
 
 def per_round(run: dict, variant: str, base: str, key: str) -> list:
-    """``variant``'s figure ``key`` over ``base``'s, round by round."""
-    a, b = run["rounds"][variant], run["rounds"][base]
-    return [x[key] / y[key] for x, y in zip(a, b, strict=True) if y[key]]
+    """``variant``'s figure ``key`` over ``base``'s, round by round: each measured
+    beside the minimal filter at the same time, so over it through that."""
+    rounds = run["rounds"]
+
+    def over_minimal(v: str, i: int) -> float | None:
+        if v == MINIMAL:
+            return 1.0
+        r = rounds[v][i]
+        return r[key] / r["pair"][key] if r["pair"][key] and r[key] else None
+
+    out = []
+    for i in range(len(rounds[variant])):
+        a, b = over_minimal(variant, i), over_minimal(base, i)
+        if a is not None and b:
+            out.append(a / b)
+    return out
 
 
 def ratio(run: dict, variant: str, base: str, key: str = "cpu_us") -> dict:

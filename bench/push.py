@@ -239,7 +239,8 @@ def steady_push_window(envoys: dict, seconds: float, services: dict) -> dict:
     """Over one window of ``seconds``, for each gateway (name -> Envoy): HTTP calls to the
     Nacos cluster per guarded service per minute (``upstream_rq_total``), the gRPC
     cluster's ``upstream_cx_active`` sampled every ~0.5 s (min, max), new gRPC
-    connections, pushes and reconnects. ``services``: name -> guarded services."""
+    connections, pushes and reconnects, and the gateway's CPU (no requests are sent).
+    ``services``: name -> guarded services."""
     names = ("pushes", "push_reconnects", "push_failures")
 
     def snap(e):
@@ -250,6 +251,7 @@ def steady_push_window(envoys: dict, seconds: float, services: dict) -> dict:
         }
 
     before = {k: snap(e) for k, e in envoys.items()}
+    cpu0 = {k: e.cpu_seconds() for k, e in envoys.items()}
     cx = {k: [] for k in envoys}
     t0 = time.monotonic()
     while time.monotonic() < t0 + seconds:
@@ -266,6 +268,8 @@ def steady_push_window(envoys: dict, seconds: float, services: dict) -> dict:
             "seconds": dt,
             "list_calls": d["rq"],
             "per_service_per_minute": d["rq"] / services[k] / dt * 60.0,
+            # no requests in the window: the gateway's CPU at rest, push and safety polls
+            "cpu_at_rest": (e.cpu_seconds() - cpu0[k]) / dt,
             "grpc_cx_min": min(cx[k]),
             "grpc_cx_max": max(cx[k]),
             "grpc_cx_samples": len(cx[k]),
@@ -284,7 +288,8 @@ def fmt_push_load(name: str, o: dict) -> str:
         f"push, {name}: {o['list_calls']} HTTP list calls in {o['seconds']:.0f} s = "
         f"{o['per_service_per_minute']:.2f} per service per minute ({o['services']} services); gRPC connections "
         f"{o['grpc_cx_min']}..{o['grpc_cx_max']} ({o['grpc_cx_samples']} samples, {o['grpc_cx_new']} new); "
-        f"{o['pushes']} pushes, {o['reconnects']} reconnects, {o['push_failures']} push failures; {o['vms']} VMs"
+        f"{o['pushes']} pushes, {o['reconnects']} reconnects, {o['push_failures']} push failures; {o['vms']} VMs; "
+        f"CPU at rest {o['cpu_at_rest'] * 100:.1f}% of a core"
     )
 
 

@@ -75,6 +75,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     ap.add_argument("--scale-runs", type=int, default=3, help="wrk runs per scale step (median)")
+    ap.add_argument("--scale-pairs", type=int, default=7, help="scale: rounds paired with the one-service gateway")
+    ap.add_argument("--scale-pair-seconds", type=int, default=4, help="scale: seconds of one paired round")
     ap.add_argument(
         "--pin", action="store_true", help="pin the gateway to CPU 0 and wrk and the backend to CPU 1 (taskset)"
     )
@@ -130,7 +132,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.quick:
-        args.rounds, args.duration, args.scale_runs = 1, 3, 1
+        args.rounds, args.duration, args.scale_runs, args.scale_pairs = 1, 3, 1, 2
         args.overhead_rounds, args.overhead_seconds, args.idle_seconds = 3, 2, 1.0
         args.higress_requests, args.higress_rounds = 2000, 2
         args.trials_1000, args.trials_200, args.trials_push = 4, 5, 5

@@ -7,8 +7,20 @@ import threading
 import time
 from pathlib import Path
 
-from gateways import NACOS_STAT, OWNER, fast_backend, gateway, start_nacos, wait_first_snapshot
-from measure import fmt_kb, fmt_profile, log, wrk, wrk_profiled
+from gateways import NACOS_STAT, OWNER, Pinned, fast_backend, gateway, start_nacos, wait_first_snapshot
+from measure import (
+    fmt_kb,
+    fmt_profile,
+    log,
+    measured_round,
+    median,
+    perf_profile,
+    process_run_seconds,
+    spread,
+    thread_ids,
+    wrk,
+    wrk_profiled,
+)
 
 from testbed.envoy import DirectResponseEnvoy, Envoy, route
 from testbed.higress import plugin_config, with_rules
@@ -64,6 +76,7 @@ def scale_run(
     interval_ms: int | None = None,
     full: bool = True,
     do_wrk: bool | None = None,
+    reference: dict | None = None,
 ) -> dict:
     """One gateway guarding ``count`` services: first and steady poll rounds with the
     calls in flight sampled, then Nacos calls and Envoy CPU over an idle window, RSS,
@@ -115,12 +128,16 @@ def scale_run(
     c1, w1 = envoy.cpu_seconds(), time.monotonic()
     o["per_service_interval"] = (n1 - n0) / ((w1 - w0) * 1000.0 / o["interval_ms"]) / count
     o["idle_cpu"] = (c1 - c0) / (w1 - w0)
+    if full and count >= 1000:
+        o["idle_profile"] = perf_profile(envoy.pid, 6)
     o["rss_kb"] = envoy.rss_kb()
     o["heap"] = envoy.heap_allocated()
     o["vms"] = int(next(iter(envoy.stats(r"^wasm\.envoy\.wasm\.runtime\.v8\.active$").values()), 0))
     o["pending_overflow"] = envoy.stat(f"{NACOS_STAT}.upstream_rq_pending_overflow")
     o["poll_failures"] = int(sum(envoy.stats(r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_failure$").values()))
     if full if do_wrk is None else do_wrk:
+        if reference is not None:
+            o["paired"] = paired_with_reference(args, envoy, o["idle_cpu"], reference)
         wrk(f"http://127.0.0.1:{envoy.port}/svc-0", 2, args.connections)
         r0 = envoy.stat("wasmcustom.nacos_guard.service.svc-0.routed")
         runs = [
@@ -160,7 +177,58 @@ def scale_run(
     return o
 
 
+def start_reference(args, work: Path, nacos: RNacos, backend: DirectResponseEnvoy) -> dict:
+    """The one-service gateway every scale step is paired with: its load (as
+    ``measure.measured_round`` takes it) and its CPU at rest."""
+    routes, cfg = scale_routes(1)
+    envoy = gateway(work, nacos.http_port, backend.ports, cfg, routes=routes)
+    wait_first_snapshot(envoy, "/svc-0", "svc-0", timeout=60)
+    time.sleep(1.0)
+    c0, t0 = process_run_seconds(envoy.pid), time.monotonic()
+    time.sleep(args.scale_window)
+    at_rest = (process_run_seconds(envoy.pid) - c0) / (time.monotonic() - t0)
+    tid = thread_ids(envoy.pid, "wrk:worker")[0]
+    return {"envoy": envoy, "load": (envoy, tid, "/svc-0", [], None), "at_rest": at_rest}
+
+
+def paired_with_reference(args, envoy: Envoy, idle_cpu: float, reference: dict) -> dict:
+    """The last rule's route of ``envoy`` and the one-service reference loaded at the
+    same time, CPU net of each one's CPU at rest, over ``args.scale_runs`` rounds of
+    ``args.scale_pair_seconds`` s: the reference's CPU per request over this gateway's, per round
+    (1.0: a request costs the same with every service)."""
+    tid = thread_ids(envoy.pid, "wrk:worker")[0]
+    loads = {"this": (envoy, tid, "/svc-0", [], None), "reference": reference["load"]}
+    rest = {"this": idle_cpu, "reference": reference["at_rest"]}
+    measured_round(args, loads, 2)  # warm-up
+    rounds = [measured_round(args, loads, args.scale_pair_seconds, rest) for _ in range(args.scale_pairs)]
+    ratios = [r["reference"]["cpu_us"] / r["this"]["cpu_us"] for r in rounds if r["this"]["cpu_us"] > 0]
+    med, lo, hi = spread(ratios)
+    out = {
+        "ratio": med,
+        "min": lo,
+        "max": hi,
+        "cpu_us": median([r["this"]["cpu_us"] for r in rounds]),
+        "reference_cpu_us": median([r["reference"]["cpu_us"] for r in rounds]),
+        "rounds": len(rounds),
+    }
+    log(
+        f"paired with the one-service gateway: CPU per request {out['cpu_us']:.1f} us against "
+        f"{out['reference_cpu_us']:.1f} us, ratio {med:.3f} ({lo:.3f}-{hi:.3f}) over {len(rounds)} rounds"
+    )
+    return out
+
+
 def section_scale(args, res: dict, work: Path) -> None:
+    """Pinned as the overhead section is: paired gateways share the gateway CPU."""
+    with Pinned() as pinned:
+        try:
+            _section_scale(args, res, work)
+        finally:
+            OWNER.stop_all()
+    res["scale_pinned"] = pinned.on
+
+
+def _section_scale(args, res: dict, work: Path) -> None:
     counts = args.scale
     nacos = start_nacos(work / "scale-nacos")
     backend = fast_backend(work, 10)
@@ -174,7 +242,8 @@ def section_scale(args, res: dict, work: Path) -> None:
     last = nacos.list(f"svc-{max(counts) - 1}")
     log(f"svc-{max(counts) - 1} lists {len(last.get('hosts', []))} instances")
 
-    res["scale"] = {count: scale_run(args, work, nacos, backend, count) for count in counts}
+    reference = start_reference(args, work, nacos, backend)
+    res["scale"] = {count: scale_run(args, work, nacos, backend, count, reference=reference) for count in counts}
     # Where the time at rest goes with the most services:
     # - more worker VMs (all followers that adopt what the poller publishes);
     # - polling paused after the first round (refreshIntervalMs 600000): what is left of
@@ -183,8 +252,11 @@ def section_scale(args, res: dict, work: Path) -> None:
     extra = {}
     for conc in args.scale_follower_concurrency:
         extra[f"concurrency {conc}"] = scale_run(args, work, nacos, backend, top, concurrency=conc, full=False)
-    paused = scale_run(args, work, nacos, backend, top, interval_ms=600000, full=False, do_wrk=True)
+    paused = scale_run(
+        args, work, nacos, backend, top, interval_ms=600000, full=False, do_wrk=True, reference=reference
+    )
     extra["polling paused"] = paused
     res["scale_extra"] = extra
+    OWNER.stop(reference["envoy"])
     OWNER.stop(backend)
     OWNER.stop(nacos)
