@@ -134,6 +134,9 @@ pub struct Engine {
     servers: Table<ServerId, Server>,
     targets: Table<TargetId, Target>,
     guards: Table<GuardId, Guard>,
+    /// Guards that counted requests since the last flush: a tick flushes only
+    /// them, not every guard of a thousand.
+    counted: Vec<GuardId>,
     global: Option<Applies>,
     rules: RuleSet<Applies>,
     scheduler: Scheduler,
@@ -157,6 +160,7 @@ impl Engine {
             servers: Table::default(),
             targets: Table::default(),
             guards: Table::default(),
+            counted: Vec::new(),
             global: None,
             rules: RuleSet::default(),
             scheduler: Scheduler::new([], seed, MAX_CALLS_IN_FLIGHT),
@@ -281,10 +285,16 @@ impl Engine {
         })
     }
 
+    /// How long a confirmation alone may wait before the heartbeat carries it.
+    fn heartbeat_period_ms(&self) -> u64 {
+        self.scheduler.shortest_interval_ms() / 2
+    }
+
     /// When each target's next answer is due at the latest: its interval, the
-    /// call's timeout, and two ticks for followers to hear of it.
+    /// call's timeout, and for followers to hear of it, the heartbeat's period
+    /// and two ticks.
     fn set_limits(&mut self) {
-        let slack = 2 * self.scheduler.tick_period_ms();
+        let slack = 2 * self.scheduler.tick_period_ms() + self.heartbeat_period_ms();
         let mut due = Vec::new();
         for (target, t) in self.targets.iter() {
             let timeout = self
@@ -345,7 +355,12 @@ impl Engine {
         metrics: &mut dyn Metrics,
     ) {
         let lease_ttl_ms = self.scheduler.shortest_interval_ms() * LEASE_INTERVALS;
-        self.sharing = Some(Sharing::new(keys, vm_id, lease_ttl_ms));
+        self.sharing = Some(Sharing::new(
+            keys,
+            vm_id,
+            lease_ttl_ms,
+            self.heartbeat_period_ms(),
+        ));
         let ids: Vec<TargetId> = self.targets.iter().map(|(id, _)| id).collect();
         for target in ids {
             self.adopt_stored_content(target, Adopt::AtStart, store, metrics);
@@ -387,14 +402,16 @@ impl Engine {
         self.report_staleness(now_ms);
         if let Some(sharing) = &mut self.sharing {
             let health = self.targets.values().map(|t| (t.id, t.snapshot.health()));
-            sharing.write_heartbeat(health, store);
+            sharing.write_heartbeat(now_ms, health, store);
         }
     }
 
     /// Count the requests decided since the last tick into the host's counters.
     pub(crate) fn flush_request_counts(&mut self, metrics: &mut dyn Metrics) {
-        for guard in self.guards.iter_mut().map(|(_, g)| g) {
-            guard.metrics.flush(&mut guard.counts, metrics);
+        for id in self.counted.drain(..) {
+            if let Some(guard) = self.guards.get_mut(id) {
+                guard.metrics.flush(&mut guard.counts, metrics);
+            }
         }
     }
 
@@ -841,6 +858,9 @@ impl Engine {
         };
         let decision = decision::decide(&mut guard.candidates, freshness, policies, view);
         let counts = &mut guard.counts;
+        if counts.is_empty() {
+            self.counted.push(id);
+        }
         match decision {
             Decision::Route { rerouted, .. } => {
                 counts.routed += 1;

@@ -87,7 +87,7 @@ impl<I: Id, T> Table<I, T> {
             .map(|(index, item)| (I::from_index(index), item))
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &T> {
+    pub fn values(&self) -> impl Iterator<Item = &T> + Clone {
         self.items.iter()
     }
 

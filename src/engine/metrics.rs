@@ -38,12 +38,18 @@ pub struct RequestMetrics {
 /// Requests counted since the last tick, one per `RequestMetrics` counter: the
 /// host's counters are bumped once per tick, not once per request, which saves a
 /// host call on every request. The stats lag by at most one tick.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestCounts {
     pub routed: u64,
     pub rerouted: u64,
     pub rejected: u64,
     pub passed_through: u64,
+}
+
+impl RequestCounts {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl RequestMetrics {

@@ -17,6 +17,13 @@ const ANNOUNCE_ATTEMPTS: usize = 8;
 /// The lease lives this many of the shortest refresh intervals.
 pub const LEASE_INTERVALS: u64 = 3;
 
+const UNIT_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn mix(hash: u64, word: u64) -> u64 {
+    let hash = (hash ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    hash ^ (hash >> 32)
+}
+
 /// What this VM does on this tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -36,13 +43,21 @@ pub struct Sharing {
     /// is not decoded again.
     heartbeat_seen: Option<u32>,
     heartbeat_written: Vec<u8>,
+    /// What must reach the followers at once (content and failures), as last written.
+    urgent_written: Option<u64>,
+    /// When the heartbeat was last written.
+    heartbeat_at_ms: u64,
+    /// Confirmations alone are rewritten at most this often.
+    heartbeat_period_ms: u64,
     learned_seen: Option<u32>,
 }
 
 impl Sharing {
     /// `vm_id` must differ between the VMs of one Envoy (the host draws it at
     /// random) and must not be 0, which marks a lease nobody holds.
-    pub fn new(keys: ConfigKeys, vm_id: u64, lease_ttl_ms: u64) -> Self {
+    /// The heartbeat is rewritten when a service's content or failure moves, and
+    /// for confirmations alone every `heartbeat_period_ms`.
+    pub fn new(keys: ConfigKeys, vm_id: u64, lease_ttl_ms: u64, heartbeat_period_ms: u64) -> Self {
         Self {
             keys,
             vm_id: vm_id.max(1),
@@ -50,6 +65,9 @@ impl Sharing {
             leading: false,
             heartbeat_seen: None,
             heartbeat_written: Vec::new(),
+            urgent_written: None,
+            heartbeat_at_ms: 0,
+            heartbeat_period_ms,
             learned_seen: None,
         }
     }
@@ -120,15 +138,34 @@ impl Sharing {
         Some(published::decode_heartbeat(&bytes?).collect())
     }
 
-    /// Publish each service's health, if it changed since the last write.
+    /// Publish each service's health at `now_ms` if it changed since the last
+    /// write: at once when a content stamp or a failure moved, else (only
+    /// confirmations moved) once the period is over. At 1,000 services, encoding
+    /// and decoding every tick cost more than the polls; the followers' stale
+    /// limits allow for the period (`Engine::set_limits`).
     pub fn write_heartbeat(
         &mut self,
-        health: impl Iterator<Item = (u64, Health)>,
+        now_ms: u64,
+        health: impl Iterator<Item = (u64, Health)> + Clone,
         store: &mut dyn SharedStore,
     ) {
+        let urgent = health.clone().fold(UNIT_START, |hash, (id, h)| {
+            [id, h.content_stamp, h.failing_since_ms.unwrap_or(0)]
+                .into_iter()
+                .fold(hash, mix)
+        });
+        let period_over = now_ms
+            >= self
+                .heartbeat_at_ms
+                .saturating_add(self.heartbeat_period_ms);
+        if self.urgent_written == Some(urgent) && !period_over {
+            return;
+        }
         let bytes = published::encode_heartbeat(health);
-        if bytes != self.heartbeat_written && store.set(&self.keys.heartbeat(), &bytes, None) {
+        if bytes == self.heartbeat_written || store.set(&self.keys.heartbeat(), &bytes, None) {
             self.heartbeat_written = bytes;
+            self.urgent_written = Some(urgent);
+            self.heartbeat_at_ms = now_ms;
         }
     }
 
@@ -252,9 +289,10 @@ mod tests {
     use crate::testing::test;
 
     const TTL: u64 = 3_000;
+    const PERIOD: u64 = 500;
 
     fn sharing(vm: u64) -> Sharing {
-        Sharing::new(ConfigKeys::new(b"{}"), vm, TTL)
+        Sharing::new(ConfigKeys::new(b"{}"), vm, TTL, PERIOD)
     }
 
     /// Envoy's store as two VMs configuring at once see it: the lease key reads
@@ -354,10 +392,51 @@ mod tests {
             confirmed_at_ms: 4,
             failing_since_ms: None,
         };
-        poller.write_heartbeat([(5, health)].into_iter(), &mut store);
+        poller.write_heartbeat(0, [(5, health)].into_iter(), &mut store);
         assert_eq!(follower.read_heartbeat(&store), Some(vec![(5, health)]));
         assert_eq!(follower.read_heartbeat(&store), None);
-        poller.write_heartbeat([(5, health)].into_iter(), &mut store);
+        poller.write_heartbeat(PERIOD, [(5, health)].into_iter(), &mut store);
         assert_eq!(store.writes, 1, "an unchanged heartbeat is not rewritten");
+    }
+
+    #[test]
+    fn confirmations_alone_are_published_once_a_period_and_changes_at_once() {
+        let mut store = FakeStore::default();
+        let (mut poller, mut follower) = (sharing(1), sharing(2));
+        let at = |confirmed_at_ms, content_stamp, failing_since_ms| {
+            [(
+                5,
+                Health {
+                    content_stamp,
+                    confirmed_at_ms,
+                    failing_since_ms,
+                },
+            )]
+        };
+        poller.write_heartbeat(0, at(0, 1, None).into_iter(), &mut store);
+        poller.write_heartbeat(100, at(100, 1, None).into_iter(), &mut store);
+        assert_eq!(store.writes, 1, "a confirmation within the period waits");
+        poller.write_heartbeat(PERIOD, at(PERIOD, 1, None).into_iter(), &mut store);
+        assert_eq!(store.writes, 2, "and goes once the period is over");
+        assert_eq!(
+            follower.read_heartbeat(&store),
+            Some(at(PERIOD, 1, None).to_vec())
+        );
+        poller.write_heartbeat(
+            PERIOD + 10,
+            at(PERIOD + 10, 2, None).into_iter(),
+            &mut store,
+        );
+        assert_eq!(store.writes, 3, "new content goes at once");
+        poller.write_heartbeat(
+            PERIOD + 20,
+            at(PERIOD + 10, 2, Some(PERIOD + 20)).into_iter(),
+            &mut store,
+        );
+        assert_eq!(store.writes, 4, "a failure goes at once");
+        assert_eq!(
+            follower.read_heartbeat(&store),
+            Some(at(PERIOD + 10, 2, Some(PERIOD + 20)).to_vec())
+        );
     }
 }
