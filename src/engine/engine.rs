@@ -626,26 +626,34 @@ impl Engine {
             .sharing
             .as_ref()
             .is_none_or(|sharing| sharing.still_leading(store));
-        match pending {
+        let answered = match pending {
             Pending::List {
                 target,
                 polled_at_ms,
                 token_generation,
             } => {
-                self.scheduler.finished(target.index());
                 let polled = Polled {
                     target,
                     polled_at_ms,
                     token_generation,
                 };
                 self.on_list(polled, leading, answer, now_ms, metrics, store);
+                Some(target)
             }
-            Pending::Login(server) => self.on_login(server, answer, now_ms, metrics, store),
-        }
+            Pending::Login(server) => {
+                self.on_login(server, answer, now_ms, metrics, store);
+                None
+            }
+        };
         // Freed capacity (or a new token) lets waiting polls go now, not next tick;
-        // but only while this VM still holds the lease.
+        // but only while this VM still holds the lease. The answered call counts
+        // until then: Envoy's gauge of active requests still holds it while this
+        // callback runs (it read 33 when the freed place was reused here).
         if leading {
             self.start_polls(now_ms, outbox, metrics, store);
+        }
+        if let Some(target) = answered {
+            self.scheduler.finished(target.index());
         }
     }
 
