@@ -39,10 +39,16 @@ impl Bounds {
     }
 
     /// The same while something failed: the snapshot serves until it is stale
-    /// (`Snapshot::freshness`: confirmed + interval + timeout + 2 ticks
-    /// (`Engine::set_limits`) + maxStaleMs), read on a clock up to a tick old.
+    /// (`Snapshot::freshness`: confirmed + interval + timeout + 2 ticks + half an
+    /// interval for the heartbeat (`Engine::set_limits`) + maxStaleMs), read on a
+    /// clock up to a tick old.
     pub fn routed_while_failing(&self) -> u64 {
-        self.interval + self.timeout + 2 * self.tick + self.max_stale + 2 * self.late_tick()
+        self.interval
+            + self.timeout
+            + 2 * self.tick
+            + self.interval / 2
+            + self.max_stale
+            + 2 * self.late_tick()
     }
 
     /// Polls of one service by one poller are at least this far apart
@@ -429,8 +435,8 @@ impl Checker {
         self.good[service].push(answer);
     }
 
-    /// VM `vm` ticked at `at`, still the poller: its heartbeat now carries what
-    /// it took since its last tick.
+    /// VM `vm` ticked at `at`, still the poller, and wrote its heartbeat: that
+    /// now carries what it took since it last wrote it.
     pub fn poller_ticked(&mut self, vm: usize, at: u64) {
         let good = &mut self.good;
         self.unannounced.retain(|(who, service, index)| {

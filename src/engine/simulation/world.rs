@@ -231,6 +231,7 @@ struct Config {
     raw: String,
     bounds: Bounds,
     lease_key: String,
+    heartbeat_key: String,
     fail_closed: bool,
 }
 
@@ -336,6 +337,7 @@ impl World {
         let tick = (self.p.interval / 20).clamp(10, 50);
         self.configs.push(Config {
             lease_key: ConfigKeys::new(raw.as_bytes()).lease(),
+            heartbeat_key: ConfigKeys::new(raw.as_bytes()).heartbeat(),
             raw,
             fail_closed,
             bounds: Bounds {
@@ -649,6 +651,8 @@ impl World {
         let configured = matches!(callback, Callback::Configure(_));
         let mut view = View::new(&mut self.store, stale.as_ref());
         let mut line = String::new();
+        // What the followers can hear of is what the poller wrote into its heartbeat.
+        let mut wrote_heartbeat = false;
         match callback {
             Callback::Configure(gen) => {
                 let config = &self.configs[gen];
@@ -681,6 +685,8 @@ impl World {
                 if let Some(engine) = &mut vm.engine {
                     engine.on_tick(vm.clock_ms, &mut vm.outbox, &mut NoMetrics, &mut view);
                 }
+                let heartbeat_key = self.configs.get(vm.gen).map(|c| c.heartbeat_key.as_str());
+                wrote_heartbeat = heartbeat_key.is_some_and(|key| view.written.contains(key));
             }
             Callback::Answer(token, answer) => {
                 vm.clock_ms = vm.clock.now(wall, &mut view);
@@ -739,7 +745,7 @@ impl World {
         if became {
             self.check.became_poller(v, now);
         }
-        if ticked && is_poller {
+        if ticked && is_poller && wrote_heartbeat {
             self.check.poller_ticked(v, now);
         }
         if let Some(health) = health {
