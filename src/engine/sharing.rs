@@ -9,20 +9,15 @@ use super::host_traits::SharedStore;
 use crate::pure::registry::instance::InstanceSet;
 use crate::pure::registry::snapshot::Health;
 use crate::pure::sharing::lease::{self, Lease, LeaseStep};
-use crate::pure::sharing::published::{self, ConfigKeys, PublishedToken, ServiceKeys};
+use crate::pure::sharing::published::{
+    self, mix_word, ConfigKeys, PublishedToken, ServiceKeys, WORD_HASH_START,
+};
 
 /// Compare-and-swap attempts at adding a learned service.
 const ANNOUNCE_ATTEMPTS: usize = 8;
 
 /// The lease lives this many of the shortest refresh intervals.
 pub const LEASE_INTERVALS: u64 = 3;
-
-const UNIT_START: u64 = 0xcbf2_9ce4_8422_2325;
-
-fn mix(hash: u64, word: u64) -> u64 {
-    let hash = (hash ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    hash ^ (hash >> 32)
-}
 
 /// What this VM does on this tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,10 +144,10 @@ impl Sharing {
         health: impl Iterator<Item = (u64, Health)> + Clone,
         store: &mut dyn SharedStore,
     ) {
-        let urgent = health.clone().fold(UNIT_START, |hash, (id, h)| {
+        let urgent = health.clone().fold(WORD_HASH_START, |hash, (id, h)| {
             [id, h.content_stamp, h.failing_since_ms.unwrap_or(0)]
                 .into_iter()
-                .fold(hash, mix)
+                .fold(hash, mix_word)
         });
         let period_over = now_ms
             >= self

@@ -20,6 +20,16 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Where a [`mix_word`] hash starts.
+pub const WORD_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One 64-bit word into a hash kept only inside this VM (an answer's digest, what
+/// a heartbeat must carry at once): a multiply and a shift per word, not per byte.
+pub fn mix_word(hash: u64, word: u64) -> u64 {
+    let hash = (hash ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    hash ^ (hash >> 32)
+}
+
 /// The gateway clock's last reading, shared by every configuration.
 pub fn clock_key() -> String {
     format!("{PLUGIN}.clock")

@@ -12,6 +12,8 @@
 //! `naming/src/main/java/com/alibaba/nacos/naming/core/InstanceOperatorClientImpl.java`
 //! calls for the list). A hash of the whole body therefore never repeats.
 
+use crate::pure::sharing::published::{mix_word, WORD_HASH_START};
+
 /// The members where Nacos stamps the time of an answer.
 const STAMPS: [&[u8]; 2] = [b"lastRefTime", b"checksum"];
 
@@ -78,7 +80,7 @@ impl AnswerDigest {
             Some(spans) => hash_around(body, spans),
             // Not recognisable without a scan: the whole body, so only the same
             // bytes match.
-            None => hash_piece(START, body),
+            None => hash_piece(WORD_HASH_START, body),
         };
         Self {
             hash,
@@ -96,7 +98,7 @@ impl AnswerDigest {
     /// find the same members in the same places.
     pub fn matches(&self, body: &[u8]) -> bool {
         let Some(spans) = &self.stamps else {
-            return body.len() == self.len && hash_piece(START, body) == self.hash;
+            return body.len() == self.len && hash_piece(WORD_HASH_START, body) == self.hash;
         };
         body.len() == self.len
             && spans
@@ -108,7 +110,7 @@ impl AnswerDigest {
 
 /// The hash of `body` but the values at `spans` (in order, not overlapping).
 fn hash_around(body: &[u8], spans: &[(usize, usize)]) -> u64 {
-    let mut hash = START;
+    let mut hash = WORD_HASH_START;
     let mut hashed = 0;
     for &(start, end) in spans {
         hash = hash_piece(hash, body.get(hashed..start).unwrap_or_default());
@@ -135,20 +137,13 @@ fn is_literal(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.')
 }
 
-const START: u64 = 0xcbf2_9ce4_8422_2325;
-const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-
 /// `hash` followed by `piece`, eight bytes at a time. The piece's length goes in
 /// first, so the same bytes cut into pieces at other places hash otherwise.
 fn hash_piece(hash: u64, piece: &[u8]) -> u64 {
-    let mix = |hash: u64, word: u64| {
-        let hash = (hash ^ word).wrapping_mul(MULTIPLIER);
-        hash ^ (hash >> 32)
-    };
-    let mut hash = mix(hash, piece.len() as u64);
+    let mut hash = mix_word(hash, piece.len() as u64);
     let mut words = piece.chunks_exact(8);
     for word in &mut words {
-        hash = mix(
+        hash = mix_word(
             hash,
             u64::from_le_bytes(word.try_into().unwrap_or_default()),
         );
@@ -157,7 +152,7 @@ fn hash_piece(hash: u64, piece: &[u8]) -> u64 {
     for (to, from) in last.iter_mut().zip(words.remainder()) {
         *to = *from;
     }
-    mix(hash, u64::from_le_bytes(last))
+    mix_word(hash, u64::from_le_bytes(last))
 }
 
 /// `string` (with its quotes) names a stamp.
@@ -260,8 +255,8 @@ mod tests {
     #[test]
     fn rnacos_answers_of_an_unchanged_service_digest_equal() {
         assert_ne!(
-            hash_piece(START, RNACOS_FIRST.as_bytes()),
-            hash_piece(START, RNACOS_SECOND.as_bytes())
+            hash_piece(WORD_HASH_START, RNACOS_FIRST.as_bytes()),
+            hash_piece(WORD_HASH_START, RNACOS_SECOND.as_bytes())
         );
         assert_eq!(digest(RNACOS_FIRST), digest(RNACOS_SECOND));
         assert_eq!(
@@ -453,7 +448,7 @@ mod tests {
     #[test]
     fn a_body_without_stamps_digests_as_its_bytes() {
         let body = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"metadata":{"a":"[\"{"}}]}"#;
-        assert_eq!(answer_digest(body), hash_piece(START, body));
+        assert_eq!(answer_digest(body), hash_piece(WORD_HASH_START, body));
     }
 
     #[test]
@@ -464,7 +459,11 @@ mod tests {
             let prefix = &body[..end];
             let digest = answer_digest(prefix);
             if end < stamp {
-                assert_eq!(digest, hash_piece(START, prefix), "prefix of {end} bytes");
+                assert_eq!(
+                    digest,
+                    hash_piece(WORD_HASH_START, prefix),
+                    "prefix of {end} bytes"
+                );
             }
         }
         let malformed: [&[u8]; 12] = [
