@@ -160,6 +160,16 @@ def process_run_seconds(pid: int) -> float:
     return total
 
 
+def cpu_at_rest(envoys: dict, seconds: float) -> dict:
+    """Each Envoy's (name -> Envoy) CPU over one window of ``seconds`` without
+    requests, in CPU-seconds per second: what ``measured_round`` takes off."""
+    before = {name: process_run_seconds(e.pid) for name, e in envoys.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    return {name: (process_run_seconds(e.pid) - before[name]) / dt for name, e in envoys.items()}
+
+
 def thread_run_seconds(pid: int, tid: int) -> float:
     """Time thread ``tid`` of ``pid`` ran on a CPU, to the nanosecond."""
     return _schedstat_seconds(Path(f"/proc/{pid}/task/{tid}/schedstat"))

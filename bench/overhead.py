@@ -30,10 +30,10 @@ from pathlib import Path
 
 from gateways import OWNER, Pinned, fast_backend, gateway, start_nacos, wait_first_snapshot
 from measure import (
+    cpu_at_rest,
     fmt_profile,
     log,
     measured_round,
-    process_run_seconds,
     spread,
     thread_ids,
     wrk_profiled,
@@ -162,11 +162,7 @@ def _overhead_run(args, work: Path, profile: bool) -> dict:
     # CPU at rest of every gateway, over one window with no requests: subtracted from
     # each loaded window, so a per-request figure is what the requests cost.
     time.sleep(0.5)
-    c0 = {n: process_run_seconds(e.pid) for n, e in envoys.items()}
-    t0 = time.monotonic()
-    time.sleep(args.idle_seconds)
-    dt = time.monotonic() - t0
-    at_rest = {n: (process_run_seconds(e.pid) - c0[n]) / dt for n, e in envoys.items()}
+    at_rest = cpu_at_rest(envoys, args.idle_seconds)
     log("CPU at rest: " + ", ".join(f"{n} {v * 100:.2f}%" for n, v in at_rest.items()))
 
     # Every round loads the minimal filter's gateway together with each other gateway

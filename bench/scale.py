@@ -9,13 +9,13 @@ from pathlib import Path
 
 from gateways import NACOS_STAT, OWNER, Pinned, fast_backend, gateway, start_nacos, wait_first_snapshot
 from measure import (
+    cpu_at_rest,
     fmt_kb,
     fmt_profile,
     log,
     measured_round,
     median,
     perf_profile,
-    process_run_seconds,
     spread,
     thread_ids,
     wrk,
@@ -184,9 +184,7 @@ def start_reference(args, work: Path, nacos: RNacos, backend: DirectResponseEnvo
     envoy = gateway(work, nacos.http_port, backend.ports, cfg, routes=routes)
     wait_first_snapshot(envoy, "/svc-0", "svc-0", timeout=60)
     time.sleep(1.0)
-    c0, t0 = process_run_seconds(envoy.pid), time.monotonic()
-    time.sleep(args.scale_window)
-    at_rest = (process_run_seconds(envoy.pid) - c0) / (time.monotonic() - t0)
+    at_rest = cpu_at_rest({"reference": envoy}, args.scale_window)["reference"]
     tid = thread_ids(envoy.pid, "wrk:worker")[0]
     return {"envoy": envoy, "load": (envoy, tid, "/svc-0", [], None), "at_rest": at_rest}
 

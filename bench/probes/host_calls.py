@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
 from gateways import OWNER, Pinned, ensure_minimal_filter, fast_backend, gateway, start_nacos  # noqa: E402
-from measure import measured_round, process_run_seconds, spread, thread_ids  # noqa: E402
+from measure import cpu_at_rest, measured_round, spread, thread_ids  # noqa: E402
 
 from testbed.higress import plugin_config  # noqa: E402
 
@@ -70,10 +70,7 @@ def main() -> None:
             time.sleep(3)  # the plugin's first poll
             loads = {n: (e, thread_ids(e.pid, "wrk:worker")[0], "/demo", [], None) for n, e in envoys.items()}
             measured_round(args, loads, 2)  # warm-up
-            c0, t0 = {n: process_run_seconds(e.pid) for n, e in envoys.items()}, time.monotonic()
-            time.sleep(3)
-            dt = time.monotonic() - t0
-            at_rest = {n: (process_run_seconds(e.pid) - c0[n]) / dt for n, e in envoys.items()}
+            at_rest = cpu_at_rest(envoys, 3)
             ratios: dict = {name: [] for name in VARIANTS}
             for _ in range(args.rounds):
                 for name in VARIANTS:
