@@ -2,7 +2,7 @@
 //! their snapshots, and the guards that decide requests from them. Every time it
 //! is given is a gateway-clock time (`engine::clock`).
 
-use std::collections::HashMap;
+use crate::pure::hashing::WordMap;
 
 use log::{info, warn};
 
@@ -103,7 +103,7 @@ struct Learned {
 struct Auto {
     settings: AutoGuard,
     /// Cluster name → its guard, or `None` for a cluster left alone.
-    by_cluster: HashMap<String, Option<GuardId>>,
+    by_cluster: WordMap<String, Option<GuardId>>,
     learned: usize,
     full_reported: bool,
     metrics: LearnMetrics,
@@ -140,7 +140,7 @@ pub struct Engine {
     global: Option<Applies>,
     rules: RuleSet<Applies>,
     scheduler: Scheduler,
-    pending: HashMap<u32, Pending>,
+    pending: WordMap<u32, Pending>,
     protected_headers: Vec<String>,
     login_metrics: LoginMetrics,
     /// Defined only where some server is pushed to.
@@ -148,7 +148,7 @@ pub struct Engine {
     /// `None`: this VM polls alone (tests, or shared data unavailable).
     sharing: Option<Sharing>,
     /// Targets by their heartbeat number.
-    by_id: HashMap<u64, TargetId>,
+    by_id: WordMap<u64, TargetId>,
     auto: Option<Auto>,
     seed: u64,
 }
@@ -164,7 +164,7 @@ impl Engine {
             global: None,
             rules: RuleSet::default(),
             scheduler: Scheduler::new([], seed, MAX_CALLS_IN_FLIGHT),
-            pending: HashMap::new(),
+            pending: WordMap::default(),
             protected_headers: config.protected_headers(),
             login_metrics: LoginMetrics::define(metrics),
             push_metrics: config
@@ -172,10 +172,10 @@ impl Engine {
                 .any(|guard| guard.server.push.is_some())
                 .then(|| PushMetrics::define(metrics)),
             sharing: None,
-            by_id: HashMap::new(),
+            by_id: WordMap::default(),
             auto: config.auto.clone().map(|settings| Auto {
                 settings,
-                by_cluster: HashMap::new(),
+                by_cluster: WordMap::default(),
                 learned: 0,
                 full_reported: false,
                 metrics: LearnMetrics::define(metrics),

@@ -6,12 +6,11 @@
 use log::info;
 
 use super::host_traits::SharedStore;
+use crate::pure::hashing::{mix_word, WORD_HASH_START};
 use crate::pure::registry::instance::InstanceSet;
 use crate::pure::registry::snapshot::Health;
 use crate::pure::sharing::lease::{self, Lease, LeaseStep};
-use crate::pure::sharing::published::{
-    self, mix_word, ConfigKeys, PublishedToken, ServiceKeys, WORD_HASH_START,
-};
+use crate::pure::sharing::published::{self, ConfigKeys, PublishedToken, ServiceKeys};
 
 /// Compare-and-swap attempts at adding a learned service.
 const ANNOUNCE_ATTEMPTS: usize = 8;

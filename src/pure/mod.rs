@@ -3,6 +3,8 @@
 //! answers, routing each request, and the sharing between an Envoy's VMs.
 
 pub mod config;
+/// The plugin's unseeded hashes, and maps keyed by them.
+pub mod hashing;
 /// Reading Nacos's JSON by hand, and writing JSON strings.
 pub mod json;
 pub mod polling;

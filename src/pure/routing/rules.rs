@@ -2,7 +2,7 @@
 //! order, first match wins, then the global configuration if there is one, else
 //! nothing (the plugin stays out of the request).
 
-use std::collections::HashMap;
+use crate::pure::hashing::WordMap;
 
 use crate::pure::routing::cluster_name::{self, ClusterName};
 
@@ -163,7 +163,7 @@ fn select<'a, T>(
 pub struct RuleSet<T> {
     rules: Vec<(Matcher, T)>,
     /// Route name → the first plain route rule that names it.
-    first_by_route: HashMap<String, usize>,
+    first_by_route: WordMap<String, usize>,
     /// Every other rule, in order; they are tried one by one.
     others: Vec<usize>,
 }
@@ -172,7 +172,7 @@ impl<T> Default for RuleSet<T> {
     fn default() -> Self {
         Self {
             rules: Vec::new(),
-            first_by_route: HashMap::new(),
+            first_by_route: WordMap::default(),
             others: Vec::new(),
         }
     }

@@ -8,7 +8,7 @@
 //! each key and each value followed by a NUL byte; all little-endian
 //! (higress-group/proxy-wasm-cpp-host src/exports.cc `get_upstream_hosts`).
 
-use crate::pure::sharing::published::stable_hash;
+use crate::pure::hashing::stable_hash;
 
 /// The hosts Envoy would send an override to: every host but those it marks
 /// `Unhealthy`. Envoy honours an override only for a host whose status is in the

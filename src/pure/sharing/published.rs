@@ -7,28 +7,11 @@
 //!   changes, and when it was last confirmed. A configuration edit makes a new
 //!   configuration with new keys, and it starts from these instead of nothing.
 
+use crate::pure::hashing::stable_hash;
 use crate::pure::registry::instance::{Instance, InstanceSet};
 use crate::pure::registry::snapshot::Health;
 
 const PLUGIN: &str = "nacos-instance-guard";
-
-/// FNV-1a: VMs share state only with VMs of the same configuration, and a
-/// service's content only with guards that ask Nacos the same question.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// Where a [`mix_word`] hash starts.
-pub const WORD_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// One 64-bit word into a hash kept only inside this VM (an answer's digest, what
-/// a heartbeat must carry at once): a multiply and a shift per word, not per byte.
-pub fn mix_word(hash: u64, word: u64) -> u64 {
-    let hash = (hash ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    hash ^ (hash >> 32)
-}
 
 /// The gateway clock's last reading, shared by every configuration.
 pub fn clock_key() -> String {

@@ -12,7 +12,7 @@
 //! `naming/src/main/java/com/alibaba/nacos/naming/core/InstanceOperatorClientImpl.java`
 //! calls for the list). A hash of the whole body therefore never repeats.
 
-use crate::pure::sharing::published::{mix_word, WORD_HASH_START};
+use crate::pure::hashing::{hash_piece, WORD_HASH_START};
 
 /// The members where Nacos stamps the time of an answer.
 const STAMPS: [&[u8]; 2] = [b"lastRefTime", b"checksum"];
@@ -135,24 +135,6 @@ fn simple_value(body: &[u8], start: usize, end: usize) -> bool {
 
 fn is_literal(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.')
-}
-
-/// `hash` followed by `piece`, eight bytes at a time. The piece's length goes in
-/// first, so the same bytes cut into pieces at other places hash otherwise.
-fn hash_piece(hash: u64, piece: &[u8]) -> u64 {
-    let mut hash = mix_word(hash, piece.len() as u64);
-    let mut words = piece.chunks_exact(8);
-    for word in &mut words {
-        hash = mix_word(
-            hash,
-            u64::from_le_bytes(word.try_into().unwrap_or_default()),
-        );
-    }
-    let mut last = [0u8; 8];
-    for (to, from) in last.iter_mut().zip(words.remainder()) {
-        *to = *from;
-    }
-    mix_word(hash, u64::from_le_bytes(last))
 }
 
 /// `string` (with its quotes) names a stamp.
