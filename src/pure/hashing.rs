@@ -32,14 +32,16 @@ pub fn mix_word(hash: u64, word: u64) -> u64 {
 /// first, so the same bytes cut into pieces at other places hash otherwise.
 pub fn hash_piece(hash: u64, piece: &[u8]) -> u64 {
     let mut hash = mix_word(hash, piece.len() as u64);
-    let mut rest = piece;
-    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
-        hash = mix_word(hash, u64::from_le_bytes(*word));
-        rest = tail;
+    let mut words = piece.chunks_exact(8);
+    for word in &mut words {
+        hash = mix_word(
+            hash,
+            u64::from_le_bytes(word.try_into().unwrap_or_default()),
+        );
     }
     let mut last = [0u8; 8];
-    if let Some(start) = last.get_mut(..rest.len()) {
-        start.copy_from_slice(rest);
+    for (to, from) in last.iter_mut().zip(words.remainder()) {
+        *to = *from;
     }
     mix_word(hash, u64::from_le_bytes(last))
 }
