@@ -114,11 +114,11 @@ def build_report(res: dict, args) -> tuple:
             if paired:
                 row(
                     f"scale {n}: requests on the last rule's route, CPU per request of the one-service gateway "
-                    "over this one's (loaded at the same time, net of CPU at rest; median, min-max of "
-                    f"{paired['rounds']} rounds); alone: rps, p50, p99",
+                    "over this one's (loaded at the same time, net of the CPU at rest measured before each "
+                    f"round; median, min-max of {paired['rounds']} rounds); alone: rps, p50, p99",
                     f"{paired['ratio']:.3f} ({paired['min']:.3f}-{paired['max']:.3f}): {paired['cpu_us']:.1f} against "
-                    f"{paired['reference_cpu_us']:.1f} us; alone {w['rps']:.0f} rps ({rel:.2f} of {first}), "
-                    f"p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms",
+                    f"{paired['reference_cpu_us']:.1f} us{fmt_paired_rest(paired)}; alone {w['rps']:.0f} rps "
+                    f"({rel:.2f} of {first}), p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms",
                     f">= {ROUTE_GOAL:.2f} of one service",
                     "met" if paired["ratio"] >= ROUTE_GOAL else "missed",
                 )
@@ -132,7 +132,12 @@ def build_report(res: dict, args) -> tuple:
             f"scale {o['count']}, {name}: Envoy CPU at rest ({o['vms']} VMs)"
             + ("; requests on the last rule's route, paired as above" if w else ""),
             f"{o['idle_cpu'] * 100:.1f}% of a core, {o['per_service_interval']:.2f} polls per service per interval"
-            + (f"; {paired['ratio']:.3f} ({paired['min']:.3f}-{paired['max']:.3f}) of one service" if paired else "")
+            + (
+                f"; {paired['ratio']:.3f} ({paired['min']:.3f}-{paired['max']:.3f}) of one service"
+                + fmt_paired_rest(paired)
+                if paired
+                else ""
+            )
             + (f"; alone {w['rps']:.0f} rps, p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms" if w else ""),
             f"<= {goal:.0%} of a core" if goal else "",
             ("met" if o["idle_cpu"] <= goal else "missed") if goal else "",
@@ -180,6 +185,17 @@ def build_report(res: dict, args) -> tuple:
         )
         details.append("")
     return "\n".join(table), "\n".join(details)
+
+
+def fmt_paired_rest(paired: dict) -> str:
+    """The CPU at rest taken off a paired scale figure, round by round."""
+    rest = paired.get("at_rest")
+    if not rest:
+        return ""
+    return (
+        f" (at rest {rest['median'] * 100:.1f}%, {rest['min'] * 100:.1f}-{rest['max'] * 100:.1f}% of a core before the "
+        f"rounds; the reference {paired['reference_at_rest'] * 100:.1f}%)"
+    )
 
 
 def fmt_ms(x) -> str:

@@ -78,6 +78,9 @@ def main() -> int:
     ap.add_argument("--scale-pairs", type=int, default=7, help="scale: rounds paired with the one-service gateway")
     ap.add_argument("--scale-pair-seconds", type=int, default=4, help="scale: seconds of one paired round")
     ap.add_argument(
+        "--scale-rest-seconds", type=float, default=1.5, help="scale: CPU at rest measured before each paired round"
+    )
+    ap.add_argument(
         "--pin", action="store_true", help="pin the gateway to CPU 0 and wrk and the backend to CPU 1 (taskset)"
     )
     ap.add_argument("--connections", type=int, default=32)

@@ -16,6 +16,7 @@ from measure import (
     measured_round,
     median,
     perf_profile,
+    process_run_seconds,
     spread,
     thread_ids,
     wrk,
@@ -122,10 +123,10 @@ def scale_run(
     time.sleep(1.0)
     # Nacos calls and Envoy CPU over a window with nothing else touching Envoy.
     n0 = envoy.stat(f"{NACOS_STAT}.upstream_rq_total")
-    c0, w0 = envoy.cpu_seconds(), time.monotonic()
+    c0, w0 = process_run_seconds(envoy.pid), time.monotonic()
     time.sleep(args.scale_window)
     n1 = envoy.stat(f"{NACOS_STAT}.upstream_rq_total")
-    c1, w1 = envoy.cpu_seconds(), time.monotonic()
+    c1, w1 = process_run_seconds(envoy.pid), time.monotonic()
     o["per_service_interval"] = (n1 - n0) / ((w1 - w0) * 1000.0 / o["interval_ms"]) / count
     o["idle_cpu"] = (c1 - c0) / (w1 - w0)
     if full and count >= 1000:
@@ -137,7 +138,7 @@ def scale_run(
     o["poll_failures"] = int(sum(envoy.stats(r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_failure$").values()))
     if full if do_wrk is None else do_wrk:
         if reference is not None:
-            o["paired"] = paired_with_reference(args, envoy, o["idle_cpu"], reference)
+            o["paired"] = paired_with_reference(args, envoy, reference)
         wrk(f"http://127.0.0.1:{envoy.port}/svc-0", 2, args.connections)
         r0 = envoy.stat("wasmcustom.nacos_guard.service.svc-0.routed")
         runs = [
@@ -178,40 +179,53 @@ def scale_run(
 
 
 def start_reference(args, work: Path, nacos: RNacos, backend: DirectResponseEnvoy) -> dict:
-    """The one-service gateway every scale step is paired with: its load (as
-    ``measure.measured_round`` takes it) and its CPU at rest."""
+    """The one-service gateway every scale step is paired with, and its load (as
+    ``measure.measured_round`` takes it)."""
     routes, cfg = scale_routes(1)
     envoy = gateway(work, nacos.http_port, backend.ports, cfg, routes=routes)
     wait_first_snapshot(envoy, "/svc-0", "svc-0", timeout=60)
-    time.sleep(1.0)
-    at_rest = cpu_at_rest({"reference": envoy}, args.scale_window)["reference"]
     tid = thread_ids(envoy.pid, "wrk:worker")[0]
-    return {"envoy": envoy, "load": (envoy, tid, "/svc-0", [], None), "at_rest": at_rest}
+    return {"envoy": envoy, "load": (envoy, tid, "/svc-0", [], None)}
 
 
-def paired_with_reference(args, envoy: Envoy, idle_cpu: float, reference: dict) -> dict:
+def paired_with_reference(args, envoy: Envoy, reference: dict) -> dict:
     """The last rule's route of ``envoy`` and the one-service reference loaded at the
-    same time, CPU net of each one's CPU at rest, over ``args.scale_runs`` rounds of
-    ``args.scale_pair_seconds`` s: the reference's CPU per request over this gateway's, per round
-    (1.0: a request costs the same with every service)."""
+    same time, over ``args.scale_pairs`` rounds of ``args.scale_pair_seconds`` s: the
+    reference's CPU per request over this gateway's, per round (1.0: a request costs the
+    same with every service).
+
+    Each round takes off both gateways' CPU at rest measured just before it, in a window
+    of its own (``args.scale_rest_seconds``). With polling at 1,000 services that is a
+    tenth of a core, and this machine's speed drifts by up to 1.5x between seconds
+    (bench/probes/drift.py): one window for all rounds left the figure 0.86 in one run
+    and 0.96 in the next."""
     tid = thread_ids(envoy.pid, "wrk:worker")[0]
     loads = {"this": (envoy, tid, "/svc-0", [], None), "reference": reference["load"]}
-    rest = {"this": idle_cpu, "reference": reference["at_rest"]}
+    both = {"this": envoy, "reference": reference["envoy"]}
     measured_round(args, loads, 2)  # warm-up
-    rounds = [measured_round(args, loads, args.scale_pair_seconds, rest) for _ in range(args.scale_pairs)]
+    rounds, rests = [], []
+    for _ in range(args.scale_pairs):
+        rest = cpu_at_rest(both, args.scale_rest_seconds)
+        rests.append(rest)
+        rounds.append(measured_round(args, loads, args.scale_pair_seconds, rest))
     ratios = [r["reference"]["cpu_us"] / r["this"]["cpu_us"] for r in rounds if r["this"]["cpu_us"] > 0]
     med, lo, hi = spread(ratios)
+    rest_this = spread([r["this"] for r in rests])
     out = {
         "ratio": med,
         "min": lo,
         "max": hi,
         "cpu_us": median([r["this"]["cpu_us"] for r in rounds]),
         "reference_cpu_us": median([r["reference"]["cpu_us"] for r in rounds]),
+        "at_rest": {"median": rest_this[0], "min": rest_this[1], "max": rest_this[2]},
+        "reference_at_rest": median([r["reference"] for r in rests]),
         "rounds": len(rounds),
     }
     log(
         f"paired with the one-service gateway: CPU per request {out['cpu_us']:.1f} us against "
-        f"{out['reference_cpu_us']:.1f} us, ratio {med:.3f} ({lo:.3f}-{hi:.3f}) over {len(rounds)} rounds"
+        f"{out['reference_cpu_us']:.1f} us, ratio {med:.3f} ({lo:.3f}-{hi:.3f}) over {len(rounds)} rounds; "
+        f"at rest before each round {rest_this[0] * 100:.1f}% ({rest_this[1] * 100:.1f}-{rest_this[2] * 100:.1f}%) "
+        f"of a core, the reference {out['reference_at_rest'] * 100:.1f}%"
     )
     return out
 
