@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from gateways import OWNER, fast_backend, pin, start_nacos, wait_first_snapshot
-from measure import log, median, pct, wrk
+from measure import log, median, pct, process_run_seconds, wrk
 
 from testbed.envoy import HigressNamedEnvoy, route_to
 from testbed.higress import plugin_config
@@ -77,9 +77,9 @@ def section_learned(args, res: dict, work: Path) -> None:
     order = list(targets)
     for rnd in range(args.rounds):
         for name in order:
-            cpu0 = envoy.cpu_seconds()
+            cpu0 = process_run_seconds(envoy.pid)
             r = wrk(f"http://127.0.0.1:{envoy.port}{targets[name]}", duration, args.connections)
-            r["cpu_us_per_request"] = (envoy.cpu_seconds() - cpu0) * 1e6 / max(r["requests"], 1)
+            r["cpu_us_per_request"] = (process_run_seconds(envoy.pid) - cpu0) * 1e6 / max(r["requests"], 1)
             runs[name].append(r)
             log(
                 f"round {rnd + 1} {name:>28}: {r['rps']:7.0f} rps  p99 {r['p99']:.3f} ms  "

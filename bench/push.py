@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from gateways import NACOS_STAT, OWNER, gateway, wait_first_snapshot
-from measure import log, pct
+from measure import log, pct, process_run_seconds
 from scale import scale_routes
 
 from testbed.backends import Backend
@@ -251,7 +251,7 @@ def steady_push_window(envoys: dict, seconds: float, services: dict) -> dict:
         }
 
     before = {k: snap(e) for k, e in envoys.items()}
-    cpu0 = {k: e.cpu_seconds() for k, e in envoys.items()}
+    cpu0 = {k: process_run_seconds(e.pid) for k, e in envoys.items()}
     cx = {k: [] for k in envoys}
     t0 = time.monotonic()
     while time.monotonic() < t0 + seconds:
@@ -269,7 +269,7 @@ def steady_push_window(envoys: dict, seconds: float, services: dict) -> dict:
             "list_calls": d["rq"],
             "per_service_per_minute": d["rq"] / services[k] / dt * 60.0,
             # no requests in the window: the gateway's CPU at rest, push and safety polls
-            "cpu_at_rest": (e.cpu_seconds() - cpu0[k]) / dt,
+            "cpu_at_rest": (process_run_seconds(e.pid) - cpu0[k]) / dt,
             "grpc_cx_min": min(cx[k]),
             "grpc_cx_max": max(cx[k]),
             "grpc_cx_samples": len(cx[k]),

@@ -357,9 +357,6 @@ class EnvoyProcess:
     def rss_kb(self) -> int:
         return self.proc.rss_kb() or 0
 
-    def cpu_seconds(self) -> float:
-        return self.proc.cpu_seconds()
-
     # ---- admin
     def admin(self, path: str):
         c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=3)

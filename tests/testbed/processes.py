@@ -13,8 +13,6 @@ import subprocess
 import traceback
 from pathlib import Path
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 
 class Proc:
     """A child process in its own process group, its output appended to ``log_path``;
@@ -57,11 +55,6 @@ class Proc:
 
     def rss_kb(self) -> int | None:
         return rss_kb(self.pid)
-
-    def cpu_seconds(self) -> float:
-        """User + system time of the process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def log_size(path: Path) -> int:
