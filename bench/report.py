@@ -31,6 +31,8 @@ def build_report(res: dict, args) -> tuple:
             row(f"native: {n}", t)
     if "overhead" in res:
         overhead_rows(res["overhead"], row)
+    if "instructions" in res:
+        instruction_rows(res["instructions"], row)
     if "higress" in res:
         higress_rows(res["higress"], row)
     if "detection" in res:
@@ -350,6 +352,23 @@ def overhead_details(ov: dict) -> list:
                 )
     out.append("")
     return out
+
+
+def instruction_rows(ins: dict, row) -> None:
+    figures = ins["figures"]
+    plugin, mirror, minimal = (figures[name]["total"] for name in figures)
+    for name, f in figures.items():
+        callbacks = ", ".join(f"{k.removeprefix('proxy_on_')} {v:.0f}" for k, v in f["callbacks"].items())
+        row(
+            f"request path in Wasm instructions (host tier, wasmtime fuel, {ins['requests']} requests), {name}",
+            f"{f['total']:.0f} per request: {callbacks}",
+        )
+    row(
+        "request path in Wasm instructions: the plugin's own work over the same host calls (plugin - "
+        "minimal filter making them); two passes " + ("agree" if ins["passes_agree"] else "DISAGREE"),
+        f"{plugin - mirror:.0f} per request ({plugin / mirror:.2f}x the host-call filter, "
+        f"{plugin / minimal:.2f}x the one-header filter)",
+    )
 
 
 def higress_rows(hg: dict, row) -> None:

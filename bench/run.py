@@ -12,6 +12,10 @@ Sections (each also selectable with ``--only``):
              with 100 route rules, with a pin header and on a route it does not guard;
              many short rounds interleave the variants; ratios per round, median and
              spread; ``--repeat 2`` runs it twice and checks the runs agree within 3 %
+  instructions
+             a guarded request's path in Wasm instructions, per callback, in the host
+             tier (wasmtime fuel): plugin-envoy.wasm against the minimal filter, plain
+             and making the plugin's host calls
   higress    the host tier (tests/hosttier: wasmtime running build/plugin.wasm as
              Higress does): CPU time of the plugin's request callbacks with 10 and
              1,000 hosts in the routed cluster
@@ -55,6 +59,7 @@ from criterion import section_criterion  # noqa: E402
 from detection import section_detection  # noqa: E402
 from gateways import OWNER, PIN, ensure_minimal_filter  # noqa: E402
 from higress_path import section_higress  # noqa: E402
+from instructions import section_instructions  # noqa: E402
 from learned import section_learned  # noqa: E402
 from measure import log, machine  # noqa: E402
 from nacos_load import section_load  # noqa: E402
@@ -65,7 +70,7 @@ from sizes import section_sizes  # noqa: E402
 
 from testbed.paths import REPO, plugin_wasm  # noqa: E402
 
-SECTIONS = ["sizes", "overhead", "higress", "load", "detection", "scale", "learned"]
+SECTIONS = ["sizes", "overhead", "instructions", "higress", "load", "detection", "scale", "learned"]
 
 
 def main() -> int:
@@ -98,6 +103,9 @@ def main() -> int:
         action="store_true",
         help="overhead: two more variants (no filter with the client setting the routing header; the minimal "
         "filter making the plugin's host calls)",
+    )
+    ap.add_argument(
+        "--instruction-requests", type=int, default=2000, help="instructions: requests counted per variant and pass"
     )
     ap.add_argument("--higress-requests", type=int, default=10000, help="higress: requests per round and host count")
     ap.add_argument("--higress-rounds", type=int, default=3, help="higress: rounds alternating 10 and 1,000 hosts")
@@ -178,6 +186,7 @@ def main() -> int:
     funcs = {
         "sizes": sizes_and_criterion,
         "overhead": lambda: section_overhead(args, res, work),
+        "instructions": lambda: section_instructions(args, res),
         "higress": lambda: section_higress(args, res),
         "load": lambda: section_load(args, res, work),
         "detection": lambda: section_detection(args, res, work),

@@ -22,16 +22,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
-from gateways import OWNER, Pinned, ensure_minimal_filter, fast_backend, gateway, start_nacos  # noqa: E402
+from gateways import (  # noqa: E402
+    OWNER,
+    PLUGIN_HOST_CALLS,
+    Pinned,
+    ensure_minimal_filter,
+    fast_backend,
+    gateway,
+    start_nacos,
+)
 from measure import cpu_at_rest, measured_round, spread, thread_ids  # noqa: E402
 
 from testbed.higress import plugin_config  # noqa: E402
 
 PLAIN = "set"
-# What the plugin asks Envoy on a guarded header-mode request, without its logic.
-PLUGIN_CALLS = (
-    "get=x-gateway-destination-endpoint,get=x-envoy-original-dst-host,prop=xds.route_name,get=x-nacos-instance"
-)
 VARIANTS = {
     "read xds.route_name": "set,prop=xds.route_name",
     "read route_name (top level)": "set,prop=route_name",
@@ -39,7 +43,7 @@ VARIANTS = {
     "read a present header (:path)": "set,get=:path",
     "increment a counter": "set,metric",
     "read the clock": "set,time",
-    "the plugin's host calls, no logic": f"{PLUGIN_CALLS},route=ENDPOINTS",
+    "the plugin's host calls, no logic": f"{PLUGIN_HOST_CALLS},route=ENDPOINTS",
     "the plugin (guarded route, header mode)": None,
 }
 
