@@ -85,9 +85,10 @@ def counted_gateway(wasm: str, minimal_ops: str | None):
     return gw
 
 
-def count_requests(gw, requests: int) -> dict:
-    """Wasm instructions per request, per callback, over ``requests`` requests (the
-    clock moves 5 ms every 10 requests, so ticks and polls run between them)."""
+def count_requests(gw, requests: int, headers: dict | None = None) -> dict:
+    """Wasm instructions per request, per callback, over ``requests`` requests with
+    ``headers`` (the clock moves 5 ms every 10 requests, so ticks and polls run
+    between them)."""
     vm = gw.vms[0]
     per_callback = dict.fromkeys(REQUEST_CALLBACKS, 0)
     plain_call = vm.call
@@ -104,7 +105,7 @@ def count_requests(gw, requests: int) -> dict:
     statuses: dict = {}
     try:
         for i in range(requests):
-            status = gw.request().status
+            status = gw.request(headers=headers).status
             statuses[status] = statuses.get(status, 0) + 1
             if i % 10 == 9:
                 gw.advance(5)
@@ -114,10 +115,13 @@ def count_requests(gw, requests: int) -> dict:
     return {"total": sum(per.values()), "callbacks": per, "statuses": statuses}
 
 
+PIN_HEADER = {"x-nacos-instance": INSTANCES[1]}
+# name: (minimal-filter operations or None for the plugin, request headers)
 VARIANTS = {
-    "the plugin (guarded route, header mode)": None,
-    "the minimal filter making the plugin's host calls": f"{PLUGIN_HOST_CALLS},route={'|'.join(INSTANCES)}",
-    "the minimal filter (sets one header)": "set",
+    "the plugin (guarded route, header mode)": (None, None),
+    "the plugin, pin header on every request": (None, PIN_HEADER),
+    "the minimal filter making the plugin's host calls": (f"{PLUGIN_HOST_CALLS},route={'|'.join(INSTANCES)}", None),
+    "the minimal filter (sets one header)": ("set", None),
 }
 
 
@@ -126,10 +130,10 @@ def section_instructions(args, res: dict) -> None:
     passes = []
     for _ in range(2):  # the count is exact: both passes must agree to the instruction
         figures = {}
-        for name, ops in VARIANTS.items():
+        for name, (ops, headers) in VARIANTS.items():
             gw = counted_gateway(str(MINIMAL_WASM), ops)
-            count_requests(gw, 200)  # warm-up
-            figures[name] = count_requests(gw, args.instruction_requests)
+            count_requests(gw, 200, headers)  # warm-up
+            figures[name] = count_requests(gw, args.instruction_requests, headers)
             f = figures[name]
             log(f"{name}: {f['total']:.0f} Wasm instructions per request, statuses {f['statuses']}")
         passes.append(figures)

@@ -356,7 +356,7 @@ def overhead_details(ov: dict) -> list:
 
 def instruction_rows(ins: dict, row) -> None:
     figures = ins["figures"]
-    plugin, mirror, minimal = (figures[name]["total"] for name in figures)
+    plugin, _, mirror, minimal = (figures[name]["total"] for name in figures)
     for name, f in figures.items():
         callbacks = ", ".join(f"{k.removeprefix('proxy_on_')} {v:.0f}" for k, v in f["callbacks"].items())
         row(
