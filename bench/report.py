@@ -477,8 +477,10 @@ def write_results(res: dict, args, mach: dict, errors: dict, started: float) -> 
         "- Nacos load and scale: `cluster.outbound|8848||nacos.dns.upstream_rq_total` over a window; calls "
         "in flight: that cluster's `upstream_rq_active` gauge sampled every ~5 ms during the first and the "
         'steady round. Memory: the process\'s RSS after the rounds; "without plugin" is the same Envoy '
-        "configuration (routes included) without the filter. CPU at rest: the process's user+system time "
-        "over a window without requests. The measured route is Envoy's first but the plugin's last rule.",
+        "configuration (routes included) without the filter. CPU at rest: the time the process's threads "
+        "ran (schedstat) over a window without requests. The measured route is Envoy's first but the "
+        "plugin's last rule; paired with the one-service gateway, each round takes off both gateways' CPU "
+        "at rest measured just before it.",
         "- Profiles: `perf record -F 499` of the gateway during a wrk run; Wasm is V8's JIT code, Envoy "
         "its own code including the host-call implementations.",
         "",
