@@ -291,48 +291,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pin_to_a_usable_instance_is_honoured() {
-        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("[::1]:80", 1.0)]);
-        for _ in 0..4 {
-            assert_eq!(
-                decide(
-                    &mut candidates,
-                    Freshness::Fresh,
-                    REROUTE_OPEN,
-                    pinned("[0::1]:80")
-                ),
-                Decision::Route {
-                    endpoint: "[::1]:80",
-                    rerouted: false
-                }
-            );
-        }
+    /// A fresh list, the request pinned to `pin`.
+    fn decide_pinned<'a>(
+        candidates: &'a mut Candidates,
+        policies: Policies,
+        pin: &str,
+    ) -> Decision<'a> {
+        decide(candidates, Freshness::Fresh, policies, pinned(pin))
     }
 
     #[test]
     fn pin_spelled_as_the_instance_or_otherwise_finds_it() {
-        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("[2001:db8::1]:80", 1.0)]);
+        let mut candidates = prepared(&[
+            ("10.0.0.1:80", 1.0),
+            ("[2001:db8::1]:80", 1.0),
+            ("[::1]:80", 1.0),
+        ]);
         for (pin, endpoint) in [
             ("10.0.0.1:80", "10.0.0.1:80"),
             (" 10.0.0.1:80\t", "10.0.0.1:80"),
             ("[2001:db8::1]:80", "[2001:db8::1]:80"),
             ("[2001:DB8:0::1]:80", "[2001:db8::1]:80"),
+            ("[0::1]:80", "[::1]:80"),
         ] {
-            for _ in 0..3 {
-                assert_eq!(
-                    decide(
-                        &mut candidates,
-                        Freshness::Fresh,
-                        REJECT_CLOSED,
-                        pinned(pin)
-                    ),
-                    Decision::Route {
-                        endpoint,
-                        rerouted: false
-                    },
-                    "{pin:?}"
-                );
+            for policies in [REROUTE_OPEN, REJECT_CLOSED] {
+                for _ in 0..3 {
+                    assert_eq!(
+                        decide_pinned(&mut candidates, policies, pin),
+                        Decision::Route {
+                            endpoint,
+                            rerouted: false
+                        },
+                        "{pin:?}"
+                    );
+                }
             }
         }
     }
@@ -341,24 +333,14 @@ mod tests {
     fn pin_to_a_gone_instance_is_rerouted_or_rejected() {
         let mut candidates = prepared(&[("10.0.0.1:80", 1.0)]);
         assert_eq!(
-            decide(
-                &mut candidates,
-                Freshness::Fresh,
-                REROUTE_OPEN,
-                pinned("10.0.0.9:80")
-            ),
+            decide_pinned(&mut candidates, REROUTE_OPEN, "10.0.0.9:80"),
             Decision::Route {
                 endpoint: "10.0.0.1:80",
                 rerouted: true
             }
         );
         assert_eq!(
-            decide(
-                &mut candidates,
-                Freshness::Fresh,
-                REJECT_CLOSED,
-                pinned("10.0.0.9:80")
-            ),
+            decide_pinned(&mut candidates, REJECT_CLOSED, "10.0.0.9:80"),
             Decision::Reject(RejectCode::InstanceDeregistered)
         );
     }
@@ -368,12 +350,7 @@ mod tests {
         let mut candidates = prepared(&[("10.0.0.1:80", 1.0)]);
         for pin in ["garbage", "10.0.0.1", "10.0.0.1:80, 10.0.0.2:80", ""] {
             assert_eq!(
-                decide(
-                    &mut candidates,
-                    Freshness::Fresh,
-                    REJECT_CLOSED,
-                    pinned(pin)
-                ),
+                decide_pinned(&mut candidates, REJECT_CLOSED, pin),
                 Decision::Route {
                     endpoint: "10.0.0.1:80",
                     rerouted: false
