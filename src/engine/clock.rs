@@ -14,8 +14,8 @@ pub struct GatewayClock {
 impl GatewayClock {
     /// Gateway time at wall time `wall_ms`: never less than this VM read before.
     pub fn now(&mut self, wall_ms: u64, store: &mut dyn SharedStore) -> u64 {
-        let key = published::clock_key();
-        let shared = store.get(&key).0.as_deref().and_then(Reading::decode);
+        let key = published::CLOCK_KEY;
+        let shared = store.get(key).0.as_deref().and_then(Reading::decode);
         // Whichever reading is later, this VM's or the one another VM stored.
         let base = match (shared, self.last) {
             (Some(shared), Some(own)) if own.gateway_ms > shared.gateway_ms => Some(own),
@@ -28,7 +28,7 @@ impl GatewayClock {
         }
         // A lost race with another VM's write costs nothing: both readings are
         // within a tick of each other.
-        store.set(&key, reading.encode().as_bytes(), None);
+        store.set(key, reading.encode().as_bytes(), None);
         self.last = Some(reading);
         reading.gateway_ms
     }
@@ -59,7 +59,7 @@ mod tests {
         let mut store = FakeStore::default();
         let mut clock = GatewayClock::default();
         let before = clock.now(5_000, &mut store);
-        store.set(&published::clock_key(), b"0:0", None);
+        store.set(published::CLOCK_KEY, b"0:0", None);
         assert!(clock.now(5_010, &mut store) >= before);
     }
 }

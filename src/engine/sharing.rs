@@ -73,13 +73,13 @@ impl Sharing {
     /// Take, keep or follow the lease at `now_ms`.
     pub fn coordinate(&mut self, now_ms: u64, store: &mut dyn SharedStore) -> Role {
         let key = self.keys.lease();
-        let (value, cas) = store.get(&key);
+        let (value, cas) = store.get(key);
         let leading = match value {
             // Envoy writes an absent key whatever compare-and-swap token comes
             // with the write, so two VMs that both found no lease would both win
             // it. Seed a lease nobody holds; taking it is then a real CAS.
             None => {
-                store.set(&key, Lease::vacant().encode().as_bytes(), None);
+                store.set(key, Lease::vacant().encode().as_bytes(), None);
                 false
             }
             Some(bytes) => {
@@ -88,7 +88,7 @@ impl Sharing {
                     LeaseStep::Follow => false,
                     LeaseStep::Renew | LeaseStep::TakeOver => {
                         let lease = Lease::granted(self.vm_id, now_ms, self.lease_ttl_ms);
-                        cas.is_some() && store.set(&key, lease.encode().as_bytes(), cas)
+                        cas.is_some() && store.set(key, lease.encode().as_bytes(), cas)
                     }
                 }
             }
@@ -114,7 +114,7 @@ impl Sharing {
     pub fn still_leading(&self, store: &dyn SharedStore) -> bool {
         self.leading
             && store
-                .get(&self.keys.lease())
+                .get(self.keys.lease())
                 .0
                 .as_deref()
                 .and_then(Lease::decode)
@@ -124,7 +124,7 @@ impl Sharing {
     /// Each service's health as the poller last published it; `None` when the
     /// heartbeat has not changed since the last call.
     pub fn read_heartbeat(&mut self, store: &dyn SharedStore) -> Option<Vec<(u64, Health)>> {
-        let (bytes, cas) = store.get(&self.keys.heartbeat());
+        let (bytes, cas) = store.get(self.keys.heartbeat());
         if cas.is_some() && cas == self.heartbeat_seen {
             return None;
         }
@@ -156,7 +156,7 @@ impl Sharing {
             return;
         }
         let bytes = published::encode_heartbeat(health);
-        if bytes == self.heartbeat_written || store.set(&self.keys.heartbeat(), &bytes, None) {
+        if bytes == self.heartbeat_written || store.set(self.keys.heartbeat(), &bytes, None) {
             self.heartbeat_written = bytes;
             self.urgent_written = Some(urgent);
             self.heartbeat_at_ms = now_ms;
@@ -339,11 +339,11 @@ mod tests {
         let (mut a, mut b) = (sharing(1), sharing(2));
         a.coordinate(0, &mut store);
         // b reads the vacant lease, then a takes it, then b's CAS must fail.
-        let key = ConfigKeys::new(b"{}").lease();
-        let (_, cas) = store.get(&key);
+        let keys = ConfigKeys::new(b"{}");
+        let (_, cas) = store.get(keys.lease());
         assert!(matches!(a.coordinate(10, &mut store), Role::Poll { .. }));
         let lease = Lease::granted(2, 10, TTL);
-        assert!(!store.set(&key, lease.encode().as_bytes(), cas));
+        assert!(!store.set(keys.lease(), lease.encode().as_bytes(), cas));
         assert_eq!(b.coordinate(10, &mut store), Role::Follow);
     }
 

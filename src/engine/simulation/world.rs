@@ -336,8 +336,8 @@ impl World {
         let raw = self.p.config(max_stale, fail_closed);
         let tick = (self.p.interval / 20).clamp(10, 50);
         self.configs.push(Config {
-            lease_key: ConfigKeys::new(raw.as_bytes()).lease(),
-            heartbeat_key: ConfigKeys::new(raw.as_bytes()).heartbeat(),
+            lease_key: ConfigKeys::new(raw.as_bytes()).lease().to_string(),
+            heartbeat_key: ConfigKeys::new(raw.as_bytes()).heartbeat().to_string(),
             raw,
             fail_closed,
             bounds: Bounds {

@@ -13,10 +13,9 @@ use crate::pure::registry::snapshot::Health;
 
 const PLUGIN: &str = "nacos-instance-guard";
 
-/// The gateway clock's last reading, shared by every configuration.
-pub fn clock_key() -> String {
-    format!("{PLUGIN}.clock")
-}
+/// The gateway clock's last reading, shared by every configuration: a constant,
+/// as it is read and written on every answer and every tick.
+pub const CLOCK_KEY: &str = "nacos-instance-guard.clock";
 
 /// Learned services, one cluster name a line, in the order they were learned.
 pub fn encode_learned(clusters: &[String]) -> Vec<u8> {
@@ -31,25 +30,31 @@ pub fn decode_learned(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Keys of one configuration.
+/// Keys of one configuration. The lease and the heartbeat are read on every
+/// answer and tick, so their names are made once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigKeys {
     prefix: String,
+    lease: String,
+    heartbeat: String,
 }
 
 impl ConfigKeys {
     pub fn new(config: &[u8]) -> Self {
+        let prefix = format!("{PLUGIN}.{:016x}", stable_hash(config));
         Self {
-            prefix: format!("{PLUGIN}.{:016x}", stable_hash(config)),
+            lease: format!("{prefix}.lease"),
+            heartbeat: format!("{prefix}.heartbeat"),
+            prefix,
         }
     }
 
-    pub fn lease(&self) -> String {
-        format!("{}.lease", self.prefix)
+    pub fn lease(&self) -> &str {
+        &self.lease
     }
 
-    pub fn heartbeat(&self) -> String {
-        format!("{}.heartbeat", self.prefix)
+    pub fn heartbeat(&self) -> &str {
+        &self.heartbeat
     }
 
     pub fn token(&self, server: usize) -> String {
@@ -306,6 +311,17 @@ mod tests {
     use super::*;
     use crate::pure::registry::instance::instance;
     use crate::testing::test;
+
+    #[test]
+    fn key_names_stay_those_every_release_shares() {
+        // VMs of two releases share one Envoy during an upgrade: the names are
+        // the meeting point, whether made once or on every call.
+        let keys = ConfigKeys::new(b"{}");
+        let prefix = format!("nacos-instance-guard.{:016x}", stable_hash(b"{}"));
+        assert_eq!(keys.lease(), format!("{prefix}.lease"));
+        assert_eq!(keys.heartbeat(), format!("{prefix}.heartbeat"));
+        assert_eq!(CLOCK_KEY, format!("{PLUGIN}.clock"));
+    }
 
     fn rich_set() -> InstanceSet {
         let mut odd = instance("[::1]:8080", f64::MIN_POSITIVE);
