@@ -49,7 +49,7 @@ def higress_wasm() -> str:
     return os.environ.get("NIG_HIGRESS_WASM") or str(REPO / "build" / "plugin.wasm")
 
 
-def _host_tier():
+def host_tier():
     """tests/hosttier/gateway.py (it needs wasmtime, in the tool cache's venv)."""
     tier = str(REPO / "tests" / "hosttier")
     if tier not in sys.path:
@@ -64,7 +64,7 @@ def higress_gateway(wasm: str, hosts: int):
     the routed cluster, which lists ``hosts`` hosts in all (the rest stale)."""
     registered = [f"10.0.0.{i + 1}:8080" for i in range(REGISTERED)]
     stale = [f"10.{1 + i // 250}.{i % 250}.1:8080" for i in range(hosts - REGISTERED)]
-    tier = _host_tier()
+    tier = host_tier()
     nacos = tier.ScriptedNacos()
     for ep in registered:
         nacos.register(ep)

@@ -13,9 +13,8 @@ callbacks cost more in the plugin for that reason alone.
 
 from __future__ import annotations
 
-import sys
-
 from gateways import MINIMAL_WASM, PLUGIN_HOST_CALLS, ensure_minimal_filter
+from higress_path import host_tier
 from measure import log
 
 from testbed.higress import plugin_config
@@ -32,15 +31,6 @@ REQUEST_CALLBACKS = (
 INSTANCES = ("10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080")
 # The status an import the host does not offer answers with (proxy-wasm ABI 0.2.1).
 UNIMPLEMENTED = 12
-
-
-def _tier():
-    tier = str(REPO / "tests" / "hosttier")
-    if tier not in sys.path:
-        sys.path.insert(0, tier)
-    import gateway
-
-    return gateway
 
 
 def minimal_vm_class(gateway):
@@ -63,7 +53,7 @@ def minimal_vm_class(gateway):
 def counted_gateway(wasm: str, minimal_ops: str | None):
     """One VM in override_host mode: the plugin (``minimal_ops`` None) or the minimal
     filter with those operations; three instances registered, polled once."""
-    gateway = _tier()
+    gateway = host_tier()
     nacos = gateway.ScriptedNacos()
     for endpoint in INSTANCES:
         nacos.register(endpoint)
@@ -89,39 +79,29 @@ def count_requests(gw, requests: int, headers: dict | None = None) -> dict:
     """Wasm instructions per request, per callback, over ``requests`` requests with
     ``headers`` (the clock moves 5 ms every 10 requests, so ticks and polls run
     between them)."""
-    vm = gw.vms[0]
-    per_callback = dict.fromkeys(REQUEST_CALLBACKS, 0)
-    plain_call = vm.call
-
-    def call(export, *args):
-        before = vm.fuel_used()
-        try:
-            return plain_call(export, *args)
-        finally:
-            if export in per_callback:
-                per_callback[export] += vm.fuel_used() - before
-
-    vm.call = call
+    spent = gw.vms[0].fuel_by_export
+    before = {k: spent.get(k, 0) for k in REQUEST_CALLBACKS}
     statuses: dict = {}
-    try:
-        for i in range(requests):
-            status = gw.request(headers=headers).status
-            statuses[status] = statuses.get(status, 0) + 1
-            if i % 10 == 9:
-                gw.advance(5)
-    finally:
-        vm.call = plain_call
-    per = {k: v / requests for k, v in per_callback.items()}
+    for i in range(requests):
+        status = gw.request(headers=headers).status
+        statuses[status] = statuses.get(status, 0) + 1
+        if i % 10 == 9:
+            gw.advance(5)
+    per = {k: (spent.get(k, 0) - before[k]) / requests for k in REQUEST_CALLBACKS}
     return {"total": sum(per.values()), "callbacks": per, "statuses": statuses}
 
 
 PIN_HEADER = {"x-nacos-instance": INSTANCES[1]}
+PLUGIN_GUARDED = "the plugin (guarded route, header mode)"
+PLUGIN_PINNED = "the plugin, pin header on every request"
+MINIMAL_HOST_CALLS = "the minimal filter making the plugin's host calls"
+MINIMAL_PLAIN = "the minimal filter (sets one header)"
 # name: (minimal-filter operations or None for the plugin, request headers)
 VARIANTS = {
-    "the plugin (guarded route, header mode)": (None, None),
-    "the plugin, pin header on every request": (None, PIN_HEADER),
-    "the minimal filter making the plugin's host calls": (f"{PLUGIN_HOST_CALLS},route={'|'.join(INSTANCES)}", None),
-    "the minimal filter (sets one header)": ("set", None),
+    PLUGIN_GUARDED: (None, None),
+    PLUGIN_PINNED: (None, PIN_HEADER),
+    MINIMAL_HOST_CALLS: (f"{PLUGIN_HOST_CALLS},route={'|'.join(INSTANCES)}", None),
+    MINIMAL_PLAIN: ("set", None),
 }
 
 

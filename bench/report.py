@@ -8,6 +8,7 @@ import time
 
 from gateways import HERE
 from higress_path import GOAL, HOST_COUNTS
+from instructions import MINIMAL_HOST_CALLS, MINIMAL_PLAIN, PLUGIN_GUARDED
 from measure import fmt_kb, fmt_profile, median
 from overhead import AGREE, BASES, MINIMAL, NO_FILTER, ROUTE_FLOOR, agreement, fmt_ratio, goals, ratio
 
@@ -356,7 +357,7 @@ def overhead_details(ov: dict) -> list:
 
 def instruction_rows(ins: dict, row) -> None:
     figures = ins["figures"]
-    plugin, _, mirror, minimal = (figures[name]["total"] for name in figures)
+    plugin, mirror, minimal = (figures[name]["total"] for name in (PLUGIN_GUARDED, MINIMAL_HOST_CALLS, MINIMAL_PLAIN))
     for name, f in figures.items():
         callbacks = ", ".join(f"{k.removeprefix('proxy_on_')} {v:.0f}" for k, v in f["callbacks"].items())
         row(

@@ -11,7 +11,6 @@ Run (with the tool cache's venv): python bench/probes/rest_instructions.py [N] [
 
 from __future__ import annotations
 
-import collections
 import sys
 from pathlib import Path
 
@@ -36,25 +35,15 @@ def main() -> None:
     rules = [{"_match_route_": [f"route-{s}"], "service": {"name": f"svc-{s}"}} for s in range(count)]
     cfg = with_rules(plugin_config({"routing": "higress"}), rules)
     gw = tier.Gateway(wasm, cfg, mode="higress", cluster_hosts={}, nacos=nacos, workers=2, count_fuel=True)
-    spent: dict = collections.defaultdict(collections.Counter)
-    for k, vm in enumerate(gw.vms):
-        call = vm.call
-
-        def counted(export, *args, vm=vm, call=call, k=k):
-            before = vm.fuel_used()
-            out = call(export, *args)
-            spent[k][export] += vm.fuel_used() - before
-            return out
-
-        vm.call = counted
     gw.advance(SECONDS * 1000)
-    for per_vm in spent.values():
-        per_vm.clear()
+    for vm in gw.vms:
+        vm.fuel_by_export.clear()
     calls = len(nacos.calls)
     gw.advance(SECONDS * 1000)
     answers = (len(nacos.calls) - calls) / SECONDS
     print(f"{count} services: {answers:.0f} Nacos calls a second")
-    for k, per_vm in sorted(spent.items()):
+    for k, vm in enumerate(gw.vms):
+        per_vm = vm.fuel_by_export
         total = sum(per_vm.values()) / SECONDS
         parts = ", ".join(f"{export} {n / SECONDS / 1e6:.2f} M" for export, n in sorted(per_vm.items()))
         print(f"VM {k}: {total / 1e6:.2f} M Wasm instructions a second ({parts})")

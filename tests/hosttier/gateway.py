@@ -230,6 +230,9 @@ class Vm:
         # Time (ns, perf_counter) inside calls into the VM, and inside this host's imports (bench/higress_path.py)
         self.call_ns = 0
         self.host_ns = 0
+        # Wasm instructions run by each export called, with count_fuel (bench/instructions.py,
+        # bench/probes/rest_instructions.py)
+        self.fuel_by_export: dict = {}
         engine = self._engine
         if count_fuel:  # the bench's measure of the plugin's own work (bench/higress_path.py)
             if Vm._fuel_engine is None:
@@ -282,9 +285,11 @@ class Vm:
 
     def call(self, export: str, *args):
         """Call into the VM; queued actions run when the call returns (cpp-host DeferAfterCallActions)."""
-        t0 = time.perf_counter_ns()
+        t0, fuel0 = time.perf_counter_ns(), self.fuel_used()
         result = self.exports[export](self.store, *args)
         self.call_ns += time.perf_counter_ns() - t0
+        if self.count_fuel:
+            self.fuel_by_export[export] = self.fuel_by_export.get(export, 0) + self.fuel_used() - fuel0
         actions, self.deferred = self.deferred, []
         for action in actions:
             action()
