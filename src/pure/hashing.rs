@@ -10,16 +10,19 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+/// FNV-1a's offset basis, where both [`stable_hash`] and [`mix_word`] hashes start.
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a: VMs share state only with VMs of the same configuration, and a
 /// service's content only with guards that ask Nacos the same question.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+    bytes.iter().fold(FNV_OFFSET_BASIS, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
 /// Where a [`mix_word`] hash starts.
-pub const WORD_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
+pub const WORD_HASH_START: u64 = FNV_OFFSET_BASIS;
 
 /// One 64-bit word into a hash kept only inside this VM: a multiply and a shift
 /// per word, not per byte.

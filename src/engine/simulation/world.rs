@@ -230,8 +230,8 @@ struct Vm {
 struct Config {
     raw: String,
     bounds: Bounds,
-    lease_key: String,
-    heartbeat_key: String,
+    /// Its shared-data keys, as its VMs name them.
+    keys: ConfigKeys,
     fail_closed: bool,
 }
 
@@ -336,8 +336,7 @@ impl World {
         let raw = self.p.config(max_stale, fail_closed);
         let tick = (self.p.interval / 20).clamp(10, 50);
         self.configs.push(Config {
-            lease_key: ConfigKeys::new(raw.as_bytes()).lease().to_string(),
-            heartbeat_key: ConfigKeys::new(raw.as_bytes()).heartbeat().to_string(),
+            keys: ConfigKeys::new(raw.as_bytes()),
             raw,
             fail_closed,
             bounds: Bounds {
@@ -685,7 +684,7 @@ impl World {
                 if let Some(engine) = &mut vm.engine {
                     engine.on_tick(vm.clock_ms, &mut vm.outbox, &mut NoMetrics, &mut view);
                 }
-                let heartbeat_key = self.configs.get(vm.gen).map(|c| c.heartbeat_key.as_str());
+                let heartbeat_key = self.configs.get(vm.gen).map(|c| c.keys.heartbeat());
                 wrote_heartbeat = heartbeat_key.is_some_and(|key| view.written.contains(key));
             }
             Callback::Answer(token, answer) => {
@@ -767,12 +766,12 @@ impl World {
     fn leases(&self) -> Vec<Option<Lease>> {
         self.configs
             .iter()
-            .map(|c| self.store.value(&c.lease_key).and_then(Lease::decode))
+            .map(|c| self.store.value(c.keys.lease()).and_then(Lease::decode))
             .collect()
     }
 
     fn holds_lease(&self, vm: usize) -> bool {
-        let key = &self.configs[self.vms[vm].gen].lease_key;
+        let key = self.configs[self.vms[vm].gen].keys.lease();
         self.store
             .value(key)
             .and_then(Lease::decode)
