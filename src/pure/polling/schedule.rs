@@ -3,6 +3,9 @@
 //! lockstep, never two calls at once for one service, and no more than a bound in
 //! flight overall.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use crate::pure::config::DEFAULT_REFRESH_MS;
 
 /// Calls in flight to Nacos at most, over all services of one VM.
@@ -23,31 +26,32 @@ pub struct Scheduler {
     slots: Vec<Slot>,
     in_flight: usize,
     max_in_flight: usize,
-    /// Where the next scan starts, so a bound on calls never starves the last services.
-    cursor: usize,
-    /// No service can be due before this: a call before it returns at once instead of
-    /// scanning every service (it is asked after each answer, and ticks come 20 times
-    /// per interval).
-    next_wake_ms: u64,
+    /// Idle services by the time they are due, earliest first (ties: lowest index,
+    /// so a bound on calls takes services in turn and never starves the last ones).
+    /// Asked after each answer and on every tick, it looks at the services due
+    /// now and no others: with 1,000 services a scan of all of them on each answer
+    /// cost more than the answer itself. An entry whose time is no longer its
+    /// slot's, or whose slot is in flight, is stale and dropped when reached.
+    due: BinaryHeap<Reverse<(u64, usize)>>,
     rng: u64,
 }
 
 impl Scheduler {
     /// One slot per service, each with its interval; all due at once at first.
     pub fn new(intervals: impl IntoIterator<Item = u64>, seed: u64, max_in_flight: usize) -> Self {
+        let slots: Vec<Slot> = intervals
+            .into_iter()
+            .map(|interval_ms| Slot {
+                interval_ms: interval_ms.max(1),
+                next_due_ms: 0,
+                in_flight: false,
+            })
+            .collect();
         Self {
-            slots: intervals
-                .into_iter()
-                .map(|interval_ms| Slot {
-                    interval_ms: interval_ms.max(1),
-                    next_due_ms: 0,
-                    in_flight: false,
-                })
-                .collect(),
+            due: (0..slots.len()).map(|index| Reverse((0, index))).collect(),
+            slots,
             in_flight: 0,
             max_in_flight: max_in_flight.max(1),
-            cursor: 0,
-            next_wake_ms: 0,
             // xorshift must not start at zero.
             rng: seed | 1,
         }
@@ -60,8 +64,9 @@ impl Scheduler {
             next_due_ms: 0,
             in_flight: false,
         });
-        self.next_wake_ms = 0;
-        self.slots.len() - 1
+        let index = self.slots.len() - 1;
+        self.due.push(Reverse((0, index)));
+        index
     }
 
     /// How often the host should tick: fine enough that polls start on time and
@@ -99,28 +104,24 @@ impl Scheduler {
     /// stay due).
     pub fn take_due_where(&mut self, now_ms: u64, ready: impl Fn(usize) -> bool) -> Vec<usize> {
         let mut due = Vec::new();
-        if now_ms < self.next_wake_ms {
-            return due;
-        }
-        let count = self.slots.len();
-        let start = self.cursor;
-        let mut next_wake_ms = u64::MAX;
-        for step in 0..count {
-            if self.in_flight >= self.max_in_flight {
-                // The slots not scanned may be due: scan again next time.
-                next_wake_ms = now_ms;
+        let mut not_ready = Vec::new();
+        while self.in_flight < self.max_in_flight {
+            let Some(&Reverse((due_ms, index))) = self.due.peek() else {
+                break;
+            };
+            if due_ms > now_ms {
                 break;
             }
-            let index = (start + step) % count;
-            let Some(slot) = self.slots.get(index) else {
-                continue;
-            };
-            if slot.in_flight {
+            self.due.pop();
+            let idle_and_due = self
+                .slots
+                .get(index)
+                .is_some_and(|slot| !slot.in_flight && slot.next_due_ms == due_ms);
+            if !idle_and_due {
                 continue;
             }
-            if now_ms < slot.next_due_ms || !ready(index) {
-                // A slot `ready` refused stays due, and is asked again next time.
-                next_wake_ms = next_wake_ms.min(slot.next_due_ms.max(now_ms));
+            if !ready(index) {
+                not_ready.push(Reverse((due_ms, index)));
                 continue;
             }
             let jitter = self.next_jitter(index);
@@ -132,9 +133,9 @@ impl Scheduler {
                 now_ms + slot.interval_ms - jitter.min(slot.interval_ms / JITTER_DIVISOR);
             self.in_flight += 1;
             due.push(index);
-            self.cursor = (index + 1) % count;
         }
-        self.next_wake_ms = next_wake_ms;
+        // Refused services stay due, and are asked again next time.
+        self.due.extend(not_ready);
         due
     }
 
@@ -142,7 +143,9 @@ impl Scheduler {
     pub fn due_now(&mut self, index: usize, now_ms: u64) {
         if let Some(slot) = self.slots.get_mut(index) {
             slot.next_due_ms = slot.next_due_ms.min(now_ms);
-            self.next_wake_ms = self.next_wake_ms.min(slot.next_due_ms);
+            if !slot.in_flight {
+                self.due.push(Reverse((slot.next_due_ms, index)));
+            }
         }
     }
 
@@ -152,7 +155,7 @@ impl Scheduler {
             if slot.in_flight {
                 slot.in_flight = false;
                 self.in_flight = self.in_flight.saturating_sub(1);
-                self.next_wake_ms = self.next_wake_ms.min(slot.next_due_ms);
+                self.due.push(Reverse((slot.next_due_ms, index)));
             }
         }
     }
@@ -305,6 +308,45 @@ mod tests {
         let mut scheduler = Scheduler::new([1000, 1000], 1, 8);
         assert_eq!(scheduler.take_due_where(0, |index| index == 1), vec![1]);
         assert_eq!(scheduler.take_due_where(5, |_| true), vec![0]);
+    }
+
+    #[test]
+    fn under_the_bound_the_service_due_longest_goes_first() {
+        let mut scheduler = Scheduler::new([1000, 1000, 1000], 5, 3);
+        for index in scheduler.take_due(0) {
+            scheduler.finished(index);
+        }
+        let dues: Vec<u64> = scheduler.slots.iter().map(|s| s.next_due_ms).collect();
+        let mut order: Vec<usize> = (0..3).collect();
+        order.sort_by_key(|&index| (dues[index], index));
+        assert_ne!(order, [0, 1, 2], "this seed's jitter puts them out of turn");
+        scheduler.max_in_flight = 1;
+        let mut taken: Vec<usize> = Vec::new();
+        for _ in 0..3 {
+            let due = scheduler.take_due(2000);
+            assert_eq!(due.len(), 1);
+            taken.extend(&due);
+            scheduler.finished(due[0]);
+        }
+        assert_eq!(taken, order, "due at {dues:?}");
+    }
+
+    #[test]
+    fn a_service_made_due_again_and_again_is_polled_once() {
+        let mut scheduler = Scheduler::new([1000, 1000], 7, 32);
+        for index in scheduler.take_due(0) {
+            scheduler.finished(index);
+        }
+        for now in [10, 11, 12] {
+            scheduler.due_now(1, now);
+        }
+        assert_eq!(scheduler.take_due(20), vec![1]);
+        assert!(scheduler.take_due(30).is_empty());
+        scheduler.finished(1);
+        assert!(
+            scheduler.take_due(40).is_empty(),
+            "due again only an interval on"
+        );
     }
 
     #[test]
