@@ -17,7 +17,7 @@ use super::sharing::{self, Role, Sharing, LEASE_INTERVALS};
 use crate::pure::config::{AutoGuard, GuardSettings, NacosServer, PluginConfig, Routing, Scope};
 use crate::pure::polling::auth::{Refusal, TokenState};
 use crate::pure::polling::nacos::digest::AnswerDigest;
-use crate::pure::polling::nacos::request::{self, ServiceKey};
+use crate::pure::polling::nacos::request::{self, ListRequest, ServiceKey};
 use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
 use crate::pure::registry::instance::InstanceSet;
@@ -75,6 +75,8 @@ struct Target {
     learned: Option<Learned>,
     service: ServiceKey,
     query_clusters: Vec<String>,
+    /// Its list request but for the token, built once.
+    list: ListRequest,
     keys: ServiceKeys,
     snapshot: Snapshot,
     /// The last good answer, but the time Nacos stamps on each answer: an
@@ -250,6 +252,11 @@ impl Engine {
                     keys,
                     service: settings.service.clone(),
                     query_clusters: settings.filter.clusters.clone(),
+                    list: ListRequest::new(
+                        settings.server.api,
+                        &settings.service,
+                        &settings.filter.clusters,
+                    ),
                     snapshot: Snapshot::default(),
                     last_good: None,
                     failure_streak: 0,
@@ -574,12 +581,7 @@ impl Engine {
                 }
                 continue;
             }
-            let list = request::instance_list(
-                server.settings.api,
-                &target.service,
-                &target.query_clusters,
-                server.token.valid_token(now_ms),
-            );
+            let list = target.list.with_token(server.token.valid_token(now_ms));
             let call = OutgoingCall {
                 cluster: &server.settings.cluster,
                 authority: &server.settings.authority,

@@ -29,37 +29,57 @@ pub fn instance_list(
     clusters: &[String],
     access_token: Option<&str>,
 ) -> NacosRequest {
-    let mut query = Query::default();
-    match api {
-        ApiVersion::V1 => {
-            query.push("serviceName", &service.name);
-            query.push("groupName", &service.group);
-            query.push("namespaceId", &service.namespace_id);
-            if !clusters.is_empty() {
-                query.push("clusters", &clusters.join(","));
+    ListRequest::new(api, service, clusters).with_token(access_token)
+}
+
+/// One service's instance-list request but for its token, which is all that
+/// changes between polls: built once, not percent-encoded again every interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRequest {
+    path: String,
+}
+
+impl ListRequest {
+    pub fn new(api: ApiVersion, service: &ServiceKey, clusters: &[String]) -> Self {
+        let mut query = Query::default();
+        match api {
+            ApiVersion::V1 => {
+                query.push("serviceName", &service.name);
+                query.push("groupName", &service.group);
+                query.push("namespaceId", &service.namespace_id);
+                if !clusters.is_empty() {
+                    query.push("clusters", &clusters.join(","));
+                }
+            }
+            ApiVersion::V3 => {
+                query.push("namespaceId", &service.namespace_id);
+                query.push("groupName", &service.group);
+                query.push("serviceName", &service.name);
+                if !clusters.is_empty() {
+                    query.push("clusterName", &clusters.join(","));
+                }
             }
         }
-        ApiVersion::V3 => {
-            query.push("namespaceId", &service.namespace_id);
-            query.push("groupName", &service.group);
-            query.push("serviceName", &service.name);
-            if !clusters.is_empty() {
-                query.push("clusterName", &clusters.join(","));
-            }
+        query.push("healthyOnly", "false");
+        let base = match api {
+            ApiVersion::V1 => "/nacos/v1/ns/instance/list",
+            ApiVersion::V3 => "/nacos/v3/client/ns/instance/list",
+        };
+        Self {
+            path: format!("{base}?{}", query.0),
         }
     }
-    query.push("healthyOnly", "false");
-    if let Some(token) = access_token {
-        query.push("accessToken", token);
-    }
-    let base = match api {
-        ApiVersion::V1 => "/nacos/v1/ns/instance/list",
-        ApiVersion::V3 => "/nacos/v3/client/ns/instance/list",
-    };
-    NacosRequest {
-        method: "GET",
-        path: format!("{base}?{}", query.0),
-        body: None,
+
+    pub fn with_token(&self, access_token: Option<&str>) -> NacosRequest {
+        let mut query = Query(self.path.clone());
+        if let Some(token) = access_token {
+            query.push("accessToken", token);
+        }
+        NacosRequest {
+            method: "GET",
+            path: query.0,
+            body: None,
+        }
     }
 }
 
@@ -149,6 +169,20 @@ mod tests {
             "{}",
             request.path
         );
+    }
+
+    #[test]
+    fn a_list_request_built_once_carries_each_token_alone() {
+        let list = ListRequest::new(ApiVersion::V1, &demo(), &[]);
+        let first = list.with_token(Some("first"));
+        let second = list.with_token(Some("second"));
+        let none = list.with_token(None);
+        assert!(first.path.ends_with("&healthyOnly=false&accessToken=first"));
+        assert!(second
+            .path
+            .ends_with("&healthyOnly=false&accessToken=second"));
+        assert!(!second.path.contains("first"), "{}", second.path);
+        assert!(none.path.ends_with("&healthyOnly=false"), "{}", none.path);
     }
 
     #[test]
