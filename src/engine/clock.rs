@@ -32,6 +32,25 @@ impl GatewayClock {
         self.last = Some(reading);
         reading.gateway_ms
     }
+
+    /// Like [`now`](Self::now), but when this VM's own last reading is at most one
+    /// tick old it moves on from that one without the shared reading: the two
+    /// agree within a tick anyway. Answers from Nacos come a thousand times a
+    /// second at 1,000 services, and reading and writing the shared reading on
+    /// each was two of the host calls an answer cost. A VM whose thread stood
+    /// still longer (its last reading is older) reads the shared one as usual.
+    pub fn now_between_ticks(&mut self, wall_ms: u64, store: &mut dyn SharedStore) -> u64 {
+        match self.last {
+            Some(own)
+                if wall_ms >= own.wall_ms && wall_ms - own.wall_ms <= clock::STEP_COUNTS_AS_MS =>
+            {
+                let reading = clock::advance(Some(own), wall_ms);
+                self.last = Some(reading);
+                reading.gateway_ms
+            }
+            _ => self.now(wall_ms, store),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -52,6 +71,33 @@ mod tests {
         let after_second = second.now(9 * HOUR + 30, &mut store);
         assert_eq!(after_first, 10 * HOUR + 60);
         assert_eq!(after_second, 10 * HOUR + 70);
+    }
+
+    #[test]
+    fn between_ticks_a_recent_own_reading_moves_on_without_the_store() {
+        let mut store = FakeStore::default();
+        let mut clock = GatewayClock::default();
+        assert_eq!(clock.now(10 * HOUR, &mut store), 10 * HOUR);
+        // Another VM's later reading is not seen within the tick...
+        store.set(published::CLOCK_KEY, b"0:36000900", None);
+        assert_eq!(
+            clock.now_between_ticks(10 * HOUR + 30, &mut store),
+            10 * HOUR + 30
+        );
+        // ...and is, once this VM's own reading is older than a tick.
+        assert_eq!(
+            clock.now_between_ticks(10 * HOUR + 100, &mut store),
+            36_000_900 + clock::STEP_COUNTS_AS_MS
+        );
+    }
+
+    #[test]
+    fn between_ticks_a_step_back_still_reads_the_store() {
+        let mut store = FakeStore::default();
+        let mut clock = GatewayClock::default();
+        let before = clock.now(10 * HOUR, &mut store);
+        let after = clock.now_between_ticks(9 * HOUR, &mut store);
+        assert_eq!(after, before + clock::STEP_COUNTS_AS_MS);
     }
 
     #[test]

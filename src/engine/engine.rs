@@ -627,7 +627,7 @@ impl Engine {
         let leading = self
             .sharing
             .as_ref()
-            .is_none_or(|sharing| sharing.still_leading(store));
+            .is_none_or(|sharing| sharing.still_leading(now_ms, store));
         let answered = match pending {
             Pending::List {
                 target,
@@ -1131,6 +1131,7 @@ impl Engine {
     fn link_of(
         &mut self,
         owns: impl Fn(&Link) -> bool,
+        now_ms: u64,
         outbox: &mut dyn Outbox,
         metrics: &mut dyn Metrics,
         store: &dyn SharedStore,
@@ -1139,7 +1140,7 @@ impl Engine {
         let leading = self
             .sharing
             .as_ref()
-            .is_none_or(|sharing| sharing.still_leading(store));
+            .is_none_or(|sharing| sharing.still_leading(now_ms, store));
         if !leading {
             self.stop_push(outbox, metrics);
             return None;
@@ -1191,7 +1192,7 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        let Some(server) = self.link_of(owns, outbox, metrics, store) else {
+        let Some(server) = self.link_of(owns, now_ms, outbox, metrics, store) else {
             return;
         };
         let link = self.servers.get_mut(server).and_then(|s| s.push.as_mut());

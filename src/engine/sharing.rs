@@ -33,6 +33,8 @@ pub struct Sharing {
     vm_id: u64,
     lease_ttl_ms: u64,
     leading: bool,
+    /// When the lease this VM last took or renewed runs out.
+    lease_expires_ms: u64,
     /// The compare-and-swap token of the last heartbeat read, so an unchanged one
     /// is not decoded again.
     heartbeat_seen: Option<u32>,
@@ -57,6 +59,7 @@ impl Sharing {
             vm_id: vm_id.max(1),
             lease_ttl_ms,
             leading: false,
+            lease_expires_ms: 0,
             heartbeat_seen: None,
             heartbeat_written: Vec::new(),
             urgent_written: None,
@@ -88,7 +91,11 @@ impl Sharing {
                     LeaseStep::Follow => false,
                     LeaseStep::Renew | LeaseStep::TakeOver => {
                         let lease = Lease::granted(self.vm_id, now_ms, self.lease_ttl_ms);
-                        cas.is_some() && store.set(key, lease.encode().as_bytes(), cas)
+                        let won = cas.is_some() && store.set(key, lease.encode().as_bytes(), cas);
+                        if won {
+                            self.lease_expires_ms = lease.expires_at_ms;
+                        }
+                        won
                     }
                 }
             }
@@ -109,16 +116,27 @@ impl Sharing {
         }
     }
 
-    /// Whether this VM still holds the lease, read afresh: a poller that lost it
-    /// while its call was out must not publish the late answer.
-    pub fn still_leading(&self, store: &dyn SharedStore) -> bool {
-        self.leading
-            && store
-                .get(self.keys.lease())
-                .0
-                .as_deref()
-                .and_then(Lease::decode)
-                .is_some_and(|lease| lease.holder == self.vm_id)
+    /// Whether this VM still holds the lease at `now_ms`: a poller that lost it
+    /// while its call was out must not publish the late answer. No VM takes a
+    /// lease before it runs out, and the VMs' clocks agree within a tick; so while
+    /// more than an interval is left of the lease this VM last renewed, it is
+    /// still its own without reading it (an answer would otherwise read it, a
+    /// host call, a thousand times a second at 1,000 services). Nearer its end,
+    /// or after this VM stood still, it is read afresh.
+    pub fn still_leading(&self, now_ms: u64, store: &dyn SharedStore) -> bool {
+        if !self.leading {
+            return false;
+        }
+        let margin_ms = self.lease_ttl_ms / LEASE_INTERVALS;
+        if now_ms.saturating_add(margin_ms) < self.lease_expires_ms {
+            return true;
+        }
+        store
+            .get(self.keys.lease())
+            .0
+            .as_deref()
+            .and_then(Lease::decode)
+            .is_some_and(|lease| lease.holder == self.vm_id)
     }
 
     /// Each service's health as the poller last published it; `None` when the
@@ -353,10 +371,29 @@ mod tests {
         let (mut a, mut b) = (sharing(1), sharing(2));
         a.coordinate(0, &mut store);
         a.coordinate(10, &mut store);
-        assert!(a.still_leading(&store));
+        assert!(a.still_leading(20, &store));
         // a stalls; b takes over after the lease ran out.
         b.coordinate(5_000, &mut store);
-        assert!(!a.still_leading(&store));
+        assert!(!a.still_leading(5_000, &store));
+    }
+
+    #[test]
+    fn a_lease_with_more_than_an_interval_left_is_not_read() {
+        let mut store = FakeStore::default();
+        let mut a = sharing(1);
+        a.coordinate(0, &mut store);
+        a.coordinate(10, &mut store);
+        // Whatever the store says now (a lease is never taken before it runs
+        // out), a lease renewed at 10 is a's until an interval before 3,010...
+        let keys = ConfigKeys::new(b"{}");
+        store.set(
+            keys.lease(),
+            Lease::granted(2, 20, TTL).encode().as_bytes(),
+            None,
+        );
+        assert!(a.still_leading(2_000, &store));
+        // ...and read afresh from then on.
+        assert!(!a.still_leading(2_010, &store));
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl Context for GuardRoot {
                 .unwrap_or_default()
         });
         let answer = status.zip(body.as_deref());
-        let now = vm.read_clock();
+        let now = vm.read_clock_between_ticks();
         vm.engine.on_answer(
             token,
             answer,
@@ -77,7 +77,7 @@ impl Context for GuardRoot {
         let answer = (status_code == GRPC_OK)
             .then(|| read_grpc_message(response_size))
             .flatten();
-        let now = vm.read_clock();
+        let now = vm.read_clock_between_ticks();
         vm.engine.on_grpc_answer(
             token,
             answer.as_deref(),
@@ -95,7 +95,7 @@ impl Context for GuardRoot {
         let Some(message) = read_grpc_message(message_size) else {
             return;
         };
-        let now = vm.read_clock();
+        let now = vm.read_clock_between_ticks();
         vm.engine.on_push_message(
             token,
             &message,
@@ -108,7 +108,7 @@ impl Context for GuardRoot {
 
     fn on_grpc_stream_close(&mut self, token: u32, _status_code: u32) {
         if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
-            let now = vm.read_clock();
+            let now = vm.read_clock_between_ticks();
             vm.engine.on_push_closed(token, now, &mut HostMetrics);
         }
     }

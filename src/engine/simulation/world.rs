@@ -688,7 +688,8 @@ impl World {
                 wrote_heartbeat = heartbeat_key.is_some_and(|key| view.written.contains(key));
             }
             Callback::Answer(token, answer) => {
-                vm.clock_ms = vm.clock.now(wall, &mut view);
+                // As the host reads it between ticks (`VmState::read_clock_between_ticks`).
+                vm.clock_ms = vm.clock.now_between_ticks(wall, &mut view);
                 let status = answer.as_ref().map(|(status, _)| *status);
                 line = format!("VM {v} answer #{token}: {status:?}");
                 if let Some(engine) = &mut vm.engine {
