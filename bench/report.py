@@ -11,6 +11,7 @@ from higress_path import GOAL, HOST_COUNTS
 from instructions import MINIMAL_HOST_CALLS, MINIMAL_PLAIN, PLUGIN_GUARDED
 from measure import fmt_kb, fmt_profile, median
 from overhead import AGREE, BASES, MINIMAL, NO_FILTER, ROUTE_FLOOR, agreement, fmt_ratio, goals, ratio
+from scale import FLOOR, FLOOR_CALLS, fmt_rest
 
 RESULTS_MD = HERE / "results.md"
 
@@ -127,6 +128,15 @@ def build_report(res: dict, args) -> tuple:
                 )
             if w.get("profile"):
                 row(f"scale {n}: perf profile during wrk", fmt_profile(w["profile"]))
+    for conc, o in res.get("rest_floor", {}).items():
+        plugin, floor, calls = o["plugin"], o[FLOOR], o[FLOOR_CALLS]
+        row(
+            f"scale {o['count']} at rest, concurrency {conc}, next to the polling floor (the minimal filter sending "
+            f"the same list calls on the same schedule) and the floor that also makes the plugin's host calls per "
+            f"answer, all three on the gateway CPU at once, {o['windows']} windows: CPU, calls, ratio to the floor "
+            "(median, min-max); the three share one CPU, so each reads higher than alone (rows above)",
+            f"plugin {fmt_rest(plugin)}; floor {fmt_rest(floor)}; with the answer calls {fmt_rest(calls)}",
+        )
     for name, o in res.get("scale_extra", {}).items():
         w = o.get("wrk")
         paired = o.get("paired")

@@ -26,7 +26,9 @@ Sections (each also selectable with ``--only``):
              instance, at refreshIntervalMs 1000 and 200 and by push (with r-nacos's
              push delay from its log), under a steady request stream
   scale      1, 100 and 1000 guarded services (10 instances each): poll round time,
-             calls in flight, memory, CPU at rest and per-request cost
+             calls in flight, memory, CPU at rest and per-request cost; at 1000, CPU
+             at rest next to the polling floor (the minimal filter sending the same
+             list calls on the same schedule) at the same time
   learned    guardNacosRoutes: first request to a new service -> its first poll; the
              per-request cost of a learned service against a configured one
 
@@ -132,6 +134,13 @@ def main() -> int:
         default="2,4",
         help="extra runs with the most services at these concurrencies (CPU at rest)",
     )
+    ap.add_argument(
+        "--rest-floor-concurrency",
+        default="1,4",
+        help="scale: the most services at rest next to the polling floor, at these concurrencies",
+    )
+    ap.add_argument("--rest-floor-windows", type=int, default=7)
+    ap.add_argument("--rest-floor-seconds", type=float, default=4.0)
     ap.add_argument("--criterion-seconds", type=float, default=2.0)
     ap.add_argument("--skip-criterion", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
@@ -148,6 +157,7 @@ def main() -> int:
         args.higress_requests, args.higress_rounds = 2000, 2
         args.trials_1000, args.trials_200, args.trials_push = 4, 5, 5
         args.load_window, args.scale_window, args.criterion_seconds = 4.0, 4.0, 0.5
+        args.rest_floor_windows, args.rest_floor_seconds = 2, 2.0
     if args.push_load_window is None:
         args.push_load_window = 15.0 if args.quick else 60.0
     if args.repeat is None:
@@ -156,6 +166,7 @@ def main() -> int:
     if args.pin:
         PIN.update(gateway="0", load="1")
     args.scale_follower_concurrency = [int(x) for x in args.scale_follower_concurrency.split(",") if x]
+    args.rest_floor_concurrency = [int(x) for x in args.rest_floor_concurrency.split(",") if x]
     only = [s.strip() for s in args.only.split(",") if s.strip()]
 
     for tool in ("wrk", "cargo"):

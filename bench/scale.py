@@ -1,5 +1,6 @@
 """Section ``scale``: 1, 100 and 1000 guarded services (10 instances each): poll round
-time, calls in flight, memory, CPU at rest and per-request cost."""
+time, calls in flight, memory, CPU at rest and per-request cost; and CPU at rest with
+the most services next to the polling floor, the minimal filter making the same calls."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from measure import (
     wrk_profiled,
 )
 
-from testbed.envoy import DirectResponseEnvoy, Envoy, route
+from testbed.envoy import NACOS_CLUSTER, DirectResponseEnvoy, Envoy, route
 from testbed.higress import plugin_config, with_rules
 from testbed.rnacos import RNacos
 from testbed.waiting import wait_until
@@ -230,6 +231,80 @@ def paired_with_reference(args, envoy: Envoy, reference: dict) -> dict:
     return out
 
 
+# The list call the plugin sends for service svc-<i> (v1, no clusters, no token),
+# with ``{}`` for the number: the polling floor sends the same.
+LIST_PATH = "/nacos/v1/ns/instance/list?serviceName=svc-{}&groupName=DEFAULT_GROUP&namespaceId=public&healthyOnly=false"
+FLOOR = "polling floor"
+FLOOR_CALLS = "polling floor with the plugin's answer calls"
+
+
+def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseEnvoy, count: int, concurrency: int):
+    """The plugin guarding ``count`` services at rest, next to the minimal filter
+    sending the same list calls on the same schedule (the polling floor: what any
+    plugin polling them through Envoy pays) and the floor that also makes the host
+    calls the plugin makes on each answer; all three at once, over
+    ``args.rest_floor_windows`` windows of ``args.rest_floor_seconds`` s. Per window:
+    each one's CPU (schedstat) and Nacos calls; the ratios are the medians of the
+    per-window ratios to the floor."""
+    routes, cfg = scale_routes(count)
+    plugin = gateway(work, nacos.http_port, backend.ports, cfg, concurrency=concurrency, routes=routes)
+    poll = f"{NACOS_CLUSTER};127.0.0.1:{nacos.http_port};{LIST_PATH};{count};{cfg.get('refreshIntervalMs', 1000)};32"
+    envoys = {
+        "plugin": plugin,
+        FLOOR: gateway(
+            work, nacos.http_port, backend.ports, {}, concurrency=concurrency, routes=routes, minimal_ops=f"poll={poll}"
+        ),
+        FLOOR_CALLS: gateway(
+            work,
+            nacos.http_port,
+            backend.ports,
+            {},
+            concurrency=concurrency,
+            routes=routes,
+            minimal_ops=f"poll={poll};answer",
+        ),
+    }
+    wait_first_snapshot(plugin, "/svc-0", "svc-0", timeout=60)
+    time.sleep(2.0)  # past every first round
+    windows = []
+    for _ in range(args.rest_floor_windows):
+        calls0 = {k: e.stat(f"{NACOS_STAT}.upstream_rq_total") for k, e in envoys.items()}
+        t0 = time.monotonic()
+        cpu = cpu_at_rest(envoys, args.rest_floor_seconds)
+        dt = time.monotonic() - t0
+        calls = {k: (e.stat(f"{NACOS_STAT}.upstream_rq_total") - calls0[k]) / dt for k, e in envoys.items()}
+        windows.append({"cpu": cpu, "calls": calls})
+    for e in envoys.values():
+        OWNER.stop(e)
+    out = {"count": count, "concurrency": concurrency, "windows": len(windows)}
+    for k in envoys:
+        cpus = [w["cpu"][k] for w in windows]
+        per_call = [w["cpu"][k] / w["calls"][k] * 1e6 for w in windows if w["calls"][k] > 0]
+        out[k] = {
+            "cpu": median(cpus),
+            "cpu_spread": spread(cpus)[1:],
+            "calls": median([w["calls"][k] for w in windows]),
+            "us_per_call": median(per_call) if per_call else 0.0,
+        }
+        if k != FLOOR:
+            ratios = [w["cpu"][k] / w["cpu"][FLOOR] for w in windows if w["cpu"][FLOOR] > 0]
+            out[k]["ratio"] = spread(ratios)
+    log(
+        f"{count} services at rest, concurrency {concurrency}, {len(windows)} windows of {args.rest_floor_seconds} s: "
+        + "; ".join(f"{k} {fmt_rest(out[k])}" for k in envoys)
+    )
+    return out
+
+
+def fmt_rest(o: dict) -> str:
+    """One gateway of ``rest_against_floor``."""
+    text = f"{o['cpu'] * 100:.2f}% of a core, {o['calls']:.0f} calls/s, {o['us_per_call']:.1f} us per call"
+    if "ratio" in o:
+        med, lo, hi = o["ratio"]
+        text += f", {med:.2f} ({lo:.2f}-{hi:.2f}) of the floor"
+    return text
+
+
 def section_scale(args, res: dict, work: Path) -> None:
     """Pinned as the overhead section is: paired gateways share the gateway CPU."""
     with Pinned() as pinned:
@@ -264,6 +339,9 @@ def _section_scale(args, res: dict, work: Path) -> None:
     extra = {}
     for conc in args.scale_follower_concurrency:
         extra[f"concurrency {conc}"] = scale_run(args, work, nacos, backend, top, concurrency=conc, full=False)
+    res["rest_floor"] = {
+        conc: rest_against_floor(args, work, nacos, backend, top, conc) for conc in args.rest_floor_concurrency
+    }
     paused = scale_run(
         args, work, nacos, backend, top, interval_ms=600000, full=False, do_wrk=True, reference=reference
     )
