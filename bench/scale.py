@@ -245,7 +245,8 @@ def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseE
     calls the plugin makes on each answer; all three at once, over
     ``args.rest_floor_windows`` windows of ``args.rest_floor_seconds`` s. Per window:
     each one's CPU (schedstat) and Nacos calls; the ratios are the medians of the
-    per-window ratios to the floor."""
+    per-window ratios to the floor. Then the floor alone over two windows: three
+    gateways on one CPU each read higher than one alone."""
     routes, cfg = scale_routes(count)
     plugin = gateway(work, nacos.http_port, backend.ports, cfg, concurrency=concurrency, routes=routes)
     poll = f"{NACOS_CLUSTER};127.0.0.1:{nacos.http_port};{LIST_PATH};{count};{cfg.get('refreshIntervalMs', 1000)};32"
@@ -274,9 +275,13 @@ def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseE
         dt = time.monotonic() - t0
         calls = {k: (e.stat(f"{NACOS_STAT}.upstream_rq_total") - calls0[k]) / dt for k, e in envoys.items()}
         windows.append({"cpu": cpu, "calls": calls})
-    for e in envoys.values():
-        OWNER.stop(e)
-    out = {"count": count, "concurrency": concurrency, "windows": len(windows)}
+    # The floor alone, as the plugin's CPU at rest is measured alone in scale_run.
+    OWNER.stop(envoys["plugin"])
+    OWNER.stop(envoys[FLOOR_CALLS])
+    time.sleep(1.0)
+    alone = [cpu_at_rest({FLOOR: envoys[FLOOR]}, args.rest_floor_seconds)[FLOOR] for _ in range(2)]
+    OWNER.stop(envoys[FLOOR])
+    out = {"count": count, "concurrency": concurrency, "windows": len(windows), "floor_alone": median(alone)}
     for k in envoys:
         cpus = [w["cpu"][k] for w in windows]
         per_call = [w["cpu"][k] / w["calls"][k] * 1e6 for w in windows if w["calls"][k] > 0]
@@ -292,6 +297,7 @@ def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseE
     log(
         f"{count} services at rest, concurrency {concurrency}, {len(windows)} windows of {args.rest_floor_seconds} s: "
         + "; ".join(f"{k} {fmt_rest(out[k])}" for k in envoys)
+        + f"; the floor alone {out['floor_alone'] * 100:.2f}% of a core"
     )
     return out
 
