@@ -134,7 +134,7 @@ def build_report(res: dict, args) -> tuple:
             f"scale {o['count']} at rest, concurrency {conc}, next to the polling floor (the minimal filter sending "
             f"the same list calls on the same schedule) and the floor that also makes the plugin's host calls per "
             f"answer, all three on the gateway CPU at once, {o['windows']} windows: CPU, calls, ratio to the floor "
-            "(median, min-max); the three share one CPU, so each reads higher than alone (the plugin alone: above)",
+            "(median, min-max); the three share one CPU (the plugin alone: above)",
             f"plugin {fmt_rest(plugin)}; floor {fmt_rest(floor)}; with the answer calls {fmt_rest(calls)}; "
             f"the floor alone afterwards {o['floor_alone'] * 100:.1f}% of a core",
         )

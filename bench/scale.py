@@ -245,8 +245,8 @@ def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseE
     calls the plugin makes on each answer; all three at once, over
     ``args.rest_floor_windows`` windows of ``args.rest_floor_seconds`` s. Per window:
     each one's CPU (schedstat) and Nacos calls; the ratios are the medians of the
-    per-window ratios to the floor. Then the floor alone over two windows: three
-    gateways on one CPU each read higher than one alone."""
+    per-window ratios to the floor. Then the floor alone over two windows, as the
+    plugin's CPU at rest is measured alone (scale_run)."""
     routes, cfg = scale_routes(count)
     plugin = gateway(work, nacos.http_port, backend.ports, cfg, concurrency=concurrency, routes=routes)
     poll = f"{NACOS_CLUSTER};127.0.0.1:{nacos.http_port};{LIST_PATH};{count};{cfg.get('refreshIntervalMs', 1000)};32"
