@@ -14,7 +14,7 @@ use crate::pure::registry::snapshot::Health;
 const PLUGIN: &str = "nacos-instance-guard";
 
 /// The gateway clock's last reading, shared by every configuration: a constant,
-/// as it is read and written on every answer and every tick.
+/// as every VM reads and writes it on every tick.
 pub const CLOCK_KEY: &str = "nacos-instance-guard.clock";
 
 /// Learned services, one cluster name a line, in the order they were learned.
@@ -30,8 +30,8 @@ pub fn decode_learned(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Keys of one configuration. The lease and the heartbeat are read on every
-/// answer and tick, so their names are made once.
+/// Keys of one configuration. The lease and the heartbeat are read on most
+/// ticks of every VM, so their names are made once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigKeys {
     prefix: String,

@@ -19,21 +19,12 @@ pub struct ServiceKey {
     pub name: String,
 }
 
-/// The instance-list request for `service`. `clusters` is passed on where the API
-/// takes it, though the plugin filters clusters itself (r-nacos ignores it).
-/// `healthyOnly=false` so that unhealthy instances and the protection flag are seen
-/// and judged here, the same on every server.
-pub fn instance_list(
-    api: ApiVersion,
-    service: &ServiceKey,
-    clusters: &[String],
-    access_token: Option<&str>,
-) -> NacosRequest {
-    ListRequest::new(api, service, clusters).with_token(access_token)
-}
-
 /// One service's instance-list request but for its token, which is all that
 /// changes between polls: built once, not percent-encoded again every interval.
+/// `clusters` is passed on where the API takes it, though the plugin filters
+/// clusters itself (r-nacos ignores it). `healthyOnly=false` so that unhealthy
+/// instances and the protection flag are seen and judged here, the same on every
+/// server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListRequest {
     path: String,
@@ -145,7 +136,7 @@ mod tests {
 
     #[test]
     fn v1_list_names_service_group_namespace_and_asks_for_all_instances() {
-        let request = instance_list(ApiVersion::V1, &demo(), &[], None);
+        let request = ListRequest::new(ApiVersion::V1, &demo(), &[]).with_token(None);
         assert_eq!(request.method, "GET");
         assert_eq!(
             request.path,
@@ -158,7 +149,8 @@ mod tests {
     #[test]
     fn v1_list_carries_clusters_and_token() {
         let clusters = vec!["A".to_string(), "B".to_string()];
-        let request = instance_list(ApiVersion::V1, &demo(), &clusters, Some("tok+en/="));
+        let request =
+            ListRequest::new(ApiVersion::V1, &demo(), &clusters).with_token(Some("tok+en/="));
         assert!(
             request.path.contains("&clusters=A%2CB&"),
             "{}",
@@ -192,7 +184,8 @@ mod tests {
             group: "g&1".into(),
             name: "order@svc".into(),
         };
-        let request = instance_list(ApiVersion::V3, &service, &["A".to_string()], Some("t"));
+        let request =
+            ListRequest::new(ApiVersion::V3, &service, &["A".to_string()]).with_token(Some("t"));
         assert_eq!(
             request.path,
             "/nacos/v3/client/ns/instance/list?namespaceId=dev%20ns&groupName=g%261\
