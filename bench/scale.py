@@ -287,7 +287,6 @@ def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseE
         per_call = [w["cpu"][k] / w["calls"][k] * 1e6 for w in windows if w["calls"][k] > 0]
         out[k] = {
             "cpu": median(cpus),
-            "cpu_spread": spread(cpus)[1:],
             "calls": median([w["calls"][k] for w in windows]),
             "us_per_call": median(per_call) if per_call else 0.0,
         }
