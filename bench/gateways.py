@@ -21,11 +21,10 @@ from testbed.rnacos import RNacos
 HERE = REPO / "bench"
 MINIMAL_DIR = HERE / "minimal-filter"
 MINIMAL_TARGET_DIR = REPO / "target" / "minimal-filter"
-# What the plugin asks Envoy on a guarded header-mode request, as minimal-filter
-# operations: the protected headers, the route name, the pin header.
-PLUGIN_HOST_CALLS = (
-    "get=x-gateway-destination-endpoint,get=x-envoy-original-dst-host,prop=xds.route_name,get=x-nacos-instance"
-)
+# What the plugin asks Envoy on a routed header-mode request, as minimal-filter
+# operations: the route name, the pin header, the protected header its route does not
+# set (the set replaces the other).
+PLUGIN_HOST_CALLS = "prop=xds.route_name,get=x-nacos-instance,get=x-envoy-original-dst-host"
 MINIMAL_WASM = MINIMAL_TARGET_DIR / "wasm32-wasip1" / "release" / "minimal_filter.wasm"
 NACOS_STAT = f"cluster.{NACOS_CLUSTER}"
 PIN = {"gateway": None, "load": None}

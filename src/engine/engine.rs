@@ -48,6 +48,9 @@ pub enum RequestAction<'a> {
     Route {
         endpoint: &'a str,
         routing: &'a Routing,
+        /// The protected headers the routing does not set itself: a set replaces
+        /// what the client sent, the others must be removed.
+        clear: &'a [String],
     },
     Reject(&'a RejectResponse),
 }
@@ -121,6 +124,8 @@ struct Guard {
     /// Requests decided since the last tick, counted into `metrics` on the tick.
     counts: RequestCounts,
     rejections: Rejections,
+    /// `Engine::protected_headers` without the one this guard's routing sets.
+    clear_on_route: Vec<String>,
 }
 
 enum Pending {
@@ -274,7 +279,14 @@ impl Engine {
                 id
             });
         let view = settings.filter.view_name();
+        let clear_on_route = self
+            .protected_headers
+            .iter()
+            .filter(|name| !matches!(&settings.routing, Routing::Header(own) if own == *name))
+            .cloned()
+            .collect();
         self.guards.push(Guard {
+            clear_on_route,
             rejections: Rejections::prepare(
                 settings.reject_status,
                 &settings.service.name,
@@ -883,6 +895,7 @@ impl Engine {
             Decision::Route { endpoint, .. } => RequestAction::Route {
                 endpoint,
                 routing: &guard.settings.routing,
+                clear: &guard.clear_on_route,
             },
             Decision::Reject(code) => RequestAction::Reject(guard.rejections.get(code)),
             Decision::PassThrough => RequestAction::PassThrough,

@@ -1,6 +1,6 @@
 use super::fakes::{outcome, FakeMetrics, FakeOutbox, FakeRequest, FakeStore};
 use super::*;
-use crate::pure::config::{parse, Capabilities};
+use crate::pure::config::{parse, Capabilities, Routing};
 use crate::testing::test;
 
 const ENVOY: Capabilities = Capabilities {
@@ -382,4 +382,45 @@ fn answers_that_differ_only_in_nacos_stamps_confirm_the_snapshot() {
     assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 7);
     assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 0);
     assert_eq!(h.decide("default/demo-strict", 8500, None), "10.0.0.2:80");
+}
+
+#[test]
+fn a_routed_request_clears_every_protected_header_but_the_one_its_route_sets() {
+    const TWO_HEADERS: &str = r#"{
+        "nacos": {"cluster": "outbound|8848||nacos.dns"},
+        "_rules_": [
+            {"_match_route_": ["default/demo"], "service": {"name": "demo"}},
+            {"_match_route_": ["default/dest"], "service": {"name": "demo"},
+             "routingHeader": "x-dest"}
+        ]
+    }"#;
+    let mut h = Harness::new(TWO_HEADERS);
+    h.poll(0, Some((200, TWO)));
+    let protected = h.engine.protected_headers().to_vec();
+    assert_eq!(
+        protected,
+        [
+            "x-gateway-destination-endpoint",
+            "x-envoy-original-dst-host",
+            "x-dest"
+        ]
+    );
+    let mut cleared = |route: &'static str| {
+        let mut request = FakeRequest::on(route);
+        match h
+            .engine
+            .on_request(10, &mut request, &mut h.metrics, &mut h.store)
+        {
+            RequestAction::Route { routing, clear, .. } => (routing.clone(), clear.to_vec()),
+            _ => panic!("{route} was not routed"),
+        }
+    };
+    for route in ["default/demo", "default/dest"] {
+        let (routing, clear) = cleared(route);
+        let Routing::Header(set) = routing else {
+            panic!("{route}: header routing expected");
+        };
+        let others: Vec<String> = protected.iter().filter(|n| **n != set).cloned().collect();
+        assert_eq!(clear, others, "{route} sets {set}");
+    }
 }

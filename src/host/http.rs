@@ -34,21 +34,30 @@ impl HttpContext for GuardHttp {
             engine,
             clock_ms,
             property_style,
+            protected_headers,
             ..
         } = &mut *vm;
-        // Whatever happens next, a client never chooses the endpoint itself. Read
-        // first: every removal is a header change, and Higress clears the route
-        // cache on each one (higress-group/envoy
+        let mut request = HostRequest::new(property_style, *clock_ms);
+        let action = engine.on_request(*clock_ms, &mut request, &mut HostMetrics, &mut HostStore);
+        // Whatever the engine decided, a client never chooses the endpoint itself.
+        // A routed request clears all but the header its route sets, which the set
+        // replaces. Each is read first: every removal is a header change, and
+        // Higress clears the route cache on each one (higress-group/envoy
         // source/extensions/common/wasm/context.cc `removeHeaderMapValue`), which
         // would re-match the route of every request.
-        for name in engine.protected_headers() {
+        let clear = match &action {
+            RequestAction::Route { clear, .. } => clear,
+            _ => protected_headers.as_slice(),
+        };
+        for name in clear {
             if self.get_http_request_header_bytes(name).is_some() {
                 self.set_http_request_header(name, None);
             }
         }
-        let mut request = HostRequest::new(property_style, *clock_ms);
-        match engine.on_request(*clock_ms, &mut request, &mut HostMetrics, &mut HostStore) {
-            RequestAction::Route { endpoint, routing } => route(routing, endpoint),
+        match action {
+            RequestAction::Route {
+                endpoint, routing, ..
+            } => route(routing, endpoint),
             RequestAction::Reject(rejection) => {
                 self.send_http_response(
                     rejection.status,

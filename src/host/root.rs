@@ -166,6 +166,7 @@ impl RootContext for GuardRoot {
             engine.tick_period_ms()
         );
         let mut vm = VmState {
+            protected_headers: engine.protected_headers().to_vec(),
             engine,
             clock: GatewayClock::default(),
             clock_ms: 0,

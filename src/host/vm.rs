@@ -23,6 +23,9 @@ pub struct VmState {
     pub clock_ms: u64,
     /// Learned from the first request that finds a property, then asked directly.
     pub property_style: Option<PropertyStyle>,
+    /// `Engine::protected_headers`, kept here so a request can clear them while
+    /// the engine's answer still borrows the engine.
+    pub protected_headers: Vec<String>,
 }
 
 impl VmState {
