@@ -138,6 +138,18 @@ def build_report(res: dict, args) -> tuple:
             f"plugin {fmt_rest(plugin)}; floor {fmt_rest(floor)}; with the answer calls {fmt_rest(calls)}; "
             f"the floor alone afterwards {o['floor_alone'] * 100:.1f}% of a core",
         )
+    floor = res.get("floor_under_load")
+    if floor and "scale" in res:
+        top = max(res["scale"])
+        plugin = res["scale"][top].get("paired")
+        row(
+            f"scale {top}: the polling floor under load: requests through the minimal filter sending the "
+            f"plugin's list calls for {top} services on its schedule, CPU per request of the same filter polling "
+            "nothing over it, paired as the plugin is with its one-service gateway; the plugin's figure over it",
+            f"{floor['ratio']:.3f} ({floor['min']:.3f}-{floor['max']:.3f}): {floor['cpu_us']:.1f} against "
+            f"{floor['reference_cpu_us']:.1f} us{fmt_paired_rest(floor)}"
+            + (f"; the plugin {plugin['ratio'] / floor['ratio']:.3f} of it" if plugin else ""),
+        )
     for name, o in res.get("scale_extra", {}).items():
         w = o.get("wrk")
         paired = o.get("paired")

@@ -91,8 +91,8 @@ def main() -> int:
         "--pin", action="store_true", help="pin the gateway to CPU 0 and wrk and the backend to CPU 1 (taskset)"
     )
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--overhead-rounds", type=int, default=9, help="overhead: rounds, each running every variant")
-    ap.add_argument("--overhead-seconds", type=int, default=3, help="overhead: seconds of one wrk run")
+    ap.add_argument("--overhead-rounds", type=int, default=21, help="overhead: rounds, each running every variant")
+    ap.add_argument("--overhead-seconds", type=int, default=2, help="overhead: seconds of one wrk run")
     ap.add_argument("--idle-seconds", type=float, default=3.0, help="overhead: window for the gateways' CPU at rest")
     ap.add_argument(
         "--repeat",

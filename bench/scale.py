@@ -301,6 +301,24 @@ def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseE
     return out
 
 
+def floor_under_load(args, work: Path, nacos: RNacos, backend: DirectResponseEnvoy, count: int) -> dict:
+    """The scale figure of the polling floor: the minimal filter sending the plugin's
+    list calls for ``count`` services on its schedule, against the same filter polling
+    nothing, requests on the same route and paired as the plugin is with its
+    one-service gateway. What polling ``count`` services costs requests through Envoy,
+    whichever filter polls."""
+    routes, cfg = scale_routes(count)
+    poll = f"{NACOS_CLUSTER};127.0.0.1:{nacos.http_port};{LIST_PATH};{count};{cfg.get('refreshIntervalMs', 1000)};32"
+    quiet = gateway(work, nacos.http_port, backend.ports, {}, routes=routes, minimal_ops="set")
+    polling = gateway(work, nacos.http_port, backend.ports, {}, routes=routes, minimal_ops=f"set,poll={poll}")
+    wait_until(lambda: polling.stat(f"{NACOS_STAT}.upstream_rq_total") >= count, 60, 0.1, "the floor's first round")
+    reference = {"envoy": quiet, "load": (quiet, thread_ids(quiet.pid, "wrk:worker")[0], "/svc-0", [], None)}
+    out = paired_with_reference(args, polling, reference)
+    OWNER.stop(polling)
+    OWNER.stop(quiet)
+    return out
+
+
 def fmt_rest(o: dict) -> str:
     """One gateway of ``rest_against_floor``."""
     text = f"{o['cpu'] * 100:.2f}% of a core, {o['calls']:.0f} calls/s, {o['us_per_call']:.1f} us per call"
@@ -347,6 +365,7 @@ def _section_scale(args, res: dict, work: Path) -> None:
     res["rest_floor"] = {
         conc: rest_against_floor(args, work, nacos, backend, top, conc) for conc in args.rest_floor_concurrency
     }
+    res["floor_under_load"] = floor_under_load(args, work, nacos, backend, top)
     paused = scale_run(
         args, work, nacos, backend, top, interval_ms=600000, full=False, do_wrk=True, reference=reference
     )
