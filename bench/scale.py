@@ -185,6 +185,11 @@ def start_reference(args, work: Path, nacos: RNacos, backend: DirectResponseEnvo
     routes, cfg = scale_routes(1)
     envoy = gateway(work, nacos.http_port, backend.ports, cfg, routes=routes)
     wait_first_snapshot(envoy, "/svc-0", "svc-0", timeout=60)
+    return reference_on(envoy)
+
+
+def reference_on(envoy: Envoy) -> dict:
+    """``envoy`` as the reference of ``paired_with_reference``: loaded on ``/svc-0``."""
     tid = thread_ids(envoy.pid, "wrk:worker")[0]
     return {"envoy": envoy, "load": (envoy, tid, "/svc-0", [], None)}
 
@@ -235,6 +240,14 @@ def paired_with_reference(args, envoy: Envoy, reference: dict) -> dict:
 # with ``{}`` for the number: the polling floor sends the same.
 LIST_PATH = "/nacos/v1/ns/instance/list?serviceName=svc-{}&groupName=DEFAULT_GROUP&namespaceId=public&healthyOnly=false"
 FLOOR = "polling floor"
+
+
+def floor_poll(nacos: RNacos, cfg: dict, count: int) -> str:
+    """The minimal filter's ``poll=`` for the plugin's list calls of ``count`` services
+    under ``cfg``: its interval, at most 32 in flight."""
+    return f"{NACOS_CLUSTER};127.0.0.1:{nacos.http_port};{LIST_PATH};{count};{cfg.get('refreshIntervalMs', 1000)};32"
+
+
 FLOOR_CALLS = "polling floor with the plugin's answer calls"
 
 
@@ -249,7 +262,7 @@ def rest_against_floor(args, work: Path, nacos: RNacos, backend: DirectResponseE
     plugin's CPU at rest is measured alone (scale_run)."""
     routes, cfg = scale_routes(count)
     plugin = gateway(work, nacos.http_port, backend.ports, cfg, concurrency=concurrency, routes=routes)
-    poll = f"{NACOS_CLUSTER};127.0.0.1:{nacos.http_port};{LIST_PATH};{count};{cfg.get('refreshIntervalMs', 1000)};32"
+    poll = floor_poll(nacos, cfg, count)
     envoys = {
         "plugin": plugin,
         FLOOR: gateway(
@@ -308,12 +321,11 @@ def floor_under_load(args, work: Path, nacos: RNacos, backend: DirectResponseEnv
     one-service gateway. What polling ``count`` services costs requests through Envoy,
     whichever filter polls."""
     routes, cfg = scale_routes(count)
-    poll = f"{NACOS_CLUSTER};127.0.0.1:{nacos.http_port};{LIST_PATH};{count};{cfg.get('refreshIntervalMs', 1000)};32"
+    poll = floor_poll(nacos, cfg, count)
     quiet = gateway(work, nacos.http_port, backend.ports, {}, routes=routes, minimal_ops="set")
     polling = gateway(work, nacos.http_port, backend.ports, {}, routes=routes, minimal_ops=f"set,poll={poll}")
     wait_until(lambda: polling.stat(f"{NACOS_STAT}.upstream_rq_total") >= count, 60, 0.1, "the floor's first round")
-    reference = {"envoy": quiet, "load": (quiet, thread_ids(quiet.pid, "wrk:worker")[0], "/svc-0", [], None)}
-    out = paired_with_reference(args, polling, reference)
+    out = paired_with_reference(args, polling, reference_on(quiet))
     OWNER.stop(polling)
     OWNER.stop(quiet)
     return out
