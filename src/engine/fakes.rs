@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::engine::{RequestAction, RequestHost};
+use super::guards::{RequestAction, RequestHost};
 use super::host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 use crate::pure::config::DEFAULT_PIN_HEADER;
 use crate::pure::routing::rules::RequestFacts;

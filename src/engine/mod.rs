@@ -7,15 +7,24 @@ mod clock;
 // The `Engine` type lives in a file named for it, inside the layer of that name.
 #[allow(clippy::module_inception)]
 mod engine;
+mod following;
+mod guards;
 mod host_traits;
 mod ids;
+mod learned;
 mod metrics;
+mod polling;
 mod push;
+mod push_links;
 mod reject;
+mod servers;
 mod sharing;
+mod targets;
+mod wiring;
 
 pub use clock::GatewayClock;
-pub use engine::{Engine, RequestAction, RequestHost};
+pub use engine::Engine;
+pub use guards::{RequestAction, RequestHost};
 pub use host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 pub use metrics::{metric_segment, STATS_TAG_REGEX, VIEW_TAG_REGEX};
 pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};

@@ -173,7 +173,7 @@ impl Sharing {
     /// write: at once when a content stamp or a failure moved, else (only
     /// confirmations moved) once the period is over. At 1,000 services, encoding
     /// and decoding every tick cost more than the polls; the followers' stale
-    /// limits allow for the period (`Engine::set_limits`).
+    /// limits allow for the period (`Polling::next_answer_due_ms`).
     pub fn write_heartbeat(
         &mut self,
         now_ms: u64,

@@ -73,7 +73,16 @@ impl Scheduler {
     /// other VMs pick up a new snapshot within a twentieth of the interval, coarse
     /// enough to cost nothing (a tick with nothing due reads two shared-data keys).
     pub fn tick_period_ms(&self) -> u64 {
-        (self.shortest_interval_ms() / 20).clamp(10, 50)
+        Self::tick_period_for(self.shortest_interval_ms())
+    }
+
+    /// The tick period for services polled every `shortest_interval_ms` at most.
+    pub fn tick_period_for(shortest_interval_ms: u64) -> u64 {
+        (shortest_interval_ms / 20).clamp(10, 50)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     /// The shortest polling interval; the default one when nothing is polled.

@@ -1,0 +1,224 @@
+//! The guards: each guarded scope (the global configuration, a rule, a learned
+//! service) with its candidates, and the decision for one request. Which rule a
+//! request falls under is chosen here too.
+
+use super::host_traits::Metrics;
+use super::ids::{GuardId, Id, Table, TargetId};
+use super::metrics::{RequestCounts, RequestMetrics};
+use super::reject::{RejectResponse, Rejections};
+use super::targets::Target;
+use crate::pure::config::{GuardSettings, Routing};
+use crate::pure::registry::snapshot::Snapshot;
+use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
+use crate::pure::routing::rules::{Matcher, RequestFacts, RuleSet};
+use crate::pure::routing::upstream_hosts::RoutableHosts;
+
+/// What the request brings beyond its rule facts; read only when needed.
+pub trait RequestHost: RequestFacts {
+    /// A request header, when it is valid UTF-8.
+    fn header(&mut self, name: &str) -> Option<String>;
+    /// The `ip:port` of the hosts the routed cluster can send to (Higress); `None`
+    /// when the host cannot tell.
+    fn upstream_hosts(&mut self) -> Option<&RoutableHosts>;
+}
+
+/// Everything the host does with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestAction<'a> {
+    /// No guard applies: leave the request alone.
+    Ignore,
+    /// Guarded, but the registry is unknown or stale and `onStale` is `fail_open`.
+    PassThrough,
+    /// Send it to `endpoint` through `routing`.
+    Route {
+        endpoint: &'a str,
+        routing: &'a Routing,
+        /// The protected headers the routing does not set itself: a set replaces
+        /// what the client sent, the others must be removed.
+        clear: &'a [String],
+    },
+    Reject(&'a RejectResponse),
+}
+
+/// What a rule (or the global configuration) applies to its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applies {
+    Guard(GuardId),
+    Disabled,
+}
+
+struct Guard {
+    settings: GuardSettings,
+    target: TargetId,
+    candidates: Candidates,
+    metrics: RequestMetrics,
+    /// Requests decided since the last tick, counted into `metrics` on the tick.
+    counts: RequestCounts,
+    rejections: Rejections,
+    /// The protected headers without the one this guard's routing sets.
+    clear_on_route: Vec<String>,
+}
+
+pub(super) struct Guards {
+    table: Table<GuardId, Guard>,
+    /// Guards that counted requests since the last flush: a tick flushes only
+    /// them, not every guard of a thousand.
+    counted: Vec<GuardId>,
+    global: Option<Applies>,
+    rules: RuleSet<Applies>,
+    protected_headers: Vec<String>,
+    seed: u64,
+}
+
+impl Guards {
+    /// `protected_headers`: what a client must never set; `seed` starts each
+    /// guard's rotation at its own place.
+    pub fn new(protected_headers: Vec<String>, seed: u64) -> Self {
+        Self {
+            table: Table::default(),
+            counted: Vec::new(),
+            global: None,
+            rules: RuleSet::default(),
+            protected_headers,
+            seed,
+        }
+    }
+
+    /// The id the next guard added will get.
+    pub fn next_id(&self) -> GuardId {
+        GuardId::from_index(self.table.len())
+    }
+
+    pub fn add(
+        &mut self,
+        settings: &GuardSettings,
+        target: TargetId,
+        metrics: &mut dyn Metrics,
+    ) -> GuardId {
+        let view = settings.filter.view_name();
+        let clear_on_route = self
+            .protected_headers
+            .iter()
+            .filter(|name| !matches!(&settings.routing, Routing::Header(own) if own == *name))
+            .cloned()
+            .collect();
+        let start = self.seed.rotate_left(self.table.len() as u32);
+        self.table.push(Guard {
+            clear_on_route,
+            rejections: Rejections::prepare(
+                settings.reject_status,
+                &settings.service.name,
+                &settings.service.group,
+            ),
+            settings: settings.clone(),
+            target,
+            candidates: Candidates::starting_at(start),
+            metrics: RequestMetrics::define(metrics, &settings.service.name, view.as_deref()),
+            counts: RequestCounts::default(),
+        })
+    }
+
+    pub fn set_global(&mut self, applies: Applies) {
+        self.global = Some(applies);
+    }
+
+    pub fn add_rule(&mut self, matcher: Matcher, applies: Applies) {
+        self.rules.push(matcher, applies);
+    }
+
+    /// What the first matching rule, or else the global configuration, applies.
+    pub fn select(&self, request: &mut dyn RequestFacts) -> Option<Applies> {
+        self.rules.select(self.global.as_ref(), request).copied()
+    }
+
+    pub fn target_of(&self, id: GuardId) -> Option<TargetId> {
+        self.table.get(id).map(|g| g.target)
+    }
+
+    /// The shortest refresh interval of `guards`.
+    pub fn shortest_interval_ms(&self, guards: &[GuardId]) -> Option<u64> {
+        guards
+            .iter()
+            .filter_map(|id| self.table.get(*id))
+            .map(|g| g.settings.refresh_interval_ms)
+            .min()
+    }
+
+    pub fn protected_headers(&self) -> &[String] {
+        &self.protected_headers
+    }
+
+    /// Prepare the candidates of `guards` from their target's new content.
+    pub fn refresh(&mut self, guards: &[GuardId], snapshot: &Snapshot, metrics: &mut dyn Metrics) {
+        for id in guards {
+            let Some(guard) = self.table.get_mut(*id) else {
+                continue;
+            };
+            guard.candidates.refresh(snapshot, &guard.settings.filter);
+            if let Some(gauge) = guard.metrics.usable_instances {
+                let usable = u64::try_from(guard.candidates.endpoints().len()).unwrap_or(u64::MAX);
+                metrics.record(gauge, usable);
+            }
+        }
+    }
+
+    /// Count the requests decided since the last tick into the host's counters.
+    pub fn flush_counts(&mut self, metrics: &mut dyn Metrics) {
+        for id in self.counted.drain(..) {
+            if let Some(guard) = self.table.get_mut(id) {
+                guard.metrics.flush(&mut guard.counts, metrics);
+            }
+        }
+    }
+
+    /// Decide one request of guard `id`, whose service is `target`, and count it.
+    pub fn decide(
+        &mut self,
+        id: GuardId,
+        target: &Target,
+        now_ms: u64,
+        request: &mut dyn RequestHost,
+    ) -> RequestAction<'_> {
+        let Some(guard) = self.table.get_mut(id) else {
+            return RequestAction::Ignore;
+        };
+        let freshness = target.freshness_for(now_ms, guard.settings.max_stale_ms);
+        // Bytes, not strings, are read by the host: a client's non-UTF-8 pin names
+        // no instance.
+        let pin = request.header(&guard.settings.pin_header);
+        let known_hosts = match guard.settings.routing {
+            Routing::Higress => request.upstream_hosts(),
+            Routing::Header(_) => None,
+        };
+        let view = RequestView {
+            pin: pin.as_deref(),
+            known: known_hosts.filter(|hosts| !hosts.is_empty()),
+        };
+        let policies = Policies {
+            on_stale: guard.settings.on_stale,
+            on_deregistered: guard.settings.on_deregistered,
+        };
+        let decision = decision::decide(&mut guard.candidates, freshness, policies, view);
+        let counts = &mut guard.counts;
+        if counts.is_empty() {
+            self.counted.push(id);
+        }
+        match decision {
+            Decision::Route { rerouted, .. } => {
+                counts.routed += 1;
+                counts.rerouted += u64::from(rerouted);
+            }
+            Decision::Reject(_) => counts.rejected += 1,
+            Decision::PassThrough => counts.passed_through += 1,
+        }
+        match decision {
+            Decision::Route { endpoint, .. } => RequestAction::Route {
+                endpoint,
+                routing: &guard.settings.routing,
+                clear: &guard.clear_on_route,
+            },
+            Decision::Reject(code) => RequestAction::Reject(guard.rejections.get(code)),
+            Decision::PassThrough => RequestAction::PassThrough,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `nacos.push`: the poller's gRPC link to each pushed server (`push::Link`),
+//! found by the server it belongs to or by the gRPC token of an event.
+
+use super::host_traits::{Metrics, Outbox};
+use super::ids::{Id, ServerId, TargetId};
+use super::metrics::PushMetrics;
+use super::push::{DuePoll, Heard, Link, Wanted};
+use super::servers::Servers;
+use super::targets::Targets;
+use crate::pure::config::NacosServer;
+
+#[derive(Default)]
+pub(super) struct PushLinks {
+    /// Each server's link, by the server's index; `None`: polled only.
+    by_server: Vec<Option<Link>>,
+    metrics: PushMetrics,
+}
+
+impl PushLinks {
+    pub fn new(metrics: PushMetrics) -> Self {
+        Self {
+            by_server: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Server `id` was added with `settings`: a link if it is pushed to.
+    pub fn add_server(&mut self, id: ServerId, settings: &NacosServer) {
+        let link = settings
+            .push
+            .clone()
+            .map(|push| Link::new(push, settings.timeout_ms, self.metrics));
+        if self.by_server.len() <= id.index() {
+            self.by_server.resize_with(id.index() + 1, || None);
+        }
+        if let Some(slot) = self.by_server.get_mut(id.index()) {
+            *slot = link;
+        }
+    }
+
+    fn links(&mut self) -> impl Iterator<Item = (ServerId, &mut Link)> {
+        self.by_server
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, link)| Some((ServerId::from_index(index), link.as_mut()?)))
+    }
+
+    fn link(&mut self, server: ServerId) -> Option<&mut Link> {
+        self.by_server.get_mut(server.index())?.as_mut()
+    }
+
+    /// How the due poll of `target` on `server` goes.
+    pub fn due_poll(&mut self, server: ServerId, target: TargetId, now_ms: u64) -> DuePoll {
+        self.link(server)
+            .map_or(DuePoll::Poll, |link| link.due_poll(target, now_ms))
+    }
+
+    /// As the poller: keep each link connected, and its services subscribed
+    /// once the server's token (where it needs one) is there.
+    pub fn drive(
+        &mut self,
+        now_ms: u64,
+        servers: &Servers,
+        targets: &Targets,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+    ) {
+        for (id, link) in self.links() {
+            let needs_token = servers
+                .settings(id)
+                .is_some_and(|s| s.credentials.is_some());
+            let access_token = servers.access_token(id, now_ms);
+            let of_server = targets.of_server(id);
+            let count = if needs_token && access_token.is_none() {
+                0
+            } else {
+                of_server.len()
+            };
+            let wanted = || {
+                of_server
+                    .iter()
+                    .filter_map(|target| {
+                        let t = targets.get(*target)?;
+                        Some(Wanted {
+                            target: *target,
+                            service: t.service(),
+                            clusters: t.query_clusters(),
+                        })
+                    })
+                    .collect()
+            };
+            link.drive(now_ms, count, wanted, access_token, outbox, metrics);
+        }
+    }
+
+    /// This VM no longer polls: close every link.
+    pub fn stop(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+        for (_, link) in self.links() {
+            link.stop(outbox, metrics);
+        }
+    }
+
+    /// The servers whose open link was lost since the last call: a change
+    /// pushed just before the loss may never have arrived.
+    pub fn take_lost(&mut self) -> Vec<ServerId> {
+        self.links()
+            .filter_map(|(id, link)| link.take_lost().then_some(id))
+            .collect()
+    }
+
+    /// The server whose link made unary call `token`.
+    pub fn owner_of_call(&self, token: u32) -> Option<ServerId> {
+        self.find(|link| link.owns_call(token))
+    }
+
+    /// The server whose link has stream `token`.
+    pub fn owner_of_stream(&self, token: u32) -> Option<ServerId> {
+        self.find(|link| link.owns_stream(token))
+    }
+
+    fn find(&self, owns: impl Fn(&Link) -> bool) -> Option<ServerId> {
+        self.by_server
+            .iter()
+            .position(|link| link.as_ref().is_some_and(&owns))
+            .map(ServerId::from_index)
+    }
+
+    /// The answer to unary call `token` of `server`'s link.
+    pub fn on_call_answer(
+        &mut self,
+        server: ServerId,
+        token: u32,
+        answer: Option<&[u8]>,
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+    ) -> Option<Heard> {
+        self.link(server)?
+            .on_call_answer(token, answer, now_ms, outbox, metrics)
+    }
+
+    /// A message on the stream of `server`'s link.
+    pub fn on_stream_message(
+        &mut self,
+        server: ServerId,
+        message: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+    ) -> Option<Heard> {
+        self.link(server)?
+            .on_stream_message(message, now_ms, outbox, metrics)
+    }
+
+    /// Stream `stream` ended.
+    pub fn on_stream_closed(&mut self, stream: u32, now_ms: u64, metrics: &mut dyn Metrics) {
+        for (_, link) in self.links() {
+            if link.owns_stream(stream) {
+                link.on_stream_closed(now_ms, metrics);
+            }
+        }
+    }
+
+    /// A list `server` pushed for `target` did not parse: poll it soon.
+    pub fn poll_soon(
+        &mut self,
+        server: ServerId,
+        target: TargetId,
+        service: &str,
+        reason: &str,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+    ) {
+        if let Some(link) = self.link(server) {
+            link.poll_soon(target, service, reason, now_ms, metrics);
+        }
+    }
+}

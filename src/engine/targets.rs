@@ -1,0 +1,412 @@
+//! The services this VM polls (targets), one per question asked of Nacos: each
+//! one's list request, its snapshot, the last good answer, and how its polls
+//! have gone. Guards read the snapshots; only this file changes them.
+
+use log::{info, warn};
+
+use super::host_traits::{Metrics, SharedStore};
+use super::ids::{GuardId, Id, ServerId, Table, TargetId};
+use super::metrics::{bump, PollMetrics};
+use super::sharing;
+use crate::pure::config::GuardSettings;
+use crate::pure::hashing::WordMap;
+use crate::pure::polling::nacos::digest::AnswerDigest;
+use crate::pure::polling::nacos::request::{ListRequest, NacosRequest, ServiceKey};
+use crate::pure::polling::nacos::response::{self, AnswerError};
+use crate::pure::polling::nacos::ApiVersion;
+use crate::pure::registry::instance::InstanceSet;
+use crate::pure::registry::snapshot::{Freshness, Health, Snapshot, StaleLimits};
+use crate::pure::sharing::published::ServiceKeys;
+
+/// One service on one server, polled on its own.
+pub(super) struct Target {
+    server: ServerId,
+    service: ServiceKey,
+    query_clusters: Vec<String>,
+    /// Its list request but for the token, built once.
+    list: ListRequest,
+    /// Its keys in shared data; `keys.id()` is its number in heartbeats.
+    keys: ServiceKeys,
+    snapshot: Snapshot,
+    /// The last good answer, but the time Nacos stamps on each answer: an
+    /// answer it matches confirms the snapshot without being parsed.
+    last_good: Option<AnswerDigest>,
+    failure_streak: u32,
+    /// The token generation of this service's last answer, if that was a 403.
+    refused_with: Option<u64>,
+    stale_reported: bool,
+    /// The strictest limits of the guards that use it, for the stale warning.
+    limits: StaleLimits,
+    metrics: PollMetrics,
+}
+
+impl Target {
+    pub fn server(&self) -> ServerId {
+        self.server
+    }
+
+    pub fn heartbeat_id(&self) -> u64 {
+        self.keys.id()
+    }
+
+    pub fn service(&self) -> &ServiceKey {
+        &self.service
+    }
+
+    pub fn query_clusters(&self) -> &[String] {
+        &self.query_clusters
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// How far the snapshot can be trusted by a guard that allows `max_stale_ms`.
+    pub fn freshness_for(&self, now_ms: u64, max_stale_ms: u64) -> Freshness {
+        let limits = StaleLimits {
+            next_answer_due_ms: self.limits.next_answer_due_ms,
+            max_stale_ms,
+        };
+        self.snapshot.freshness(now_ms, limits)
+    }
+
+    /// How far the snapshot can be trusted by the strictest of its guards.
+    pub fn freshness(&self, now_ms: u64) -> Freshness {
+        self.snapshot.freshness(now_ms, self.limits)
+    }
+}
+
+/// Everything that shapes Nacos's answer about a guard's service: guards, VMs and
+/// configurations asking the same question share its answer.
+fn question(settings: &GuardSettings) -> String {
+    let server = &settings.server;
+    let account = server
+        .credentials
+        .as_ref()
+        .map_or("", |c| c.username.as_str());
+    format!(
+        "{}|{}|{:?}|{account}|{}|{}|{}|{}",
+        server.cluster,
+        server.authority,
+        server.api,
+        settings.service.namespace_id,
+        settings.service.group,
+        settings.service.name,
+        settings.filter.clusters.join(",")
+    )
+}
+
+#[derive(Default)]
+pub(super) struct Targets {
+    table: Table<TargetId, Target>,
+    /// Targets by their heartbeat number, which is also how a guard's question
+    /// finds its target in O(1).
+    by_heartbeat_id: WordMap<u64, TargetId>,
+    by_server: Vec<Vec<TargetId>>,
+    /// The guards of each target, so a change reaches only them.
+    guards: Vec<Vec<GuardId>>,
+}
+
+impl Targets {
+    /// The target that answers the question of `settings` on `server`, added
+    /// (due `next_answer_due_ms` after each answer) unless another guard asks it
+    /// already; whether it was added now. `guard` is recorded as one of its
+    /// guards, and its `maxStaleMs` tightens the target's own limit.
+    pub fn find_or_add(
+        &mut self,
+        server: ServerId,
+        settings: &GuardSettings,
+        guard: GuardId,
+        next_answer_due_ms: u64,
+        metrics: &mut dyn Metrics,
+    ) -> (TargetId, bool) {
+        let keys = ServiceKeys::new(&question(settings));
+        let known = self
+            .by_heartbeat_id
+            .get(&keys.id())
+            .copied()
+            .filter(|id| self.table.get(*id).is_some_and(|t| t.server == server));
+        let (id, added) = match known {
+            Some(id) => (id, false),
+            None => {
+                let id = self.table.push(Target {
+                    server,
+                    service: settings.service.clone(),
+                    query_clusters: settings.filter.clusters.clone(),
+                    list: ListRequest::new(
+                        settings.server.api,
+                        &settings.service,
+                        &settings.filter.clusters,
+                    ),
+                    keys,
+                    snapshot: Snapshot::default(),
+                    last_good: None,
+                    failure_streak: 0,
+                    refused_with: None,
+                    stale_reported: false,
+                    limits: StaleLimits {
+                        next_answer_due_ms,
+                        max_stale_ms: settings.max_stale_ms,
+                    },
+                    metrics: PollMetrics::define(metrics, &settings.service.name),
+                });
+                if let Some(target) = self.table.get(id) {
+                    self.by_heartbeat_id.insert(target.keys.id(), id);
+                }
+                push_at(&mut self.by_server, server.index(), id);
+                (id, true)
+            }
+        };
+        push_at(&mut self.guards, id.index(), guard);
+        if let Some(target) = self.table.get_mut(id) {
+            target.limits.max_stale_ms = target.limits.max_stale_ms.min(settings.max_stale_ms);
+        }
+        (id, added)
+    }
+
+    /// When the next answer of `id` is due at the latest after a good one.
+    pub fn set_next_answer_due(&mut self, id: TargetId, next_answer_due_ms: u64) {
+        if let Some(target) = self.table.get_mut(id) {
+            target.limits.next_answer_due_ms = next_answer_due_ms;
+        }
+    }
+
+    pub fn get(&self, id: TargetId) -> Option<&Target> {
+        self.table.get(id)
+    }
+
+    pub fn by_heartbeat_id(&self, id: u64) -> Option<TargetId> {
+        self.by_heartbeat_id.get(&id).copied()
+    }
+
+    pub fn of_server(&self, server: ServerId) -> &[TargetId] {
+        self.by_server
+            .get(server.index())
+            .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn guards_of(&self, id: TargetId) -> &[GuardId] {
+        self.guards.get(id.index()).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = TargetId> + '_ {
+        self.table.iter().map(|(id, _)| id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Each target's heartbeat number and snapshot health, for the heartbeat.
+    pub fn health(&self) -> impl Iterator<Item = (u64, Health)> + Clone + '_ {
+        self.table
+            .values()
+            .map(|t| (t.heartbeat_id(), t.snapshot.health()))
+    }
+
+    /// The list call of `id` carrying `access_token`.
+    pub fn list_call(&self, id: TargetId, access_token: Option<&str>) -> Option<NacosRequest> {
+        Some(self.table.get(id)?.list.with_token(access_token))
+    }
+
+    /// Read an HTTP answer for `id`: `Ok(None)` when it is byte for byte the last
+    /// good one (`AnswerDigest::matches`), which then needs no parsing.
+    pub fn read_answer(
+        &mut self,
+        id: TargetId,
+        api: ApiVersion,
+        answer: Option<(u16, &[u8])>,
+        metrics: &mut dyn Metrics,
+    ) -> Result<Option<InstanceSet>, AnswerError> {
+        let Some(target) = self.table.get_mut(id) else {
+            return Err(AnswerError::NoAnswer);
+        };
+        // Oversized answers are refused by the parser, whatever they look like.
+        let good_body = match answer {
+            Some((200, body)) if body.len() <= response::MAX_ANSWER_BYTES => Some(body),
+            _ => None,
+        };
+        if good_body.is_some_and(|body| target.last_good.as_ref().is_some_and(|l| l.matches(body)))
+        {
+            bump(metrics, target.metrics.success);
+            return Ok(None);
+        }
+        let set = match answer {
+            Some((status, body)) => response::parse_instance_list(api, status, body)?,
+            None => return Err(AnswerError::NoAnswer),
+        };
+        target.last_good = good_body.map(AnswerDigest::of);
+        bump(metrics, target.metrics.success);
+        Ok(Some(set))
+    }
+
+    /// A good list for `id` telling the state as of `stamp_ms` (`None`: the same
+    /// as the last good one), published to `store` when the VMs share; whether
+    /// the content changed.
+    pub fn take_list(
+        &mut self,
+        id: TargetId,
+        set: Option<InstanceSet>,
+        stamp_ms: u64,
+        publish: Option<&mut dyn SharedStore>,
+    ) -> bool {
+        let Some(target) = self.table.get_mut(id) else {
+            return false;
+        };
+        if target.failure_streak > 0 {
+            info!(
+                "nacos-instance-guard: polling service {} works again after {} failures",
+                target.service.name, target.failure_streak
+            );
+        }
+        target.failure_streak = 0;
+        target.refused_with = None;
+        let changed = match set {
+            Some(set) => target.snapshot.accept(set, stamp_ms),
+            None => target.snapshot.accept_same(stamp_ms),
+        };
+        if let Some(store) = publish {
+            if changed {
+                if let Some(set) = target.snapshot.instances() {
+                    let stamp = target.snapshot.content_stamp();
+                    sharing::publish_content(&target.keys, stamp, set, store);
+                }
+            }
+            sharing::publish_confirmed(&target.keys, stamp_ms, store);
+        }
+        changed
+    }
+
+    /// A list the server pushed: taken as a polled one, but no HTTP answer
+    /// matches it any more.
+    pub fn take_pushed(
+        &mut self,
+        id: TargetId,
+        set: InstanceSet,
+        stamp_ms: u64,
+        publish: Option<&mut dyn SharedStore>,
+    ) -> bool {
+        if let Some(target) = self.table.get_mut(id) {
+            target.last_good = None;
+        }
+        self.take_list(id, Some(set), stamp_ms, publish)
+    }
+
+    /// The live push link stands for an answer to the poll due at `now_ms`.
+    pub fn confirm_by_push(
+        &mut self,
+        id: TargetId,
+        now_ms: u64,
+        publish: Option<&mut dyn SharedStore>,
+    ) {
+        let Some(target) = self.table.get_mut(id) else {
+            return;
+        };
+        target.snapshot.accept_same(now_ms);
+        if let Some(store) = publish {
+            sharing::publish_confirmed(&target.keys, now_ms, store);
+        }
+    }
+
+    /// The poll of `id` sent at `polled_at_ms` through `cluster` failed: keep
+    /// the last good snapshot, count, and warn once per streak.
+    pub fn failed(
+        &mut self,
+        id: TargetId,
+        polled_at_ms: u64,
+        cluster: &str,
+        reason: &str,
+        metrics: &mut dyn Metrics,
+    ) {
+        let Some(target) = self.table.get_mut(id) else {
+            return;
+        };
+        target.snapshot.failed(polled_at_ms);
+        target.failure_streak = target.failure_streak.saturating_add(1);
+        bump(metrics, target.metrics.failure);
+        if target.failure_streak == 1 {
+            warn!(
+                "nacos-instance-guard: polling service {} through {cluster} failed: {reason}; \
+                 keeping the last good snapshot",
+                target.service.name
+            );
+        }
+    }
+
+    /// A poll of `id` with token `generation` got a 403; whether one with an
+    /// older token was refused before (so a fresh token is refused too).
+    pub fn note_refusal(&mut self, id: TargetId, generation: u64) -> bool {
+        let Some(target) = self.table.get_mut(id) else {
+            return false;
+        };
+        let again = target
+            .refused_with
+            .is_some_and(|before| before < generation);
+        target.refused_with = Some(generation);
+        again
+    }
+
+    /// Warn once when a target turns stale, so operators know the policy applies.
+    pub fn report_staleness(&mut self, now_ms: u64) {
+        for target in self.table.iter_mut().map(|(_, t)| t) {
+            let stale = target.freshness(now_ms) == Freshness::Stale;
+            if stale && !target.stale_reported {
+                warn!(
+                    "nacos-instance-guard: Nacos has given no good answer for service {} for more \
+                     than {} ms; the onStale policy now applies",
+                    target.service.name, target.limits.max_stale_ms
+                );
+            }
+            target.stale_reported = stale;
+        }
+    }
+
+    /// Take the poller's word on `id`'s health; the content stamp it names if
+    /// that is newer than ours (the content moved).
+    pub fn adopt_health(&mut self, id: TargetId, health: Health) -> Option<u64> {
+        let target = self.table.get_mut(id)?;
+        let moved = health.content_stamp > target.snapshot.content_stamp();
+        target.snapshot.adopt_health(health);
+        moved.then_some(health.content_stamp)
+    }
+
+    /// Take the stored content of `id` if it is newer than ours and at least
+    /// `at_least`; with `confirmation`, its stored confirmation too (a new root
+    /// context serves at once). Whether the content changed.
+    pub fn adopt_stored(
+        &mut self,
+        id: TargetId,
+        at_least: u64,
+        confirmation: bool,
+        store: &dyn SharedStore,
+    ) -> bool {
+        let Some(target) = self.table.get_mut(id) else {
+            return false;
+        };
+        let Some((stamp, set)) = sharing::read_content(&target.keys, store) else {
+            return false;
+        };
+        if stamp < at_least || !target.snapshot.adopt_content(set, stamp) {
+            return false;
+        }
+        target.last_good = None;
+        if confirmation {
+            if let Some(confirmed_at_ms) = sharing::read_confirmed(&target.keys, store) {
+                let mut health = target.snapshot.health();
+                health.confirmed_at_ms = confirmed_at_ms.max(stamp);
+                health.failing_since_ms = None;
+                target.snapshot.adopt_health(health);
+            }
+        }
+        true
+    }
+}
+
+fn push_at<T>(lists: &mut Vec<Vec<T>>, index: usize, item: T) {
+    if lists.len() <= index {
+        lists.resize_with(index + 1, Vec::new);
+    }
+    if let Some(list) = lists.get_mut(index) {
+        list.push(item);
+    }
+}

@@ -1,0 +1,264 @@
+//! The hand-offs between the engine's components, each O(1) in what it
+//! touches: a new guard gets its server, target and schedule slot; a learned
+//! service joins them; a target whose content changed refreshes only its own
+//! guards; a lost push link makes only its own services due. The entry points
+//! in `engine.rs` call these; no component calls another.
+
+use super::engine::Engine;
+use super::following;
+use super::guards::{Applies, RequestHost};
+use super::host_traits::{Metrics, Outbox, SharedStore};
+use super::ids::{GuardId, Id, ServerId, TargetId};
+use super::learned::Lookup;
+use super::polling::PollParts;
+use super::push::Heard;
+use crate::pure::config::{GuardSettings, Scope};
+use crate::pure::registry::snapshot::Freshness;
+
+impl Engine {
+    /// A guard, with its server and target unless another guard has them; its
+    /// target, and whether that was added now.
+    pub(super) fn add_guard(
+        &mut self,
+        settings: &GuardSettings,
+        metrics: &mut dyn Metrics,
+    ) -> (GuardId, TargetId, bool) {
+        let (server, new_server) = self.servers.find_or_add(&settings.server);
+        if new_server {
+            self.links.add_server(server, &settings.server);
+        }
+        let guard = self.guards.next_id();
+        let (target, added) = self
+            .targets
+            .find_or_add(server, settings, guard, 0, metrics);
+        self.guards.add(settings, target, metrics);
+        (guard, target, added)
+    }
+
+    pub(super) fn set_next_answer_due(&mut self, target: TargetId) {
+        let server = self.targets.get(target).map(|t| t.server());
+        let timeout_ms = server
+            .and_then(|server| self.servers.settings(server))
+            .map_or(0, |s| s.timeout_ms);
+        let due = self.polling.next_answer_due_ms(target, timeout_ms);
+        self.targets.set_next_answer_due(target, due);
+    }
+
+    /// Prepare the candidates of every guard of `target` from its new content.
+    pub(super) fn refresh_guards(&mut self, target: TargetId, metrics: &mut dyn Metrics) {
+        if let Some(t) = self.targets.get(target) {
+            let guards = self.targets.guards_of(target);
+            self.guards.refresh(guards, t.snapshot(), metrics);
+        }
+    }
+
+    /// The guard of the Nacos service a request's cluster routes to, learning
+    /// the service on its first request (`guardNacosRoutes`). Once a cluster is
+    /// known this is one map lookup and a time comparison.
+    pub(super) fn learned_guard(
+        &mut self,
+        now_ms: u64,
+        request: &mut dyn RequestHost,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) -> Option<GuardId> {
+        let learned = self.learned.as_mut()?;
+        let cluster = request.cluster_name()?;
+        let guard = match learned.lookup(cluster) {
+            Lookup::Guarded(guard) => guard,
+            Lookup::LeftAlone => return None,
+            Lookup::New(settings) => {
+                let cluster = cluster.to_string();
+                self.learn(&cluster, &settings, now_ms, true, metrics, store)?
+            }
+        };
+        let target = self.guards.target_of(guard)?;
+        let t = self.targets.get(target)?;
+        let fresh = t.freshness(now_ms) == Freshness::Fresh;
+        if self.learned.as_mut()?.touch(target, now_ms, fresh) {
+            if let Some(sharing) = &self.sharing {
+                sharing.touch(t.heartbeat_id(), now_ms, store);
+            }
+        }
+        Some(guard)
+    }
+
+    /// Guard the service of `cluster` by `settings`; `announce`: tell the poller
+    /// through the learned list (a request found it), rather than read it there.
+    pub(super) fn learn(
+        &mut self,
+        cluster: &str,
+        settings: &GuardSettings,
+        now_ms: u64,
+        announce: bool,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) -> Option<GuardId> {
+        let learned = self.learned.as_mut()?;
+        let max = learned.max_services();
+        let room = learned.has_room()
+            && (!announce
+                || self
+                    .sharing
+                    .as_ref()
+                    .is_none_or(|sharing| sharing.announce_learned(cluster, max, store)));
+        if !room {
+            learned.refuse(cluster, metrics);
+            return None;
+        }
+        let (guard, target, added) = self.add_guard(settings, metrics);
+        if added {
+            self.polling.add(settings.refresh_interval_ms);
+            self.set_next_answer_due(target);
+        }
+        let learned = self.learned.as_mut()?;
+        learned.learned(cluster, settings, guard, target, now_ms, metrics);
+        if let (Some(sharing), Some(t)) = (&self.sharing, self.targets.get(target)) {
+            sharing.touch(t.heartbeat_id(), now_ms, store);
+        }
+        if following::start_from_stored(&mut self.targets, target, store) {
+            self.refresh_guards(target, metrics);
+        }
+        Some(guard)
+    }
+
+    /// As the poller: take the services other VMs learned, and pause polling a
+    /// learned service no VM has routed a request to for `idleMs`.
+    pub(super) fn take_announced(
+        &mut self,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        if self.learned.is_none() {
+            return;
+        }
+        let announced = self
+            .sharing
+            .as_mut()
+            .and_then(|sharing| sharing.read_learned(store))
+            .unwrap_or_default();
+        for cluster in announced {
+            let Some(learned) = self.learned.as_mut() else {
+                return;
+            };
+            if learned.knows(&cluster) {
+                continue;
+            }
+            if let Lookup::New(settings) = learned.lookup(&cluster) {
+                self.learn(&cluster, &settings, now_ms, false, metrics, store);
+            }
+        }
+        if let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) {
+            learned.check_idle(now_ms, &self.targets, |id| sharing.touched_at(id, store));
+        }
+    }
+
+    /// Poll at once every service of a link that was lost: a change pushed
+    /// just before the loss may never have arrived.
+    pub(super) fn poll_where_links_were_lost(&mut self, now_ms: u64) {
+        for server in self.links.take_lost() {
+            self.polling.due_now(self.targets.of_server(server), now_ms);
+        }
+    }
+
+    /// The push link of `server`, if this VM still polls; a VM that lost the
+    /// lease drops its links instead.
+    pub(super) fn still_linked(
+        &mut self,
+        server: Option<ServerId>,
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &dyn SharedStore,
+    ) -> Option<ServerId> {
+        let server = server?;
+        if !self.still_leading(now_ms, store) {
+            self.links.stop(outbox, metrics);
+            return None;
+        }
+        Some(server)
+    }
+
+    /// Take a list the server gave: through the same path as a polled one, or,
+    /// if it did not parse, keep the last good snapshot and poll soon.
+    pub(super) fn hear(
+        &mut self,
+        server: ServerId,
+        heard: Option<Heard>,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        if let Some(heard) = heard {
+            match heard.list {
+                Ok(set) => {
+                    let publish = self.sharing.is_some().then_some(&mut *store);
+                    if self
+                        .targets
+                        .take_pushed(heard.target, set, heard.stamp_ms, publish)
+                    {
+                        self.refresh_guards(heard.target, metrics);
+                    }
+                }
+                Err(error) => {
+                    if let Some(t) = self.targets.get(heard.target) {
+                        let name = &t.service().name;
+                        let reason = error.to_string();
+                        self.links
+                            .poll_soon(server, heard.target, name, &reason, now_ms, metrics);
+                    }
+                }
+            }
+        }
+        self.poll_where_links_were_lost(now_ms);
+    }
+
+    pub(super) fn follow(&mut self, store: &dyn SharedStore, metrics: &mut dyn Metrics) {
+        let Some(sharing) = &mut self.sharing else {
+            return;
+        };
+        for target in following::follow(sharing, &mut self.targets, &mut self.servers, store) {
+            self.refresh_guards(target, metrics);
+        }
+    }
+
+    pub(super) fn start_polls(
+        &mut self,
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let parts = PollParts {
+            servers: &mut self.servers,
+            targets: &mut self.targets,
+            links: &mut self.links,
+            learned: self.learned.as_ref(),
+            publishing: self.sharing.is_some(),
+        };
+        self.polling
+            .start_polls(now_ms, parts, outbox, metrics, store);
+    }
+
+    pub(super) fn on_login(
+        &mut self,
+        server: ServerId,
+        answer: Option<(u16, &[u8])>,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let granted = self.servers.on_login(server, answer, now_ms, metrics);
+        if let (Some(sharing), Some(token)) = (&self.sharing, granted) {
+            sharing.publish_token(server.index(), &token, store);
+        }
+    }
+
+    pub(super) fn add_scope(&mut self, scope: &Scope, metrics: &mut dyn Metrics) -> Applies {
+        match scope {
+            Scope::Guard(settings) => Applies::Guard(self.add_guard(settings, metrics).0),
+            Scope::Disabled => Applies::Disabled,
+        }
+    }
+}
