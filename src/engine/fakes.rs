@@ -218,3 +218,16 @@ pub fn outcome(action: RequestAction<'_>) -> String {
         RequestAction::Ignore => "ignore".into(),
     }
 }
+
+/// The configuration `json`, read as the upstream-Envoy artifact reads it.
+pub fn config(json: &str) -> crate::pure::config::PluginConfig {
+    let envoy = crate::pure::config::Capabilities {
+        higress_routing: false,
+    };
+    crate::pure::config::parse(json.as_bytes(), envoy).unwrap()
+}
+
+/// The settings of the global guard of `json`.
+pub fn guard_settings(json: &str) -> crate::pure::config::GuardSettings {
+    config(json).guards().next().unwrap().clone()
+}

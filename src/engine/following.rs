@@ -56,3 +56,85 @@ pub(super) fn start_from_stored(
 ) -> bool {
     targets.adopt_stored(target, 0, true, store)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fakes::{guard_settings, FakeMetrics, FakeStore};
+    use crate::engine::ids::GuardId;
+    use crate::engine::metrics::LoginMetrics;
+    use crate::pure::polling::nacos::ApiVersion;
+    use crate::pure::sharing::published::{ConfigKeys, PublishedToken};
+    use crate::testing::test;
+
+    const DEMO: &str = r#"{"nacos": {"cluster": "nacos"}, "service": {"name": "demo"}}"#;
+    const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
+        {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
+
+    /// One VM's servers, targets and sharing for `DEMO`.
+    fn vm(vm_id: u64, metrics: &mut FakeMetrics) -> (Servers, Targets, Sharing) {
+        let settings = guard_settings(DEMO);
+        let mut servers = Servers::new(LoginMetrics::default());
+        let (server, _) = servers.find_or_add(&settings.server);
+        let mut targets = Targets::default();
+        let guard = GuardId::from_index(0);
+        targets.find_or_add(server, &settings, guard, 2_000, metrics);
+        let sharing = Sharing::new(ConfigKeys::new(DEMO.as_bytes()), vm_id, 3_000, 500);
+        (servers, targets, sharing)
+    }
+
+    #[test]
+    fn a_follower_takes_the_health_content_and_token_the_poller_published() {
+        let mut store = FakeStore::default();
+        let mut metrics = FakeMetrics::default();
+        let (_, mut polled, mut poller) = vm(1, &mut metrics);
+        let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
+        let target = TargetId::from_index(0);
+
+        let two = polled.read_answer(target, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        polled.take_list(target, two.unwrap(), 100, Some(&mut store));
+        poller.write_heartbeat(100, polled.health(), &mut store);
+        let token = PublishedToken {
+            token: "T".to_string(),
+            refresh_at_ms: 5_000,
+            expires_at_ms: 9_000,
+        };
+        poller.publish_token(0, &token, &mut store);
+
+        let changed = follow(&mut follower, &mut targets, &mut servers, &store);
+        assert_eq!(changed, vec![target]);
+        let snapshot = targets.get(target).unwrap().snapshot();
+        assert_eq!(
+            snapshot.health(),
+            polled.get(target).unwrap().snapshot().health()
+        );
+        assert_eq!(
+            servers.access_token(crate::engine::ids::ServerId::from_index(0), 200),
+            Some("T")
+        );
+        assert!(follow(&mut follower, &mut targets, &mut servers, &store).is_empty());
+    }
+
+    #[test]
+    fn a_new_root_context_starts_from_the_stored_content_and_its_confirmation() {
+        let mut store = FakeStore::default();
+        let mut metrics = FakeMetrics::default();
+        let (_, mut polled, _) = vm(1, &mut metrics);
+        let target = TargetId::from_index(0);
+        let two = polled.read_answer(target, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        polled.take_list(target, two.unwrap(), 100, Some(&mut store));
+        polled.take_list(target, None, 900, Some(&mut store));
+
+        let (_, mut fresh, _) = vm(3, &mut metrics);
+        assert!(start_from_stored(&mut fresh, target, &store));
+        assert_eq!(
+            fresh
+                .get(target)
+                .unwrap()
+                .snapshot()
+                .health()
+                .confirmed_at_ms,
+            900
+        );
+    }
+}

@@ -222,3 +222,103 @@ impl Guards {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fakes::{config, FakeMetrics, FakeRequest};
+    use crate::engine::ids::{Id, ServerId};
+    use crate::engine::targets::Targets;
+    use crate::pure::config::Scope;
+    use crate::pure::polling::nacos::ApiVersion;
+    use crate::testing::test;
+
+    const RULES: &str = r#"{
+        "nacos": {"cluster": "nacos"}, "service": {"name": "everything"},
+        "_rules_": [
+            {"_match_route_": ["orders"], "service": {"name": "orders"}},
+            {"_match_route_": ["pay"], "service": {"name": "pay"}},
+            {"_match_route_": ["off"], "enabled": false}
+        ]
+    }"#;
+    const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
+        {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
+
+    /// The guards of `RULES`, each with its own target, as the engine wires them.
+    fn wired(metrics: &mut FakeMetrics) -> (Guards, Targets) {
+        let parsed = config(RULES);
+        let mut guards = Guards::new(parsed.protected_headers(), 7);
+        let mut targets = Targets::default();
+        let server = ServerId::from_index(0);
+        let mut add = |scope: &Scope, guards: &mut Guards| match scope {
+            Scope::Guard(settings) => {
+                let id = guards.next_id();
+                let (target, _) = targets.find_or_add(server, settings, id, 2_000, metrics);
+                Applies::Guard(guards.add(settings, target, metrics))
+            }
+            Scope::Disabled => Applies::Disabled,
+        };
+        let global = add(parsed.global.as_ref().unwrap(), &mut guards);
+        guards.set_global(global);
+        for (matcher, scope) in &parsed.rules {
+            let applies = add(scope, &mut guards);
+            guards.add_rule(matcher.clone(), applies);
+        }
+        (guards, targets)
+    }
+
+    #[test]
+    fn the_first_matching_rule_applies_else_the_global_guard() {
+        let mut metrics = FakeMetrics::default();
+        let (guards, _) = wired(&mut metrics);
+        let guarded = |route| match guards.select(&mut FakeRequest::on(route)) {
+            Some(Applies::Guard(id)) => Some(id.index()),
+            _ => None,
+        };
+        assert_eq!(guarded("orders"), Some(1));
+        assert_eq!(guarded("pay"), Some(2));
+        assert_eq!(guarded("anything"), Some(0));
+        assert_eq!(
+            guards.select(&mut FakeRequest::on("off")),
+            Some(Applies::Disabled)
+        );
+    }
+
+    #[test]
+    fn new_content_reaches_only_the_guards_of_its_target() {
+        let mut metrics = FakeMetrics::default();
+        let (mut guards, mut targets) = wired(&mut metrics);
+        let orders = guards.target_of(GuardId::from_index(1)).unwrap();
+        let set = targets.read_answer(orders, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        targets.take_list(orders, set.unwrap(), 0, None);
+        let snapshot = targets.get(orders).unwrap().snapshot();
+        guards.refresh(targets.guards_of(orders), snapshot, &mut metrics);
+        assert_eq!(
+            metrics.get("nacos_guard.service.orders.usable_instances"),
+            2
+        );
+        assert_eq!(
+            metrics
+                .values
+                .get("nacos_guard.service.pay.usable_instances"),
+            Some(&0)
+        );
+
+        let mut request = FakeRequest::on("orders");
+        let target = targets.get(orders).unwrap();
+        let id = GuardId::from_index(1);
+        let action = guards.decide(id, target, 10, &mut request);
+        assert!(matches!(action, RequestAction::Route { .. }), "{action:?}");
+        // Unknown registry: fail_open passes the request through.
+        let pay = GuardId::from_index(2);
+        let pay_target = targets.get(guards.target_of(pay).unwrap()).unwrap();
+        assert_eq!(
+            guards.decide(pay, pay_target, 10, &mut FakeRequest::on("pay")),
+            RequestAction::PassThrough
+        );
+        guards.flush_counts(&mut metrics);
+        assert_eq!(metrics.get("nacos_guard.service.orders.routed"), 1);
+        assert_eq!(metrics.get("nacos_guard.service.pay.passed_through"), 1);
+        assert_eq!(metrics.get("nacos_guard.service.everything.routed"), 0);
+    }
+}

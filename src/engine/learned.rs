@@ -193,3 +193,107 @@ impl LearnedServices {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fakes::{config, FakeMetrics};
+    use crate::engine::ids::ServerId;
+    use crate::testing::test;
+
+    const AUTO: &str = r#"{"nacos": {"cluster": "nacos"},
+        "guardNacosRoutes": {"maxServices": 2, "idleMs": 8000}}"#;
+    const ORDERS: &str = "outbound|8080||orders.DEFAULT-GROUP.public.nacos";
+    const PAY: &str = "outbound|8080||pay.DEFAULT-GROUP.public.nacos";
+    const SHOP: &str = "outbound|8080||shop.DEFAULT-GROUP.public.nacos";
+
+    fn learned(metrics: &mut FakeMetrics) -> LearnedServices {
+        let auto = config(AUTO).auto.unwrap();
+        LearnedServices::new(auto, LearnMetrics::define(metrics))
+    }
+
+    /// Learn `cluster` as the engine does, with guard and target `index`.
+    fn learn(services: &mut LearnedServices, targets: &mut Targets, cluster: &str, index: usize) {
+        let mut metrics = FakeMetrics::default();
+        let Lookup::New(settings) = services.lookup(cluster) else {
+            panic!("{cluster} is new");
+        };
+        let guard = GuardId::from_index(index);
+        let server = ServerId::from_index(0);
+        let (target, _) = targets.find_or_add(server, &settings, guard, 2_000, &mut metrics);
+        assert_eq!(target.index(), index);
+        services.learned(cluster, &settings, guard, target, 0, &mut metrics);
+    }
+
+    #[test]
+    fn a_cluster_name_is_read_once_and_remembered() {
+        let mut metrics = FakeMetrics::default();
+        let mut services = learned(&mut metrics);
+        assert!(matches!(
+            services.lookup("outbound|80||web.dns"),
+            Lookup::LeftAlone
+        ));
+        assert!(services.knows("outbound|80||web.dns"));
+        let Lookup::New(settings) = services.lookup(ORDERS) else {
+            panic!("a Nacos service");
+        };
+        assert_eq!(settings.service.name, "orders");
+        assert!(!services.knows(ORDERS), "known only once it is learned");
+        let mut targets = Targets::default();
+        learn(&mut services, &mut targets, ORDERS, 0);
+        assert!(matches!(services.lookup(ORDERS), Lookup::Guarded(g) if g.index() == 0));
+    }
+
+    #[test]
+    fn the_bound_refuses_new_services_counts_them_and_remembers_them() {
+        let mut metrics = FakeMetrics::default();
+        let mut services = learned(&mut metrics);
+        let mut targets = Targets::default();
+        learn(&mut services, &mut targets, ORDERS, 0);
+        assert!(services.has_room());
+        learn(&mut services, &mut targets, PAY, 1);
+        assert!(!services.has_room());
+        services.refuse(SHOP, &mut metrics);
+        assert_eq!(metrics.get("nacos_guard.learned_services_refused"), 1);
+        assert!(matches!(services.lookup(SHOP), Lookup::LeftAlone));
+    }
+
+    #[test]
+    fn touches_are_told_once_per_eighth_of_idle_unless_the_snapshot_idles() {
+        let mut metrics = FakeMetrics::default();
+        let mut services = learned(&mut metrics);
+        let mut targets = Targets::default();
+        learn(&mut services, &mut targets, ORDERS, 0);
+        let target = TargetId::from_index(0);
+        assert!(!services.touch(target, 500, true));
+        assert!(services.touch(target, 1_000, true), "an eighth of 8,000 ms");
+        assert!(!services.touch(target, 1_001, true));
+        assert!(
+            services.touch(target, 1_002, false),
+            "an idle snapshot tells at once"
+        );
+        assert!(
+            !services.touch(TargetId::from_index(5), 9_000, false),
+            "not learned"
+        );
+    }
+
+    #[test]
+    fn a_service_without_requests_for_idle_ms_pauses_and_traffic_resumes_it() {
+        let mut metrics = FakeMetrics::default();
+        let mut services = learned(&mut metrics);
+        let mut targets = Targets::default();
+        learn(&mut services, &mut targets, ORDERS, 0);
+        let target = TargetId::from_index(0);
+        let touched = std::cell::Cell::new(Some(0));
+        services.check_idle(8_000, &targets, |_| touched.get());
+        assert!(!services.is_paused(target));
+        services.check_idle(9_001, &targets, |_| touched.get());
+        assert!(services.is_paused(target));
+        touched.set(Some(9_500));
+        services.check_idle(9_600, &targets, |_| touched.get());
+        assert!(services.is_paused(target), "looked at again a second later");
+        services.check_idle(10_001, &targets, |_| touched.get());
+        assert!(!services.is_paused(target));
+    }
+}

@@ -236,3 +236,37 @@ pub(super) fn take_answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+
+    #[test]
+    fn the_periods_follow_the_shortest_interval_learned_services_included() {
+        let configured = Polling::new(vec![4_000, 2_000], None, 1);
+        assert_eq!(configured.heartbeat_period_ms(), 1_000);
+        assert_eq!(configured.lease_ttl_ms(), 2_000 * LEASE_INTERVALS);
+        let learning_faster = Polling::new(vec![4_000], Some(400), 1);
+        assert_eq!(learning_faster.tick_period_ms(), 20);
+        assert_eq!(learning_faster.heartbeat_period_ms(), 200);
+        let learning_only = Polling::new(Vec::new(), Some(3_000), 1);
+        assert_eq!(learning_only.heartbeat_period_ms(), 1_500);
+    }
+
+    #[test]
+    fn an_answer_is_due_within_interval_timeout_heartbeat_and_two_ticks() {
+        let mut polling = Polling::new(vec![1_000], None, 1);
+        polling.add(5_000);
+        // tick 50 ms, heartbeat 500 ms
+        let slack = 2 * 50 + 500;
+        assert_eq!(
+            polling.next_answer_due_ms(TargetId::from_index(0), 700),
+            1_700 + slack
+        );
+        assert_eq!(
+            polling.next_answer_due_ms(TargetId::from_index(1), 700),
+            5_700 + slack
+        );
+    }
+}

@@ -176,3 +176,49 @@ impl PushLinks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fakes::{guard_settings, FakeMetrics, FakeOutbox};
+    use crate::engine::metrics::LoginMetrics;
+    use crate::engine::servers::Servers;
+    use crate::testing::test;
+
+    const PUSHED: &str = r#"{"nacos": {"cluster": "nacos",
+        "push": {"grpcCluster": "nacos-grpc"}}, "service": {"name": "demo"}}"#;
+    const POLLED: &str = r#"{"nacos": {"cluster": "other"}, "service": {"name": "demo"}}"#;
+
+    #[test]
+    fn only_a_pushed_server_has_a_link_and_events_find_it_by_token() {
+        let mut metrics = FakeMetrics::default();
+        let mut servers = Servers::new(LoginMetrics::default());
+        let mut links = PushLinks::new(PushMetrics::define(&mut metrics));
+        let targets = Targets::default();
+        for json in [POLLED, PUSHED] {
+            let settings = guard_settings(json).server;
+            let (id, _) = servers.find_or_add(&settings);
+            links.add_server(id, &settings);
+        }
+        let (polled, pushed) = (ServerId::from_index(0), ServerId::from_index(1));
+        let target = TargetId::from_index(0);
+        assert_eq!(links.due_poll(polled, target, 0), DuePoll::Poll);
+
+        let mut outbox = FakeOutbox::default();
+        links.drive(0, &servers, &targets, &mut outbox, &mut metrics);
+        assert_eq!(
+            outbox.grpc_calls.len(),
+            1,
+            "one ServerCheck, for the pushed server"
+        );
+        let token = outbox.grpc_calls[0].0;
+        assert_eq!(links.owner_of_call(token), Some(pushed));
+        assert_eq!(links.owner_of_call(token + 1), None);
+        assert_eq!(links.owner_of_stream(token), None);
+        assert_eq!(
+            links.due_poll(pushed, target, 0),
+            DuePoll::Poll,
+            "not subscribed"
+        );
+    }
+}

@@ -191,3 +191,68 @@ fn record_login_failure(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fakes::{guard_settings, FakeMetrics, FakeOutbox};
+    use crate::testing::test;
+
+    fn server(extra: &str) -> NacosServer {
+        let json = format!(
+            r#"{{"nacos": {{"cluster": "outbound|8848||nacos.dns"{extra}}}, "service": {{"name": "demo"}}}}"#
+        );
+        guard_settings(&json).server
+    }
+
+    #[test]
+    fn one_server_per_distinct_settings() {
+        let mut servers = Servers::new(LoginMetrics::default());
+        let (first, added) = servers.find_or_add(&server(""));
+        assert!(added);
+        assert_eq!(servers.find_or_add(&server("")), (first, false));
+        let (other, added) = servers.find_or_add(&server(r#", "timeoutMs": 900"#));
+        assert!(added);
+        assert_ne!(first, other);
+    }
+
+    #[test]
+    fn a_server_with_an_account_is_asked_only_once_its_login_is_granted() {
+        let mut metrics = FakeMetrics::default();
+        let mut servers = Servers::new(LoginMetrics::define(&mut metrics));
+        let account = r#", "username": "guard", "password": "secret""#;
+        let (id, _) = servers.find_or_add(&server(account));
+        let (open, _) = servers.find_or_add(&server(""));
+        assert!(servers.ready(open, 0));
+        assert!(!servers.ready(id, 0));
+
+        let mut outbox = FakeOutbox::default();
+        let mut logins = Vec::new();
+        servers.start_logins(0, &mut outbox, &mut metrics, |token, server| {
+            logins.push((token, server))
+        });
+        assert_eq!(logins.len(), 1, "only the server with an account logs in");
+        assert_eq!(logins[0].1, id);
+        assert_eq!(outbox.take()[0].method, "POST");
+
+        let grant = br#"{"accessToken":"T1","tokenTtl":3600}"#;
+        let published = servers.on_login(id, Some((200, grant)), 10, &mut metrics);
+        assert_eq!(published.map(|p| p.token), Some("T1".to_string()));
+        assert!(servers.ready(id, 10));
+        assert_eq!(servers.access_token(id, 10), Some("T1"));
+        assert_eq!(metrics.get("nacos_guard.login_success"), 1);
+    }
+
+    #[test]
+    fn a_failed_login_publishes_nothing_and_counts() {
+        let mut metrics = FakeMetrics::default();
+        let mut servers = Servers::new(LoginMetrics::define(&mut metrics));
+        let (id, _) = servers.find_or_add(&server(r#", "username": "u", "password": "p""#));
+        assert!(servers
+            .on_login(id, Some((403, b"no")), 0, &mut metrics)
+            .is_none());
+        assert!(servers.on_login(id, None, 0, &mut metrics).is_none());
+        assert_eq!(metrics.get("nacos_guard.login_failure"), 2);
+        assert!(!servers.ready(id, 0));
+    }
+}

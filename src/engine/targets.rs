@@ -410,3 +410,147 @@ fn push_at<T>(lists: &mut Vec<Vec<T>>, index: usize, item: T) {
         list.push(item);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fakes::{guard_settings, FakeMetrics, FakeStore};
+    use crate::testing::test;
+
+    const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
+        {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
+    const NONE: &[u8] = br#"{"hosts":[]}"#;
+
+    fn settings(service: &str, extra: &str) -> GuardSettings {
+        guard_settings(&format!(
+            r#"{{"nacos": {{"cluster": "nacos"}}, "service": {{"name": "{service}"}}{extra}}}"#
+        ))
+    }
+
+    fn guard(index: usize) -> GuardId {
+        GuardId::from_index(index)
+    }
+
+    fn one(service: &str) -> (Targets, TargetId, FakeMetrics) {
+        let mut metrics = FakeMetrics::default();
+        let mut targets = Targets::default();
+        let server = ServerId::from_index(0);
+        let (id, _) = targets.find_or_add(
+            server,
+            &settings(service, ""),
+            guard(0),
+            2_000,
+            &mut metrics,
+        );
+        (targets, id, metrics)
+    }
+
+    #[test]
+    fn guards_asking_one_question_share_its_target_and_the_strictest_limit() {
+        let mut metrics = FakeMetrics::default();
+        let mut targets = Targets::default();
+        let server = ServerId::from_index(0);
+        let lax = settings("demo", r#", "maxStaleMs": 9000"#);
+        let strict = settings("demo", r#", "maxStaleMs": 3000"#);
+        let blue = settings(
+            "demo",
+            r#", "service": {"name": "demo", "clusters": ["blue"]}"#,
+        );
+        let (a, added_a) = targets.find_or_add(server, &lax, guard(0), 1_000, &mut metrics);
+        let (b, added_b) = targets.find_or_add(server, &strict, guard(1), 1_000, &mut metrics);
+        let (c, added_c) = targets.find_or_add(server, &blue, guard(2), 1_000, &mut metrics);
+        assert_eq!((added_a, added_b, added_c), (true, false, true));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(targets.guards_of(a), &[guard(0), guard(1)]);
+        assert_eq!(targets.guards_of(c), &[guard(2)]);
+        assert_eq!(targets.of_server(server), &[a, c]);
+
+        targets.take_list(a, Some(InstanceSet::default()), 0, None);
+        targets.failed(a, 100, "nacos", "timeout", &mut metrics);
+        // Stale 3,000 ms after the first failure for the target's own warning,
+        // 9,000 ms for the lax guard.
+        let target = targets.get(a).unwrap();
+        assert_eq!(target.freshness(3_101), Freshness::Stale);
+        assert_eq!(target.freshness_for(3_101, 9_000), Freshness::Fresh);
+        assert_eq!(target.freshness_for(9_101, 9_000), Freshness::Stale);
+    }
+
+    #[test]
+    fn an_empty_list_is_taken_as_the_truth() {
+        let (mut targets, id, mut metrics) = one("demo");
+        let two = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        assert!(targets.take_list(id, two.unwrap(), 0, None));
+        let none = targets.read_answer(id, ApiVersion::V1, Some((200, NONE)), &mut metrics);
+        assert!(targets.take_list(id, none.unwrap(), 10, None));
+        let set = targets.get(id).unwrap().snapshot().instances().unwrap();
+        assert!(set.instances.is_empty());
+    }
+
+    #[test]
+    fn the_same_answer_again_confirms_without_parsing() {
+        let (mut targets, id, mut metrics) = one("demo");
+        let first = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        assert!(first.unwrap().is_some());
+        let again = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        assert_eq!(again, Ok(None));
+        assert_eq!(metrics.get("nacos_guard.service.demo.poll_success"), 2);
+        // A pushed list forgets the answer: the next poll is parsed again.
+        targets.take_pushed(id, InstanceSet::default(), 5, None);
+        let after_push = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        assert!(after_push.unwrap().is_some());
+    }
+
+    #[test]
+    fn a_bad_answer_keeps_the_last_good_snapshot_and_counts() {
+        let (mut targets, id, mut metrics) = one("demo");
+        let two = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        targets.take_list(id, two.unwrap(), 0, None);
+        for answer in [Some((500, &b"boom"[..])), Some((200, &b"{"[..])), None] {
+            let read = targets.read_answer(id, ApiVersion::V1, answer, &mut metrics);
+            let error = read.unwrap_err();
+            targets.failed(id, 10, "nacos", &error.to_string(), &mut metrics);
+        }
+        assert_eq!(metrics.get("nacos_guard.service.demo.poll_failure"), 3);
+        let snapshot = targets.get(id).unwrap().snapshot();
+        assert_eq!(snapshot.instances().unwrap().instances.len(), 2);
+        assert!(snapshot.is_failing());
+    }
+
+    #[test]
+    fn a_refusal_is_again_only_after_one_with_an_older_token() {
+        let (mut targets, id, _) = one("demo");
+        assert!(!targets.note_refusal(id, 1));
+        assert!(!targets.note_refusal(id, 1));
+        assert!(targets.note_refusal(id, 2));
+        targets.take_list(id, None, 0, None);
+        assert!(
+            !targets.note_refusal(id, 3),
+            "a good answer ends the episode"
+        );
+    }
+
+    #[test]
+    fn what_the_poller_publishes_another_vm_adopts() {
+        let (mut poller, id, mut metrics) = one("demo");
+        let (mut follower, same, _) = one("demo");
+        let mut store = FakeStore::default();
+        let two = poller.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
+        poller.take_list(id, two.unwrap(), 40, Some(&mut store));
+        let health = poller.get(id).unwrap().snapshot().health();
+
+        let moved = follower.adopt_health(same, health);
+        assert_eq!(moved, Some(40));
+        assert!(
+            !follower.adopt_stored(same, 41, false, &store),
+            "older than the heartbeat"
+        );
+        assert!(follower.adopt_stored(same, 40, false, &store));
+        assert!(
+            !follower.adopt_stored(same, 40, false, &store),
+            "already taken"
+        );
+        let set = follower.get(same).unwrap().snapshot().instances().unwrap();
+        assert_eq!(set.instances.len(), 2);
+    }
+}
