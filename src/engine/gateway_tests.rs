@@ -601,3 +601,36 @@ fn learned_services_are_bounded_and_ambiguous_names_are_not_guessed() {
         "ignore"
     );
 }
+
+/// Issue 24, defect 9: with `guardNacosRoutes` alone, the tick, heartbeat and
+/// lease were fixed from the 1000 ms default while the learned services' stale
+/// limits used their own 200 ms interval, so followers went stale between
+/// heartbeats while Nacos answered every poll.
+#[test]
+fn learned_services_alone_are_timed_by_their_own_interval() {
+    let config = r#"{"nacos":{"cluster":"nacos","timeoutMs":100},"refreshIntervalMs":200,
+        "maxStaleMs":0,"onStale":"fail_closed","guardNacosRoutes":{}}"#;
+    let mut gateway = Gateway::new(config, 3, Nacos::List(hosts(&FOUR[..2])));
+    let mut now = gateway.tick_all(0);
+    gateway.send(0, now, FakeRequest::to("r", ORDERS));
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for wall in (10..4_000).step_by(10) {
+        // Each VM ticks at the period its engine asked the host for.
+        for vm in 0..3 {
+            if wall % gateway.vms[vm].engine.tick_period_ms() == 0 {
+                now = gateway.tick(vm, wall);
+            }
+        }
+        if wall >= 1_000 {
+            for vm in 0..3 {
+                let outcome = gateway.send(vm, now, FakeRequest::to("r", ORDERS));
+                *outcomes.entry(outcome).or_default() += 1;
+            }
+        }
+    }
+    let routed: u32 = FOUR[..2]
+        .iter()
+        .map(|e| outcomes.get(*e).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(routed, outcomes.values().sum::<u32>(), "{outcomes:?}");
+}
