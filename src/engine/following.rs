@@ -3,7 +3,7 @@
 //! A new poller and a new configuration start from the same.
 
 use super::host_traits::SharedStore;
-use super::ids::{Id, TargetId};
+use super::ids::{Id, ServerId, TargetId};
 use super::servers::Servers;
 use super::sharing::Sharing;
 use super::targets::Targets;
@@ -39,10 +39,9 @@ pub(super) fn follow(
 
 /// Take the tokens the poller's logins got.
 pub(super) fn adopt_tokens(sharing: &Sharing, servers: &mut Servers, store: &dyn SharedStore) {
-    let ids: Vec<_> = servers.ids().collect();
-    for server in ids {
-        if let Some(token) = sharing.read_token(server.index(), store) {
-            servers.adopt_token(server, token);
+    for index in 0..servers.len() {
+        if let Some(token) = sharing.read_token(index, store) {
+            servers.adopt_token(ServerId::from_index(index), token);
         }
     }
 }
@@ -91,8 +90,16 @@ mod tests {
         let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
         let target = TargetId::from_index(0);
 
-        let two = polled.read_answer(target, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        polled.take_list(target, two.unwrap(), 100, Some(&mut store));
+        polled
+            .take_answer(
+                target,
+                ApiVersion::V1,
+                Some((200, TWO)),
+                100,
+                &mut metrics,
+                Some(&mut store),
+            )
+            .unwrap();
         poller.write_heartbeat(100, polled.health(), &mut store);
         let token = PublishedToken {
             token: "T".to_string(),
@@ -121,8 +128,16 @@ mod tests {
         let mut metrics = FakeMetrics::default();
         let (_, mut polled, _) = vm(1, &mut metrics);
         let target = TargetId::from_index(0);
-        let two = polled.read_answer(target, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        polled.take_list(target, two.unwrap(), 100, Some(&mut store));
+        polled
+            .take_answer(
+                target,
+                ApiVersion::V1,
+                Some((200, TWO)),
+                100,
+                &mut metrics,
+                Some(&mut store),
+            )
+            .unwrap();
         polled.take_list(target, None, 900, Some(&mut store));
 
         let (_, mut fresh, _) = vm(3, &mut metrics);

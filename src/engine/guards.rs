@@ -289,8 +289,16 @@ mod tests {
         let mut metrics = FakeMetrics::default();
         let (mut guards, mut targets) = wired(&mut metrics);
         let orders = guards.target_of(GuardId::from_index(1)).unwrap();
-        let set = targets.read_answer(orders, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        targets.take_list(orders, set.unwrap(), 0, None);
+        targets
+            .take_answer(
+                orders,
+                ApiVersion::V1,
+                Some((200, TWO)),
+                0,
+                &mut metrics,
+                None,
+            )
+            .unwrap();
         let snapshot = targets.get(orders).unwrap().snapshot();
         guards.refresh(targets.guards_of(orders), snapshot, &mut metrics);
         assert_eq!(

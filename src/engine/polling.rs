@@ -23,6 +23,7 @@ pub(super) enum Pending {
 /// A list call as it was sent.
 pub(super) struct Polled {
     target: TargetId,
+    server: ServerId,
     polled_at_ms: u64,
     token_generation: u64,
 }
@@ -155,7 +156,8 @@ impl Polling {
                 targets.confirm_by_push(id, now_ms, publishing.then_some(&mut *store));
                 continue;
             }
-            let Some(list) = targets.list_call(id, servers.access_token(server, now_ms)) else {
+            let access_token = servers.access_token(server, now_ms);
+            let Some(list) = targets.get(id).map(|t| t.list_call(access_token)) else {
                 self.scheduler.finished(index);
                 continue;
             };
@@ -169,6 +171,7 @@ impl Polling {
                 Ok(token) => {
                     let polled = Polled {
                         target: id,
+                        server,
                         polled_at_ms: now_ms,
                         token_generation: servers.token_generation(server),
                     };
@@ -200,17 +203,12 @@ pub(super) fn take_answer(
         publishing,
         ..
     } = parts;
-    let id = polled.target;
-    let server = targets.get(id)?.server();
+    let (id, server) = (polled.target, polled.server);
     let settings = servers.settings(server)?;
     let (api, needs_login) = (settings.api, settings.credentials.is_some());
-    match targets.read_answer(id, api, answer, metrics) {
-        Ok(set) => {
-            let publish = publishing.then_some(store);
-            targets
-                .take_list(id, set, polled.polled_at_ms, publish)
-                .then_some(id)
-        }
+    let publish = publishing.then_some(store);
+    match targets.take_answer(id, api, answer, polled.polled_at_ms, metrics, publish) {
+        Ok(changed) => changed.then_some(id),
         Err(error) => {
             if error == AnswerError::Status(403) && needs_login {
                 let again = targets.note_refusal(id, polled.token_generation);

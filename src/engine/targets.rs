@@ -76,6 +76,43 @@ impl Target {
     }
 }
 
+impl Target {
+    fn take(
+        &mut self,
+        set: Option<InstanceSet>,
+        stamp_ms: u64,
+        publish: Option<&mut dyn SharedStore>,
+    ) -> bool {
+        if self.failure_streak > 0 {
+            info!(
+                "nacos-instance-guard: polling service {} works again after {} failures",
+                self.service.name, self.failure_streak
+            );
+        }
+        self.failure_streak = 0;
+        self.refused_with = None;
+        let changed = match set {
+            Some(set) => self.snapshot.accept(set, stamp_ms),
+            None => self.snapshot.accept_same(stamp_ms),
+        };
+        if let Some(store) = publish {
+            if changed {
+                if let Some(set) = self.snapshot.instances() {
+                    let stamp = self.snapshot.content_stamp();
+                    sharing::publish_content(&self.keys, stamp, set, store);
+                }
+            }
+            sharing::publish_confirmed(&self.keys, stamp_ms, store);
+        }
+        changed
+    }
+
+    /// Its list call carrying `access_token`.
+    pub fn list_call(&self, access_token: Option<&str>) -> NacosRequest {
+        self.list.with_token(access_token)
+    }
+}
+
 /// Everything that shapes Nacos's answer about a guard's service: guards, VMs and
 /// configurations asking the same question share its answer.
 fn question(settings: &GuardSettings) -> String {
@@ -204,20 +241,20 @@ impl Targets {
             .map(|t| (t.heartbeat_id(), t.snapshot.health()))
     }
 
-    /// The list call of `id` carrying `access_token`.
-    pub fn list_call(&self, id: TargetId, access_token: Option<&str>) -> Option<NacosRequest> {
-        Some(self.table.get(id)?.list.with_token(access_token))
-    }
-
-    /// Read an HTTP answer for `id`: `Ok(None)` when it is byte for byte the last
-    /// good one (`AnswerDigest::matches`), which then needs no parsing.
-    pub fn read_answer(
+    /// Take an HTTP answer for `id` to the poll sent at `polled_at_ms`,
+    /// published to `store` when the VMs share; whether the content changed. An
+    /// answer byte for byte the last good one (`AnswerDigest::matches`) confirms
+    /// the snapshot without being parsed. A bad answer changes nothing here: the
+    /// caller records the failure (`failed`).
+    pub fn take_answer(
         &mut self,
         id: TargetId,
         api: ApiVersion,
         answer: Option<(u16, &[u8])>,
+        polled_at_ms: u64,
         metrics: &mut dyn Metrics,
-    ) -> Result<Option<InstanceSet>, AnswerError> {
+        publish: Option<&mut dyn SharedStore>,
+    ) -> Result<bool, AnswerError> {
         let Some(target) = self.table.get_mut(id) else {
             return Err(AnswerError::NoAnswer);
         };
@@ -226,18 +263,20 @@ impl Targets {
             Some((200, body)) if body.len() <= response::MAX_ANSWER_BYTES => Some(body),
             _ => None,
         };
-        if good_body.is_some_and(|body| target.last_good.as_ref().is_some_and(|l| l.matches(body)))
-        {
-            bump(metrics, target.metrics.success);
-            return Ok(None);
-        }
-        let set = match answer {
-            Some((status, body)) => response::parse_instance_list(api, status, body)?,
-            None => return Err(AnswerError::NoAnswer),
+        let unchanged = good_body
+            .is_some_and(|body| target.last_good.as_ref().is_some_and(|l| l.matches(body)));
+        let set = if unchanged {
+            None
+        } else {
+            let set = match answer {
+                Some((status, body)) => response::parse_instance_list(api, status, body)?,
+                None => return Err(AnswerError::NoAnswer),
+            };
+            target.last_good = good_body.map(AnswerDigest::of);
+            Some(set)
         };
-        target.last_good = good_body.map(AnswerDigest::of);
         bump(metrics, target.metrics.success);
-        Ok(Some(set))
+        Ok(target.take(set, polled_at_ms, publish))
     }
 
     /// A good list for `id` telling the state as of `stamp_ms` (`None`: the same
@@ -250,31 +289,9 @@ impl Targets {
         stamp_ms: u64,
         publish: Option<&mut dyn SharedStore>,
     ) -> bool {
-        let Some(target) = self.table.get_mut(id) else {
-            return false;
-        };
-        if target.failure_streak > 0 {
-            info!(
-                "nacos-instance-guard: polling service {} works again after {} failures",
-                target.service.name, target.failure_streak
-            );
-        }
-        target.failure_streak = 0;
-        target.refused_with = None;
-        let changed = match set {
-            Some(set) => target.snapshot.accept(set, stamp_ms),
-            None => target.snapshot.accept_same(stamp_ms),
-        };
-        if let Some(store) = publish {
-            if changed {
-                if let Some(set) = target.snapshot.instances() {
-                    let stamp = target.snapshot.content_stamp();
-                    sharing::publish_content(&target.keys, stamp, set, store);
-                }
-            }
-            sharing::publish_confirmed(&target.keys, stamp_ms, store);
-        }
-        changed
+        self.table
+            .get_mut(id)
+            .is_some_and(|target| target.take(set, stamp_ms, publish))
     }
 
     /// A list the server pushed: taken as a polled one, but no HTTP answer
@@ -479,39 +496,53 @@ mod tests {
     #[test]
     fn an_empty_list_is_taken_as_the_truth() {
         let (mut targets, id, mut metrics) = one("demo");
-        let two = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        assert!(targets.take_list(id, two.unwrap(), 0, None));
-        let none = targets.read_answer(id, ApiVersion::V1, Some((200, NONE)), &mut metrics);
-        assert!(targets.take_list(id, none.unwrap(), 10, None));
+        let mut take = |body, at| {
+            targets.take_answer(
+                id,
+                ApiVersion::V1,
+                Some((200, body)),
+                at,
+                &mut metrics,
+                None,
+            )
+        };
+        assert_eq!(take(TWO, 0), Ok(true));
+        assert_eq!(take(NONE, 10), Ok(true));
         let set = targets.get(id).unwrap().snapshot().instances().unwrap();
         assert!(set.instances.is_empty());
     }
 
     #[test]
-    fn the_same_answer_again_confirms_without_parsing() {
+    fn the_same_answer_again_confirms_until_a_push_changes_the_content() {
         let (mut targets, id, mut metrics) = one("demo");
-        let first = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        assert!(first.unwrap().is_some());
-        let again = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        assert_eq!(again, Ok(None));
-        assert_eq!(metrics.get("nacos_guard.service.demo.poll_success"), 2);
-        // A pushed list forgets the answer: the next poll is parsed again.
-        targets.take_pushed(id, InstanceSet::default(), 5, None);
-        let after_push = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        assert!(after_push.unwrap().is_some());
+        let mut take = |targets: &mut Targets, at| {
+            targets.take_answer(id, ApiVersion::V1, Some((200, TWO)), at, &mut metrics, None)
+        };
+        assert_eq!(take(&mut targets, 0), Ok(true));
+        assert_eq!(take(&mut targets, 10), Ok(false));
+        assert_eq!(
+            targets.get(id).unwrap().snapshot().health().confirmed_at_ms,
+            10
+        );
+        // A pushed list forgets the answer: the same bytes are news again.
+        assert!(targets.take_pushed(id, InstanceSet::default(), 15, None));
+        assert_eq!(take(&mut targets, 20), Ok(true));
+        assert_eq!(metrics.get("nacos_guard.service.demo.poll_success"), 3);
     }
 
     #[test]
     fn a_bad_answer_keeps_the_last_good_snapshot_and_counts() {
         let (mut targets, id, mut metrics) = one("demo");
-        let two = targets.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        targets.take_list(id, two.unwrap(), 0, None);
+        targets
+            .take_answer(id, ApiVersion::V1, Some((200, TWO)), 0, &mut metrics, None)
+            .unwrap();
         for answer in [Some((500, &b"boom"[..])), Some((200, &b"{"[..])), None] {
-            let read = targets.read_answer(id, ApiVersion::V1, answer, &mut metrics);
+            let read = targets.take_answer(id, ApiVersion::V1, answer, 10, &mut metrics, None);
             let error = read.unwrap_err();
             targets.failed(id, 10, "nacos", &error.to_string(), &mut metrics);
         }
         assert_eq!(metrics.get("nacos_guard.service.demo.poll_failure"), 3);
+        assert_eq!(metrics.get("nacos_guard.service.demo.poll_success"), 1);
         let snapshot = targets.get(id).unwrap().snapshot();
         assert_eq!(snapshot.instances().unwrap().instances.len(), 2);
         assert!(snapshot.is_failing());
@@ -535,8 +566,16 @@ mod tests {
         let (mut poller, id, mut metrics) = one("demo");
         let (mut follower, same, _) = one("demo");
         let mut store = FakeStore::default();
-        let two = poller.read_answer(id, ApiVersion::V1, Some((200, TWO)), &mut metrics);
-        poller.take_list(id, two.unwrap(), 40, Some(&mut store));
+        poller
+            .take_answer(
+                id,
+                ApiVersion::V1,
+                Some((200, TWO)),
+                40,
+                &mut metrics,
+                Some(&mut store),
+            )
+            .unwrap();
         let health = poller.get(id).unwrap().snapshot().health();
 
         let moved = follower.adopt_health(same, health);
