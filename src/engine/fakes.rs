@@ -87,7 +87,7 @@ impl FakeOutbox {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct FakeMetrics {
     names: Vec<String>,
     pub values: BTreeMap<String, u64>,
@@ -131,11 +131,20 @@ impl Metrics for FakeMetrics {
     }
 }
 
+/// Another VM's step, run by [`FakeStore`] between two of this VM's calls.
+pub type Interleaved = Box<dyn FnOnce(&mut FakeStore)>;
+
 /// Shared data as Envoy keeps it: values with a version for compare-and-swap.
 #[derive(Default)]
 pub struct FakeStore {
     entries: BTreeMap<String, (Vec<u8>, u32)>,
     pub writes: usize,
+    /// Refuse this many compare-and-swap writes to keys containing the text, as
+    /// another VM writing first would.
+    pub contend: Option<(&'static str, usize)>,
+    /// Run this before the first write to a key containing the text lands, as
+    /// another VM's thread would between a VM's read and its write.
+    pub before_write: Option<(&'static str, Interleaved)>,
 }
 
 impl SharedStore for FakeStore {
@@ -147,6 +156,20 @@ impl SharedStore for FakeStore {
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        if self
+            .before_write
+            .as_ref()
+            .is_some_and(|(text, _)| key.contains(text))
+        {
+            let (_, interleaved) = self.before_write.take().unwrap();
+            interleaved(self);
+        }
+        if let Some((text, left)) = &mut self.contend {
+            if cas.is_some() && key.contains(*text) && *left > 0 {
+                *left -= 1;
+                return false;
+            }
+        }
         let current = self.entries.get(key).map(|(_, version)| *version);
         if cas.is_some_and(|cas| current != Some(cas)) {
             return false;

@@ -13,7 +13,7 @@ const ENVOY: Capabilities = Capabilities {
 };
 
 /// A list answer with these `ip:port`s, weight 1 each.
-fn hosts(endpoints: &[&str]) -> Vec<u8> {
+pub(super) fn hosts(endpoints: &[&str]) -> Vec<u8> {
     let hosts: Vec<String> = endpoints
         .iter()
         .map(|endpoint| {
@@ -26,32 +26,32 @@ fn hosts(endpoints: &[&str]) -> Vec<u8> {
 
 /// What Nacos answers: a list, or a status.
 #[derive(Clone)]
-enum Nacos {
+pub(super) enum Nacos {
     List(Vec<u8>),
     Status(u16),
 }
 
-struct Vm {
-    engine: Engine,
+pub(super) struct Vm {
+    pub(super) engine: Engine,
     outbox: FakeOutbox,
     clock: GatewayClock,
 }
 
-struct Gateway {
-    vms: Vec<Vm>,
-    metrics: FakeMetrics,
-    store: FakeStore,
-    nacos: Nacos,
+pub(super) struct Gateway {
+    pub(super) vms: Vec<Vm>,
+    pub(super) metrics: FakeMetrics,
+    pub(super) store: FakeStore,
+    pub(super) nacos: Nacos,
     /// What a login answers.
     login: Nacos,
     /// Answers for particular services, by name, instead of `nacos`.
-    per_service: Vec<(&'static str, Nacos)>,
+    pub(super) per_service: Vec<(&'static str, Nacos)>,
     logins: usize,
-    polls: usize,
+    pub(super) polls: usize,
 }
 
 impl Gateway {
-    fn new(config: &str, vm_count: usize, nacos: Nacos) -> Self {
+    pub(super) fn new(config: &str, vm_count: usize, nacos: Nacos) -> Self {
         let mut gateway = Self {
             vms: Vec::new(),
             metrics: FakeMetrics::default(),
@@ -89,7 +89,7 @@ impl Gateway {
 
     /// Tick VM `vm` at wall time `wall`; Nacos answers at once. Returns the
     /// gateway time the VM read.
-    fn tick(&mut self, vm: usize, wall: u64) -> u64 {
+    pub(super) fn tick(&mut self, vm: usize, wall: u64) -> u64 {
         let Vm {
             engine,
             outbox,
@@ -148,18 +148,18 @@ impl Gateway {
         }
     }
 
-    fn tick_all(&mut self, wall: u64) -> u64 {
+    pub(super) fn tick_all(&mut self, wall: u64) -> u64 {
         (0..self.vms.len())
             .map(|vm| self.tick(vm, wall))
             .max()
             .unwrap_or(0)
     }
 
-    fn request(&mut self, vm: usize, now: u64, route: &'static str) -> String {
+    pub(super) fn request(&mut self, vm: usize, now: u64, route: &'static str) -> String {
         self.send(vm, now, FakeRequest::on(route))
     }
 
-    fn send(&mut self, vm: usize, now: u64, mut request: FakeRequest) -> String {
+    pub(super) fn send(&mut self, vm: usize, now: u64, mut request: FakeRequest) -> String {
         outcome(self.vms[vm].engine.on_request(
             now,
             &mut request,
@@ -169,7 +169,7 @@ impl Gateway {
     }
 }
 
-const FOUR: [&str; 4] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
+pub(super) const FOUR: [&str; 4] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
 
 fn global(extra: &str) -> String {
     format!(
@@ -489,7 +489,7 @@ fn filtered_views_of_one_service_have_their_own_gauges() {
     );
 }
 
-const ORDERS: &str = "outbound|8080||orders.DEFAULT-GROUP.public.nacos";
+pub(super) const ORDERS: &str = "outbound|8080||orders.DEFAULT-GROUP.public.nacos";
 const PAY: &str = "outbound|8080||pay.MY-GROUP.dev.nacos";
 const PLAIN: &str = "outbound|8080||web.dns";
 
@@ -600,37 +600,4 @@ fn learned_services_are_bounded_and_ambiguous_names_are_not_guessed() {
         ),
         "ignore"
     );
-}
-
-/// Issue 24, defect 9: with `guardNacosRoutes` alone, the tick, heartbeat and
-/// lease were fixed from the 1000 ms default while the learned services' stale
-/// limits used their own 200 ms interval, so followers went stale between
-/// heartbeats while Nacos answered every poll.
-#[test]
-fn learned_services_alone_are_timed_by_their_own_interval() {
-    let config = r#"{"nacos":{"cluster":"nacos","timeoutMs":100},"refreshIntervalMs":200,
-        "maxStaleMs":0,"onStale":"fail_closed","guardNacosRoutes":{}}"#;
-    let mut gateway = Gateway::new(config, 3, Nacos::List(hosts(&FOUR[..2])));
-    let mut now = gateway.tick_all(0);
-    gateway.send(0, now, FakeRequest::to("r", ORDERS));
-    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
-    for wall in (10..4_000).step_by(10) {
-        // Each VM ticks at the period its engine asked the host for.
-        for vm in 0..3 {
-            if wall % gateway.vms[vm].engine.tick_period_ms() == 0 {
-                now = gateway.tick(vm, wall);
-            }
-        }
-        if wall >= 1_000 {
-            for vm in 0..3 {
-                let outcome = gateway.send(vm, now, FakeRequest::to("r", ORDERS));
-                *outcomes.entry(outcome).or_default() += 1;
-            }
-        }
-    }
-    let routed: u32 = FOUR[..2]
-        .iter()
-        .map(|e| outcomes.get(*e).copied().unwrap_or(0))
-        .sum();
-    assert_eq!(routed, outcomes.values().sum::<u32>(), "{outcomes:?}");
 }

@@ -21,6 +21,16 @@ pub(super) enum Lookup {
     New(Box<GuardSettings>),
 }
 
+/// What this VM knows a cluster name to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Guarded(GuardId),
+    /// Not a Nacos service, or one whose name cannot be read unambiguously.
+    NotNacos,
+    /// A Nacos service refused because `maxServices` were learned.
+    Refused,
+}
+
 /// What is kept of a learned service.
 struct Learned {
     /// Polled only while some VM routed a request to it within `idleMs`.
@@ -33,10 +43,13 @@ struct Learned {
 
 pub(super) struct LearnedServices {
     settings: AutoGuard,
-    /// Cluster name → its guard, or `None` for a cluster left alone.
-    by_cluster: WordMap<String, Option<GuardId>>,
+    by_cluster: WordMap<String, Known>,
     /// The learned state of each target, by its index (`None`: configured).
     by_target: Vec<Option<Learned>>,
+    /// Services this VM learned that the shared list may lack (an addition lost
+    /// to contention, or erased by another VM's first write of the list): added
+    /// again on each tick until the poller's heartbeat carries the service.
+    unlisted: Vec<(String, TargetId)>,
     count: usize,
     full_reported: bool,
     metrics: LearnMetrics,
@@ -48,6 +61,7 @@ impl LearnedServices {
             settings,
             by_cluster: WordMap::default(),
             by_target: Vec::new(),
+            unlisted: Vec::new(),
             count: 0,
             full_reported: false,
             metrics,
@@ -58,16 +72,32 @@ impl LearnedServices {
         self.settings.max_services
     }
 
-    pub fn knows(&self, cluster: &str) -> bool {
-        self.by_cluster.contains_key(cluster)
+    /// What `cluster` stands for on a request; a cluster that is no Nacos
+    /// service is remembered as left alone, and a request to a refused one is
+    /// counted.
+    pub fn lookup(&mut self, cluster: &str, metrics: &mut dyn Metrics) -> Lookup {
+        match self.by_cluster.get(cluster) {
+            Some(Known::Guarded(guard)) => Lookup::Guarded(*guard),
+            Some(Known::NotNacos) => Lookup::LeftAlone,
+            Some(Known::Refused) => {
+                bump(metrics, self.metrics.refused);
+                Lookup::LeftAlone
+            }
+            None => self.read(cluster),
+        }
     }
 
-    /// What `cluster` stands for; a cluster that is no Nacos service is
-    /// remembered as left alone.
-    pub fn lookup(&mut self, cluster: &str) -> Lookup {
-        if let Some(known) = self.by_cluster.get(cluster) {
-            return known.map_or(Lookup::LeftAlone, Lookup::Guarded);
+    /// What a cluster another VM listed stands for: `New` unless this VM guards
+    /// it already. One this VM refused is taken now that the list holds it.
+    pub fn listed_elsewhere(&mut self, cluster: &str) -> Lookup {
+        match self.by_cluster.get(cluster) {
+            Some(Known::Guarded(guard)) => Lookup::Guarded(*guard),
+            Some(Known::NotNacos) => Lookup::LeftAlone,
+            Some(Known::Refused) | None => self.read(cluster),
         }
+    }
+
+    fn read(&mut self, cluster: &str) -> Lookup {
         match nacos_cluster::service_of(cluster, &self.settings.names) {
             ClusterService::Service(service) => {
                 let mut settings = self.settings.template.clone();
@@ -75,15 +105,33 @@ impl LearnedServices {
                 Lookup::New(Box::new(settings))
             }
             ClusterService::NotNacos => {
-                self.by_cluster.insert(cluster.to_string(), None);
+                self.by_cluster.insert(cluster.to_string(), Known::NotNacos);
                 Lookup::LeftAlone
             }
             ClusterService::Ambiguous(reason) => {
                 warn!("nacos-instance-guard: not guarding: {reason}");
-                self.by_cluster.insert(cluster.to_string(), None);
+                self.by_cluster.insert(cluster.to_string(), Known::NotNacos);
                 Lookup::LeftAlone
             }
         }
+    }
+
+    /// The clusters this VM guards, for the poller to keep them listed.
+    pub fn guarded_clusters(&self) -> impl Iterator<Item = &str> {
+        self.by_cluster
+            .iter()
+            .filter(|(_, known)| matches!(known, Known::Guarded(_)))
+            .map(|(cluster, _)| cluster.as_str())
+    }
+
+    /// The services that may still be missing from the shared list, with their
+    /// targets; taken, to be handed back with `keep_unlisted` if still missing.
+    pub fn take_unlisted(&mut self) -> Vec<(String, TargetId)> {
+        std::mem::take(&mut self.unlisted)
+    }
+
+    pub fn keep_unlisted(&mut self, cluster: String, target: TargetId) {
+        self.unlisted.push((cluster, target));
     }
 
     /// Whether this VM may learn one more service.
@@ -91,8 +139,11 @@ impl LearnedServices {
         self.count < self.settings.max_services
     }
 
-    /// `cluster` is not learned: the bound is reached.
+    /// `cluster` is not learned, or no longer: the bound is reached.
     pub fn refuse(&mut self, cluster: &str, metrics: &mut dyn Metrics) {
+        if let Some(Known::Guarded(_)) = self.by_cluster.get(cluster) {
+            self.count = self.count.saturating_sub(1);
+        }
         bump(metrics, self.metrics.refused);
         if !self.full_reported {
             self.full_reported = true;
@@ -102,17 +153,21 @@ impl LearnedServices {
                 self.settings.max_services
             );
         }
-        self.by_cluster.insert(cluster.to_string(), None);
+        self.by_cluster.insert(cluster.to_string(), Known::Refused);
     }
 
     /// `cluster` is guarded by `guard`, polling `target`, from `now_ms` on.
+    /// `requested`: a request to it came now (else the list named it); `listed`:
+    /// the shared list is known to hold it.
+    #[allow(clippy::too_many_arguments)]
     pub fn learned(
         &mut self,
         cluster: &str,
         settings: &GuardSettings,
-        guard: GuardId,
-        target: TargetId,
+        (guard, target): (GuardId, TargetId),
         now_ms: u64,
+        requested: bool,
+        listed: bool,
         metrics: &mut dyn Metrics,
     ) {
         self.count += 1;
@@ -124,13 +179,22 @@ impl LearnedServices {
             self.by_target.resize_with(index + 1, || None);
         }
         if let Some(slot) = self.by_target.get_mut(index) {
+            // One named by the list keeps the last request time stored there:
+            // the idle check of this very tick reads it.
             *slot = Some(Learned {
                 active: true,
                 next_idle_check_ms: now_ms,
-                touched_ms: now_ms,
+                touched_ms: if requested { now_ms } else { 0 },
             });
         }
-        self.by_cluster.insert(cluster.to_string(), Some(guard));
+        self.by_cluster
+            .insert(cluster.to_string(), Known::Guarded(guard));
+        if !listed {
+            self.unlisted.push((cluster.to_string(), target));
+        }
+        if !requested {
+            return;
+        }
         let service = &settings.service;
         info!(
             "nacos-instance-guard: guarding service {} (group {}, namespace {}) learned from {cluster}",
@@ -215,14 +279,14 @@ mod tests {
     /// Learn `cluster` as the engine does, with guard and target `index`.
     fn learn(services: &mut LearnedServices, targets: &mut Targets, cluster: &str, index: usize) {
         let mut metrics = FakeMetrics::default();
-        let Lookup::New(settings) = services.lookup(cluster) else {
+        let Lookup::New(settings) = services.lookup(cluster, &mut metrics) else {
             panic!("{cluster} is new");
         };
         let guard = GuardId::from_index(index);
         let server = ServerId::from_index(0);
         let (target, _) = targets.find_or_add(server, &settings, guard, 2_000, &mut metrics);
         assert_eq!(target.index(), index);
-        services.learned(cluster, &settings, guard, target, 0, &mut metrics);
+        services.learned(cluster, &settings, (guard, target), 0, true, true, &mut metrics);
     }
 
     #[test]
@@ -230,18 +294,18 @@ mod tests {
         let mut metrics = FakeMetrics::default();
         let mut services = learned(&mut metrics);
         assert!(matches!(
-            services.lookup("outbound|80||web.dns"),
+            services.lookup("outbound|80||web.dns", &mut metrics),
             Lookup::LeftAlone
         ));
-        assert!(services.knows("outbound|80||web.dns"));
-        let Lookup::New(settings) = services.lookup(ORDERS) else {
+        assert!(matches!(services.lookup("outbound|80||web.dns", &mut metrics), Lookup::LeftAlone));
+        let Lookup::New(settings) = services.lookup(ORDERS, &mut metrics) else {
             panic!("a Nacos service");
         };
         assert_eq!(settings.service.name, "orders");
-        assert!(!services.knows(ORDERS), "known only once it is learned");
+        
         let mut targets = Targets::default();
         learn(&mut services, &mut targets, ORDERS, 0);
-        assert!(matches!(services.lookup(ORDERS), Lookup::Guarded(g) if g.index() == 0));
+        assert!(matches!(services.lookup(ORDERS, &mut metrics), Lookup::Guarded(g) if g.index() == 0));
     }
 
     #[test]
@@ -255,7 +319,12 @@ mod tests {
         assert!(!services.has_room());
         services.refuse(SHOP, &mut metrics);
         assert_eq!(metrics.get("nacos_guard.learned_services_refused"), 1);
-        assert!(matches!(services.lookup(SHOP), Lookup::LeftAlone));
+        assert!(matches!(services.lookup(SHOP, &mut metrics), Lookup::LeftAlone));
+        assert_eq!(metrics.get("nacos_guard.learned_services_refused"), 2, "per request");
+        assert!(
+            matches!(services.listed_elsewhere(SHOP), Lookup::New(_)),
+            "taken once another VM listed it"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ mod fakes;
 #[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
+mod learned_tests;
+#[cfg(test)]
 mod push_tests;
 #[cfg(test)]
 mod simulation;

@@ -18,6 +18,16 @@ const ANNOUNCE_ATTEMPTS: usize = 8;
 /// The lease lives this many of the shortest refresh intervals.
 pub const LEASE_INTERVALS: u64 = 3;
 
+/// What became of adding a service to the learned list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    Listed,
+    /// The list holds `maxServices` already.
+    Full,
+    /// Other VMs wrote the list every time: try again later.
+    Contended,
+}
+
 /// What this VM does on this tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -210,31 +220,39 @@ impl Sharing {
         Some(published::decode_learned(&bytes.unwrap_or_default()))
     }
 
-    /// Add `cluster` to the learned list unless it holds `max` already; false if
-    /// it could not be added (full, or too much contention).
-    pub fn announce_learned(&self, cluster: &str, max: usize, store: &mut dyn SharedStore) -> bool {
+    /// Add `cluster` to the learned list unless it holds `max` already.
+    pub fn announce_learned(
+        &self,
+        cluster: &str,
+        max: usize,
+        store: &mut dyn SharedStore,
+    ) -> Announced {
         let key = self.keys.learned();
         for _ in 0..ANNOUNCE_ATTEMPTS {
             let (bytes, cas) = store.get(&key);
             let mut clusters = published::decode_learned(&bytes.unwrap_or_default());
             if clusters.iter().any(|known| known == cluster) {
-                return true;
+                return Announced::Listed;
             }
             if clusters.len() >= max {
-                return false;
+                return Announced::Full;
             }
             clusters.push(cluster.to_string());
-            // An absent key is written whatever the CAS: seed it empty first, so
-            // two VMs announcing at once cannot overwrite each other.
+            // An absent key is written whatever the CAS, so the list is seeded
+            // empty first and added to by compare-and-swap. A VM that read the key
+            // absent just before can still land its seed over an addition: what
+            // it erases is listed again by the VM that learned it (it keeps what
+            // it announced until the poller's heartbeat carries the service) or
+            // by the poller (it lists again what it guards).
             if cas.is_none() {
                 store.set(&key, b"", None);
                 continue;
             }
             if store.set(&key, &published::encode_learned(&clusters), cas) {
-                return true;
+                return Announced::Listed;
             }
         }
-        false
+        Announced::Contended
     }
 
     pub fn touch(&self, service: u64, now_ms: u64, store: &mut dyn SharedStore) {

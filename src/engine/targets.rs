@@ -35,6 +35,8 @@ pub(super) struct Target {
     /// The token generation of this service's last answer, if that was a 403.
     refused_with: Option<u64>,
     stale_reported: bool,
+    /// The poller's heartbeat carried it: the poller polls it.
+    in_heartbeat: bool,
     /// The strictest limits of the guards that use it, for the stale warning.
     limits: StaleLimits,
     metrics: PollMetrics,
@@ -59,6 +61,11 @@ impl Target {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// Whether the poller's heartbeat has carried this service: it polls it.
+    pub fn polled_by_poller(&self) -> bool {
+        self.in_heartbeat
     }
 
     /// How far the snapshot can be trusted by a guard that allows `max_stale_ms`.
@@ -181,6 +188,7 @@ impl Targets {
                     failure_streak: 0,
                     refused_with: None,
                     stale_reported: false,
+                    in_heartbeat: false,
                     limits: StaleLimits {
                         next_answer_due_ms,
                         max_stale_ms: settings.max_stale_ms,
@@ -382,6 +390,7 @@ impl Targets {
     /// that is newer than ours (the content moved).
     pub fn adopt_health(&mut self, id: TargetId, health: Health) -> Option<u64> {
         let target = self.table.get_mut(id)?;
+        target.in_heartbeat = true;
         let moved = health.content_stamp > target.snapshot.content_stamp();
         target.snapshot.adopt_health(health);
         moved.then_some(health.content_stamp)

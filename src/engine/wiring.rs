@@ -12,8 +12,10 @@ use super::ids::{GuardId, Id, ServerId, TargetId};
 use super::learned::Lookup;
 use super::polling::PollParts;
 use super::push::Heard;
+use super::sharing::Announced;
 use crate::pure::config::{GuardSettings, Scope};
 use crate::pure::registry::snapshot::Freshness;
+use log::info;
 
 impl Engine {
     /// A guard, with its server and target unless another guard has them; its
@@ -64,7 +66,7 @@ impl Engine {
     ) -> Option<GuardId> {
         let learned = self.learned.as_mut()?;
         let cluster = request.cluster_name()?;
-        let guard = match learned.lookup(cluster) {
+        let guard = match learned.lookup(cluster, metrics) {
             Lookup::Guarded(guard) => guard,
             Lookup::LeftAlone => return None,
             Lookup::New(settings) => {
@@ -83,26 +85,29 @@ impl Engine {
         Some(guard)
     }
 
-    /// Guard the service of `cluster` by `settings`; `announce`: tell the poller
-    /// through the learned list (a request found it), rather than read it there.
+    /// Guard the service of `cluster` by `settings`; `requested`: a request
+    /// found it, and the poller hears of it through the learned list; else the
+    /// list named it. A list that other VMs kept writing is no reason to refuse:
+    /// the service is guarded and listed again on the next ticks.
     pub(super) fn learn(
         &mut self,
         cluster: &str,
         settings: &GuardSettings,
         now_ms: u64,
-        announce: bool,
+        requested: bool,
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) -> Option<GuardId> {
         let learned = self.learned.as_mut()?;
         let max = learned.max_services();
-        let room = learned.has_room()
-            && (!announce
-                || self
-                    .sharing
-                    .as_ref()
-                    .is_none_or(|sharing| sharing.announce_learned(cluster, max, store)));
-        if !room {
+        let announced = match &self.sharing {
+            Some(sharing) if requested && learned.has_room() => {
+                sharing.announce_learned(cluster, max, store)
+            }
+            _ if learned.has_room() => Announced::Listed,
+            _ => Announced::Full,
+        };
+        if announced == Announced::Full {
             learned.refuse(cluster, metrics);
             return None;
         }
@@ -111,10 +116,15 @@ impl Engine {
             self.polling.add(settings.refresh_interval_ms);
             self.set_next_answer_due(target);
         }
+        // A follower's addition may yet be erased; the poller keeps its own listed.
+        let listed = announced == Announced::Listed && (!requested || self.is_poller());
         let learned = self.learned.as_mut()?;
-        learned.learned(cluster, settings, guard, target, now_ms, metrics);
-        if let (Some(sharing), Some(t)) = (&self.sharing, self.targets.get(target)) {
-            sharing.touch(t.heartbeat_id(), now_ms, store);
+        let ids = (guard, target);
+        learned.learned(cluster, settings, ids, now_ms, requested, listed, metrics);
+        if requested {
+            if let (Some(sharing), Some(t)) = (&self.sharing, self.targets.get(target)) {
+                sharing.touch(t.heartbeat_id(), now_ms, store);
+            }
         }
         if following::start_from_stored(&mut self.targets, target, store) {
             self.refresh_guards(target, metrics);
@@ -122,35 +132,82 @@ impl Engine {
         Some(guard)
     }
 
-    /// As the poller: take the services other VMs learned, and pause polling a
-    /// learned service no VM has routed a request to for `idleMs`.
+    /// As the poller: take the services other VMs listed, list again what it
+    /// guards and the list lost, and pause polling a learned service no VM has
+    /// routed a request to for `idleMs`.
     pub(super) fn take_announced(
         &mut self,
         now_ms: u64,
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        if self.learned.is_none() {
+        let (Some(learned), Some(sharing)) = (self.learned.as_mut(), self.sharing.as_mut()) else {
             return;
+        };
+        // From now on the poller keeps what it guards listed, on every change of
+        // the list; what it learned as a follower is listed once more now.
+        let max = learned.max_services();
+        for (cluster, _) in learned.take_unlisted() {
+            if sharing.announce_learned(&cluster, max, store) == Announced::Full {
+                learned.refuse(&cluster, metrics);
+            }
         }
-        let announced = self
-            .sharing
-            .as_mut()
-            .and_then(|sharing| sharing.read_learned(store))
-            .unwrap_or_default();
-        for cluster in announced {
+        let Some(listed) = sharing.read_learned(store) else {
+            return self.check_idle(now_ms, store);
+        };
+        let listed_set: std::collections::HashSet<&str> =
+            listed.iter().map(String::as_str).collect();
+        let lost: Vec<String> = learned
+            .guarded_clusters()
+            .filter(|cluster| !listed_set.contains(cluster))
+            .map(str::to_string)
+            .collect();
+        for cluster in &lost {
+            sharing.announce_learned(cluster, max, store);
+        }
+        let mut taken = 0;
+        for cluster in &listed {
             let Some(learned) = self.learned.as_mut() else {
                 return;
             };
-            if learned.knows(&cluster) {
-                continue;
-            }
-            if let Lookup::New(settings) = learned.lookup(&cluster) {
-                self.learn(&cluster, &settings, now_ms, false, metrics, store);
+            if let Lookup::New(settings) = learned.listed_elsewhere(cluster) {
+                taken += usize::from(
+                    self.learn(cluster, &settings, now_ms, false, metrics, store)
+                        .is_some(),
+                );
             }
         }
+        if taken > 0 {
+            info!("nacos-instance-guard: guarding {taken} services other VMs learned from traffic");
+        }
+        self.check_idle(now_ms, store);
+    }
+
+    fn check_idle(&mut self, now_ms: u64, store: &dyn SharedStore) {
         if let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) {
             learned.check_idle(now_ms, &self.targets, |id| sharing.touched_at(id, store));
+        }
+    }
+
+    /// As a follower: list again each service this VM learned that the poller
+    /// does not poll yet, in case its addition was lost or erased.
+    pub(super) fn keep_listed(&mut self, metrics: &mut dyn Metrics, store: &mut dyn SharedStore) {
+        let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) else {
+            return;
+        };
+        let max = learned.max_services();
+        for (cluster, target) in learned.take_unlisted() {
+            if self
+                .targets
+                .get(target)
+                .is_some_and(|t| t.polled_by_poller())
+            {
+                continue;
+            }
+            match sharing.announce_learned(&cluster, max, store) {
+                Announced::Full => learned.refuse(&cluster, metrics),
+                Announced::Listed | Announced::Contended => learned.keep_unlisted(cluster, target),
+            }
         }
     }
 

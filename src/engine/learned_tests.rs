@@ -1,0 +1,213 @@
+//! `guardNacosRoutes` across the VMs of one gateway: the learned list in shared
+//! data under contention, lease takeovers, the bound and idling (issue 24).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::fakes::FakeRequest;
+use super::gateway_tests::{hosts, Gateway, Nacos, FOUR, ORDERS};
+use crate::testing::test;
+
+const SHOP: &str = "outbound|8080||shop.DEFAULT-GROUP.public.nacos";
+
+fn learning(extra: &str) -> String {
+    format!(
+        r#"{{"nacos":{{"cluster":"nacos"}},"refreshIntervalMs":1000,"maxStaleMs":2000,
+            "guardNacosRoutes":{{"idleMs":600000{extra}}}}}"#
+    )
+}
+
+fn poller(gateway: &Gateway) -> usize {
+    (0..gateway.vms.len())
+        .find(|vm| gateway.vms[*vm].engine.is_poller())
+        .unwrap()
+}
+
+fn followers(gateway: &Gateway) -> Vec<usize> {
+    (0..gateway.vms.len())
+        .filter(|vm| !gateway.vms[*vm].engine.is_poller())
+        .collect()
+}
+
+/// Tick the VMs in `vms` every 20 ms over `walls`; the gateway time reached.
+fn run(gateway: &mut Gateway, vms: &[usize], walls: std::ops::Range<u64>) -> u64 {
+    let mut now = 0;
+    for wall in walls.step_by(20) {
+        for vm in vms {
+            now = now.max(gateway.tick(*vm, wall));
+        }
+    }
+    now
+}
+
+/// Defect 1: eight lost compare-and-swaps on the learned list were recorded as
+/// a full list, and that VM left the service alone for good.
+#[test]
+fn a_lost_race_on_the_learned_list_is_retried_not_taken_for_the_bound() {
+    let mut gateway = Gateway::new(&learning(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    gateway.tick_all(0);
+    let follower = followers(&gateway)[0];
+    gateway.store.contend = Some(("learned", 8));
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    let mut now = 0;
+    for second in 1..4 {
+        now = run(
+            &mut gateway,
+            &[0, 1],
+            (second - 1) * 1_000 + 20..second * 1_000,
+        );
+        gateway.send(follower, now, FakeRequest::to("r", ORDERS));
+    }
+    assert_eq!(
+        gateway.send(follower, now, FakeRequest::to("r", ORDERS)),
+        "10.0.0.1:80"
+    );
+    assert_eq!(
+        gateway.metrics.get("nacos_guard.learned_services_refused"),
+        0
+    );
+}
+
+/// Defect 2: a VM that had lost that race and later took the lease never
+/// polled the service, so every other VM went stale on it.
+#[test]
+fn a_vm_that_lost_the_race_polls_the_service_once_it_takes_the_lease() {
+    let mut gateway = Gateway::new(&learning(""), 3, Nacos::List(hosts(&FOUR[..1])));
+    gateway.tick_all(0);
+    let [loser, other] = followers(&gateway)[..] else {
+        panic!("two followers")
+    };
+    gateway.store.contend = Some(("learned", 8));
+    gateway.send(loser, 0, FakeRequest::to("r", ORDERS));
+    gateway.send(other, 0, FakeRequest::to("r", ORDERS));
+    run(&mut gateway, &[0, 1, 2], 20..3_000);
+    // The poller stalls; the loser alone ticks until it holds the lease.
+    run(&mut gateway, &[loser], 3_000..8_000);
+    assert!(gateway.vms[loser].engine.is_poller());
+    let now = run(&mut gateway, &[loser, other], 8_000..12_000);
+    assert_eq!(
+        gateway.send(other, now, FakeRequest::to("r", ORDERS)),
+        "10.0.0.1:80"
+    );
+}
+
+/// Defect 3: the first write of the learned list was a plain write, so a VM
+/// that found the key absent could erase what another VM added meanwhile.
+#[test]
+fn seeding_the_learned_list_cannot_erase_a_service_another_vm_added() {
+    let mut gateway = Gateway::new(&learning(""), 3, Nacos::List(hosts(&FOUR[..1])));
+    gateway.tick_all(0);
+    let [first, second] = followers(&gateway)[..] else {
+        panic!("two followers")
+    };
+    // `second` adds shop between `first`'s read of the absent key and its write.
+    let last = gateway.vms.len() - 1;
+    gateway.vms.swap(second, last);
+    let first = if first == last { second } else { first };
+    let racer = Rc::new(RefCell::new(gateway.vms.pop().unwrap()));
+    let mut racer_metrics = gateway.metrics.clone();
+    let hooked = Rc::clone(&racer);
+    gateway.store.before_write = Some((
+        "learned",
+        Box::new(move |store| {
+            let mut vm = hooked.borrow_mut();
+            let mut request = FakeRequest::to("r", SHOP);
+            vm.engine
+                .on_request(0, &mut request, &mut racer_metrics, store);
+        }),
+    ));
+    gateway.send(first, 0, FakeRequest::to("r", ORDERS));
+    assert!(gateway.store.before_write.is_none(), "the race ran");
+    gateway
+        .vms
+        .push(Rc::try_unwrap(racer).ok().unwrap().into_inner());
+    let now = run(&mut gateway, &[0, 1, 2], 20..4_000);
+    assert_eq!(
+        gateway.send(last, now, FakeRequest::to("r", SHOP)),
+        "10.0.0.1:80"
+    );
+    assert_eq!(
+        gateway.send(first, now, FakeRequest::to("r", ORDERS)),
+        "10.0.0.1:80"
+    );
+}
+
+/// Defect 7: `learned_services_refused` counted once per VM per cluster, where
+/// the README promises a count of refused requests.
+#[test]
+fn every_refused_request_is_counted() {
+    let mut gateway = Gateway::new(
+        &learning(r#","maxServices":1"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    gateway.send(0, 0, FakeRequest::to("r", ORDERS));
+    for request in 0..20 {
+        assert_eq!(
+            gateway.send(request % 2, 0, FakeRequest::to("r", SHOP)),
+            "ignore"
+        );
+    }
+    assert_eq!(
+        gateway.metrics.get("nacos_guard.learned_services_refused"),
+        20
+    );
+}
+
+/// Defect 10: a new poller that learned the services from the list marked each
+/// as just requested, so a takeover woke every idle service for `idleMs`.
+#[test]
+fn a_takeover_keeps_idle_services_idle() {
+    let mut gateway = Gateway::new(
+        &learning(r#","idleMs":5000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let old_poller = poller(&gateway);
+    let heir = followers(&gateway)[0];
+    gateway.send(old_poller, 0, FakeRequest::to("r", ORDERS));
+    run(&mut gateway, &[0, 1], 20..10_000);
+    let idle_polls = gateway.polls;
+    run(&mut gateway, &[heir], 10_000..14_000);
+    assert!(gateway.vms[heir].engine.is_poller());
+    run(&mut gateway, &[heir], 14_000..20_000);
+    assert_eq!(
+        gateway.polls, idle_polls,
+        "nobody requested orders since 0 s"
+    );
+}
+
+/// Issue 24, defect 9: with `guardNacosRoutes` alone, the tick, heartbeat and
+/// lease were fixed from the 1000 ms default while the learned services' stale
+/// limits used their own 200 ms interval, so followers went stale between
+/// heartbeats while Nacos answered every poll.
+#[test]
+fn learned_services_alone_are_timed_by_their_own_interval() {
+    let config = r#"{"nacos":{"cluster":"nacos","timeoutMs":100},"refreshIntervalMs":200,
+        "maxStaleMs":0,"onStale":"fail_closed","guardNacosRoutes":{}}"#;
+    let mut gateway = Gateway::new(config, 3, Nacos::List(hosts(&FOUR[..2])));
+    let mut now = gateway.tick_all(0);
+    gateway.send(0, now, FakeRequest::to("r", ORDERS));
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for wall in (10..4_000).step_by(10) {
+        // Each VM ticks at the period its engine asked the host for.
+        for vm in 0..3 {
+            if wall % gateway.vms[vm].engine.tick_period_ms() == 0 {
+                now = gateway.tick(vm, wall);
+            }
+        }
+        if wall >= 1_000 {
+            for vm in 0..3 {
+                let outcome = gateway.send(vm, now, FakeRequest::to("r", ORDERS));
+                *outcomes.entry(outcome).or_default() += 1;
+            }
+        }
+    }
+    let routed: u32 = FOUR[..2]
+        .iter()
+        .map(|e| outcomes.get(*e).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(routed, outcomes.values().sum::<u32>(), "{outcomes:?}");
+}
