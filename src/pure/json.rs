@@ -1,98 +1,102 @@
-//! Reading the JSON that Nacos sends, field by field out of a [`Value`], and writing
+//! The one way JSON is read in this crate: straight from the bytes into
+//! `#[derive(Deserialize)]` types (no `Value` tree), by the rules below; and writing
 //! JSON strings.
 //!
-//! Hand-written instead of `#[derive(Deserialize)]`: every derived type added its
-//! own 1.5–3 KB deserializer to the plugin, and their error paths linked float
-//! formatting (16 KB more), while `Value` is linked for the configuration anyway.
-//! The rules are the ones the derived types had: an absent field takes its default,
-//! `null` counts as absent only for fields Nacos may leave empty (the `Option`
-//! ones), unknown fields are ignored, and a field of another type makes the whole
-//! answer malformed, so a half-understood answer is never taken.
+//! The rules, the same for the configuration, Nacos's answers and push bodies:
+//! - **`null` is absent.** A field whose value is `null` reads exactly as if it were
+//!   left out. So every field read from JSON is an `Option` (serde reads `null` as
+//!   `None`), and its default, where it has one, is applied after reading. Items of a
+//!   list and values of a map are not fields: `null` there is a value like any other,
+//!   refused where a string is expected.
+//! - **Objects only from objects.** A derived struct would also read a JSON array as
+//!   its fields in order; no sender means that, so [`objects_only!`] reads them from
+//!   JSON objects alone.
+//! - **Unknown fields** are refused in the configuration (`deny_unknown_fields`: a
+//!   misspelled field must not be silently ignored) and ignored in what servers send
+//!   (Nacos adds fields from version to version).
+//! - **A field of another type** makes the whole document unreadable, so a
+//!   half-understood answer is never taken.
 
-use serde_json::{Map, Value};
+use serde::de::DeserializeOwned;
 
-pub type Object = Map<String, Value>;
+/// Implements `Deserialize` for structs derived with `#[serde(remote = "Self")]`
+/// (which gives them an inherent `deserialize` instead) so that only a JSON object
+/// is read as one; anything else is "invalid type: ..., expected an object".
+macro_rules! objects_only {
+    ($($name:ident),+ $(,)?) => {$(
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Object;
+                impl<'de> ::serde::de::Visitor<'de> for Object {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: ::serde::de::MapAccess<'de>>(self, map: A) -> Result<$name, A::Error> {
+                        // The derived reader, over the same entries (and, in the
+                        // configuration, the same path tracking).
+                        $name::deserialize(::serde::de::value::MapAccessDeserializer::new(map))
+                    }
+                }
+                deserializer.deserialize_map(Object)
+            }
+        }
+    )+};
+}
+pub(crate) use objects_only;
 
-/// `bytes` as JSON; the error is serde_json's (what, at which line and column).
-pub fn parse(bytes: &[u8]) -> Result<Value, String> {
+/// `bytes` read as a `T`; the error is serde_json's (what, at which line and column).
+pub fn read<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(bytes).map_err(|error| error.to_string())
 }
 
-/// `value` as an object; `what` names it in the error.
-pub fn object<'a>(value: &'a Value, what: &str) -> Result<&'a Object, String> {
-    value
-        .as_object()
-        .ok_or_else(|| format!("{what}: expected an object"))
+/// Why [`read_at_path`] could not read a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misread {
+    /// The field at fault, as `a.b[2].c`; empty for the document itself, and when
+    /// the bytes are not JSON at all.
+    pub path: String,
+    /// The bytes are not JSON (bad syntax, cut short), rather than JSON of another
+    /// shape.
+    pub not_json: bool,
+    /// serde's words; for a document of another shape without the line and column,
+    /// which `path` says better.
+    pub reason: String,
 }
 
-/// `key`'s value, `None` when it is absent or `null`.
-pub fn present<'a>(object: &'a Object, key: &str) -> Option<&'a Value> {
-    object.get(key).filter(|value| !value.is_null())
+/// `bytes` read as a `T`, an error naming the path of the field at fault. Tracking
+/// the path costs an allocation per key, so this is for the configuration, not
+/// for Nacos's answers.
+pub fn read_at_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Misread> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let error = error.into_inner();
+        misread(if path == "." { String::new() } else { path }, &error)
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| misread(String::new(), &error))?;
+    Ok(value)
 }
 
-/// `key`'s value read by `cast`: `None` when absent (or `null`, if `nullable`), an
-/// error naming the field when it holds another type.
-fn field<'a, T>(
-    object: &'a Object,
-    key: &str,
-    nullable: bool,
-    expected: &str,
-    cast: impl FnOnce(&'a Value) -> Option<T>,
-) -> Result<Option<T>, String> {
-    match object.get(key) {
-        None => Ok(None),
-        Some(Value::Null) if nullable => Ok(None),
-        Some(value) => cast(value)
-            .map(Some)
-            .ok_or_else(|| format!("invalid type for `{key}`, expected {expected}")),
+fn misread(path: String, error: &serde_json::Error) -> Misread {
+    let text = error.to_string();
+    if error.is_syntax() || error.is_eof() || error.is_io() {
+        return Misread {
+            path: String::new(),
+            not_json: true,
+            reason: text,
+        };
     }
-}
-
-/// An optional string field.
-pub fn string(object: &Object, key: &str) -> Result<Option<String>, String> {
-    field(object, key, true, "a string", |v| {
-        v.as_str().map(str::to_string)
-    })
-}
-
-/// An optional integer field.
-pub fn int(object: &Object, key: &str) -> Result<Option<i64>, String> {
-    field(object, key, true, "i64", Value::as_i64)
-}
-
-/// An optional non-negative integer field.
-pub fn uint(object: &Object, key: &str) -> Result<Option<u64>, String> {
-    field(object, key, true, "u64", Value::as_u64)
-}
-
-/// An optional array field.
-pub fn array<'a>(object: &'a Object, key: &str) -> Result<Option<&'a Vec<Value>>, String> {
-    field(object, key, true, "an array", Value::as_array)
-}
-
-/// An optional object field.
-pub fn object_field<'a>(object: &'a Object, key: &str) -> Result<Option<&'a Object>, String> {
-    field(object, key, true, "an object", Value::as_object)
-}
-
-/// A string field that is `""` when absent; `null` is an error.
-pub fn str_or_empty<'a>(object: &'a Object, key: &str) -> Result<&'a str, String> {
-    Ok(field(object, key, false, "a string", Value::as_str)?.unwrap_or_default())
-}
-
-/// An integer field with a default for when it is absent; `null` is an error.
-pub fn int_or(object: &Object, key: &str, default: i64) -> Result<i64, String> {
-    Ok(field(object, key, false, "i64", Value::as_i64)?.unwrap_or(default))
-}
-
-/// A number field with a default for when it is absent; `null` is an error.
-pub fn float_or(object: &Object, key: &str, default: f64) -> Result<f64, String> {
-    Ok(field(object, key, false, "f64", Value::as_f64)?.unwrap_or(default))
-}
-
-/// A boolean field with a default for when it is absent; `null` is an error.
-pub fn bool_or(object: &Object, key: &str, default: bool) -> Result<bool, String> {
-    Ok(field(object, key, false, "a boolean", Value::as_bool)?.unwrap_or(default))
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    Misread {
+        path,
+        not_json: false,
+        reason: text
+            .strip_suffix(&position)
+            .map_or_else(|| text.clone(), str::to_string),
+    }
 }
 
 /// `text` as a JSON string, quotes and escapes included.
@@ -105,55 +109,80 @@ pub fn quoted(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::testing::test;
+    use serde::Deserialize;
 
-    fn fields(json: &str) -> Object {
-        parse(json.as_bytes()).unwrap().as_object().unwrap().clone()
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(remote = "Self", rename_all = "camelCase")]
+    struct Outer {
+        name: Option<String>,
+        inner: Option<Inner>,
+        list: Option<Vec<Inner>>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(remote = "Self", deny_unknown_fields)]
+    struct Inner {
+        count: Option<u64>,
+    }
+
+    objects_only!(Outer, Inner);
+
+    #[test]
+    fn null_reads_as_absent() {
+        let absent: Outer = read(b"{}").unwrap();
+        let null: Outer = read(br#"{"name":null,"inner":null,"list":null}"#).unwrap();
+        assert_eq!(null, absent);
+        assert_eq!(null.name, None);
+        // In a list, null is an item of the wrong type, not an absent one.
+        assert!(read::<Outer>(br#"{"list":[null]}"#).is_err());
     }
 
     #[test]
-    fn absent_fields_take_defaults_and_null_counts_as_absent_only_where_allowed() {
-        let o = fields(r#"{"s":null,"n":null,"b":null}"#);
-        assert_eq!(string(&o, "s"), Ok(None));
-        assert_eq!(string(&o, "absent"), Ok(None));
-        assert_eq!(int(&o, "n"), Ok(None));
-        assert_eq!(bool_or(&o, "absent", true), Ok(true));
-        assert_eq!(float_or(&o, "absent", 1.0), Ok(1.0));
-        assert_eq!(int_or(&o, "absent", 7), Ok(7));
-        assert_eq!(str_or_empty(&o, "absent"), Ok(""));
-        assert!(bool_or(&o, "b", true).is_err());
-        assert!(int_or(&o, "n", 0).is_err());
-        assert!(str_or_empty(&o, "s").is_err());
-        assert!(present(&o, "s").is_none());
-    }
-
-    #[test]
-    fn fields_of_another_type_are_errors_naming_the_field() {
-        let o = fields(r#"{"s":1,"n":1.5,"u":-1,"b":"true","a":{},"o":[],"f":"1"}"#);
+    fn structs_are_read_from_objects_only() {
+        // Derived without `objects_only!`, `["x"]` would be an `Outer` named "x".
+        let error = read::<Outer>(br#"["x"]"#).unwrap_err();
+        assert!(error.contains("expected an object"), "{error}");
+        assert!(read::<Outer>(br#"{"inner":[1]}"#).is_err());
         assert_eq!(
-            string(&o, "s"),
-            Err("invalid type for `s`, expected a string".into())
+            read::<Outer>(br#"{"inner":{"count":2}}"#).unwrap().inner,
+            Some(Inner { count: Some(2) })
         );
-        assert!(int(&o, "n").is_err());
-        assert!(uint(&o, "u").is_err());
-        assert!(bool_or(&o, "b", false).is_err());
-        assert!(array(&o, "a").is_err());
-        assert!(object_field(&o, "o").is_err());
-        assert!(float_or(&o, "f", 0.0).is_err());
-        assert!(object(&Value::Null, "answer").is_err());
     }
 
     #[test]
-    fn values_of_the_right_type_are_read() {
-        let o = fields(r#"{"s":"x","n":-3,"u":5,"w":2,"b":false,"a":[1],"o":{"k":"v"}}"#);
-        assert_eq!(string(&o, "s"), Ok(Some("x".into())));
-        assert_eq!(str_or_empty(&o, "s"), Ok("x"));
-        assert_eq!(int(&o, "n"), Ok(Some(-3)));
-        assert_eq!(int_or(&o, "n", 0), Ok(-3));
-        assert_eq!(uint(&o, "u"), Ok(Some(5)));
-        assert_eq!(float_or(&o, "w", 1.0), Ok(2.0));
-        assert_eq!(bool_or(&o, "b", true), Ok(false));
-        assert_eq!(array(&o, "a").unwrap().map(Vec::len), Some(1));
-        assert_eq!(object_field(&o, "o").unwrap().map(Map::len), Some(1));
+    fn unknown_fields_are_ignored_unless_denied() {
+        assert!(read::<Outer>(br#"{"other":[1,{"a":null}]}"#).is_ok());
+        let error = read_at_path::<Outer>(br#"{"inner":{"count":1,"cuont":2}}"#).unwrap_err();
+        assert_eq!(error.path, "inner.cuont");
+        assert!(
+            error.reason.starts_with("unknown field `cuont`"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn the_path_names_the_field_and_the_reason_has_no_position() {
+        let error = read_at_path::<Outer>(br#"{"list":[{},{"count":"2"}]}"#).unwrap_err();
+        assert_eq!(
+            error,
+            Misread {
+                path: "list[1].count".into(),
+                not_json: false,
+                reason: "invalid type: string \"2\", expected u64".into(),
+            }
+        );
+        let root = read_at_path::<Outer>(b"[]").unwrap_err();
+        assert_eq!((root.path.as_str(), root.not_json), ("", false));
+    }
+
+    #[test]
+    fn bytes_that_are_not_json_are_told_apart_from_json_of_another_shape() {
+        for bytes in [&b"{\"name\":"[..], b"{} x", b"nope", b""] {
+            let error = read_at_path::<Outer>(bytes).unwrap_err();
+            assert!(error.not_json, "{error:?}");
+            assert_eq!(error.path, "");
+            assert!(error.reason.contains("line 1"), "{error:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 pub mod config;
 /// The plugin's unseeded hashes, and maps keyed by them.
 pub mod hashing;
-/// Reading Nacos's JSON by hand, and writing JSON strings.
+/// The one way JSON is read (into derived types), and writing JSON strings.
 pub mod json;
 pub mod polling;
 /// Nacos 2.x gRPC push: the wire format and the messages.

@@ -1,15 +1,15 @@
 //! The plugin's configuration: one JSON object as Higress delivers it, global
-//! fields plus `_rules_`, validated completely before anything runs.
+//! fields plus `_rules_`, validated completely before anything runs. It is read
+//! into the derived types of `raw` (shapes and types, unknown fields refused,
+//! every error naming its field's path), then validated here over those values.
 
-mod fields;
+mod raw;
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use raw::{RawAuto, RawConfig, RawNacos, RawPush, RawRule, RawService, RoutingMode, Settings};
 
-pub use fields::ConfigError;
-use fields::Fields;
-
+use crate::pure::json;
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::ApiVersion;
 use crate::pure::registry::instance::InstanceFilter;
@@ -32,19 +32,6 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_SAFETY_INTERVAL_MS: u64 = 30_000;
 const MIN_SAFETY_INTERVAL_MS: u64 = 1_000;
 
-const SETTING_KEYS: &[&str] = &[
-    "nacos",
-    "service",
-    "refreshIntervalMs",
-    "maxStaleMs",
-    "onStale",
-    "routing",
-    "routingHeader",
-    "pinHeader",
-    "onDeregistered",
-    "rejectStatus",
-    "enabled",
-];
 const RULE_MATCH_KEYS: &[&str] = &[
     "_match_route_",
     "_match_domain_",
@@ -55,6 +42,61 @@ const RULES_KEY: &str = "_rules_";
 const AUTO_KEY: &str = "guardNacosRoutes";
 const DEFAULT_IDLE_MS: u64 = 600_000;
 const DEFAULT_MAX_LEARNED: u64 = 256;
+
+/// A configuration the plugin refuses, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path, e.g. `_rules_[1].nacos.timeoutMs`; `(root)` for the whole.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration: `{}`: {}",
+            self.field, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<json::Misread> for ConfigError {
+    fn from(misread: json::Misread) -> Self {
+        if misread.not_json {
+            return Self {
+                field: "(root)".into(),
+                reason: format!("not valid JSON: {}", misread.reason),
+            };
+        }
+        Self {
+            field: if misread.path.is_empty() {
+                "(root)".into()
+            } else {
+                misread.path
+            },
+            reason: misread.reason,
+        }
+    }
+}
+
+/// The path of field `key` of the object at `base` (`""` for the root).
+fn path(base: &str, key: &str) -> String {
+    if base.is_empty() {
+        key.to_string()
+    } else {
+        format!("{base}.{key}")
+    }
+}
+
+fn error(base: &str, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: path(base, key),
+        reason: reason.into(),
+    }
+}
 
 /// What the artifact that parses the configuration can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,161 +242,135 @@ impl PluginConfig {
 /// Parse and validate the configuration Higress (or Envoy) hands the plugin.
 /// An empty configuration is an empty object: no global guard, no rules.
 pub fn parse(json: &[u8], capabilities: Capabilities) -> Result<PluginConfig, ConfigError> {
-    let root: Value = if json.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(Map::new())
+    let root = if json.iter().all(u8::is_ascii_whitespace) {
+        RawConfig::default()
     } else {
-        serde_json::from_slice(json).map_err(|error| ConfigError {
-            field: "(root)".into(),
-            reason: format!("not valid JSON: {error}"),
-        })?
+        json::read_at_path::<RawConfig>(json)?
     };
-    let Value::Object(root) = root else {
-        return Err(ConfigError {
-            field: "(root)".into(),
-            reason: "expected a JSON object".into(),
-        });
-    };
-    let mut global = root;
-    let rules = global.remove(RULES_KEY);
-    let auto = global.remove(AUTO_KEY);
-    let global = Value::Object(global);
-    let global_fields = Fields::new("", &global)?;
-    global_fields.deny_unknown(&[SETTING_KEYS, &[RULES_KEY, AUTO_KEY]].concat())?;
-    let global_scope = parse_scope(&global_fields, capabilities, false)?;
+    let (global, (rules, auto)) = root.split();
+    let global_scope = parse_scope(&global, "", capabilities, false)?;
     let auto = auto
-        .map(|auto| parse_auto(&auto, &global, global_scope.is_some(), capabilities))
+        .map(|auto| parse_auto(auto, &global, global_scope.is_some(), capabilities))
         .transpose()?;
-
-    let mut parsed_rules = Vec::new();
-    if let Some(rules) = rules {
-        let Value::Array(rules) = rules else {
-            return Err(ConfigError {
-                field: RULES_KEY.into(),
-                reason: "expected a list of rules".into(),
-            });
-        };
-        for (index, rule) in rules.iter().enumerate() {
-            let path = format!("{RULES_KEY}[{index}]");
-            parsed_rules.push(parse_rule(&path, rule, &global, capabilities)?);
-        }
-    }
+    let rules = rules
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            parse_rule(
+                &format!("{RULES_KEY}[{index}]"),
+                rule,
+                &global,
+                capabilities,
+            )
+        })
+        .collect::<Result<_, _>>()?;
     Ok(PluginConfig {
         global: global_scope,
-        rules: parsed_rules,
+        rules,
         auto,
     })
 }
 
 fn parse_rule(
-    path: &str,
-    rule: &Value,
-    global: &Value,
+    base: &str,
+    rule: RawRule,
+    global: &Settings,
     capabilities: Capabilities,
 ) -> Result<(Matcher, Scope), ConfigError> {
-    let rule_fields = Fields::new(path, rule)?;
-    rule_fields.deny_unknown(&[SETTING_KEYS, RULE_MATCH_KEYS].concat())?;
-    let list = |key| rule_fields.string_list(key).map(Option::unwrap_or_default);
+    let (own, (routes, domains, services, route_prefixes)) = rule.split();
+    let list = |key, list: Option<Vec<String>>| non_blank(base, key, list.unwrap_or_default());
     let matcher = Matcher::from_keys(
-        list("_match_route_")?,
-        list("_match_domain_")?,
-        list("_match_service_")?,
-        list("_match_route_prefix_")?,
+        list("_match_route_", routes)?,
+        list("_match_domain_", domains)?,
+        list("_match_service_", services)?,
+        list("_match_route_prefix_", route_prefixes)?,
     )
     .ok_or_else(|| ConfigError {
-        field: path.to_string(),
+        field: base.to_string(),
         reason: format!("a rule needs one of {}", RULE_MATCH_KEYS.join(", ")),
     })?;
-
     // A rule's fields override the global ones key by key; `nacos` and `service`
     // are replaced whole, never mixed field by field.
-    let mut merged = match global {
-        Value::Object(global) => global.clone(),
-        _ => Map::new(),
-    };
-    if let Value::Object(own) = rule {
-        for (key, value) in own {
-            if !RULE_MATCH_KEYS.contains(&key.as_str()) {
-                merged.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    let merged = Value::Object(merged);
-    let scope = parse_scope(&Fields::new(path, &merged)?, capabilities, true)?;
+    let scope = parse_scope(&own.over(global), base, capabilities, true)?;
     // `parse_scope` with `required` always gives a scope; this keeps it total.
     let scope = scope.unwrap_or(Scope::Disabled);
     Ok((matcher, scope))
 }
 
-/// Parse the settings of one scope. With `required` false (the global object), a
-/// scope without `service` is only a set of defaults and yields `None`.
+/// Validate the settings of one scope, at `base`. With `required` false (the
+/// global object), a scope without `service` is only a set of defaults and yields
+/// `None`.
 fn parse_scope(
-    fields: &Fields<'_>,
+    settings: &Settings,
+    base: &str,
     capabilities: Capabilities,
     required: bool,
 ) -> Result<Option<Scope>, ConfigError> {
-    let enabled = fields.boolean("enabled")?.unwrap_or(true);
-    let nacos = fields
-        .object("nacos")?
+    let enabled = settings.enabled.unwrap_or(true);
+    let nacos = settings
+        .nacos
         .as_ref()
-        .map(parse_nacos)
+        .map(|nacos| parse_nacos(nacos, &path(base, "nacos")))
         .transpose()?;
-    let service = fields.object("service")?;
-    let parsed_service = service.as_ref().map(parse_service).transpose()?;
-    let refresh_interval_ms = fields
-        .integer_in(
-            "refreshIntervalMs",
-            MIN_REFRESH_MS..=MAX_REFRESH_MS,
-            "milliseconds",
-        )?
-        .unwrap_or(DEFAULT_REFRESH_MS);
-    let max_stale_ms = fields
-        .integer_in("maxStaleMs", 0..=MAX_STALE_MS, "milliseconds")?
-        .unwrap_or(30_000);
-    let on_stale = fields
-        .choice(
-            "onStale",
-            &[
-                ("fail_open", StalePolicy::FailOpen),
-                ("fail_closed", StalePolicy::FailClosed),
-            ],
-        )?
-        .unwrap_or(StalePolicy::FailOpen);
-    let routing = parse_routing(fields, capabilities)?;
-    let pin_header = header_name(fields, "pinHeader")?.unwrap_or_else(|| DEFAULT_PIN_HEADER.into());
-    let on_deregistered = fields
-        .choice(
-            "onDeregistered",
-            &[
-                ("reroute", DeregisteredPolicy::Reroute),
-                ("reject", DeregisteredPolicy::Reject),
-            ],
-        )?
+    let service = settings
+        .service
+        .as_ref()
+        .map(|service| parse_service(service, &path(base, "service")))
+        .transpose()?;
+    let refresh_interval_ms = in_range(
+        base,
+        "refreshIntervalMs",
+        settings.refresh_interval_ms,
+        MIN_REFRESH_MS..=MAX_REFRESH_MS,
+        "milliseconds",
+    )?
+    .unwrap_or(DEFAULT_REFRESH_MS);
+    let max_stale_ms = in_range(
+        base,
+        "maxStaleMs",
+        settings.max_stale_ms,
+        0..=MAX_STALE_MS,
+        "milliseconds",
+    )?
+    .unwrap_or(30_000);
+    let on_stale = settings.on_stale.unwrap_or(StalePolicy::FailOpen);
+    let routing = parse_routing(settings, base, capabilities)?;
+    let pin_header = header_name(base, "pinHeader", settings.pin_header.as_deref())?
+        .unwrap_or_else(|| DEFAULT_PIN_HEADER.into());
+    let on_deregistered = settings
+        .on_deregistered
         .unwrap_or(DeregisteredPolicy::Reroute);
-    let reject_status = fields
-        .integer_in("rejectStatus", 400..=599, "an HTTP status")?
-        .map_or(503, |status| u32::try_from(status).unwrap_or(503));
+    let reject_status = in_range(
+        base,
+        "rejectStatus",
+        settings.reject_status,
+        400..=599,
+        "an HTTP status",
+    )?
+    .map_or(503, |status| u32::try_from(status).unwrap_or(503));
 
     if !enabled {
         return Ok(Some(Scope::Disabled));
     }
-    if !required && !fields.has("service") {
+    if !required && settings.service.is_none() {
         return Ok(None);
     }
-    let (Some((server, namespace_id)), Some((name, group, filter))) = (nacos, parsed_service)
-    else {
-        let missing = if fields.has("nacos") {
+    let (Some((server, namespace_id)), Some((name, group, filter))) = (nacos, service) else {
+        let missing = if settings.nacos.is_some() {
             "service"
         } else {
             "nacos"
         };
-        return Err(fields.error(missing, "required where the guard is enabled"));
+        return Err(error(base, missing, "required where the guard is enabled"));
     };
     // Nacos 3's v3 client API fills a blank `clusterName` with `DEFAULT`
     // (`InstanceListForm.fillDefaultValue()` in alibaba/nacos) and lists only that
     // cluster; the plugin would take the narrowed list as the truth and reject
     // every request to a service whose instances live in a named cluster.
     if server.api == ApiVersion::V3 && filter.clusters.is_empty() {
-        return Err(fields.error(
+        return Err(error(
+            base,
             "service.clusters",
             "required with nacos.apiVersion v3: Nacos 3 lists only the DEFAULT cluster \
              when none is named; list the clusters the service's instances use \
@@ -381,26 +397,22 @@ fn parse_scope(
 }
 
 fn parse_auto(
-    auto: &Value,
-    global: &Value,
+    auto: RawAuto,
+    global: &Settings,
     global_guards: bool,
     capabilities: Capabilities,
 ) -> Result<AutoGuard, ConfigError> {
-    let fields = Fields::new(AUTO_KEY, auto)?;
-    fields.deny_unknown(&["groups", "namespaces", "idleMs", "maxServices"])?;
-    let error = |reason: &str| ConfigError {
-        field: AUTO_KEY.into(),
-        reason: reason.into(),
-    };
     if global_guards {
         return Err(error(
+            "",
+            AUTO_KEY,
             "a global `service` or `enabled` already applies to every request no rule \
              matches; guard learned services or one global service, not both",
         ));
     }
     let names = NacosNames {
-        groups: fields.string_list("groups")?.unwrap_or_default(),
-        namespaces: fields.string_map("namespaces")?.unwrap_or_default(),
+        groups: non_blank(AUTO_KEY, "groups", auto.groups.unwrap_or_default())?,
+        namespaces: auto.namespaces.unwrap_or_default().into_iter().collect(),
     };
     let mut labels: Vec<String> = names
         .namespaces
@@ -412,27 +424,39 @@ fn parse_auto(
         .windows(2)
         .any(|pair| matches!(pair, [a, b] if a == b))
     {
-        return Err(fields.error(
+        return Err(error(
+            AUTO_KEY,
             "namespaces",
             "two labels read the same once `_` is written `-`, as Higress writes them",
         ));
     }
-    let idle_ms = fields
-        .integer_in("idleMs", 1_000..=MAX_STALE_MS, "milliseconds")?
-        .unwrap_or(DEFAULT_IDLE_MS);
-    let max_services = fields
-        .integer_in("maxServices", 1..=10_000, "services")?
-        .unwrap_or(DEFAULT_MAX_LEARNED);
+    let idle_ms = in_range(
+        AUTO_KEY,
+        "idleMs",
+        auto.idle_ms,
+        1_000..=MAX_STALE_MS,
+        "milliseconds",
+    )?
+    .unwrap_or(DEFAULT_IDLE_MS);
+    let max_services = in_range(
+        AUTO_KEY,
+        "maxServices",
+        auto.max_services,
+        1..=10_000,
+        "services",
+    )?
+    .unwrap_or(DEFAULT_MAX_LEARNED);
     // The global settings with a placeholder service are what every learned
     // service is guarded with.
-    let mut template = match global {
-        Value::Object(global) => global.clone(),
-        _ => Map::new(),
+    let template = Settings {
+        service: Some(RawService {
+            name: Some("*".into()),
+            ..RawService::default()
+        }),
+        ..global.clone()
     };
-    template.insert("service".into(), serde_json::json!({"name": "*"}));
-    let template = Value::Object(template);
     let Some(Scope::Guard(settings)) =
-        parse_scope(&Fields::new("", &template)?, capabilities, true).map_err(|mut error| {
+        parse_scope(&template, "", capabilities, true).map_err(|mut error| {
             if error.field == "service.clusters" {
                 error.field = "nacos.apiVersion".into();
                 error.reason = "guardNacosRoutes needs v1: a learned service's clusters are \
@@ -442,7 +466,7 @@ fn parse_auto(
             error
         })?
     else {
-        return Err(error("needs a global `nacos`"));
+        return Err(error("", AUTO_KEY, "needs a global `nacos`"));
     };
     Ok(AutoGuard {
         template: *settings,
@@ -453,45 +477,41 @@ fn parse_auto(
 }
 
 /// The server, and the namespace its services are looked up in.
-fn parse_nacos(nacos: &Fields<'_>) -> Result<(NacosServer, String), ConfigError> {
-    nacos.deny_unknown(&[
-        "cluster",
-        "authority",
-        "apiVersion",
-        "namespaceId",
-        "username",
-        "password",
-        "timeoutMs",
-        "push",
-    ])?;
-    let cluster = nacos
-        .non_empty_string("cluster")?
-        .ok_or_else(|| nacos.error("cluster", "required: the Envoy cluster of the Nacos server"))?;
-    let authority = nacos
-        .non_empty_string("authority")?
+fn parse_nacos(nacos: &RawNacos, base: &str) -> Result<(NacosServer, String), ConfigError> {
+    let cluster = non_empty(base, "cluster", &nacos.cluster)?.ok_or_else(|| {
+        error(
+            base,
+            "cluster",
+            "required: the Envoy cluster of the Nacos server",
+        )
+    })?;
+    let authority = non_empty(base, "authority", &nacos.authority)?
         .unwrap_or_else(|| default_authority(&cluster));
-    let api = nacos
-        .choice(
-            "apiVersion",
-            &[("v1", ApiVersion::V1), ("v3", ApiVersion::V3)],
-        )?
-        .unwrap_or(ApiVersion::V1);
-    let namespace_id = nacos
-        .non_empty_string("namespaceId")?
-        .unwrap_or_else(|| "public".into());
+    let api = nacos.api_version.unwrap_or(ApiVersion::V1);
+    let namespace_id =
+        non_empty(base, "namespaceId", &nacos.namespace_id)?.unwrap_or_else(|| "public".into());
     let credentials = match (
-        nacos.non_empty_string("username")?,
-        nacos.string("password")?,
+        non_empty(base, "username", &nacos.username)?,
+        nacos.password.clone(),
     ) {
         (Some(username), Some(password)) => Some(Credentials { username, password }),
         (None, None) => None,
-        (Some(_), None) => return Err(nacos.error("password", "required when username is set")),
-        (None, Some(_)) => return Err(nacos.error("username", "required when password is set")),
+        (Some(_), None) => return Err(error(base, "password", "required when username is set")),
+        (None, Some(_)) => return Err(error(base, "username", "required when password is set")),
     };
-    let timeout_ms = nacos
-        .integer_in("timeoutMs", 1..=MAX_TIMEOUT_MS, "milliseconds")?
-        .unwrap_or(2000);
-    let push = nacos.object("push")?.as_ref().map(parse_push).transpose()?;
+    let timeout_ms = in_range(
+        base,
+        "timeoutMs",
+        nacos.timeout_ms,
+        1..=MAX_TIMEOUT_MS,
+        "milliseconds",
+    )?
+    .unwrap_or(2000);
+    let push = nacos
+        .push
+        .as_ref()
+        .map(|push| parse_push(push, &path(base, "push")))
+        .transpose()?;
     let server = NacosServer {
         cluster,
         authority,
@@ -503,21 +523,22 @@ fn parse_nacos(nacos: &Fields<'_>) -> Result<(NacosServer, String), ConfigError>
     Ok((server, namespace_id))
 }
 
-fn parse_push(push: &Fields<'_>) -> Result<PushSettings, ConfigError> {
-    push.deny_unknown(&["grpcCluster", "safetyIntervalMs"])?;
-    let grpc_cluster = push.non_empty_string("grpcCluster")?.ok_or_else(|| {
-        push.error(
+fn parse_push(push: &RawPush, base: &str) -> Result<PushSettings, ConfigError> {
+    let grpc_cluster = non_empty(base, "grpcCluster", &push.grpc_cluster)?.ok_or_else(|| {
+        error(
+            base,
             "grpcCluster",
             "required: the Envoy cluster (HTTP/2) of the Nacos gRPC port, usually the HTTP port + 1000",
         )
     })?;
-    let safety_interval_ms = push
-        .integer_in(
-            "safetyIntervalMs",
-            MIN_SAFETY_INTERVAL_MS..=MAX_REFRESH_MS,
-            "milliseconds",
-        )?
-        .unwrap_or(DEFAULT_SAFETY_INTERVAL_MS);
+    let safety_interval_ms = in_range(
+        base,
+        "safetyIntervalMs",
+        push.safety_interval_ms,
+        MIN_SAFETY_INTERVAL_MS..=MAX_REFRESH_MS,
+        "milliseconds",
+    )?
+    .unwrap_or(DEFAULT_SAFETY_INTERVAL_MS);
     Ok(PushSettings {
         grpc_authority: default_authority(&grpc_cluster),
         grpc_cluster,
@@ -533,55 +554,101 @@ fn default_authority(cluster: &str) -> String {
     }
 }
 
-fn parse_service(service: &Fields<'_>) -> Result<(String, String, InstanceFilter), ConfigError> {
-    service.deny_unknown(&["name", "group", "clusters", "metadata"])?;
-    let name = service
-        .non_empty_string("name")?
-        .ok_or_else(|| service.error("name", "required where the guard is enabled"))?;
-    let group = service
-        .non_empty_string("group")?
-        .unwrap_or_else(|| "DEFAULT_GROUP".into());
+fn parse_service(
+    service: &RawService,
+    base: &str,
+) -> Result<(String, String, InstanceFilter), ConfigError> {
+    let name = non_empty(base, "name", &service.name)?
+        .ok_or_else(|| error(base, "name", "required where the guard is enabled"))?;
+    let group = non_empty(base, "group", &service.group)?.unwrap_or_else(|| "DEFAULT_GROUP".into());
     let filter = InstanceFilter {
-        clusters: service.string_list("clusters")?.unwrap_or_default(),
-        metadata: service.string_map("metadata")?.unwrap_or_default(),
+        clusters: non_blank(
+            base,
+            "clusters",
+            service.clusters.clone().unwrap_or_default(),
+        )?,
+        // In key order, as the map keeps them.
+        metadata: service
+            .metadata
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     };
     Ok((name, group, filter))
 }
 
-fn parse_routing(fields: &Fields<'_>, capabilities: Capabilities) -> Result<Routing, ConfigError> {
-    #[derive(Clone, Copy)]
-    enum Mode {
-        Higress,
-        Header,
-    }
+fn parse_routing(
+    settings: &Settings,
+    base: &str,
+    capabilities: Capabilities,
+) -> Result<Routing, ConfigError> {
     let default = if capabilities.higress_routing {
-        Mode::Higress
+        RoutingMode::Higress
     } else {
-        Mode::Header
+        RoutingMode::Header
     };
-    let mode = fields
-        .choice(
-            "routing",
-            &[("higress", Mode::Higress), ("header", Mode::Header)],
-        )?
-        .unwrap_or(default);
-    let header = header_name(fields, "routingHeader")?;
+    let mode = settings.routing.unwrap_or(default);
+    let header = header_name(base, "routingHeader", settings.routing_header.as_deref())?;
     match mode {
-        Mode::Higress if !capabilities.higress_routing => Err(fields.error(
+        RoutingMode::Higress if !capabilities.higress_routing => Err(error(
+            base,
             "routing",
             "`higress` needs the Higress build of the plugin (plugin.wasm); \
              this build is for upstream Envoy, use `header`",
         )),
-        Mode::Higress => Ok(Routing::Higress),
-        Mode::Header => Ok(Routing::Header(
+        RoutingMode::Higress => Ok(Routing::Higress),
+        RoutingMode::Header => Ok(Routing::Header(
             header.unwrap_or_else(|| DEFAULT_ROUTING_HEADER.into()),
         )),
     }
 }
 
+/// A string that must not be empty or blank where it is set.
+fn non_empty(base: &str, key: &str, text: &Option<String>) -> Result<Option<String>, ConfigError> {
+    match text {
+        Some(text) if text.trim().is_empty() => Err(error(base, key, "must not be empty")),
+        other => Ok(other.clone()),
+    }
+}
+
+/// A list of strings none of which is empty or blank; the error names the item.
+fn non_blank(base: &str, key: &str, items: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    match items.iter().position(|item| item.trim().is_empty()) {
+        Some(index) => Err(ConfigError {
+            field: format!("{}[{index}]", path(base, key)),
+            reason: "expected a non-empty string".into(),
+        }),
+        None => Ok(items),
+    }
+}
+
+/// A whole number within `range`; `unit` words the error (e.g. "milliseconds").
+fn in_range(
+    base: &str,
+    key: &str,
+    value: Option<raw::Whole>,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<Option<u64>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(raw::Whole(number)) if range.contains(&number) => Ok(Some(number)),
+        Some(raw::Whole(number)) => Err(error(
+            base,
+            key,
+            format!(
+                "expected a whole number of {unit} from {} to {}, got {number}",
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
 /// An HTTP header name (RFC 9110 token), lowercased as Envoy keeps them.
-fn header_name(fields: &Fields<'_>, key: &str) -> Result<Option<String>, ConfigError> {
-    let Some(name) = fields.string(key)? else {
+fn header_name(base: &str, key: &str, name: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(name) = name else {
         return Ok(None);
     };
     let is_token = !name.is_empty()
@@ -591,7 +658,11 @@ fn header_name(fields: &Fields<'_>, key: &str) -> Result<Option<String>, ConfigE
     if is_token {
         Ok(Some(name.to_ascii_lowercase()))
     } else {
-        Err(fields.error(key, format!("\"{name}\" is not a valid HTTP header name")))
+        Err(error(
+            base,
+            key,
+            format!("\"{name}\" is not a valid HTTP header name"),
+        ))
     }
 }
 

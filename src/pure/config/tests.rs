@@ -136,7 +136,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
     let base = r#""nacos":{"cluster":"c"},"service":{"name":"demo"}"#;
     let cases: Vec<(String, &str, &str)> = vec![
         ("not json".into(), "(root)", "not valid JSON"),
-        ("[1,2]".into(), "(root)", "expected a JSON object"),
+        ("[1,2]".into(), "(root)", "expected an object"),
         (
             format!(r#"{{{base},"refreshIntervalMS":5}}"#),
             "refreshIntervalMS",
@@ -170,7 +170,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
         (
             format!(r#"{{{base},"onDeregistered":1}}"#),
             "onDeregistered",
-            "expected a string",
+            "expected one of reroute, reject",
         ),
         (
             format!(r#"{{{base},"rejectStatus":200}}"#),
@@ -180,7 +180,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
         (
             format!(r#"{{{base},"enabled":"yes"}}"#),
             "enabled",
-            "true or false",
+            "expected a boolean",
         ),
         (
             format!(r#"{{{base},"routing":"higress"}}"#),
@@ -256,7 +256,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
         (
             r#"{"nacos":{"cluster":"c"},"service":{"name":"d","clusters":"A"}}"#.into(),
             "service.clusters",
-            "list of strings",
+            "expected a sequence",
         ),
         (
             r#"{"nacos":{"cluster":"c"},"service":{"name":"d","clusters":["A",""]}}"#.into(),
@@ -268,7 +268,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
             "service.metadata.v",
             "expected a string",
         ),
-        (r#"{"_rules_":{}}"#.into(), "_rules_", "list of rules"),
+        (r#"{"_rules_":{}}"#.into(), "_rules_", "expected a sequence"),
         (
             r#"{"_rules_":[{"service":{"name":"d"}}]}"#.into(),
             "_rules_[0]",
@@ -282,7 +282,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
         (
             r#"{"_rules_":[{"_match_route_":"r","enabled":false}]}"#.into(),
             "_rules_[0]._match_route_",
-            "list of strings",
+            "expected a sequence",
         ),
         (
             format!(r#"{{{base},"_rules_":[{{"_match_route_":["r"],"rejectStatus":99}}]}}"#),
@@ -319,4 +319,180 @@ fn default_authority_is_the_fqdn_of_a_higress_cluster_name() {
     assert_eq!(default_authority("outbound|8848||nacos.dns"), "nacos.dns");
     assert_eq!(default_authority("nacos_cluster"), "nacos_cluster");
     assert_eq!(default_authority("outbound|8848||"), "outbound|8848||");
+}
+
+#[test]
+fn a_null_field_reads_as_if_it_were_left_out_at_every_depth() {
+    let with_nulls = br#"{
+        "nacos": {"cluster": "c", "authority": null, "apiVersion": null, "namespaceId": null,
+                  "username": null, "password": null, "timeoutMs": null,
+                  "push": {"grpcCluster": "g", "safetyIntervalMs": null}},
+        "service": {"name": "d", "group": null, "clusters": null, "metadata": null},
+        "refreshIntervalMs": null, "maxStaleMs": null, "onStale": null, "routing": null,
+        "routingHeader": null, "pinHeader": null, "onDeregistered": null,
+        "rejectStatus": null, "enabled": null, "_rules_": null, "guardNacosRoutes": null}"#;
+    let without = br#"{"nacos": {"cluster": "c", "push": {"grpcCluster": "g"}},
+        "service": {"name": "d"}}"#;
+    assert_eq!(
+        parse(with_nulls, HIGRESS).unwrap(),
+        parse(without, HIGRESS).unwrap()
+    );
+    let auto_nulls = br#"{"nacos": {"cluster": "c"}, "guardNacosRoutes":
+        {"groups": null, "namespaces": null, "idleMs": null, "maxServices": null}}"#;
+    let auto = parse(auto_nulls, HIGRESS).unwrap().auto.unwrap();
+    assert_eq!(
+        auto,
+        parse(
+            br#"{"nacos": {"cluster": "c"}, "guardNacosRoutes": {}}"#,
+            HIGRESS
+        )
+        .unwrap()
+        .auto
+        .unwrap()
+    );
+    assert_eq!((auto.idle_ms, auto.max_services), (600_000, 256));
+}
+
+#[test]
+fn a_null_rule_field_inherits_the_global_one_as_a_left_out_one_does() {
+    let config = parse(
+        br#"{"nacos": {"cluster": "c"}, "maxStaleMs": 7000, "service": {"name": "g"},
+            "_rules_": [{"_match_route_": ["r"], "maxStaleMs": null, "nacos": null,
+                         "service": {"name": "d"}}]}"#,
+        HIGRESS,
+    )
+    .unwrap();
+    let rule = guard(&config.rules[0].1);
+    assert_eq!(rule.max_stale_ms, 7000);
+    assert_eq!(rule.server.cluster, "c");
+    assert_eq!(rule.service.name, "d");
+}
+
+#[test]
+fn null_in_a_list_or_as_a_map_value_is_a_wrong_type_not_an_absent_one() {
+    for (json, field) in [
+        (
+            r#"{"service": {"name": "d", "clusters": ["A", null]}}"#,
+            "service.clusters[1]",
+        ),
+        (
+            r#"{"service": {"name": "d", "metadata": {"zone": null}}}"#,
+            "service.metadata.zone",
+        ),
+        (r#"{"_rules_": [null]}"#, "_rules_[0]"),
+    ] {
+        let error = parse(json.as_bytes(), HIGRESS).unwrap_err();
+        assert_eq!(error.field, field, "{json}");
+        assert!(error.reason.starts_with("invalid type: null"), "{error}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_path_at_every_depth() {
+    for (json, field) in [
+        (
+            r#"{"nacos": {"cluster": "c", "push": {"grpcCluster": "g", "grpc": 1}}}"#,
+            "nacos.push.grpc",
+        ),
+        (
+            r#"{"_rules_": [{"_match_route_": ["a"]},
+                {"_match_route_": ["b"], "service": {"name": "d", "namespace": "x"}}]}"#,
+            "_rules_[1].service.namespace",
+        ),
+        (
+            r#"{"_rules_": [{"_match_route_": ["a"], "_rules_": []}]}"#,
+            "_rules_[0]._rules_",
+        ),
+        (
+            r#"{"guardNacosRoutes": {"idle": 1}}"#,
+            "guardNacosRoutes.idle",
+        ),
+        (r#"{"_match_domain_": ["x"]}"#, "_match_domain_"),
+        (r#"{"Nacos": {}}"#, "Nacos"),
+    ] {
+        let error = parse(json.as_bytes(), HIGRESS).unwrap_err();
+        assert_eq!(error.field, field, "{json}");
+        let key = field.rsplit('.').next().unwrap();
+        assert!(
+            error
+                .reason
+                .starts_with(&format!("unknown field `{key}`, expected")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn values_of_another_type_are_refused_with_their_path_and_what_was_expected() {
+    for (json, field, reason) in [
+        (
+            r#"{"_rules_": [{"_match_route_": ["a"]}, {"_match_route_": ["b"],
+                "nacos": {"cluster": "c", "timeoutMs": "5"}}]}"#,
+            "_rules_[1].nacos.timeoutMs",
+            r#"invalid type: string "5", expected a whole number"#,
+        ),
+        (
+            r#"{"_rules_": [{"_match_service_": ["s", 7]}]}"#,
+            "_rules_[0]._match_service_[1]",
+            "invalid type: integer `7`, expected a string",
+        ),
+        (
+            r#"{"guardNacosRoutes": {"namespaces": {"dev": 1}}}"#,
+            "guardNacosRoutes.namespaces.dev",
+            "invalid type: integer `1`, expected a string",
+        ),
+        (
+            r#"{"guardNacosRoutes": {"groups": "G"}}"#,
+            "guardNacosRoutes.groups",
+            r#"invalid type: string "G", expected a sequence"#,
+        ),
+        (
+            r#"{"nacos": {"cluster": "c", "apiVersion": 3}}"#,
+            "nacos.apiVersion",
+            "invalid type: integer `3`, expected one of v1, v3",
+        ),
+        // A word is read from a string only, not from serde's other spellings of an enum.
+        (
+            r#"{"onStale": {"fail_open": null}}"#,
+            "onStale",
+            "invalid type: map, expected one of fail_open, fail_closed",
+        ),
+        (
+            r#"{"nacos": ["c"]}"#,
+            "nacos",
+            "invalid type: sequence, expected an object",
+        ),
+        (
+            r#"{"maxStaleMs": 1e3}"#,
+            "maxStaleMs",
+            "invalid type: floating point `1000.0`, expected a whole number",
+        ),
+        (
+            r#"{"refreshIntervalMs": true}"#,
+            "refreshIntervalMs",
+            "invalid type: boolean `true`, expected a whole number",
+        ),
+    ] {
+        let error = parse(json.as_bytes(), HIGRESS).unwrap_err();
+        assert_eq!(
+            (error.field.as_str(), error.reason.as_str()),
+            (field, reason),
+            "{json}"
+        );
+    }
+}
+
+#[test]
+fn a_field_given_twice_is_refused_and_trailing_text_is_not_json() {
+    let error = parse(br#"{"nacos": {"cluster": "a", "cluster": "b"}}"#, HIGRESS).unwrap_err();
+    assert_eq!(error.field, "nacos");
+    assert_eq!(error.reason, "duplicate field `cluster`");
+    let error = parse(br#"{} {}"#, HIGRESS).unwrap_err();
+    assert_eq!(error.field, "(root)");
+    assert!(
+        error
+            .reason
+            .starts_with("not valid JSON: trailing characters"),
+        "{error}"
+    );
 }

@@ -17,10 +17,10 @@
 
 use std::fmt;
 
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::wire::{self, Payload, WireError};
-use crate::pure::json::{self, quoted};
+use crate::pure::json::{self, objects_only, quoted};
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::response::{AnswerError, RawServiceInfo, MAX_ANSWER_BYTES};
 use crate::pure::registry::instance::InstanceSet;
@@ -91,7 +91,11 @@ impl From<WireError> for PushError {
     }
 }
 
-/// The fields of every message read here; each message has a few of them.
+/// The fields of every message read here; each message has a few of them. Every
+/// one is read, `serviceInfo` with its hosts too, so a message with any of them of
+/// the wrong type is malformed as a whole; fields it does not know are ignored.
+#[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 struct Body {
     result_code: Option<i64>,
     error_code: Option<i64>,
@@ -100,6 +104,8 @@ struct Body {
     connection_id: Option<String>,
     service_info: Option<RawServiceInfo>,
 }
+
+objects_only!(Body);
 
 /// The unary `ServerCheckRequest`, which gives the connection's id.
 pub fn server_check() -> Vec<u8> {
@@ -245,25 +251,7 @@ fn parse(json: &[u8]) -> Result<Body, PushError> {
             json.len()
         )));
     }
-    json::parse(json)
-        .and_then(|value| read_body(&value))
-        .map_err(PushError::Malformed)
-}
-
-/// Every field, `serviceInfo` with its hosts too, so a message with any of them of
-/// the wrong type is malformed as a whole.
-fn read_body(value: &Value) -> Result<Body, String> {
-    let body = json::object(value, "message")?;
-    Ok(Body {
-        result_code: json::int(body, "resultCode")?,
-        error_code: json::int(body, "errorCode")?,
-        message: json::string(body, "message")?,
-        request_id: json::string(body, "requestId")?,
-        connection_id: json::string(body, "connectionId")?,
-        service_info: json::present(body, "serviceInfo")
-            .map(RawServiceInfo::read)
-            .transpose()?,
-    })
+    json::read::<Body>(json).map_err(PushError::Malformed)
 }
 
 fn required<T>(field: Option<T>, name: &str) -> Result<T, PushError> {
@@ -530,5 +518,67 @@ mod tests {
                 (&json!("7"), &json!(200))
             );
         }
+    }
+
+    #[test]
+    fn null_fields_are_absent_and_unknown_fields_ignored() {
+        let server_check = message(
+            "ServerCheckResponse",
+            r#"{"resultCode":200,"errorCode":null,"message":null,"connectionId":"c1",
+                "requestId":null,"serviceInfo":null,"future":{"a":[1,null]}}"#,
+        );
+        assert_eq!(read_server_check(&server_check).unwrap(), "c1");
+        let no_id = message(
+            "ServerCheckResponse",
+            r#"{"resultCode":200,"connectionId":null}"#,
+        );
+        assert_eq!(
+            read_server_check(&no_id),
+            Err(PushError::Malformed("missing `connectionId`".into()))
+        );
+        let null_service = message(
+            "NotifySubscriberRequest",
+            r#"{"requestId":"3","serviceInfo":null}"#,
+        );
+        assert_eq!(
+            read_stream_message(&null_service),
+            Err(PushError::Malformed("missing `serviceInfo`".into()))
+        );
+        let null_code = message(
+            "SubscribeServiceResponse",
+            r#"{"resultCode":null,"message":"no code"}"#,
+        );
+        assert_eq!(
+            read_subscribe_answer(&null_code),
+            Err(PushError::Refused {
+                code: 0,
+                message: "no code".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_body_field_of_another_type_or_a_body_not_an_object_is_malformed() {
+        for body in [
+            r#"{"requestId":3,"serviceInfo":{"hosts":[]}}"#,
+            r#"{"requestId":"3","serviceInfo":[]}"#,
+            r#"{"requestId":"3","serviceInfo":{"hosts":[{"ip":"10.0.0.1","port":"80"}]}}"#,
+            r#"["3",{"hosts":[]}]"#,
+            "null",
+        ] {
+            let bytes = message("NotifySubscriberRequest", body);
+            assert!(
+                matches!(read_stream_message(&bytes), Err(PushError::Malformed(_))),
+                "{body}"
+            );
+        }
+        let wrong_code = message(
+            "ServerCheckResponse",
+            r#"{"resultCode":"200","connectionId":"c"}"#,
+        );
+        assert!(matches!(
+            read_server_check(&wrong_code),
+            Err(PushError::Malformed(_))
+        ));
     }
 }

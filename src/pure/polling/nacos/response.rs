@@ -1,12 +1,14 @@
 //! Parsing Nacos answers. An answer is either a complete instance list (possibly
 //! empty: that is the truth) or an error; there is no half-answer.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use serde_json::Value;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::ApiVersion;
-use crate::pure::json;
+use crate::pure::json::{self, objects_only};
 use crate::pure::registry::endpoint;
 use crate::pure::registry::instance::{Instance, InstanceSet};
 
@@ -47,74 +49,126 @@ impl fmt::Display for AnswerError {
 }
 
 /// Nacos's `ServiceInfo`: the v1 list answer, and the list a gRPC subscription
-/// answer or push carries (`push::messages`). One shape, so one reader.
+/// answer or push carries (`push::messages`). One shape, so one reader. Every field
+/// is read, the hosts too, so a host of the wrong shape makes the whole answer
+/// malformed rather than being skipped; fields it does not know are ignored.
+#[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(crate) struct RawServiceInfo {
     pub name: Option<String>,
     pub group_name: Option<String>,
     pub clusters: Option<String>,
     pub hosts: Option<Vec<RawHost>>,
-    pub reach_protection_threshold: bool,
+    pub reach_protection_threshold: Option<bool>,
 }
 
 impl RawServiceInfo {
-    /// Every field read, the hosts too, so a host of the wrong shape makes the whole
-    /// answer malformed rather than being skipped.
-    pub(crate) fn read(value: &Value) -> Result<Self, String> {
-        let info = json::object(value, "service info")?;
-        Ok(Self {
-            name: json::string(info, "name")?,
-            group_name: json::string(info, "groupName")?,
-            clusters: json::string(info, "clusters")?,
-            hosts: read_hosts(json::array(info, "hosts")?)?,
-            reach_protection_threshold: json::bool_or(info, "reachProtectionThreshold", false)?,
-        })
-    }
-
     /// Its instances; a list without `hosts` is malformed, an empty one is the truth.
     pub(crate) fn instances(self) -> Result<InstanceSet, AnswerError> {
         match self.hosts {
-            Some(hosts) => instance_set(hosts, self.reach_protection_threshold),
+            Some(hosts) => instance_set(hosts, self.reach_protection_threshold.unwrap_or(false)),
             None => Err(AnswerError::Malformed("missing field `hosts`".into())),
         }
     }
 }
 
-/// One entry of a `hosts` (v1, gRPC) or `data` (v3) array, with Nacos's defaults
-/// for what it leaves out.
+/// One entry of a `hosts` (v1, gRPC) or `data` (v3) array; what it leaves out takes
+/// Nacos's defaults in [`instance_set`].
+#[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(crate) struct RawHost {
-    ip: String,
-    port: i64,
-    weight: f64,
-    healthy: bool,
-    enabled: bool,
+    ip: Option<String>,
+    port: Option<i64>,
+    weight: Option<f64>,
+    healthy: Option<bool>,
+    enabled: Option<bool>,
     cluster_name: Option<String>,
-    /// The string-valued entries only, in key order.
-    metadata: Vec<(String, String)>,
+    metadata: Option<TextEntries>,
 }
 
-impl RawHost {
-    fn read(value: &Value) -> Result<Self, String> {
-        let host = json::object(value, "host")?;
-        Ok(Self {
-            ip: json::str_or_empty(host, "ip")?.to_string(),
-            port: json::int_or(host, "port", 0)?,
-            weight: json::float_or(host, "weight", 1.0)?,
-            healthy: json::bool_or(host, "healthy", true)?,
-            enabled: json::bool_or(host, "enabled", true)?,
-            cluster_name: json::string(host, "clusterName")?,
-            metadata: json::object_field(host, "metadata")?
-                .into_iter()
-                .flatten()
-                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
-                .collect(),
-        })
+/// The v3 envelope: `code`, `message`, and the hosts as `data`, read whether or not
+/// `code` says the answer is good.
+#[derive(Deserialize)]
+#[serde(remote = "Self")]
+struct V3List {
+    code: Option<i64>,
+    message: Option<String>,
+    data: Option<Vec<RawHost>>,
+}
+
+objects_only!(RawServiceInfo, RawHost, V3List, RawGrant);
+
+/// A metadata object: its string-valued entries, in key order (a key listed twice
+/// counts once, the last time). Values of other types are skipped, not refused:
+/// Nacos keeps metadata as strings, and the filter compares strings.
+struct TextEntries(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for TextEntries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = TextEntries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TextEntries, A::Error> {
+                let mut entries = BTreeMap::new();
+                while let Some((key, TextOrNot(value))) = map.next_entry::<String, TextOrNot>()? {
+                    entries.insert(key, value);
+                }
+                Ok(TextEntries(
+                    entries
+                        .into_iter()
+                        .filter_map(|(key, value)| Some((key, value?)))
+                        .collect(),
+                ))
+            }
+        }
+        deserializer.deserialize_map(Entries)
     }
 }
 
-fn read_hosts(hosts: Option<&Vec<Value>>) -> Result<Option<Vec<RawHost>>, String> {
-    hosts
-        .map(|hosts| hosts.iter().map(RawHost::read).collect())
-        .transpose()
+/// Any JSON value, kept only if it is a string.
+struct TextOrNot(Option<String>);
+
+impl<'de> Deserialize<'de> for TextOrNot {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = TextOrNot;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<TextOrNot, E> {
+                Ok(TextOrNot(Some(text.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<TextOrNot, E> {
+                Ok(TextOrNot(Some(text)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<TextOrNot, E> {
+                Ok(TextOrNot(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TextOrNot, E> {
+                Ok(TextOrNot(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<TextOrNot, E> {
+                Ok(TextOrNot(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<TextOrNot, E> {
+                Ok(TextOrNot(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<TextOrNot, E> {
+                Ok(TextOrNot(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TextOrNot, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| TextOrNot(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TextOrNot, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| TextOrNot(None))
+            }
+        }
+        deserializer.deserialize_any(Any)
+    }
 }
 
 /// Parse an instance-list answer given its HTTP status and body.
@@ -129,41 +183,28 @@ pub fn parse_instance_list(
     if body.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::TooLarge(body.len()));
     }
-    let value = json::parse(body).map_err(AnswerError::Malformed)?;
-    let (hosts, protection_reached) = match api {
-        ApiVersion::V1 => {
-            return RawServiceInfo::read(&value)
-                .map_err(AnswerError::Malformed)?
-                .instances();
-        }
+    match api {
+        ApiVersion::V1 => json::read::<RawServiceInfo>(body)
+            .map_err(AnswerError::Malformed)?
+            .instances(),
         ApiVersion::V3 => {
-            let (code, message, data) = read_v3(&value).map_err(AnswerError::Malformed)?;
+            let list = json::read::<V3List>(body).map_err(AnswerError::Malformed)?;
+            let code = list
+                .code
+                .ok_or_else(|| AnswerError::Malformed("missing field `code`".into()))?;
             if code != 0 {
                 return Err(AnswerError::Refused {
                     code,
-                    message: message.unwrap_or_default(),
+                    message: list.message.unwrap_or_default(),
                 });
             }
-            let hosts =
-                data.ok_or_else(|| AnswerError::Malformed("missing field `data`".into()))?;
-            (hosts, false)
+            let hosts = list
+                .data
+                .ok_or_else(|| AnswerError::Malformed("missing field `data`".into()))?;
+            // The v3 API has no protection flag.
+            instance_set(hosts, false)
         }
-    };
-    instance_set(hosts, protection_reached)
-}
-
-/// The v3 envelope: `code`, `message`, and the hosts as `data`, read whether or not
-/// `code` says the answer is good.
-type V3List = (i64, Option<String>, Option<Vec<RawHost>>);
-
-fn read_v3(value: &Value) -> Result<V3List, String> {
-    let list = json::object(value, "answer")?;
-    let code = json::int(list, "code")?.ok_or("missing field `code`")?;
-    Ok((
-        code,
-        json::string(list, "message")?,
-        read_hosts(json::array(list, "data")?)?,
-    ))
+    }
 }
 
 /// The instances of a listed `hosts` array, the same for every API: hosts without a
@@ -175,7 +216,8 @@ pub(crate) fn instance_set(
     let listed = hosts.len();
     let mut instances: Vec<Instance> = Vec::with_capacity(listed);
     for host in hosts {
-        let Some(endpoint) = endpoint::from_parts(&host.ip, host.port) else {
+        let ip = host.ip.as_deref().unwrap_or_default();
+        let Some(endpoint) = endpoint::from_parts(ip, host.port.unwrap_or(0)) else {
             continue;
         };
         // A registry that lists one address twice gets one instance, the first.
@@ -184,11 +226,11 @@ pub(crate) fn instance_set(
         }
         instances.push(Instance {
             endpoint,
-            weight: host.weight,
-            healthy: host.healthy,
-            enabled: host.enabled,
+            weight: host.weight.unwrap_or(1.0),
+            healthy: host.healthy.unwrap_or(true),
+            enabled: host.enabled.unwrap_or(true),
             cluster: host.cluster_name.unwrap_or_else(|| "DEFAULT".to_string()),
-            metadata: host.metadata,
+            metadata: host.metadata.map(|entries| entries.0).unwrap_or_default(),
         });
     }
     if listed > 0 && instances.is_empty() {
@@ -207,24 +249,14 @@ pub struct LoginGrant {
     pub ttl_seconds: u64,
 }
 
+/// A login answer as Nacos writes it; a nested `data` is read to any depth, as a
+/// grant of the same shape.
+#[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 struct RawGrant {
     access_token: Option<String>,
     token_ttl: Option<u64>,
     data: Option<Box<RawGrant>>,
-}
-
-impl RawGrant {
-    /// Nested `data` is read to any depth, as a grant of the same shape.
-    fn read(value: &Value) -> Result<Self, String> {
-        let grant = json::object(value, "login answer")?;
-        Ok(Self {
-            access_token: json::string(grant, "accessToken")?,
-            token_ttl: json::uint(grant, "tokenTtl")?,
-            data: json::present(grant, "data")
-                .map(|data| Self::read(data).map(Box::new))
-                .transpose()?,
-        })
-    }
 }
 
 /// Parse a login answer, flat (`{accessToken, tokenTtl}`) or wrapped in `data`.
@@ -235,9 +267,7 @@ pub fn parse_login(status: u16, body: &[u8]) -> Result<LoginGrant, AnswerError> 
     if body.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::TooLarge(body.len()));
     }
-    let raw = json::parse(body)
-        .and_then(|value| RawGrant::read(&value))
-        .map_err(AnswerError::Malformed)?;
+    let raw = json::read::<RawGrant>(body).map_err(AnswerError::Malformed)?;
     let raw = match raw {
         RawGrant {
             access_token: None,
@@ -436,5 +466,138 @@ mod tests {
         assert!(parse_login(200, br#"{"accessToken":"","tokenTtl":5}"#).is_err());
         assert!(parse_login(200, br#"{"tokenTtl":5}"#).is_err());
         assert!(parse_login(200, b"not json").is_err());
+    }
+
+    #[test]
+    fn a_null_field_reads_as_if_it_were_left_out() {
+        let null =
+            br#"{"name":null,"groupName":null,"clusters":null,"reachProtectionThreshold":null,
+            "hosts":[{"ip":"10.0.0.1","port":80,"weight":null,"healthy":null,"enabled":null,
+            "clusterName":null,"metadata":null}]}"#;
+        let absent = br#"{"hosts":[{"ip":"10.0.0.1","port":80}]}"#;
+        let read = parse_instance_list(ApiVersion::V1, 200, null).unwrap();
+        assert_eq!(
+            read,
+            parse_instance_list(ApiVersion::V1, 200, absent).unwrap()
+        );
+        let only = &read.instances[0];
+        assert_eq!((only.weight, only.healthy, only.enabled), (1.0, true, true));
+        assert_eq!(only.cluster, "DEFAULT");
+        // Without an address a host is unusable, whether its fields are null or absent.
+        let no_port = br#"{"hosts":[{"ip":"10.0.0.1","port":null}]}"#;
+        assert_eq!(
+            parse_instance_list(ApiVersion::V1, 200, no_port),
+            Err(AnswerError::NoValidHost)
+        );
+        // A null list is no list: malformed, never an empty service.
+        assert_eq!(
+            parse_instance_list(ApiVersion::V1, 200, br#"{"hosts":null}"#),
+            Err(AnswerError::Malformed("missing field `hosts`".into()))
+        );
+        assert_eq!(
+            parse_instance_list(ApiVersion::V3, 200, br#"{"code":null,"data":[]}"#),
+            Err(AnswerError::Malformed("missing field `code`".into()))
+        );
+        assert_eq!(
+            parse_instance_list(ApiVersion::V3, 200, br#"{"code":0,"data":null}"#),
+            Err(AnswerError::Malformed("missing field `data`".into()))
+        );
+        // A null item of the list is a host of the wrong type.
+        assert!(matches!(
+            parse_instance_list(ApiVersion::V1, 200, br#"{"hosts":[null]}"#),
+            Err(AnswerError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_of_any_shape_are_ignored() {
+        let body = br#"{"future":{"deep":[1,{"x":null}]},"hosts":[{"ip":"10.0.0.1","port":80,
+            "extra":[true,{"y":"z"}],"weight":3,"ipDeleteTimeout":30000}],"dom":"demo"}"#;
+        let set = parse_instance_list(ApiVersion::V1, 200, body).unwrap();
+        assert_eq!(set.instances[0].endpoint, "10.0.0.1:80");
+        assert_eq!(set.instances[0].weight, 3.0);
+        let v3 = br#"{"code":0,"message":null,"traceId":"t","data":[{"ip":"10.0.0.2","port":1,"new":{}}]}"#;
+        assert_eq!(
+            parse_instance_list(ApiVersion::V3, 200, v3)
+                .unwrap()
+                .instances[0]
+                .endpoint,
+            "10.0.0.2:1"
+        );
+    }
+
+    #[test]
+    fn metadata_keeps_its_string_entries_in_key_order() {
+        let body = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"metadata":{"z":"1","n":2,
+            "o":{"a":"b"},"l":["c"],"nil":null,"b":true,"a":"x","f":1.5}}]}"#;
+        let set = parse_instance_list(ApiVersion::V1, 200, body).unwrap();
+        assert_eq!(
+            set.instances[0].metadata,
+            vec![
+                ("a".to_string(), "x".to_string()),
+                ("z".to_string(), "1".to_string())
+            ]
+        );
+        for metadata in ["[]", "\"zone=a\"", "1"] {
+            let body =
+                format!(r#"{{"hosts":[{{"ip":"10.0.0.1","port":80,"metadata":{metadata}}}]}}"#);
+            assert!(
+                parse_instance_list(ApiVersion::V1, 200, body.as_bytes()).is_err(),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_of_another_type_makes_the_whole_answer_malformed() {
+        for host in [
+            r#"{"ip":1,"port":80}"#,
+            r#"{"ip":"10.0.0.1","port":"80"}"#,
+            r#"{"ip":"10.0.0.1","port":80.5}"#,
+            r#"{"ip":"10.0.0.1","port":80,"weight":"1"}"#,
+            r#"{"ip":"10.0.0.1","port":80,"healthy":"true"}"#,
+            r#"{"ip":"10.0.0.1","port":80,"enabled":1}"#,
+            r#"{"ip":"10.0.0.1","port":80,"clusterName":[]}"#,
+            r#"["10.0.0.1",80]"#,
+        ] {
+            // Beside a good host, so the bad one cannot simply be dropped.
+            let body = format!(r#"{{"hosts":[{{"ip":"10.0.0.9","port":1}},{host}]}}"#);
+            assert!(
+                matches!(
+                    parse_instance_list(ApiVersion::V1, 200, body.as_bytes()),
+                    Err(AnswerError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
+        for body in [
+            r#"{"hosts":[],"reachProtectionThreshold":"true"}"#,
+            r#"{"hosts":[],"name":1}"#,
+            r#"[[]]"#,
+        ] {
+            assert!(
+                parse_instance_list(ApiVersion::V1, 200, body.as_bytes()).is_err(),
+                "{body}"
+            );
+        }
+        assert!(parse_instance_list(ApiVersion::V3, 200, br#"{"code":"0","data":[]}"#).is_err());
+        assert!(parse_instance_list(ApiVersion::V3, 200, br#"[0,null,[]]"#).is_err());
+    }
+
+    #[test]
+    fn login_answer_null_fields_are_absent() {
+        let flat_with_null_data = br#"{"accessToken":"abc","tokenTtl":5,"data":null}"#;
+        assert_eq!(
+            parse_login(200, flat_with_null_data).unwrap().access_token,
+            "abc"
+        );
+        let wrapped =
+            br#"{"accessToken":null,"data":{"data":{"accessToken":"deep","tokenTtl":7}}}"#;
+        assert!(parse_login(200, wrapped).is_err(), "one level of data only");
+        let wrapped = br#"{"accessToken":null,"data":{"accessToken":"in","tokenTtl":7,"x":[]}}"#;
+        assert_eq!(parse_login(200, wrapped).unwrap().ttl_seconds, 7);
+        assert!(parse_login(200, br#"{"accessToken":"abc","tokenTtl":null}"#).is_err());
+        assert!(parse_login(200, br#"{"accessToken":"abc","tokenTtl":-1}"#).is_err());
+        assert!(parse_login(200, br#"["abc",5]"#).is_err());
     }
 }
