@@ -286,7 +286,15 @@ mod tests {
         let server = ServerId::from_index(0);
         let (target, _) = targets.find_or_add(server, &settings, guard, 2_000, &mut metrics);
         assert_eq!(target.index(), index);
-        services.learned(cluster, &settings, (guard, target), 0, true, true, &mut metrics);
+        services.learned(
+            cluster,
+            &settings,
+            (guard, target),
+            0,
+            true,
+            true,
+            &mut metrics,
+        );
     }
 
     #[test]
@@ -297,15 +305,20 @@ mod tests {
             services.lookup("outbound|80||web.dns", &mut metrics),
             Lookup::LeftAlone
         ));
-        assert!(matches!(services.lookup("outbound|80||web.dns", &mut metrics), Lookup::LeftAlone));
+        assert!(matches!(
+            services.lookup("outbound|80||web.dns", &mut metrics),
+            Lookup::LeftAlone
+        ));
         let Lookup::New(settings) = services.lookup(ORDERS, &mut metrics) else {
             panic!("a Nacos service");
         };
         assert_eq!(settings.service.name, "orders");
-        
+
         let mut targets = Targets::default();
         learn(&mut services, &mut targets, ORDERS, 0);
-        assert!(matches!(services.lookup(ORDERS, &mut metrics), Lookup::Guarded(g) if g.index() == 0));
+        assert!(
+            matches!(services.lookup(ORDERS, &mut metrics), Lookup::Guarded(g) if g.index() == 0)
+        );
     }
 
     #[test]
@@ -319,8 +332,15 @@ mod tests {
         assert!(!services.has_room());
         services.refuse(SHOP, &mut metrics);
         assert_eq!(metrics.get("nacos_guard.learned_services_refused"), 1);
-        assert!(matches!(services.lookup(SHOP, &mut metrics), Lookup::LeftAlone));
-        assert_eq!(metrics.get("nacos_guard.learned_services_refused"), 2, "per request");
+        assert!(matches!(
+            services.lookup(SHOP, &mut metrics),
+            Lookup::LeftAlone
+        ));
+        assert_eq!(
+            metrics.get("nacos_guard.learned_services_refused"),
+            2,
+            "per request"
+        );
         assert!(
             matches!(services.listed_elsewhere(SHOP), Lookup::New(_)),
             "taken once another VM listed it"

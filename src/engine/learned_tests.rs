@@ -13,7 +13,7 @@ const SHOP: &str = "outbound|8080||shop.DEFAULT-GROUP.public.nacos";
 fn learning(extra: &str) -> String {
     format!(
         r#"{{"nacos":{{"cluster":"nacos"}},"refreshIntervalMs":1000,"maxStaleMs":2000,
-            "guardNacosRoutes":{{"idleMs":600000{extra}}}}}"#
+            "guardNacosRoutes":{{{extra}}}}}"#
     )
 }
 
@@ -137,7 +137,7 @@ fn seeding_the_learned_list_cannot_erase_a_service_another_vm_added() {
 #[test]
 fn every_refused_request_is_counted() {
     let mut gateway = Gateway::new(
-        &learning(r#","maxServices":1"#),
+        &learning(r#""maxServices":1"#),
         2,
         Nacos::List(hosts(&FOUR[..1])),
     );
@@ -160,7 +160,7 @@ fn every_refused_request_is_counted() {
 #[test]
 fn a_takeover_keeps_idle_services_idle() {
     let mut gateway = Gateway::new(
-        &learning(r#","idleMs":5000"#),
+        &learning(r#""idleMs":5000"#),
         2,
         Nacos::List(hosts(&FOUR[..1])),
     );

@@ -449,7 +449,7 @@ mod tests {
 
     fn settings(service: &str, extra: &str) -> GuardSettings {
         guard_settings(&format!(
-            r#"{{"nacos": {{"cluster": "nacos"}}, "service": {{"name": "{service}"}}{extra}}}"#
+            r#"{{"nacos": {{"cluster": "nacos"}}, "service": {{"name": "{service}"{extra}}}}}"#
         ))
     }
 
@@ -476,12 +476,13 @@ mod tests {
         let mut metrics = FakeMetrics::default();
         let mut targets = Targets::default();
         let server = ServerId::from_index(0);
-        let lax = settings("demo", r#", "maxStaleMs": 9000"#);
-        let strict = settings("demo", r#", "maxStaleMs": 3000"#);
-        let blue = settings(
-            "demo",
-            r#", "service": {"name": "demo", "clusters": ["blue"]}"#,
+        let lax = guard_settings(
+            r#"{"nacos": {"cluster": "nacos"}, "service": {"name": "demo"}, "maxStaleMs": 9000}"#,
         );
+        let strict = guard_settings(
+            r#"{"nacos": {"cluster": "nacos"}, "service": {"name": "demo"}, "maxStaleMs": 3000}"#,
+        );
+        let blue = settings("demo", r#", "clusters": ["blue"]"#);
         let (a, added_a) = targets.find_or_add(server, &lax, guard(0), 1_000, &mut metrics);
         let (b, added_b) = targets.find_or_add(server, &strict, guard(1), 1_000, &mut metrics);
         let (c, added_c) = targets.find_or_add(server, &blue, guard(2), 1_000, &mut metrics);
