@@ -6,7 +6,11 @@ counts the Wasm instructions (wasmtime fuel) of every call into each VM over 5 s
 simulated time after 5 s of warm-up; per second, by callback. Which VM polls is the
 one that took the lease; the other follows.
 
-Run (with the tool cache's venv): python bench/probes/rest_instructions.py [N] [wasm]
+With ``changing`` as a third argument every answer differs from the one before (the
+first instance's weight alternates between 1 and 2), so each is parsed and published:
+the cost of reading an answer, where at rest an unchanged answer is matched unparsed.
+
+Run (with the tool cache's venv): python bench/probes/rest_instructions.py [N] [wasm] [changing]
 """
 
 from __future__ import annotations
@@ -25,10 +29,25 @@ from testbed.higress import plugin_config, with_rules  # noqa: E402
 SECONDS = 5
 
 
+class ChangingNacos(tier.ScriptedNacos):
+    """Every answer for a service differs from its last: the first instance's weight alternates."""
+
+    def answer(self, headers: dict, body: bytes):
+        name = dict(tier.urllib.parse.parse_qsl(tier.urllib.parse.urlsplit(headers.get(":path", "")).query)).get(
+            "serviceName", ""
+        )
+        instances = self.services.get(name, {})
+        if instances:
+            first = instances[next(iter(instances))]
+            first["weight"] = 3.0 - first["weight"]
+        return super().answer(headers, body)
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     wasm = sys.argv[2] if len(sys.argv) > 2 else str(ROOT / "build" / "plugin.wasm")
-    nacos = tier.ScriptedNacos()
+    changing = len(sys.argv) > 3 and sys.argv[3] == "changing"
+    nacos = ChangingNacos() if changing else tier.ScriptedNacos()
     for s in range(count):
         for i in range(10):
             nacos.register(f"10.{s // 250}.{s % 250}.{i + 1}:8080", service=f"svc-{s}")
@@ -41,7 +60,8 @@ def main() -> None:
     calls = len(nacos.calls)
     gw.advance(SECONDS * 1000)
     answers = (len(nacos.calls) - calls) / SECONDS
-    print(f"{count} services: {answers:.0f} Nacos calls a second")
+    kind = "every answer changed" if changing else "answers unchanged"
+    print(f"{count} services ({kind}): {answers:.0f} Nacos calls a second")
     for k, vm in enumerate(gw.vms):
         per_vm = vm.fuel_by_export
         total = sum(per_vm.values()) / SECONDS
