@@ -91,7 +91,7 @@ impl Guards {
 
     pub fn add(
         &mut self,
-        settings: &GuardSettings,
+        settings: GuardSettings,
         target: TargetId,
         metrics: &mut dyn Metrics,
     ) -> GuardId {
@@ -110,10 +110,10 @@ impl Guards {
                 &settings.service.name,
                 &settings.service.group,
             ),
-            settings: settings.clone(),
+            metrics: RequestMetrics::define(metrics, &settings.service.name, view.as_deref()),
+            settings,
             target,
             candidates: Candidates::starting_at(start),
-            metrics: RequestMetrics::define(metrics, &settings.service.name, view.as_deref()),
             counts: RequestCounts::default(),
         })
     }
@@ -254,7 +254,7 @@ mod tests {
             Scope::Guard(settings) => {
                 let id = guards.next_id();
                 let (target, _) = targets.find_or_add(server, settings, id, 2_000, metrics);
-                Applies::Guard(guards.add(settings, target, metrics))
+                Applies::Guard(guards.add(settings.as_ref().clone(), target, metrics))
             }
             Scope::Disabled => Applies::Disabled,
         };

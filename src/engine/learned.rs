@@ -1,6 +1,9 @@
 //! `guardNacosRoutes`: the services learned from the cluster names of requests,
 //! what each cluster name means, the bound on how many, and which learned
-//! services idle (no request for `idleMs`, so not polled).
+//! services idle (no request for `idleMs`, so not polled). A service is known
+//! by its Higress host (`<service>.<group>.<namespace>.nacos`): the clusters of
+//! one service on several ports or subsets are one service, in the bound and in
+//! the shared list.
 
 use log::{info, warn};
 
@@ -10,49 +13,79 @@ use super::metrics::{bump, LearnMetrics};
 use super::targets::Targets;
 use crate::pure::config::{AutoGuard, GuardSettings};
 use crate::pure::hashing::WordMap;
+use crate::pure::polling::nacos::request::ServiceKey;
+use crate::pure::routing::cluster_name;
 use crate::pure::routing::nacos_cluster::{self, ClusterService};
 
-/// What a cluster name stands for.
+/// What a cluster name, or an entry of the shared list, stands for.
 pub(super) enum Lookup {
     Guarded(GuardId),
     /// Not a Nacos service, ambiguous, or refused: left alone.
     LeftAlone,
-    /// A Nacos service seen for the first time, with the settings to guard it by.
-    New(Box<GuardSettings>),
+    /// A Nacos service seen for the first time: its host, and the settings to
+    /// guard it by.
+    New {
+        host: String,
+        settings: Box<GuardSettings>,
+    },
 }
 
 /// What this VM knows a cluster name to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Known {
-    Guarded(GuardId),
+    Guarded(GuardId, TargetId),
     /// Not a Nacos service, or one whose name cannot be read unambiguously.
     NotNacos,
-    /// A Nacos service refused because `maxServices` were learned.
-    Refused,
+    /// A Nacos service refused because `maxServices` were learned; asked for
+    /// again from `retry_at_ms` on, since idle services free their places.
+    Refused {
+        retry_at_ms: u64,
+    },
 }
+
+/// How long a refused service is left alone before a request tries again.
+const REFUSED_RETRY_MS: u64 = 1_000;
 
 /// What is kept of a learned service.
 struct Learned {
+    /// Its entry in the shared list.
+    host: String,
+    guard: GuardId,
     /// Polled only while some VM routed a request to it within `idleMs`.
     active: bool,
+    /// Refused after it was learned: the list was full when it came back from
+    /// idling, or when this VM listed it again.
+    refused: bool,
     /// When the poller next reads when it last carried a request.
     next_idle_check_ms: u64,
     /// When this VM last said it carried a request.
     touched_ms: u64,
+    /// When this VM last added it to the list again after a request found its
+    /// snapshot idle or stale.
+    relisted_ms: u64,
 }
 
 pub(super) struct LearnedServices {
     settings: AutoGuard,
     by_cluster: WordMap<String, Known>,
+    /// Learned services by host: their target.
+    by_host: WordMap<String, TargetId>,
     /// The learned state of each target, by its index (`None`: configured).
     by_target: Vec<Option<Learned>>,
     /// Services this VM learned that the shared list may lack (an addition lost
     /// to contention, or erased by another VM's first write of the list): added
     /// again on each tick until the poller's heartbeat carries the service.
     unlisted: Vec<(String, TargetId)>,
-    count: usize,
+    /// Learned services not idling, which is what `maxServices` bounds.
+    active: usize,
     full_reported: bool,
     metrics: LearnMetrics,
+}
+
+/// The host a cluster name or a list entry names: entries are hosts, or, as
+/// versions before 0.2 wrote them, whole cluster names.
+fn host_of(entry: &str) -> &str {
+    cluster_name::parse(entry).map_or(entry, |name| name.host)
 }
 
 impl LearnedServices {
@@ -60,9 +93,10 @@ impl LearnedServices {
         Self {
             settings,
             by_cluster: WordMap::default(),
+            by_host: WordMap::default(),
             by_target: Vec::new(),
             unlisted: Vec::new(),
-            count: 0,
+            active: 0,
             full_reported: false,
             metrics,
         }
@@ -72,56 +106,103 @@ impl LearnedServices {
         self.settings.max_services
     }
 
+    fn state(&self, target: TargetId) -> Option<&Learned> {
+        self.by_target.get(target.index())?.as_ref()
+    }
+
+    fn state_mut(&mut self, target: TargetId) -> Option<&mut Learned> {
+        self.by_target.get_mut(target.index())?.as_mut()
+    }
+
     /// What `cluster` stands for on a request; a cluster that is no Nacos
-    /// service is remembered as left alone, and a request to a refused one is
-    /// counted.
-    pub fn lookup(&mut self, cluster: &str, metrics: &mut dyn Metrics) -> Lookup {
-        match self.by_cluster.get(cluster) {
-            Some(Known::Guarded(guard)) => Lookup::Guarded(*guard),
-            Some(Known::NotNacos) => Lookup::LeftAlone,
-            Some(Known::Refused) => {
+    /// service is remembered as left alone, another port or subset of a known
+    /// service is that service, and a request to a refused one is counted.
+    pub fn lookup(&mut self, cluster: &str, now_ms: u64, metrics: &mut dyn Metrics) -> Lookup {
+        let known = match self.by_cluster.get(cluster) {
+            Some(Known::Refused { retry_at_ms }) if now_ms >= *retry_at_ms => {
+                return self.read(host_of(cluster));
+            }
+            Some(known) => *known,
+            None => {
+                let host = host_of(cluster);
+                let known = match self.by_host.get(host).copied() {
+                    Some(target) => match self.state(target) {
+                        Some(learned) => Known::Guarded(learned.guard, target),
+                        None => Known::NotNacos,
+                    },
+                    None => match self.read(host) {
+                        new @ Lookup::New { .. } => return new,
+                        Lookup::Guarded(_) | Lookup::LeftAlone => Known::NotNacos,
+                    },
+                };
+                self.by_cluster.insert(cluster.to_string(), known);
+                known
+            }
+        };
+        match known {
+            Known::Guarded(guard, target) => {
+                if self.state(target).is_some_and(|l| l.refused) {
+                    bump(metrics, self.metrics.refused);
+                    return Lookup::LeftAlone;
+                }
+                Lookup::Guarded(guard)
+            }
+            Known::NotNacos => Lookup::LeftAlone,
+            Known::Refused { .. } => {
                 bump(metrics, self.metrics.refused);
                 Lookup::LeftAlone
             }
-            None => self.read(cluster),
         }
     }
 
-    /// What a cluster another VM listed stands for: `New` unless this VM guards
-    /// it already. One this VM refused is taken now that the list holds it.
-    pub fn listed_elsewhere(&mut self, cluster: &str) -> Lookup {
-        match self.by_cluster.get(cluster) {
-            Some(Known::Guarded(guard)) => Lookup::Guarded(*guard),
-            Some(Known::NotNacos) => Lookup::LeftAlone,
-            Some(Known::Refused) | None => self.read(cluster),
+    /// What an entry another VM listed stands for: `New` unless this VM has the
+    /// service already. One this VM refused is taken now that the list holds it.
+    pub fn listed_elsewhere(&mut self, entry: &str) -> Lookup {
+        let host = host_of(entry);
+        let Some(target) = self.by_host.get(host).copied() else {
+            return self.read(host);
+        };
+        let Some(learned) = self
+            .by_target
+            .get_mut(target.index())
+            .and_then(Option::as_mut)
+        else {
+            return Lookup::LeftAlone;
+        };
+        if learned.refused {
+            learned.refused = false;
+            self.active += usize::from(learned.active);
         }
+        Lookup::Guarded(learned.guard)
     }
 
-    fn read(&mut self, cluster: &str) -> Lookup {
-        match nacos_cluster::service_of(cluster, &self.settings.names) {
+    /// The service `host` stands for, read from the name alone.
+    fn read(&self, host: &str) -> Lookup {
+        match nacos_cluster::service_of_host(host, &self.settings.names) {
             ClusterService::Service(service) => {
                 let mut settings = self.settings.template.clone();
                 settings.service = service;
-                Lookup::New(Box::new(settings))
+                Lookup::New {
+                    host: host.to_string(),
+                    settings: Box::new(settings),
+                }
             }
-            ClusterService::NotNacos => {
-                self.by_cluster.insert(cluster.to_string(), Known::NotNacos);
-                Lookup::LeftAlone
-            }
+            ClusterService::NotNacos => Lookup::LeftAlone,
             ClusterService::Ambiguous(reason) => {
                 warn!("nacos-instance-guard: not guarding: {reason}");
-                self.by_cluster.insert(cluster.to_string(), Known::NotNacos);
                 Lookup::LeftAlone
             }
         }
     }
 
-    /// The clusters this VM guards, for the poller to keep them listed.
-    pub fn guarded_clusters(&self) -> impl Iterator<Item = &str> {
-        self.by_cluster
+    /// The hosts of the services this VM polls and that do not idle, for the
+    /// poller to keep them listed.
+    pub fn active_hosts(&self) -> impl Iterator<Item = &str> {
+        self.by_target
             .iter()
-            .filter(|(_, known)| matches!(known, Known::Guarded(_)))
-            .map(|(cluster, _)| cluster.as_str())
+            .flatten()
+            .filter(|learned| learned.active && !learned.refused)
+            .map(|learned| learned.host.as_str())
     }
 
     /// The services that may still be missing from the shared list, with their
@@ -130,50 +211,65 @@ impl LearnedServices {
         std::mem::take(&mut self.unlisted)
     }
 
-    pub fn keep_unlisted(&mut self, cluster: String, target: TargetId) {
-        self.unlisted.push((cluster, target));
+    pub fn keep_unlisted(&mut self, host: String, target: TargetId) {
+        self.unlisted.push((host, target));
     }
 
-    /// Whether this VM may learn one more service.
+    /// Whether this VM may learn one more service when no shared list bounds
+    /// it (a VM polling alone): the services not idling are fewer than the bound.
     pub fn has_room(&self) -> bool {
-        self.count < self.settings.max_services
+        self.active < self.settings.max_services
     }
 
-    /// `cluster` is not learned, or no longer: the bound is reached.
-    pub fn refuse(&mut self, cluster: &str, metrics: &mut dyn Metrics) {
-        if let Some(Known::Guarded(_)) = self.by_cluster.get(cluster) {
-            self.count = self.count.saturating_sub(1);
+    /// `cluster` (a request's) is not learned at `now_ms`: the bound is reached.
+    pub fn refuse(&mut self, cluster: &str, now_ms: u64, metrics: &mut dyn Metrics) {
+        self.count_refusal(cluster, metrics);
+        let retry_at_ms = now_ms.saturating_add(REFUSED_RETRY_MS);
+        self.by_cluster
+            .insert(cluster.to_string(), Known::Refused { retry_at_ms });
+    }
+
+    /// The learned service of `target` found the list full when it was listed
+    /// again: left alone until the list holds it.
+    pub fn refuse_learned(&mut self, target: TargetId, metrics: &mut dyn Metrics) {
+        let Some(learned) = self.state_mut(target) else {
+            return;
+        };
+        if learned.refused {
+            return;
         }
+        learned.refused = true;
+        let (host, active) = (learned.host.clone(), learned.active);
+        self.active -= usize::from(active);
+        self.count_refusal(&host, metrics);
+    }
+
+    fn count_refusal(&mut self, name: &str, metrics: &mut dyn Metrics) {
         bump(metrics, self.metrics.refused);
         if !self.full_reported {
             self.full_reported = true;
             warn!(
                 "nacos-instance-guard: {} services learned already (guardNacosRoutes.maxServices); \
-                 requests to {cluster} and other new services are left alone",
+                 requests to {name} and other new services are left alone",
                 self.settings.max_services
             );
         }
-        self.by_cluster.insert(cluster.to_string(), Known::Refused);
     }
 
-    /// `cluster` is guarded by `guard`, polling `target`, from `now_ms` on.
-    /// `requested`: a request to it came now (else the list named it); `listed`:
-    /// the shared list is known to hold it.
+    /// The service of `host` is guarded by `guard`, polling `target`, from
+    /// `now_ms` on. `cluster`: the request's cluster that found it (`None`: the
+    /// list named it); `listed`: the shared list is known to hold it.
     #[allow(clippy::too_many_arguments)]
     pub fn learned(
         &mut self,
-        cluster: &str,
-        settings: &GuardSettings,
+        host: &str,
+        cluster: Option<&str>,
+        service: &ServiceKey,
         (guard, target): (GuardId, TargetId),
         now_ms: u64,
-        requested: bool,
         listed: bool,
         metrics: &mut dyn Metrics,
     ) {
-        self.count += 1;
-        if let Some(gauge) = self.metrics.learned {
-            metrics.record(gauge, u64::try_from(self.count).unwrap_or(u64::MAX));
-        }
         let index = target.index();
         if self.by_target.len() <= index {
             self.by_target.resize_with(index + 1, || None);
@@ -182,20 +278,28 @@ impl LearnedServices {
             // One named by the list keeps the last request time stored there:
             // the idle check of this very tick reads it.
             *slot = Some(Learned {
+                host: host.to_string(),
+                guard,
                 active: true,
+                refused: false,
                 next_idle_check_ms: now_ms,
-                touched_ms: if requested { now_ms } else { 0 },
+                touched_ms: if cluster.is_some() { now_ms } else { 0 },
+                relisted_ms: now_ms,
             });
         }
-        self.by_cluster
-            .insert(cluster.to_string(), Known::Guarded(guard));
+        self.active += 1;
+        self.by_host.insert(host.to_string(), target);
+        if let Some(gauge) = self.metrics.learned {
+            metrics.record(gauge, u64::try_from(self.by_host.len()).unwrap_or(u64::MAX));
+        }
         if !listed {
-            self.unlisted.push((cluster.to_string(), target));
+            self.unlisted.push((host.to_string(), target));
         }
-        if !requested {
+        let Some(cluster) = cluster else {
             return;
-        }
-        let service = &settings.service;
+        };
+        self.by_cluster
+            .insert(cluster.to_string(), Known::Guarded(guard, target));
         info!(
             "nacos-instance-guard: guarding service {} (group {}, namespace {}) learned from {cluster}",
             service.name, service.group, service.namespace_id
@@ -204,7 +308,8 @@ impl LearnedServices {
 
     /// A learned service that idles is not polled.
     pub fn is_paused(&self, target: TargetId) -> bool {
-        matches!(self.by_target.get(target.index()), Some(Some(learned)) if !learned.active)
+        self.state(target)
+            .is_some_and(|learned| !learned.active || learned.refused)
     }
 
     /// A request went to `target` at `now_ms`: whether to tell the poller now.
@@ -212,7 +317,7 @@ impl LearnedServices {
     /// (`fresh` false: the poller let its snapshot go without answers).
     pub fn touch(&mut self, target: TargetId, now_ms: u64, fresh: bool) -> bool {
         let idle_ms = self.settings.idle_ms;
-        let Some(Some(learned)) = self.by_target.get_mut(target.index()) else {
+        let Some(learned) = self.state_mut(target) else {
             return false;
         };
         let due = !fresh && learned.touched_ms != now_ms
@@ -223,24 +328,39 @@ impl LearnedServices {
         due
     }
 
+    /// The host to add to the list again after a request found the snapshot of
+    /// `target` not fresh: the poller may have let it idle and unlisted it. At
+    /// most once a second per service.
+    pub fn relist_after_request(&mut self, target: TargetId, now_ms: u64) -> Option<&str> {
+        let learned = self.state_mut(target)?;
+        if now_ms < learned.relisted_ms.saturating_add(1_000) {
+            return None;
+        }
+        learned.relisted_ms = now_ms;
+        Some(learned.host.as_str())
+    }
+
     /// As the poller: pause polling each learned service no VM has routed a
     /// request to for `idleMs` (`touched_at` reads when one last did, by
-    /// heartbeat number), and resume it when one does.
+    /// heartbeat number), and resume it when one does. What changed, for the
+    /// poller to take off the list or put back on it.
     pub fn check_idle(
         &mut self,
         now_ms: u64,
         targets: &Targets,
         touched_at: impl Fn(u64) -> Option<u64>,
-    ) {
+    ) -> IdleChanges {
         let idle_ms = self.settings.idle_ms;
+        let mut changes = IdleChanges::default();
         for (index, slot) in self.by_target.iter_mut().enumerate() {
             let Some(learned) = slot else {
                 continue;
             };
-            if now_ms < learned.next_idle_check_ms {
+            if now_ms < learned.next_idle_check_ms || learned.refused {
                 continue;
             }
-            let Some(target) = targets.get(TargetId::from_index(index)) else {
+            let id = TargetId::from_index(index);
+            let Some(target) = targets.get(id) else {
                 continue;
             };
             let touched = touched_at(target.heartbeat_id()).unwrap_or(0);
@@ -250,12 +370,28 @@ impl LearnedServices {
                     "nacos-instance-guard: no request to service {} for {idle_ms} ms; polling it paused",
                     target.service().name
                 );
+                changes.paused.push(learned.host.clone());
+                self.active -= 1;
+            }
+            if !learned.active && active {
+                changes.resumed.push((learned.host.clone(), id));
+                self.active += 1;
             }
             learned.active = active;
             // An idle service is looked at every second, so traffic brings it back soon.
             learned.next_idle_check_ms = now_ms + if active { idle_ms / 8 } else { 1_000 };
         }
+        changes
     }
+}
+
+/// Learned services that stopped or started idling on one idle check.
+#[derive(Default)]
+pub(super) struct IdleChanges {
+    /// Their slots free: taken off the shared list.
+    pub paused: Vec<String>,
+    /// Listed again; refused if the list filled meanwhile.
+    pub resumed: Vec<(String, TargetId)>,
 }
 
 #[cfg(test)]
@@ -279,19 +415,20 @@ mod tests {
     /// Learn `cluster` as the engine does, with guard and target `index`.
     fn learn(services: &mut LearnedServices, targets: &mut Targets, cluster: &str, index: usize) {
         let mut metrics = FakeMetrics::default();
-        let Lookup::New(settings) = services.lookup(cluster, &mut metrics) else {
+        let Lookup::New { host, settings } = services.lookup(cluster, 0, &mut metrics) else {
             panic!("{cluster} is new");
         };
         let guard = GuardId::from_index(index);
         let server = ServerId::from_index(0);
         let (target, _) = targets.find_or_add(server, &settings, guard, 2_000, &mut metrics);
         assert_eq!(target.index(), index);
+        let ids = (guard, target);
         services.learned(
-            cluster,
-            &settings,
-            (guard, target),
+            &host,
+            Some(cluster),
+            &settings.service,
+            ids,
             0,
-            true,
             true,
             &mut metrics,
         );
@@ -302,23 +439,36 @@ mod tests {
         let mut metrics = FakeMetrics::default();
         let mut services = learned(&mut metrics);
         assert!(matches!(
-            services.lookup("outbound|80||web.dns", &mut metrics),
+            services.lookup("outbound|80||web.dns", 0, &mut metrics),
             Lookup::LeftAlone
         ));
         assert!(matches!(
-            services.lookup("outbound|80||web.dns", &mut metrics),
+            services.lookup("outbound|80||web.dns", 0, &mut metrics),
             Lookup::LeftAlone
         ));
-        let Lookup::New(settings) = services.lookup(ORDERS, &mut metrics) else {
+        let Lookup::New { host, settings } = services.lookup(ORDERS, 0, &mut metrics) else {
             panic!("a Nacos service");
         };
         assert_eq!(settings.service.name, "orders");
+        assert_eq!(host, "orders.DEFAULT-GROUP.public.nacos");
 
         let mut targets = Targets::default();
         learn(&mut services, &mut targets, ORDERS, 0);
         assert!(
-            matches!(services.lookup(ORDERS, &mut metrics), Lookup::Guarded(g) if g.index() == 0)
+            matches!(services.lookup(ORDERS, 0, &mut metrics), Lookup::Guarded(g) if g.index() == 0)
         );
+        // Another port or a subset of the service is the same service.
+        for cluster in [
+            "outbound|9090||orders.DEFAULT-GROUP.public.nacos",
+            "outbound|8080|v1|orders.DEFAULT-GROUP.public.nacos",
+        ] {
+            let lookup = services.lookup(cluster, 0, &mut metrics);
+            assert!(
+                matches!(lookup, Lookup::Guarded(g) if g.index() == 0),
+                "{cluster}"
+            );
+        }
+        assert!(services.has_room(), "one service, one place");
     }
 
     #[test]
@@ -330,10 +480,10 @@ mod tests {
         assert!(services.has_room());
         learn(&mut services, &mut targets, PAY, 1);
         assert!(!services.has_room());
-        services.refuse(SHOP, &mut metrics);
+        services.refuse(SHOP, 0, &mut metrics);
         assert_eq!(metrics.get("nacos_guard.learned_services_refused"), 1);
         assert!(matches!(
-            services.lookup(SHOP, &mut metrics),
+            services.lookup(SHOP, 999, &mut metrics),
             Lookup::LeftAlone
         ));
         assert_eq!(
@@ -342,7 +492,14 @@ mod tests {
             "per request"
         );
         assert!(
-            matches!(services.listed_elsewhere(SHOP), Lookup::New(_)),
+            matches!(
+                services.lookup(SHOP, 1_000, &mut metrics),
+                Lookup::New { .. }
+            ),
+            "asked for again a second later"
+        );
+        assert!(
+            matches!(services.listed_elsewhere(SHOP), Lookup::New { .. }),
             "taken once another VM listed it"
         );
     }
@@ -374,15 +531,22 @@ mod tests {
         let mut targets = Targets::default();
         learn(&mut services, &mut targets, ORDERS, 0);
         let target = TargetId::from_index(0);
+        learn(&mut services, &mut targets, PAY, 1);
+        assert!(!services.has_room());
         let touched = std::cell::Cell::new(Some(0));
-        services.check_idle(8_000, &targets, |_| touched.get());
+        let changes = services.check_idle(8_000, &targets, |_| touched.get());
+        assert!(changes.paused.is_empty() && changes.resumed.is_empty());
         assert!(!services.is_paused(target));
-        services.check_idle(9_001, &targets, |_| touched.get());
+        let changes = services.check_idle(9_001, &targets, |_| touched.get());
         assert!(services.is_paused(target));
+        assert_eq!(changes.paused.len(), 2);
+        assert!(services.has_room(), "an idle service frees its place");
         touched.set(Some(9_500));
         services.check_idle(9_600, &targets, |_| touched.get());
         assert!(services.is_paused(target), "looked at again a second later");
-        services.check_idle(10_001, &targets, |_| touched.get());
+        let changes = services.check_idle(10_001, &targets, |_| touched.get());
         assert!(!services.is_paused(target));
+        assert_eq!(changes.resumed.len(), 2);
+        assert!(!services.has_room());
     }
 }

@@ -211,3 +211,57 @@ fn learned_services_alone_are_timed_by_their_own_interval() {
         .sum();
     assert_eq!(routed, outcomes.values().sum::<u32>(), "{outcomes:?}");
 }
+
+/// Defect 8: `maxServices` counted cluster names, so one service on two ports
+/// took two places.
+#[test]
+fn one_service_on_two_ports_takes_one_place() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let other_port = "outbound|9090||orders.DEFAULT-GROUP.public.nacos";
+    gateway.send(0, 0, FakeRequest::to("r", ORDERS));
+    gateway.send(1, 0, FakeRequest::to("r", other_port));
+    let now = run(&mut gateway, &[0, 1], 20..2_000);
+    for vm in 0..2 {
+        for cluster in [ORDERS, other_port] {
+            let outcome = gateway.send(vm, now, FakeRequest::to("r", cluster));
+            assert_eq!(outcome, "10.0.0.1:80", "VM {vm}, {cluster}");
+        }
+    }
+    assert_eq!(
+        gateway.metrics.get("nacos_guard.learned_services_refused"),
+        0
+    );
+    assert_eq!(gateway.send(1, now, FakeRequest::to("r", SHOP)), "ignore");
+}
+
+/// Defect 8: a service that idled past `idleMs` held its place until the next
+/// configuration edit.
+#[test]
+fn an_idle_service_frees_its_place_for_another() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1,"idleMs":5000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let follower = followers(&gateway)[0];
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    let now = run(&mut gateway, &[0, 1], 20..2_000);
+    assert_eq!(
+        gateway.send(follower, now, FakeRequest::to("r", SHOP)),
+        "ignore"
+    );
+    // Nobody asks for orders for longer than idleMs: its place frees.
+    let now = run(&mut gateway, &[0, 1], 2_000..9_000);
+    gateway.send(follower, now, FakeRequest::to("r", SHOP));
+    let now = run(&mut gateway, &[0, 1], 9_000..11_000);
+    assert_eq!(
+        gateway.send(follower, now, FakeRequest::to("r", SHOP)),
+        "10.0.0.1:80"
+    );
+}

@@ -13,6 +13,10 @@ pub const VIEW_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.[^.]+\.(vi
 
 /// A service name as one metric segment: anything but `[A-Za-z0-9_-]` becomes `_`.
 pub fn metric_segment(service: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if service.chars().all(allowed) {
+        return service.to_string();
+    }
     service
         .chars()
         .map(|c| {
@@ -79,8 +83,21 @@ pub struct PollMetrics {
     pub failure: Option<u32>,
 }
 
-fn service_metric(service: &str, name: &str) -> String {
-    format!("{PREFIX}.service.{}.{name}", metric_segment(service))
+/// The names of one service's metrics, `nacos_guard.service.<segment>.<name>`:
+/// the segment is worked out once for all of them.
+struct ServiceMetric(String);
+
+impl ServiceMetric {
+    fn of(service: &str) -> Self {
+        Self(format!("{PREFIX}.service.{}.", metric_segment(service)))
+    }
+
+    fn name(&self, name: &str) -> String {
+        let mut full = String::with_capacity(self.0.len() + name.len());
+        full.push_str(&self.0);
+        full.push_str(name);
+        full
+    }
 }
 
 impl RequestMetrics {
@@ -92,21 +109,23 @@ impl RequestMetrics {
             Some(view) => format!("view.{}.usable_instances", metric_segment(view)),
             None => "usable_instances".to_string(),
         };
+        let names = ServiceMetric::of(service);
         Self {
-            routed: metrics.define_counter(&service_metric(service, "routed")),
-            rerouted: metrics.define_counter(&service_metric(service, "rerouted")),
-            rejected: metrics.define_counter(&service_metric(service, "rejected")),
-            passed_through: metrics.define_counter(&service_metric(service, "passed_through")),
-            usable_instances: metrics.define_gauge(&service_metric(service, &gauge)),
+            routed: metrics.define_counter(&names.name("routed")),
+            rerouted: metrics.define_counter(&names.name("rerouted")),
+            rejected: metrics.define_counter(&names.name("rejected")),
+            passed_through: metrics.define_counter(&names.name("passed_through")),
+            usable_instances: metrics.define_gauge(&names.name(&gauge)),
         }
     }
 }
 
 impl PollMetrics {
     pub fn define(metrics: &mut dyn Metrics, service: &str) -> Self {
+        let names = ServiceMetric::of(service);
         Self {
-            success: metrics.define_counter(&service_metric(service, "poll_success")),
-            failure: metrics.define_counter(&service_metric(service, "poll_failure")),
+            success: metrics.define_counter(&names.name("poll_success")),
+            failure: metrics.define_counter(&names.name("poll_failure")),
         }
     }
 }
@@ -191,7 +210,7 @@ mod tests {
     #[test]
     fn names_put_the_service_where_the_tag_regex_expects_it() {
         assert_eq!(
-            service_metric("order.svc", "routed"),
+            ServiceMetric::of("order.svc").name("routed"),
             "nacos_guard.service.order_svc.routed"
         );
     }

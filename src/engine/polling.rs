@@ -157,7 +157,10 @@ impl Polling {
                 continue;
             }
             let access_token = servers.access_token(server, now_ms);
-            let Some(list) = targets.get(id).map(|t| t.list_call(access_token)) else {
+            let Some(list) = targets
+                .get(id)
+                .map(|t| t.list_call(settings.api, access_token))
+            else {
                 self.scheduler.finished(index);
                 continue;
             };

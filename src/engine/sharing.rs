@@ -255,6 +255,23 @@ impl Sharing {
         Announced::Contended
     }
 
+    /// Take `host` off the learned list (it idles: its place is free).
+    pub fn unlist_learned(&self, host: &str, store: &mut dyn SharedStore) {
+        let key = self.keys.learned();
+        for _ in 0..ANNOUNCE_ATTEMPTS {
+            let (bytes, cas) = store.get(&key);
+            let mut hosts = published::decode_learned(&bytes.unwrap_or_default());
+            let before = hosts.len();
+            hosts.retain(|listed| listed != host);
+            if hosts.len() == before || cas.is_none() {
+                return;
+            }
+            if store.set(&key, &published::encode_learned(&hosts), cas) {
+                return;
+            }
+        }
+    }
+
     pub fn touch(&self, service: u64, now_ms: u64, store: &mut dyn SharedStore) {
         store.set(
             &self.keys.touched(service),

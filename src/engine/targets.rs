@@ -2,6 +2,8 @@
 //! one's list request, its snapshot, the last good answer, and how its polls
 //! have gone. Guards read the snapshots; only this file changes them.
 
+use std::cell::OnceCell;
+
 use log::{info, warn};
 
 use super::host_traits::{Metrics, SharedStore};
@@ -23,8 +25,9 @@ pub(super) struct Target {
     server: ServerId,
     service: ServiceKey,
     query_clusters: Vec<String>,
-    /// Its list request but for the token, built once.
-    list: ListRequest,
+    /// Its list request but for the token, built once, at its first poll: a
+    /// learned service that idles is never asked.
+    list: OnceCell<ListRequest>,
     /// Its keys in shared data; `keys.id()` is its number in heartbeats.
     keys: ServiceKeys,
     snapshot: Snapshot,
@@ -114,9 +117,12 @@ impl Target {
         changed
     }
 
-    /// Its list call carrying `access_token`.
-    pub fn list_call(&self, access_token: Option<&str>) -> NacosRequest {
-        self.list.with_token(access_token)
+    /// Its list call to a server of `api`, carrying `access_token`.
+    pub fn list_call(&self, api: ApiVersion, access_token: Option<&str>) -> NacosRequest {
+        let list = self
+            .list
+            .get_or_init(|| ListRequest::new(api, &self.service, &self.query_clusters));
+        list.with_token(access_token)
     }
 }
 
@@ -177,11 +183,7 @@ impl Targets {
                     server,
                     service: settings.service.clone(),
                     query_clusters: settings.filter.clusters.clone(),
-                    list: ListRequest::new(
-                        settings.server.api,
-                        &settings.service,
-                        &settings.filter.clusters,
-                    ),
+                    list: OnceCell::new(),
                     keys,
                     snapshot: Snapshot::default(),
                     last_good: None,

@@ -22,7 +22,7 @@ impl Engine {
     /// target, and whether that was added now.
     pub(super) fn add_guard(
         &mut self,
-        settings: &GuardSettings,
+        settings: GuardSettings,
         metrics: &mut dyn Metrics,
     ) -> (GuardId, TargetId, bool) {
         let (server, new_server) = self.servers.find_or_add(&settings.server);
@@ -32,7 +32,7 @@ impl Engine {
         let guard = self.guards.next_id();
         let (target, added) = self
             .targets
-            .find_or_add(server, settings, guard, 0, metrics);
+            .find_or_add(server, &settings, guard, 0, metrics);
         self.guards.add(settings, target, metrics);
         (guard, target, added)
     }
@@ -66,62 +66,77 @@ impl Engine {
     ) -> Option<GuardId> {
         let learned = self.learned.as_mut()?;
         let cluster = request.cluster_name()?;
-        let guard = match learned.lookup(cluster, metrics) {
+        let guard = match learned.lookup(cluster, now_ms, metrics) {
             Lookup::Guarded(guard) => guard,
             Lookup::LeftAlone => return None,
-            Lookup::New(settings) => {
-                let cluster = cluster.to_string();
-                self.learn(&cluster, &settings, now_ms, true, metrics, store)?
+            Lookup::New { host, settings } => {
+                let cluster = Some(cluster.to_string());
+                self.learn(&host, cluster.as_deref(), *settings, now_ms, metrics, store)?
             }
         };
         let target = self.guards.target_of(guard)?;
         let t = self.targets.get(target)?;
         let fresh = t.freshness(now_ms) == Freshness::Fresh;
-        if self.learned.as_mut()?.touch(target, now_ms, fresh) {
-            if let Some(sharing) = &self.sharing {
-                sharing.touch(t.heartbeat_id(), now_ms, store);
+        let follower = !self.is_poller();
+        let learned = self.learned.as_mut()?;
+        if !learned.touch(target, now_ms, fresh) {
+            return Some(guard);
+        }
+        let Some(sharing) = &self.sharing else {
+            return Some(guard);
+        };
+        sharing.touch(t.heartbeat_id(), now_ms, store);
+        // A snapshot that is not fresh may be one the poller let idle and took
+        // off the list, which this request brings back.
+        if !fresh && follower {
+            let max = learned.max_services();
+            if let Some(host) = learned.relist_after_request(target, now_ms) {
+                if sharing.announce_learned(host, max, store) == Announced::Full {
+                    learned.refuse_learned(target, metrics);
+                    return None;
+                }
             }
         }
         Some(guard)
     }
 
-    /// Guard the service of `cluster` by `settings`; `requested`: a request
-    /// found it, and the poller hears of it through the learned list; else the
-    /// list named it. A list that other VMs kept writing is no reason to refuse:
-    /// the service is guarded and listed again on the next ticks.
+    /// Guard the service of `host` by `settings`; `cluster`: the request's
+    /// cluster that found it, and the poller hears of it through the learned
+    /// list; `None`: the list named it. A list that other VMs kept writing is no
+    /// reason to refuse: the service is guarded and listed again on the next ticks.
     pub(super) fn learn(
         &mut self,
-        cluster: &str,
-        settings: &GuardSettings,
+        host: &str,
+        cluster: Option<&str>,
+        settings: GuardSettings,
         now_ms: u64,
-        requested: bool,
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) -> Option<GuardId> {
         let learned = self.learned.as_mut()?;
         let max = learned.max_services();
-        let announced = match &self.sharing {
-            Some(sharing) if requested && learned.has_room() => {
-                sharing.announce_learned(cluster, max, store)
-            }
-            _ if learned.has_room() => Announced::Listed,
-            _ => Announced::Full,
+        let announced = match (&self.sharing, cluster) {
+            (Some(sharing), Some(_)) => sharing.announce_learned(host, max, store),
+            (Some(_), None) => Announced::Listed,
+            (None, _) if learned.has_room() => Announced::Listed,
+            (None, _) => Announced::Full,
         };
         if announced == Announced::Full {
-            learned.refuse(cluster, metrics);
+            learned.refuse(cluster.unwrap_or(host), now_ms, metrics);
             return None;
         }
+        let interval_ms = settings.refresh_interval_ms;
         let (guard, target, added) = self.add_guard(settings, metrics);
         if added {
-            self.polling.add(settings.refresh_interval_ms);
+            self.polling.add(interval_ms);
             self.set_next_answer_due(target);
         }
         // A follower's addition may yet be erased; the poller keeps its own listed.
-        let listed = announced == Announced::Listed && (!requested || self.is_poller());
-        let learned = self.learned.as_mut()?;
+        let listed = announced == Announced::Listed && (cluster.is_none() || self.is_poller());
+        let (learned, service) = (self.learned.as_mut()?, self.targets.get(target)?.service());
         let ids = (guard, target);
-        learned.learned(cluster, settings, ids, now_ms, requested, listed, metrics);
-        if requested {
+        learned.learned(host, cluster, service, ids, now_ms, listed, metrics);
+        if cluster.is_some() {
             if let (Some(sharing), Some(t)) = (&self.sharing, self.targets.get(target)) {
                 sharing.touch(t.heartbeat_id(), now_ms, store);
             }
@@ -133,8 +148,8 @@ impl Engine {
     }
 
     /// As the poller: take the services other VMs listed, list again what it
-    /// guards and the list lost, and pause polling a learned service no VM has
-    /// routed a request to for `idleMs`.
+    /// polls and the list lost, take off the list what idles (freeing its
+    /// place under `maxServices`), and pause polling it.
     pub(super) fn take_announced(
         &mut self,
         now_ms: u64,
@@ -144,48 +159,55 @@ impl Engine {
         let (Some(learned), Some(sharing)) = (self.learned.as_mut(), self.sharing.as_mut()) else {
             return;
         };
-        // From now on the poller keeps what it guards listed, on every change of
+        // From now on the poller keeps what it polls listed, on every change of
         // the list; what it learned as a follower is listed once more now.
         let max = learned.max_services();
-        for (cluster, _) in learned.take_unlisted() {
-            if sharing.announce_learned(&cluster, max, store) == Announced::Full {
-                learned.refuse(&cluster, metrics);
+        for (host, target) in learned.take_unlisted() {
+            if sharing.announce_learned(&host, max, store) == Announced::Full {
+                learned.refuse_learned(target, metrics);
             }
         }
-        let Some(listed) = sharing.read_learned(store) else {
-            return self.check_idle(now_ms, store);
-        };
-        let listed_set: std::collections::HashSet<&str> =
-            listed.iter().map(String::as_str).collect();
-        let lost: Vec<String> = learned
-            .guarded_clusters()
-            .filter(|cluster| !listed_set.contains(cluster))
-            .map(str::to_string)
-            .collect();
-        for cluster in &lost {
-            sharing.announce_learned(cluster, max, store);
-        }
-        let mut taken = 0;
-        for cluster in &listed {
-            let Some(learned) = self.learned.as_mut() else {
-                return;
-            };
-            if let Lookup::New(settings) = learned.listed_elsewhere(cluster) {
-                taken += usize::from(
-                    self.learn(cluster, &settings, now_ms, false, metrics, store)
-                        .is_some(),
-                );
+        if let Some(listed) = sharing.read_learned(store) {
+            let listed_set: std::collections::HashSet<&str> =
+                listed.iter().map(String::as_str).collect();
+            let lost: Vec<String> = learned
+                .active_hosts()
+                .filter(|host| !listed_set.contains(host))
+                .map(str::to_string)
+                .collect();
+            for host in &lost {
+                sharing.announce_learned(host, max, store);
+            }
+            let mut taken = 0;
+            for entry in &listed {
+                let Some(learned) = self.learned.as_mut() else {
+                    return;
+                };
+                if let Lookup::New { host, settings } = learned.listed_elsewhere(entry) {
+                    let guard = self.learn(&host, None, *settings, now_ms, metrics, store);
+                    taken += usize::from(guard.is_some());
+                }
+            }
+            if taken > 0 {
+                info!("nacos-instance-guard: guarding {taken} services other VMs learned from traffic");
             }
         }
-        if taken > 0 {
-            info!("nacos-instance-guard: guarding {taken} services other VMs learned from traffic");
-        }
-        self.check_idle(now_ms, store);
+        self.check_idle(now_ms, metrics, store);
     }
 
-    fn check_idle(&mut self, now_ms: u64, store: &dyn SharedStore) {
-        if let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) {
-            learned.check_idle(now_ms, &self.targets, |id| sharing.touched_at(id, store));
+    fn check_idle(&mut self, now_ms: u64, metrics: &mut dyn Metrics, store: &mut dyn SharedStore) {
+        let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) else {
+            return;
+        };
+        let changes = learned.check_idle(now_ms, &self.targets, |id| sharing.touched_at(id, store));
+        for host in &changes.paused {
+            sharing.unlist_learned(host, store);
+        }
+        let max = learned.max_services();
+        for (host, target) in changes.resumed {
+            if sharing.announce_learned(&host, max, store) == Announced::Full {
+                learned.refuse_learned(target, metrics);
+            }
         }
     }
 
@@ -196,7 +218,7 @@ impl Engine {
             return;
         };
         let max = learned.max_services();
-        for (cluster, target) in learned.take_unlisted() {
+        for (host, target) in learned.take_unlisted() {
             if self
                 .targets
                 .get(target)
@@ -204,9 +226,9 @@ impl Engine {
             {
                 continue;
             }
-            match sharing.announce_learned(&cluster, max, store) {
-                Announced::Full => learned.refuse(&cluster, metrics),
-                Announced::Listed | Announced::Contended => learned.keep_unlisted(cluster, target),
+            match sharing.announce_learned(&host, max, store) {
+                Announced::Full => learned.refuse_learned(target, metrics),
+                Announced::Listed | Announced::Contended => learned.keep_unlisted(host, target),
             }
         }
     }
@@ -314,7 +336,9 @@ impl Engine {
 
     pub(super) fn add_scope(&mut self, scope: &Scope, metrics: &mut dyn Metrics) -> Applies {
         match scope {
-            Scope::Guard(settings) => Applies::Guard(self.add_guard(settings, metrics).0),
+            Scope::Guard(settings) => {
+                Applies::Guard(self.add_guard(settings.as_ref().clone(), metrics).0)
+            }
             Scope::Disabled => Applies::Disabled,
         }
     }

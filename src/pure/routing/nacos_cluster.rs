@@ -41,8 +41,18 @@ pub fn as_label(name: &str) -> String {
 }
 
 pub fn service_of(cluster: &str, names: &NacosNames) -> ClusterService {
-    let Some(rest) = cluster_name::parse(cluster).and_then(|name| name.host.strip_suffix(SUFFIX))
-    else {
+    match cluster_name::parse(cluster) {
+        Some(name) => service_of_host(name.host, names),
+        None => ClusterService::NotNacos,
+    }
+}
+
+/// The service a Higress host name (`<service>.<group>.<namespace>.nacos`) stands
+/// for. Clusters of one service on several ports or subsets share the host, so
+/// the host is what `guardNacosRoutes` counts and lists.
+pub fn service_of_host(host: &str, names: &NacosNames) -> ClusterService {
+    let cluster = host;
+    let Some(rest) = host.strip_suffix(SUFFIX) else {
         return ClusterService::NotNacos;
     };
     let mut labels = rest.rsplitn(3, '.');

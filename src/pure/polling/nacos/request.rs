@@ -105,20 +105,37 @@ impl Query {
     }
 }
 
+/// Percent-encode all but RFC 3986's unreserved characters; runs of unreserved
+/// ones are copied whole (a new poller builds thousands of queries at once).
 fn percent_encode_into(out: &mut String, text: &str) {
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
+    let unreserved =
+        |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~');
+    let mut rest = text;
+    while !rest.is_empty() {
+        let plain = rest
+            .bytes()
+            .position(|byte| !unreserved(byte))
+            .unwrap_or(rest.len());
+        // Unreserved bytes are ASCII, so `plain` is a character boundary.
+        out.push_str(rest.get(..plain).unwrap_or_default());
+        let tail = rest.get(plain..).unwrap_or_default();
+        let Some(c) = tail.chars().next() else {
+            break;
+        };
+        for byte in c.encode_utf8(&mut [0; 4]).bytes() {
             out.push('%');
             out.push(hex_digit(byte >> 4));
             out.push(hex_digit(byte & 0x0f));
         }
+        rest = tail.get(c.len_utf8()..).unwrap_or_default();
     }
 }
 
 fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble), 16).map_or('0', |digit| digit.to_ascii_uppercase())
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    DIGITS
+        .get(usize::from(nibble))
+        .map_or('0', |digit| char::from(*digit))
 }
 
 #[cfg(test)]

@@ -1,0 +1,181 @@
+//! What `guardNacosRoutes` costs at its bound (issue 24, defect 4): a new
+//! poller's first tick, which takes every service in the learned list, and a
+//! request that learns one more service when the list is nearly full:
+//! `cargo bench --no-default-features --bench learned`. The shared data, the
+//! outbox and the metrics are the smallest that do what Envoy's do.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use nacos_instance_guard::engine::{
+    Engine, Metrics, Outbox, OutgoingCall, RequestHost, SharedStore,
+};
+use nacos_instance_guard::pure::config::{parse, Capabilities, PluginConfig};
+use nacos_instance_guard::pure::routing::rules::RequestFacts;
+use nacos_instance_guard::pure::routing::upstream_hosts::RoutableHosts;
+use nacos_instance_guard::pure::sharing::published::{encode_learned, ConfigKeys};
+
+const SERVICES: usize = 10_000;
+const CONFIG: &str = r#"{"nacos":{"cluster":"nacos"},"guardNacosRoutes":{"maxServices":10000}}"#;
+
+#[derive(Clone, Default)]
+struct Store(BTreeMap<String, (Vec<u8>, u32)>);
+
+impl SharedStore for Store {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.0.get(key) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let current = self.0.get(key).map(|(_, version)| *version);
+        if cas.is_some_and(|cas| current != Some(cas)) {
+            return false;
+        }
+        self.0
+            .insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+        true
+    }
+}
+
+/// Sends nothing anywhere; every call gets a fresh token.
+#[derive(Default)]
+struct Calls(u32);
+
+impl Outbox for Calls {
+    fn dispatch(&mut self, _call: OutgoingCall<'_>) -> Result<u32, String> {
+        self.dispatch_token()
+    }
+    fn grpc_call(&mut self, _: &[u8], _: &[u8], _: u64) -> Result<u32, String> {
+        self.dispatch_token()
+    }
+    fn grpc_open(&mut self, _: &[u8]) -> Result<u32, String> {
+        self.dispatch_token()
+    }
+    fn grpc_send(&mut self, _: u32, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+    fn grpc_close(&mut self, _: u32) {}
+}
+
+impl Calls {
+    fn dispatch_token(&mut self) -> Result<u32, String> {
+        self.0 += 1;
+        Ok(self.0)
+    }
+}
+
+/// Counters that count nothing, as a host without stats would.
+struct NoMetrics;
+
+impl Metrics for NoMetrics {
+    fn define_counter(&mut self, _: &str) -> Option<u32> {
+        None
+    }
+    fn define_gauge(&mut self, _: &str) -> Option<u32> {
+        None
+    }
+    fn add(&mut self, _: u32, _: u64) {}
+    fn record(&mut self, _: u32, _: u64) {}
+}
+
+struct ToCluster(String);
+
+impl RequestFacts for ToCluster {
+    fn route_name(&mut self) -> Option<&str> {
+        Some("r")
+    }
+    fn authority(&mut self) -> Option<&str> {
+        None
+    }
+    fn cluster_name(&mut self) -> Option<&str> {
+        Some(&self.0)
+    }
+}
+
+impl RequestHost for ToCluster {
+    fn header(&mut self, _: &str) -> Option<String> {
+        None
+    }
+    fn upstream_hosts(&mut self) -> Option<&RoutableHosts> {
+        None
+    }
+}
+
+fn host(index: usize) -> String {
+    format!("svc-{index}.DEFAULT-GROUP.public.nacos")
+}
+
+/// Shared data holding a learned list of `count` services.
+fn store_with(count: usize) -> Store {
+    let mut store = Store::default();
+    let hosts: Vec<String> = (0..count).map(host).collect();
+    let key = ConfigKeys::new(CONFIG.as_bytes()).learned();
+    store.set(&key, &encode_learned(&hosts), None);
+    store
+}
+
+fn engine(config: &PluginConfig, store: &mut Store, vm_id: u64) -> Engine {
+    let mut engine = Engine::new(config, &mut NoMetrics, vm_id);
+    engine.share(
+        ConfigKeys::new(CONFIG.as_bytes()),
+        vm_id,
+        store,
+        &mut NoMetrics,
+    );
+    engine
+}
+
+fn benches(c: &mut Criterion) {
+    let envoy = Capabilities {
+        higress_routing: false,
+    };
+    let Ok(config) = parse(CONFIG.as_bytes(), envoy) else {
+        eprintln!("the benchmark's configuration does not parse");
+        return;
+    };
+    let full = store_with(SERVICES);
+    let mut group = c.benchmark_group("guardNacosRoutes at 10,000 services");
+    group.sample_size(10);
+    group.bench_function(
+        "a new poller's first tick takes every listed service",
+        |b| {
+            b.iter_batched(
+                || {
+                    let mut store = full.clone();
+                    let mut engine = engine(&config, &mut store, 7);
+                    // The first tick finds no lease and seeds a vacant one.
+                    engine.on_tick(0, &mut Calls::default(), &mut NoMetrics, &mut store);
+                    (engine, store)
+                },
+                |(mut engine, mut store)| {
+                    engine.on_tick(1_000, &mut Calls::default(), &mut NoMetrics, &mut store);
+                    assert!(engine.is_poller());
+                    black_box(engine.guards_anything())
+                },
+                BatchSize::PerIteration,
+            )
+        },
+    );
+    let nearly_full = store_with(SERVICES - 1);
+    group.bench_function("a request learns the 10,000th service", |b| {
+        b.iter_batched(
+            || {
+                let mut store = nearly_full.clone();
+                (engine(&config, &mut store, 9), store)
+            },
+            |(mut engine, mut store)| {
+                let mut request = ToCluster(format!("outbound|8080||{}", host(SERVICES)));
+                let action = engine.on_request(1_000, &mut request, &mut NoMetrics, &mut store);
+                black_box(format!("{action:?}"))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(learned, benches);
+criterion_main!(learned);
