@@ -17,6 +17,8 @@ use nacos_instance_guard::pure::routing::upstream_hosts::RoutableHosts;
 use nacos_instance_guard::pure::sharing::published::{encode_learned, ConfigKeys};
 
 const SERVICES: usize = 10_000;
+/// A gateway clock of today, as Envoy's is: no service was requested since 0.
+const NOW_MS: u64 = 1_764_900_000_000;
 const CONFIG: &str = r#"{"nacos":{"cluster":"nacos"},"guardNacosRoutes":{"maxServices":10000}}"#;
 
 #[derive(Clone, Default)]
@@ -147,11 +149,16 @@ fn benches(c: &mut Criterion) {
                     let mut store = full.clone();
                     let mut engine = engine(&config, &mut store, 7);
                     // The first tick finds no lease and seeds a vacant one.
-                    engine.on_tick(0, &mut Calls::default(), &mut NoMetrics, &mut store);
+                    engine.on_tick(
+                        NOW_MS - 1_000,
+                        &mut Calls::default(),
+                        &mut NoMetrics,
+                        &mut store,
+                    );
                     (engine, store)
                 },
                 |(mut engine, mut store)| {
-                    engine.on_tick(1_000, &mut Calls::default(), &mut NoMetrics, &mut store);
+                    engine.on_tick(NOW_MS, &mut Calls::default(), &mut NoMetrics, &mut store);
                     assert!(engine.is_poller());
                     black_box(engine.guards_anything())
                 },
@@ -168,7 +175,7 @@ fn benches(c: &mut Criterion) {
             },
             |(mut engine, mut store)| {
                 let mut request = ToCluster(format!("outbound|8080||{}", host(SERVICES)));
-                let action = engine.on_request(1_000, &mut request, &mut NoMetrics, &mut store);
+                let action = engine.on_request(NOW_MS, &mut request, &mut NoMetrics, &mut store);
                 black_box(format!("{action:?}"))
             },
             BatchSize::PerIteration,

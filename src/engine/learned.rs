@@ -366,10 +366,6 @@ impl LearnedServices {
             let touched = touched_at(target.heartbeat_id()).unwrap_or(0);
             let active = now_ms.saturating_sub(touched) <= idle_ms;
             if learned.active && !active {
-                info!(
-                    "nacos-instance-guard: no request to service {} for {idle_ms} ms; polling it paused",
-                    target.service().name
-                );
                 changes.paused.push(learned.host.clone());
                 self.active -= 1;
             }
@@ -380,6 +376,18 @@ impl LearnedServices {
             learned.active = active;
             // An idle service is looked at every second, so traffic brings it back soon.
             learned.next_idle_check_ms = now_ms + if active { idle_ms / 8 } else { 1_000 };
+        }
+        // One line however many: a new poller may find thousands idle at once.
+        if let Some(first) = changes.paused.first() {
+            let more = changes.paused.len() - 1;
+            info!(
+                "nacos-instance-guard: no request to {first}{} for {idle_ms} ms; polling paused",
+                if more > 0 {
+                    format!(" and {more} other services")
+                } else {
+                    String::new()
+                }
+            );
         }
         changes
     }

@@ -12,7 +12,7 @@ use super::sharing::LEASE_INTERVALS;
 use super::targets::Targets;
 use crate::pure::hashing::WordMap;
 use crate::pure::polling::nacos::response::AnswerError;
-use crate::pure::polling::schedule::{Scheduler, MAX_CALLS_IN_FLIGHT};
+use crate::pure::polling::schedule::{Readiness, Scheduler, MAX_CALLS_IN_FLIGHT};
 
 /// A call in flight, by its token.
 pub(super) enum Pending {
@@ -134,14 +134,20 @@ impl Polling {
             learned,
             publishing,
         } = parts;
+        // A learned service that idles is looked at again a second later (the
+        // idle check resumes it and makes it due at once); one whose server
+        // waits for a token, on every tick.
         let ready = |index: usize| {
             let id = TargetId::from_index(index);
-            !learned.is_some_and(|learned| learned.is_paused(id))
-                && targets
-                    .get(id)
-                    .is_some_and(|t| servers.ready(t.server(), now_ms))
+            if learned.is_some_and(|learned| learned.is_paused(id)) {
+                return Readiness::NotBefore(now_ms.saturating_add(1_000));
+            }
+            match targets.get(id) {
+                Some(t) if servers.ready(t.server(), now_ms) => Readiness::Ready,
+                _ => Readiness::Waiting,
+            }
         };
-        for index in self.scheduler.take_due_where(now_ms, ready) {
+        for index in self.scheduler.take_due_when(now_ms, ready) {
             let id = TargetId::from_index(index);
             let Some(server) = targets.get(id).map(|t| t.server()) else {
                 self.scheduler.finished(index);

@@ -255,18 +255,23 @@ impl Sharing {
         Announced::Contended
     }
 
-    /// Take `host` off the learned list (it idles: its place is free).
-    pub fn unlist_learned(&self, host: &str, store: &mut dyn SharedStore) {
+    /// Take `hosts` off the learned list (they idle: their places are free), in
+    /// one write however many they are.
+    pub fn unlist_learned(&self, hosts: &[String], store: &mut dyn SharedStore) {
+        if hosts.is_empty() {
+            return;
+        }
         let key = self.keys.learned();
+        let leaving: std::collections::HashSet<&str> = hosts.iter().map(String::as_str).collect();
         for _ in 0..ANNOUNCE_ATTEMPTS {
             let (bytes, cas) = store.get(&key);
-            let mut hosts = published::decode_learned(&bytes.unwrap_or_default());
-            let before = hosts.len();
-            hosts.retain(|listed| listed != host);
-            if hosts.len() == before || cas.is_none() {
+            let mut listed = published::decode_learned(&bytes.unwrap_or_default());
+            let before = listed.len();
+            listed.retain(|host| !leaving.contains(host.as_str()));
+            if listed.len() == before || cas.is_none() {
                 return;
             }
-            if store.set(&key, &published::encode_learned(&hosts), cas) {
+            if store.set(&key, &published::encode_learned(&listed), cas) {
                 return;
             }
         }

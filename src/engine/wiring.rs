@@ -200,13 +200,13 @@ impl Engine {
             return;
         };
         let changes = learned.check_idle(now_ms, &self.targets, |id| sharing.touched_at(id, store));
-        for host in &changes.paused {
-            sharing.unlist_learned(host, store);
-        }
+        sharing.unlist_learned(&changes.paused, store);
         let max = learned.max_services();
         for (host, target) in changes.resumed {
             if sharing.announce_learned(&host, max, store) == Announced::Full {
                 learned.refuse_learned(target, metrics);
+            } else {
+                self.polling.due_now(&[target], now_ms);
             }
         }
     }

@@ -21,6 +21,16 @@ struct Slot {
     in_flight: bool,
 }
 
+/// Whether a due service may be polled now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Not now; asked again next time.
+    Waiting,
+    /// Not before this time.
+    NotBefore(u64),
+}
+
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     slots: Vec<Slot>,
@@ -112,6 +122,20 @@ impl Scheduler {
     /// Like [`take_due`](Self::take_due), skipping services `ready` refuses (they
     /// stay due).
     pub fn take_due_where(&mut self, now_ms: u64, ready: impl Fn(usize) -> bool) -> Vec<usize> {
+        self.take_due_when(now_ms, |index| {
+            if ready(index) {
+                Readiness::Ready
+            } else {
+                Readiness::Waiting
+            }
+        })
+    }
+
+    /// Like [`take_due`](Self::take_due), asking `ready` of each due service
+    /// whether it may go now, waits (stays due), or is not due before a time
+    /// (a service that idles: thousands of them must not be looked at on every
+    /// tick).
+    pub fn take_due_when(&mut self, now_ms: u64, ready: impl Fn(usize) -> Readiness) -> Vec<usize> {
         let mut due = Vec::new();
         let mut not_ready = Vec::new();
         while self.in_flight < self.max_in_flight {
@@ -129,9 +153,20 @@ impl Scheduler {
             if !idle_and_due {
                 continue;
             }
-            if !ready(index) {
-                not_ready.push(Reverse((due_ms, index)));
-                continue;
+            match ready(index) {
+                Readiness::Ready => {}
+                Readiness::Waiting => {
+                    not_ready.push(Reverse((due_ms, index)));
+                    continue;
+                }
+                Readiness::NotBefore(later_ms) => {
+                    let later_ms = later_ms.max(now_ms.saturating_add(1));
+                    if let Some(slot) = self.slots.get_mut(index) {
+                        slot.next_due_ms = later_ms;
+                    }
+                    not_ready.push(Reverse((later_ms, index)));
+                    continue;
+                }
             }
             let jitter = self.next_jitter(index);
             let Some(slot) = self.slots.get_mut(index) else {
@@ -364,5 +399,24 @@ mod tests {
         scheduler.finished(5);
         scheduler.finished(0);
         assert_eq!(scheduler.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_service_not_due_before_a_time_is_not_asked_until_then() {
+        let mut s = Scheduler::new([1_000, 1_000], 7, 8);
+        let asked = std::cell::Cell::new(0);
+        let idle_first = |index: usize| {
+            asked.set(asked.get() + 1);
+            if index == 0 {
+                Readiness::NotBefore(1_000)
+            } else {
+                Readiness::Ready
+            }
+        };
+        assert_eq!(s.take_due_when(0, idle_first), vec![1]);
+        assert_eq!(asked.get(), 2);
+        assert_eq!(s.take_due_when(999, idle_first), Vec::<usize>::new());
+        assert_eq!(asked.get(), 2, "not asked again before 1,000 ms");
+        assert_eq!(s.take_due_when(1_000, |_| Readiness::Ready), vec![0]);
     }
 }
