@@ -109,6 +109,10 @@ impl Engine {
         store: &mut dyn SharedStore,
         metrics: &mut dyn Metrics,
     ) {
+        let keys = match &self.learned {
+            Some(learned) => keys.with_learned_scope(&learned.scope()),
+            None => keys,
+        };
         let (ttl_ms, heartbeat_ms) = (
             self.polling.lease_ttl_ms(),
             self.polling.heartbeat_period_ms(),

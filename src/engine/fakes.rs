@@ -147,6 +147,13 @@ pub struct FakeStore {
     pub before_write: Option<(&'static str, Interleaved)>,
 }
 
+impl FakeStore {
+    /// How many keys shared data holds: Envoy never removes one.
+    pub fn key_count(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 impl SharedStore for FakeStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.entries.get(key) {

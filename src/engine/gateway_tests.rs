@@ -70,7 +70,7 @@ impl Gateway {
 
     /// A new VM (or, for a running gateway, the root context of an edited
     /// configuration) with its own id and seed.
-    fn add_vm(&mut self, config: &str) {
+    pub(super) fn add_vm(&mut self, config: &str) {
         let parsed = parse(config.as_bytes(), ENVOY).unwrap();
         let id = self.vms.len() as u64 + 1;
         let mut engine = Engine::new(&parsed, &mut self.metrics, id.wrapping_mul(0x9e37_79b9));

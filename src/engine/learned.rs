@@ -102,6 +102,11 @@ impl LearnedServices {
         }
     }
 
+    /// What shapes the services learned, for the key of the shared list.
+    pub fn scope(&self) -> String {
+        format!("{:?}", self.settings)
+    }
+
     pub fn max_services(&self) -> usize {
         self.settings.max_services
     }

@@ -265,3 +265,49 @@ fn an_idle_service_frees_its_place_for_another() {
         "10.0.0.1:80"
     );
 }
+
+/// Defect 11: every configuration edit left its own learned list and a touched
+/// key per service behind, and Envoy never removes a key (10 edits with 20
+/// learned services took the keys from 23 to 230).
+#[test]
+fn configuration_edits_share_the_learned_list_and_leave_two_keys_each() {
+    let config = |edit: usize| {
+        format!(
+            r#"{{"nacos":{{"cluster":"nacos"}},"refreshIntervalMs":1000,"guardNacosRoutes":{{}},
+                "_rules_":[{{"_match_route_":["legacy-{edit}"],"enabled":false}}]}}"#
+        )
+    };
+    let clusters: Vec<&'static str> = (0..20)
+        .map(|i| &*format!("outbound|8080||svc-{i}.DEFAULT-GROUP.public.nacos").leak())
+        .collect();
+    let mut gateway = Gateway::new(&config(0), 2, Nacos::List(hosts(&FOUR[..1])));
+    gateway.tick_all(0);
+    for cluster in &clusters {
+        gateway.send(1, 0, FakeRequest::to("r", cluster));
+    }
+    let tick = |gateway: &mut Gateway, from: u64, until: u64| {
+        let vms: Vec<usize> = (0..gateway.vms.len()).collect();
+        run(gateway, &vms, from + 20..until)
+    };
+    let now = tick(&mut gateway, 0, 2_000);
+    for cluster in &clusters {
+        gateway.send(0, now, FakeRequest::to("r", cluster));
+    }
+    let before = gateway.store.key_count();
+    for edit in 1..=10 {
+        // Envoy starts the edited configuration's root contexts beside the old ones.
+        let first_new = gateway.vms.len();
+        gateway.add_vm(&config(edit));
+        gateway.add_vm(&config(edit));
+        let now = tick(&mut gateway, edit as u64 * 2_000, (edit as u64 + 1) * 2_000);
+        for cluster in &clusters {
+            let outcome = gateway.send(first_new, now, FakeRequest::to("r", cluster));
+            assert_eq!(
+                outcome, "10.0.0.1:80",
+                "edit {edit}: known from the shared list"
+            );
+        }
+    }
+    let added = gateway.store.key_count() - before;
+    assert!(added <= 2 * 10, "{added} keys for 10 edits");
+}

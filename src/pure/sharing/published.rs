@@ -17,7 +17,7 @@ const PLUGIN: &str = "nacos-instance-guard";
 /// as every VM reads and writes it on every tick.
 pub const CLOCK_KEY: &str = "nacos-instance-guard.clock";
 
-/// Learned services, one cluster name a line, in the order they were learned.
+/// Learned services, one Higress host a line, in the order they were learned.
 pub fn encode_learned(clusters: &[String]) -> Vec<u8> {
     clusters.join("\n").into_bytes()
 }
@@ -37,6 +37,7 @@ pub struct ConfigKeys {
     prefix: String,
     lease: String,
     heartbeat: String,
+    learned: Option<String>,
 }
 
 impl ConfigKeys {
@@ -45,8 +46,21 @@ impl ConfigKeys {
         Self {
             lease: format!("{prefix}.lease"),
             heartbeat: format!("{prefix}.heartbeat"),
+            learned: None,
             prefix,
         }
+    }
+
+    /// Keep the learned list under `scope` (what shapes the services learned:
+    /// the `guardNacosRoutes` settings) rather than under the whole
+    /// configuration: an edit elsewhere keeps the list, and the edits of a
+    /// gateway's life do not each leave one behind.
+    pub fn with_learned_scope(mut self, scope: &str) -> Self {
+        self.learned = Some(format!(
+            "{PLUGIN}.{:016x}.learned",
+            stable_hash(scope.as_bytes())
+        ));
+        self
     }
 
     pub fn lease(&self) -> &str {
@@ -61,14 +75,18 @@ impl ConfigKeys {
         format!("{}.token.{server}", self.prefix)
     }
 
-    /// The clusters whose services VMs learned from traffic.
+    /// The services VMs learned from traffic.
     pub fn learned(&self) -> String {
-        format!("{}.learned", self.prefix)
+        self.learned
+            .clone()
+            .unwrap_or_else(|| format!("{}.learned", self.prefix))
     }
 
-    /// When a learned service last carried a request, by any VM.
+    /// When a learned service (`ServiceKeys::id`) last carried a request, by any
+    /// VM of any configuration: a fact about the service, kept once however many
+    /// configurations come and go.
     pub fn touched(&self, service: u64) -> String {
-        format!("{}.touched.{service:016x}", self.prefix)
+        format!("{PLUGIN}.touched.{service:016x}")
     }
 }
 
