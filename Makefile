@@ -45,9 +45,14 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrappin
 WASM_TARGET := wasm32-wasip1
 HIGRESS_WASM := target/higress/$(WASM_TARGET)/release/nacos_instance_guard.wasm
 ENVOY_WASM := target/envoy/$(WASM_TARGET)/release/nacos_instance_guard.wasm
+# plugin.wasm is the default build, exactly what Higress's own Rust plugin build runs
+# (`cargo build --target wasm32-wasip1 --release`); the upstream-Envoy artifact drops
+# the default `higress` feature and keeps the proxy-wasm glue.
+ENVOY_FEATURES := --no-default-features --features host
 SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
-HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
+HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm \
+	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
 .PHONY: build image demo test lint unit simulate wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
@@ -58,13 +63,13 @@ build: build/plugin.wasm build/plugin-envoy.wasm
 # wasm-opt shrinks what rustc wrote by about a sixth; the file is replaced
 # atomically so a running Envoy never reads half of it.
 build/plugin.wasm: $(SOURCES) $(TARGETS_STAMP) $(WASM_OPT)
-	cargo build --release --target $(WASM_TARGET) --features higress --target-dir target/higress
+	cargo build --release --target $(WASM_TARGET) --target-dir target/higress
 	@mkdir -p build
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(HIGRESS_WASM) -o $@.tmp && mv $@.tmp $@
 	@echo "$@: $$(wc -c < $@) bytes"
 
 build/plugin-envoy.wasm: $(SOURCES) $(TARGETS_STAMP) $(WASM_OPT)
-	cargo build --release --target $(WASM_TARGET) --target-dir target/envoy
+	cargo build --release --target $(WASM_TARGET) $(ENVOY_FEATURES) --target-dir target/envoy
 	@mkdir -p build
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(ENVOY_WASM) -o $@.tmp && mv $@.tmp $@
 	@echo "$@: $$(wc -c < $@) bytes"
@@ -87,8 +92,8 @@ lint: $(TARGETS_STAMP) $(VENV_STAMP)
 	$(RUFF) format --check tests bench
 	cargo fmt --check
 	cargo clippy --all-targets --no-default-features -- -D warnings
-	cargo clippy --target $(WASM_TARGET) --features higress --target-dir target/higress -- -D warnings
-	cargo clippy --target $(WASM_TARGET) --target-dir target/envoy -- -D warnings
+	cargo clippy --target $(WASM_TARGET) --target-dir target/higress -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(ENVOY_FEATURES) --target-dir target/envoy -- -D warnings
 
 unit:
 	cargo test --no-default-features
