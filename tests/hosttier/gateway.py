@@ -85,7 +85,7 @@ def parse_pairs(data: bytes) -> list:
 
 
 class ScriptedNacos:
-    """Answers the plugin's v1 list and login calls from a dict of services (README format)."""
+    """Answers the plugin's v1 list and login calls from a dict of services."""
 
     def __init__(self):
         self.services: dict = {}  # service -> {endpoint: {"weight":, "healthy":, "enabled":}}
