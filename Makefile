@@ -74,10 +74,10 @@ build/plugin-envoy.wasm: $(SOURCES) $(TARGETS_STAMP) $(WASM_OPT)
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(ENVOY_WASM) -o $@.tmp && mv $@.tmp $@
 	@echo "$@: $$(wc -c < $@) bytes"
 
-## image: build/image, the OCI image layout Higress pulls (spec.yaml, README.md, plugin.tar.gz), tag $(VERSION)
-image: build/plugin.wasm spec.yaml README.md VERSION
+## image: build/image, the OCI image layout Higress pulls (README_CN.md, README.md, spec.yaml, plugin.tar.gz), tag $(VERSION)
+image: build/plugin.wasm spec.yaml README.md README_CN.md VERSION
 	python3 packaging/oci_image.py --wasm build/plugin.wasm --spec spec.yaml --readme README.md \
-		--version $(VERSION) --out $(IMAGE)
+		--readme README_CN.md --version $(VERSION) --out $(IMAGE)
 
 ## demo: a gateway with the plugin in front of r-nacos and two backends, live
 demo: build $(VENV_STAMP) $(RNACOS)
@@ -86,10 +86,10 @@ demo: build $(VENV_STAMP) $(RNACOS)
 ## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, packaging, the host tier, end to end
 test: lint unit wasm-test fuzz-smoke packaging-test host-tier e2e
 
-## lint: rustfmt and clippy on the Rust; ruff (lint and format) on the Python in tests/ and bench/
+## lint: rustfmt and clippy on the Rust; ruff (lint and format) on the Python in tests/, bench/ and packaging/
 lint: $(TARGETS_STAMP) $(VENV_STAMP)
-	$(RUFF) check tests bench
-	$(RUFF) format --check tests bench
+	$(RUFF) check tests bench packaging
+	$(RUFF) format --check tests bench packaging
 	cargo fmt --check
 	cargo clippy --all-targets --no-default-features -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --target-dir target/higress -- -D warnings
