@@ -55,7 +55,7 @@ HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(
 	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build image demo test lint unit simulate wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
+.PHONY: build spec image demo test lint unit simulate wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -73,6 +73,10 @@ build/plugin-envoy.wasm: $(SOURCES) $(TARGETS_STAMP) $(WASM_OPT)
 	@mkdir -p build
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(ENVOY_WASM) -o $@.tmp && mv $@.tmp $@
 	@echo "$@: $$(wc -c < $@) bytes"
+
+## spec: write spec.yaml from packaging/spec_source.yaml and VERSION (make packaging-test fails when they differ)
+spec: $(VENV_STAMP)
+	$(PYTHON) packaging/gen_spec.py
 
 ## image: build/image, the OCI image layout Higress pulls (README_CN.md, README.md, spec.yaml, plugin.tar.gz), tag $(VERSION)
 image: build/plugin.wasm spec.yaml README.md README_CN.md VERSION
