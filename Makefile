@@ -45,12 +45,17 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrappin
 WASM_TARGET := wasm32-wasip1
 HIGRESS_WASM := target/higress/$(WASM_TARGET)/release/nacos_instance_guard.wasm
 ENVOY_WASM := target/envoy/$(WASM_TARGET)/release/nacos_instance_guard.wasm
+# plugin.wasm is the default build, exactly what Higress's own Rust plugin build runs
+# (`cargo build --target wasm32-wasip1 --release`); the upstream-Envoy artifact drops
+# the default `higress` feature and keeps the proxy-wasm glue.
+ENVOY_FEATURES := --no-default-features --features host
 SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
-HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
+HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm \
+	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build image demo test lint unit simulate wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
+.PHONY: build spec image demo test lint unit simulate wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -58,21 +63,25 @@ build: build/plugin.wasm build/plugin-envoy.wasm
 # wasm-opt shrinks what rustc wrote by about a sixth; the file is replaced
 # atomically so a running Envoy never reads half of it.
 build/plugin.wasm: $(SOURCES) $(TARGETS_STAMP) $(WASM_OPT)
-	cargo build --release --target $(WASM_TARGET) --features higress --target-dir target/higress
+	cargo build --release --target $(WASM_TARGET) --target-dir target/higress
 	@mkdir -p build
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(HIGRESS_WASM) -o $@.tmp && mv $@.tmp $@
 	@echo "$@: $$(wc -c < $@) bytes"
 
 build/plugin-envoy.wasm: $(SOURCES) $(TARGETS_STAMP) $(WASM_OPT)
-	cargo build --release --target $(WASM_TARGET) --target-dir target/envoy
+	cargo build --release --target $(WASM_TARGET) $(ENVOY_FEATURES) --target-dir target/envoy
 	@mkdir -p build
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(ENVOY_WASM) -o $@.tmp && mv $@.tmp $@
 	@echo "$@: $$(wc -c < $@) bytes"
 
-## image: build/image, the OCI image layout Higress pulls (spec.yaml, README.md, plugin.tar.gz), tag $(VERSION)
-image: build/plugin.wasm spec.yaml README.md VERSION
+## spec: write spec.yaml from packaging/spec_source.yaml and VERSION (make packaging-test fails when they differ)
+spec: $(VENV_STAMP)
+	$(PYTHON) packaging/gen_spec.py
+
+## image: build/image, the OCI image layout Higress pulls (README_CN.md, README.md, spec.yaml, plugin.tar.gz), tag $(VERSION)
+image: build/plugin.wasm spec.yaml README.md README_CN.md VERSION
 	python3 packaging/oci_image.py --wasm build/plugin.wasm --spec spec.yaml --readme README.md \
-		--version $(VERSION) --out $(IMAGE)
+		--readme README_CN.md --version $(VERSION) --out $(IMAGE)
 
 ## demo: a gateway with the plugin in front of r-nacos and two backends, live
 demo: build $(VENV_STAMP) $(RNACOS)
@@ -81,14 +90,14 @@ demo: build $(VENV_STAMP) $(RNACOS)
 ## test: every tier: lint, native unit tests, the core under Node, a fuzz smoke run, packaging, the host tier, end to end
 test: lint unit wasm-test fuzz-smoke packaging-test host-tier e2e
 
-## lint: rustfmt and clippy on the Rust; ruff (lint and format) on the Python in tests/ and bench/
+## lint: rustfmt and clippy on the Rust; ruff (lint and format) on the Python in tests/, bench/ and packaging/
 lint: $(TARGETS_STAMP) $(VENV_STAMP)
-	$(RUFF) check tests bench
-	$(RUFF) format --check tests bench
+	$(RUFF) check tests bench packaging
+	$(RUFF) format --check tests bench packaging
 	cargo fmt --check
 	cargo clippy --all-targets --no-default-features -- -D warnings
-	cargo clippy --target $(WASM_TARGET) --features higress --target-dir target/higress -- -D warnings
-	cargo clippy --target $(WASM_TARGET) --target-dir target/envoy -- -D warnings
+	cargo clippy --target $(WASM_TARGET) --target-dir target/higress -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(ENVOY_FEATURES) --target-dir target/envoy -- -D warnings
 
 unit:
 	cargo test --no-default-features

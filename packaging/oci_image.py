@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Write plugin.wasm as the OCI image Higress pulls, as an OCI image layout directory.
 
-The shape is the one Higress's own pipeline pushes with oras
-(alibaba/higress, .github/workflows/build-and-push-wasm-plugin-image.yaml) and that the
-Higress Wasm image specification describes (higress.cn, "Wasm Plugin Image
-Specification"): one file per layer,
+The shape is the one the Higress Wasm plugin image specification describes
+(higress.cn/docs/latest/user/wasm-image-spec, "Wasm Plugin Image Specification",
+section 2) and Higress's own pipeline pushes with oras (alibaba/higress,
+.github/workflows/build-and-push-wasm-plugin-image.yaml): one file per layer,
+in the pipeline's order,
 
-  1. spec.yaml       application/vnd.module.wasm.spec.v1+yaml      (the console reads it)
-  2. README.md       application/vnd.module.wasm.doc.v1+markdown
-  3. plugin.tar.gz   application/vnd.oci.image.layer.v1.tar+gzip   (last)
+  README_{lang}.md  application/vnd.module.wasm.doc.v1.{lang}+markdown  (each translation)
+  README.md         application/vnd.module.wasm.doc.v1+markdown
+  spec.yaml         application/vnd.module.wasm.spec.v1+yaml           (the plugin's metadata)
+  plugin.tar.gz     application/vnd.oci.image.layer.v1.tar+gzip        (last)
+
+`{lang}` is what the file name holds after `README_`, as the pipeline derives it
+(`sed 's/README_//; s/.md//'`): README_CN.md gives `...doc.v1.CN+markdown`.
 
 The gateway's fetcher (higress-group/istio, pkg/wasm/imagefetcher.go,
 extractOCIStandardImage) takes the LAST layer, requires that media type, gunzips and
@@ -20,7 +25,7 @@ and no file name), root-owned 0644 members, sorted JSON keys; the same inputs gi
 same manifest digest. Stdlib only.
 
 Usage: oci_image.py --wasm build/plugin.wasm --spec spec.yaml --readme README.md \
-           --version 0.1.0 --out build/image
+           --readme README_CN.md --version 0.1.0 --out build/image
 Prints the manifest digest, which is what a WasmPlugin's `spec.sha256` must hold for
 an `oci://` url (Istio's wasm cache compares it with the image digest).
 """
@@ -32,12 +37,14 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
 
 MEDIA_SPEC = "application/vnd.module.wasm.spec.v1+yaml"
 MEDIA_README = "application/vnd.module.wasm.doc.v1+markdown"
+MEDIA_README_LANG = "application/vnd.module.wasm.doc.v1.{lang}+markdown"
 MEDIA_PLUGIN = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_CONFIG = "application/vnd.unknown.config.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -82,15 +89,30 @@ class Layout:
         return descriptor
 
 
-def build(wasm: Path, spec: Path, readme: Path, version: str, out: Path) -> str:
+def readme_media_type(name: str) -> str:
+    """README.md, or README_{lang}.md with the lang its name holds."""
+    if name == "README.md":
+        return MEDIA_README
+    match = re.fullmatch(r"README_(\w+)\.md", name)
+    if not match:
+        raise ValueError(f"{name}: a README layer is README.md or README_{{lang}}.md")
+    return MEDIA_README_LANG.format(lang=match.group(1))
+
+
+def build(wasm: Path, spec: Path, readmes: list[Path], version: str, out: Path) -> str:
+    if [r.name for r in readmes].count("README.md") != 1:
+        raise ValueError("the image needs exactly one README.md (the specification requires it)")
     layout = Layout(out)
+    translations = sorted((r for r in readmes if r.name != "README.md"), key=lambda r: r.name, reverse=True)
+    main_readme = next(r for r in readmes if r.name == "README.md")
+    docs = [layout.blob(r.read_bytes(), readme_media_type(r.name), r.name) for r in [*translations, main_readme]]
     manifest = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": layout.blob(b"{}", MEDIA_CONFIG),
         "layers": [
+            *docs,
             layout.blob(spec.read_bytes(), MEDIA_SPEC, "spec.yaml"),
-            layout.blob(readme.read_bytes(), MEDIA_README, "README.md"),
             layout.blob(plugin_tar_gz(wasm.read_bytes()), MEDIA_PLUGIN, "plugin.tar.gz"),
         ],
     }
@@ -105,7 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wasm", type=Path, required=True)
     parser.add_argument("--spec", type=Path, required=True)
-    parser.add_argument("--readme", type=Path, required=True)
+    parser.add_argument(
+        "--readme", type=Path, action="append", required=True, help="README.md, and each README_{lang}.md"
+    )
     parser.add_argument("--version", required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

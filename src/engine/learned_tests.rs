@@ -133,7 +133,7 @@ fn seeding_the_learned_list_cannot_erase_a_service_another_vm_added() {
 }
 
 /// Defect 7: `learned_services_refused` counted once per VM per cluster, where
-/// the README promises a count of refused requests.
+/// docs/configuration.md promises a count of refused requests.
 #[test]
 fn every_refused_request_is_counted() {
     let mut gateway = Gateway::new(

@@ -3,7 +3,7 @@
 //!
 //! Sources: higress-group/proxy-wasm-cpp-host src/exports.cc
 //! (`set_upstream_override_host`, `get_upstream_hosts`); how Envoy reads the
-//! override: README, "Higress routing".
+//! override: docs/routing.md, "Higress routing".
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;

@@ -86,7 +86,7 @@ fn route(routing: &Routing, endpoint: &str) -> Action {
 /// `stateful_session` filter sets it and returns Continue). Never resume and Pause
 /// here: under ABI 0.2.1 a Pause from request headers becomes StopAll, and a resume
 /// asked for in the callback runs before the filter manager records that status, so
-/// request bodies stay held (README, "Higress routing").
+/// request bodies stay held (docs/routing.md, "Higress routing").
 #[cfg(feature = "higress")]
 fn route_with_higress(endpoint: &str) -> Action {
     super::higress::set_upstream_override_host(endpoint);

@@ -1,7 +1,7 @@
 """The alert rules select series the plugin really emits.
 
 A real Prometheus (Debian's package) scrapes the test Envoy's /stats/prometheus, with
-the plugin loaded and the stats tag the README documents, and loads
+the plugin loaded and the stats tag docs/observability.md documents, and loads
 deploy/prometheus/nacos-instance-guard.rules.yaml. Through Prometheus's HTTP query API
 every metric name in every rule's expression must select series, the per-service
 ones carrying `nacos_service`, so a renamed metric or label fails here. promtool's unit
@@ -26,9 +26,9 @@ RULES = ROOT / "deploy" / "prometheus" / "nacos-instance-guard.rules.yaml"
 
 
 def documented_stats_tags() -> list:
-    """The stats_tags entries README.md's "Metrics" section tells operators to add."""
-    readme = (ROOT / "README.md").read_text()
-    metrics = readme[readme.index("## Metrics") :]
+    """The stats_tags entries docs/observability.md's "Metrics" section tells operators to add."""
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    metrics = doc[doc.index("## Metrics\n") :]
     metrics = metrics[: metrics.index("\n## ", 1)]
     tags = [
         {"tag_name": name, "regex": regex}
@@ -51,7 +51,9 @@ def test_every_rule_selects_series_the_plugin_emits(stack, prometheus_for):
     envoy_config = yaml.safe_load(s.envoy.config_path.read_text())  # what Envoy runs with
     tags = envoy_config["stats_config"]["stats_tags"]
     assert "nacos_service" in [t["tag_name"] for t in tags], tags
-    assert all(t in documented_stats_tags() for t in tags), "the test Envoy uses the stats tags the README documents"
+    assert all(t in documented_stats_tags() for t in tags), (
+        "the test Envoy uses the stats tags docs/observability.md documents"
+    )
     s.send(5)  # some traffic, so routed moves as well
     version = (ROOT / "VERSION").read_text().strip()
     assert f"nacos-instance-guard {version} (upstream Envoy build)" in s.envoy.log_text(), (

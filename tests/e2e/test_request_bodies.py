@@ -2,7 +2,7 @@
 
 A regression test for the header path: the plugin decides in request headers and must
 let the body follow. Resuming and pausing in that callback holds bodies behind a
-StopAll (README, "Higress routing"); these requests would then time out.
+StopAll (docs/routing.md, "Higress routing"); these requests would then time out.
 """
 
 import pytest

@@ -2,7 +2,7 @@
 
 The plugin decides once, in request headers; the router retries after the filter chain
 ran, without asking it again. `a` is registered and answers 503, `b` is deregistered in
-Nacos but still in the gateway's stale cluster. README, "Retries", documents the outcome
+Nacos but still in the gateway's stale cluster. docs/routing.md, "Retries", documents the outcome
 and the operator's choice; tests/hosttier/test_higress.py shows the Higress case.
 """
 

@@ -85,7 +85,7 @@ def parse_pairs(data: bytes) -> list:
 
 
 class ScriptedNacos:
-    """Answers the plugin's v1 list and login calls from a dict of services (README format)."""
+    """Answers the plugin's v1 list and login calls from a dict of services."""
 
     def __init__(self):
         self.services: dict = {}  # service -> {endpoint: {"weight":, "healthy":, "enabled":}}
@@ -489,7 +489,10 @@ class Vm:
     def env__proxy_register_shared_queue(self, caller, *args):
         return UNIMPLEMENTED
 
-    env__proxy_dequeue_shared_queue = env__proxy_register_shared_queue
+    # The SDK imports these too; the plugin never calls them, and wasm-opt drops them
+    # from build/plugin.wasm, but the raw cargo output (test_default_build.py) keeps them.
+    env__proxy_dequeue_shared_queue = env__proxy_enqueue_shared_queue = env__proxy_register_shared_queue
+    env__proxy_resolve_shared_queue = env__proxy_call_foreign_function = env__proxy_register_shared_queue
 
     # ---- shared data, process-wide, with CAS (cpp-host src/shared_data.cc)
     def env__proxy_get_shared_data(self, caller, key_ptr, key_size, ptr_ptr, size_ptr, cas_ptr):

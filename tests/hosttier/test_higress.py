@@ -109,7 +109,7 @@ def test_known_usable_instance_is_honoured_strict_or_not(higress_wasm, strict):
 def test_no_usable_instance_known_to_the_cluster(higress_wasm):
     """Nacos lists only an instance the gateway's cluster lacks. The plugin still names it:
     strict, Higress answers 503 (never a stale host); non-strict, the cluster's own
-    balancing picks, which may be a stale host. README: "Higress routing"."""
+    balancing picks, which may be a stale host. docs/routing.md, "Higress routing"."""
     lax = higress(higress_wasm, registered=(X,))
     out = lax.request()
     assert out.override == X and out.status == 200 and out.upstream in {A, B, C}, out
@@ -157,7 +157,7 @@ def test_unguarded_route_is_left_alone(higress_wasm):
 
 def test_a_retry_ignores_the_override(higress_wasm):
     """router.h: no override on a retry, so a retry is balanced over the stale cluster and
-    can reach an instance Nacos no longer lists (B here). README: "Retries"."""
+    can reach an instance Nacos no longer lists (B here). docs/routing.md, "Retries"."""
     failing_a = {A: lambda m, h, b: (503, b"a failing"), B: lambda m, h, b: (200, b"b")}
     gw = higress(higress_wasm, registered=(A,), cluster={A: "Healthy", B: "Healthy"}, retries=1, backends=failing_a)
     outs = [gw.request() for _ in range(6)]

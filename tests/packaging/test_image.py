@@ -2,7 +2,7 @@
 
 Run by `make packaging-test` after `make image`. The registry is Debian's
 `docker-registry` (the CNCF distribution registry) on a free loopback port with its own
-storage directory; the image goes in with Debian's `skopeo`, the same way the README
+storage directory; the image goes in with Debian's `skopeo`, the same way README.md
 tells an operator to push it, and comes back out through the registry's HTTP API.
 Reading it back applies the rule of Higress's image fetcher (higress-group/istio,
 pkg/wasm/imagefetcher.go, extractOCIStandardImage): the last layer, media type
@@ -38,9 +38,14 @@ WASM = ROOT / "build" / "plugin.wasm"
 VERSION = (ROOT / "VERSION").read_text().strip()
 REPOSITORY = "plugins/nacos-instance-guard"
 
+# The Higress Wasm plugin image specification (higress.cn, "Wasm Plugin Image
+# Specification", section 2): README.md required, README_{lang}.md optional with the
+# lang in its media type, spec.yaml, plugin.wasm last; in the order Higress's pipeline
+# pushes them (alibaba/higress .github/workflows/build-and-push-wasm-plugin-image.yaml).
 LAYERS = [
-    ("application/vnd.module.wasm.spec.v1+yaml", "spec.yaml"),
+    ("application/vnd.module.wasm.doc.v1.CN+markdown", "README_CN.md"),
     ("application/vnd.module.wasm.doc.v1+markdown", "README.md"),
+    ("application/vnd.module.wasm.spec.v1+yaml", "spec.yaml"),
     ("application/vnd.oci.image.layer.v1.tar+gzip", "plugin.tar.gz"),
 ]
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -90,9 +95,8 @@ def test_the_layout_has_the_higress_shape(layout):
     assert got == LAYERS
     for layer in manifest["layers"]:
         assert len(layout_blob(layer["digest"])) == layer["size"]
-    spec, readme, _ = manifest["layers"]
-    assert layout_blob(spec["digest"]) == (ROOT / "spec.yaml").read_bytes()
-    assert layout_blob(readme["digest"]) == (ROOT / "README.md").read_bytes()
+    for layer, (_, name) in zip(manifest["layers"][:-1], LAYERS[:-1], strict=True):
+        assert layout_blob(layer["digest"]) == (ROOT / name).read_bytes(), name
     assert fetcher_rule(manifest, layout_blob) == WASM.read_bytes()
     # plugin.tar.gz holds plugin.wasm alone
     tar = tarfile.open(fileobj=io.BytesIO(gzip.decompress(layout_blob(manifest["layers"][-1]["digest"]))))
@@ -110,6 +114,8 @@ def test_make_image_is_reproducible(layout, tmp_path):
         str(ROOT / "spec.yaml"),
         "--readme",
         str(ROOT / "README.md"),
+        "--readme",
+        str(ROOT / "README_CN.md"),
         "--version",
         VERSION,
         "--out",
@@ -171,7 +177,7 @@ def registry(tmp_path):
 
 
 def readme_push_command() -> str:
-    """The skopeo command of README.md's "Deploying on Higress", continuation lines joined."""
+    """The skopeo command of README.md's quick start, continuation lines joined."""
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"^(skopeo copy .*?(?:\\\n.*?)*)$", readme, re.M)
     assert match, "README.md gives the skopeo push command"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -121,14 +123,20 @@ def test_every_field_has_type_title_and_description_and_the_parsers_default():
 
 
 def test_the_global_and_rule_forms_have_the_same_fields_as_the_parser():
-    """SETTING_KEYS in src/pure/config/mod.rs: the fields a global config and a rule may set."""
-    source = next(ROOT.glob("src/**/config/mod.rs")).read_text()
-    keys = re.search(r"const SETTING_KEYS: &\[&str\] = &\[(.*?)\];", source, re.S).group(1)
-    settings = re.findall(r'"(\w+)"', keys)
+    """`Settings` in src/pure/config/raw.rs: the fields a global config and a rule may set."""
+    raw = next(ROOT.glob("src/**/config/raw.rs")).read_text()
+    fields = re.search(r"pub struct Settings \{(.*?)\}", raw, re.S).group(1)
+    settings = [_camel(name) for name in re.findall(r"pub (\w+):", fields)]
     assert settings == list(ROUTE_SCHEMA["properties"])
     # The global form adds what only the global configuration may set (AUTO_KEY).
+    source = next(ROOT.glob("src/**/config/mod.rs")).read_text()
     auto = re.search(r'const AUTO_KEY: &str = "(\w+)";', source).group(1)
     assert settings + [auto] == list(CONFIG_SCHEMA["properties"])
+
+
+def _camel(snake: str) -> str:
+    first, *rest = snake.split("_")
+    return first + "".join(word.capitalize() for word in rest)
 
 
 def test_plugin_yaml_validates_against_the_schema():
@@ -147,10 +155,70 @@ def test_plugin_yaml_validates_against_the_schema():
 
 def test_spec_yaml_has_the_console_metadata():
     info = SPEC["info"]
-    assert {"category", "name", "title", "description", "version", "contact"} <= set(info)
+    assert {"category", "name", "title", "description", "version", "contact", "gatewayMinVersion"} <= set(info)
     assert info["name"] == plugin_name() == "nacos-instance-guard"
-    assert SPEC["spec"]["phase"] == yaml.safe_load((ROOT / "plugin.yaml").read_text())["spec"]["phase"]
-    assert SPEC["spec"]["priority"] == yaml.safe_load((ROOT / "plugin.yaml").read_text())["spec"]["priority"]
+    plugin = yaml.safe_load((ROOT / "plugin.yaml").read_text())["spec"]
+    # Official specs write `phase: default`; the console maps it to the WasmPlugin's
+    # UNSPECIFIED_PHASE (higress-console PluginPhase.fromName).
+    assert {"default": "UNSPECIFIED_PHASE"}[SPEC["spec"]["phase"]] == plugin["phase"]
+    assert SPEC["spec"]["priority"] == plugin["priority"]
+    # Categories the console's own specs use (higress-console backend/sdk/src/main/resources/plugins).
+    assert info["category"] in {"auth", "security", "traffic", "transform", "ai", "o11y", "custom"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", info["gatewayMinVersion"]), info["gatewayMinVersion"]
+
+
+def test_spec_yaml_is_what_the_generator_writes():
+    """spec.yaml is generated from packaging/spec_source.yaml (packaging/gen_spec.py)."""
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "gen_spec.py"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_spec_yaml_is_flat_and_uses_no_keyword_the_console_ignores():
+    """No anchors, aliases or merge keys (the console's Jackson reads `<<` as a key), and
+    no anyOf/allOf/oneOf/not (the console ignores them; no official spec uses them)."""
+    text = (ROOT / "spec.yaml").read_text()
+    for event in yaml.parse(text):
+        assert not isinstance(event, yaml.AliasEvent), event
+        assert getattr(event, "anchor", None) is None, event
+    banned = {"<<", "anyOf", "allOf", "oneOf", "not", "dependencies"}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            assert not banned & set(node), (path, banned & set(node))
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+
+    walk(SPEC, "spec.yaml")
+
+
+def test_info_and_every_property_have_titles_and_descriptions_in_both_languages():
+    def i18n(node, where):
+        for key in ("x-title-i18n", "x-description-i18n"):
+            assert set(node.get(key, {})) == {"zh-CN", "en-US"}, (where, key)
+            assert all(node[key].values()), (where, key)
+        assert node["x-title-i18n"]["en-US"] == node["title"], where
+        assert node["x-description-i18n"]["en-US"] == node["description"], where
+
+    i18n(SPEC["info"], "info")
+    for schema in (CONFIG_SCHEMA, ROUTE_SCHEMA):
+        for field in _fields(schema):
+            sub = schema
+            for part in field.split("."):
+                sub = sub["properties"][part]
+            i18n(sub, field)
+
+
+def test_global_only_fields_are_scoped_global():
+    """A field the rule form lacks is global only, and says so (`x-scope: GLOBAL`)."""
+    global_only = set(CONFIG_SCHEMA["properties"]) - set(ROUTE_SCHEMA["properties"])
+    assert global_only == {"guardNacosRoutes"}
+    for name, sub in CONFIG_SCHEMA["properties"].items():
+        assert (sub.get("x-scope") == "GLOBAL") == (name in global_only), name
 
 
 def plugin_name() -> str:

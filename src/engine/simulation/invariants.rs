@@ -1,4 +1,4 @@
-//! The contract the simulator checks after every event (README, "The contract
+//! The contract the simulator checks after every event (docs/testing.md, "The contract
 //! the simulator checks"). Times are simulation ("true") milliseconds unless
 //! named `gw` (the gateway clock a VM read); every bound is derived from the
 //! code's own rules, named where they are used.
