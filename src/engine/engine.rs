@@ -17,6 +17,21 @@ use super::targets::Targets;
 use crate::pure::config::{PluginConfig, DEFAULT_REFRESH_MS};
 use crate::pure::sharing::published::ConfigKeys;
 
+/// The components a poll reads and changes, lent together by `engine` (a macro,
+/// so the loan leaves `engine.polling` free for the poll itself).
+macro_rules! poll_parts {
+    ($engine:expr) => {
+        PollParts {
+            servers: &mut $engine.servers,
+            targets: &mut $engine.targets,
+            links: &mut $engine.links,
+            learned: $engine.learned.as_ref(),
+            publishing: $engine.sharing.is_some(),
+        }
+    };
+}
+pub(super) use poll_parts;
+
 pub struct Engine {
     pub(super) servers: Servers,
     pub(super) targets: Targets,
@@ -206,13 +221,7 @@ impl Engine {
             Pending::List(polled) => {
                 answered = Some(polled.target());
                 if leading {
-                    let parts = PollParts {
-                        servers: &mut self.servers,
-                        targets: &mut self.targets,
-                        links: &mut self.links,
-                        learned: self.learned.as_ref(),
-                        publishing: self.sharing.is_some(),
-                    };
+                    let parts = poll_parts!(self);
                     let changed =
                         polling::take_answer(&polled, answer, now_ms, parts, metrics, store);
                     if let Some(target) = changed {

@@ -82,6 +82,15 @@ mod tests {
         (servers, targets, sharing)
     }
 
+    /// The poller's answer at 100 ms, two instances, published.
+    fn publish_two(polled: &mut Targets, metrics: &mut FakeMetrics, store: &mut FakeStore) {
+        let target = TargetId::from_index(0);
+        let answer = Some((200, TWO));
+        let publish: Option<&mut dyn SharedStore> = Some(store);
+        let taken = polled.take_answer(target, ApiVersion::V1, answer, 100, metrics, publish);
+        assert_eq!(taken, Ok(true));
+    }
+
     #[test]
     fn a_follower_takes_the_health_content_and_token_the_poller_published() {
         let mut store = FakeStore::default();
@@ -90,16 +99,7 @@ mod tests {
         let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
         let target = TargetId::from_index(0);
 
-        polled
-            .take_answer(
-                target,
-                ApiVersion::V1,
-                Some((200, TWO)),
-                100,
-                &mut metrics,
-                Some(&mut store),
-            )
-            .unwrap();
+        publish_two(&mut polled, &mut metrics, &mut store);
         poller.write_heartbeat(100, polled.health(), &mut store);
         let token = PublishedToken {
             token: "T".to_string(),
@@ -128,16 +128,7 @@ mod tests {
         let mut metrics = FakeMetrics::default();
         let (_, mut polled, _) = vm(1, &mut metrics);
         let target = TargetId::from_index(0);
-        polled
-            .take_answer(
-                target,
-                ApiVersion::V1,
-                Some((200, TWO)),
-                100,
-                &mut metrics,
-                Some(&mut store),
-            )
-            .unwrap();
+        publish_two(&mut polled, &mut metrics, &mut store);
         polled.take_list(target, None, 900, Some(&mut store));
 
         let (_, mut fresh, _) = vm(3, &mut metrics);

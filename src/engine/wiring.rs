@@ -4,7 +4,7 @@
 //! guards; a lost push link makes only its own services due. The entry points
 //! in `engine.rs` call these; no component calls another.
 
-use super::engine::Engine;
+use super::engine::{poll_parts, Engine};
 use super::following;
 use super::guards::{Applies, RequestHost};
 use super::host_traits::{Metrics, Outbox, SharedStore};
@@ -309,13 +309,7 @@ impl Engine {
         metrics: &mut dyn Metrics,
         store: &mut dyn SharedStore,
     ) {
-        let parts = PollParts {
-            servers: &mut self.servers,
-            targets: &mut self.targets,
-            links: &mut self.links,
-            learned: self.learned.as_ref(),
-            publishing: self.sharing.is_some(),
-        };
+        let parts = poll_parts!(self);
         self.polling
             .start_polls(now_ms, parts, outbox, metrics, store);
     }
