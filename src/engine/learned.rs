@@ -82,6 +82,12 @@ pub(super) struct LearnedServices {
     metrics: LearnMetrics,
 }
 
+/// The service label of a Higress host, for log lines.
+fn service_name(host: &str) -> &str {
+    let labels = host.strip_suffix(".nacos").unwrap_or(host);
+    labels.rsplitn(3, '.').nth(2).unwrap_or(host)
+}
+
 /// The host a cluster name or a list entry names: entries are hosts, or, as
 /// versions before 0.2 wrote them, whole cluster names.
 fn host_of(entry: &str) -> &str {
@@ -382,16 +388,21 @@ impl LearnedServices {
             // An idle service is looked at every second, so traffic brings it back soon.
             learned.next_idle_check_ms = now_ms + if active { idle_ms / 8 } else { 1_000 };
         }
-        // One line however many: a new poller may find thousands idle at once.
-        if let Some(first) = changes.paused.first() {
-            let more = changes.paused.len() - 1;
+        // A line a service, but one line for many: a new poller may find
+        // thousands idle at once.
+        if changes.paused.len() <= 8 {
+            for host in &changes.paused {
+                info!(
+                    "nacos-instance-guard: no request to service {} for {idle_ms} ms; polling it paused",
+                    service_name(host)
+                );
+            }
+        } else if let Some(first) = changes.paused.first() {
             info!(
-                "nacos-instance-guard: no request to {first}{} for {idle_ms} ms; polling paused",
-                if more > 0 {
-                    format!(" and {more} other services")
-                } else {
-                    String::new()
-                }
+                "nacos-instance-guard: no request to service {} and {} other services for \
+                 {idle_ms} ms; polling them paused",
+                service_name(first),
+                changes.paused.len() - 1
             );
         }
         changes
