@@ -38,6 +38,15 @@ id!(
     GuardId
 );
 
+/// The slot of `index` in `items`, which grows with empty slots to hold it: the
+/// per-id side tables of the engine's components.
+pub fn slot_at<T: Default>(items: &mut Vec<T>, index: usize) -> Option<&mut T> {
+    if items.len() <= index {
+        items.resize_with(index + 1, T::default);
+    }
+    items.get_mut(index)
+}
+
 /// Items addressed by their typed id.
 #[derive(Debug)]
 pub struct Table<I, T> {

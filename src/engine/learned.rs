@@ -8,7 +8,7 @@
 use log::{info, warn};
 
 use super::host_traits::Metrics;
-use super::ids::{GuardId, Id, TargetId};
+use super::ids::{slot_at, GuardId, Id, TargetId};
 use super::metrics::{bump, LearnMetrics};
 use super::targets::Targets;
 use crate::pure::config::{AutoGuard, GuardSettings};
@@ -281,11 +281,7 @@ impl LearnedServices {
         listed: bool,
         metrics: &mut dyn Metrics,
     ) {
-        let index = target.index();
-        if self.by_target.len() <= index {
-            self.by_target.resize_with(index + 1, || None);
-        }
-        if let Some(slot) = self.by_target.get_mut(index) {
+        if let Some(slot) = slot_at(&mut self.by_target, target.index()) {
             // One named by the list keeps the last request time stored there:
             // the idle check of this very tick reads it.
             *slot = Some(Learned {

@@ -13,7 +13,7 @@
 use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox};
-use super::ids::{Id, TargetId};
+use super::ids::{slot_at, Id, TargetId};
 use super::metrics::{bump, PushMetrics};
 use crate::pure::config::PushSettings;
 use crate::pure::polling::nacos::request::ServiceKey;
@@ -583,11 +583,7 @@ impl Subscriptions {
     }
 
     fn insert(&mut self, target: TargetId, subscribed: Subscribed) {
-        let index = target.index();
-        if self.by_target.len() <= index {
-            self.by_target.resize_with(index + 1, || None);
-        }
-        if let Some(slot) = self.by_target.get_mut(index) {
+        if let Some(slot) = slot_at(&mut self.by_target, target.index()) {
             if slot.replace(subscribed).is_none() {
                 self.count += 1;
             }

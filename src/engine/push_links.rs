@@ -2,7 +2,7 @@
 //! found by the server it belongs to or by the gRPC token of an event.
 
 use super::host_traits::{Metrics, Outbox};
-use super::ids::{Id, ServerId, TargetId};
+use super::ids::{slot_at, Id, ServerId, TargetId};
 use super::metrics::PushMetrics;
 use super::push::{DuePoll, Heard, Link, Wanted};
 use super::servers::Servers;
@@ -30,10 +30,7 @@ impl PushLinks {
             .push
             .clone()
             .map(|push| Link::new(push, settings.timeout_ms, self.metrics));
-        if self.by_server.len() <= id.index() {
-            self.by_server.resize_with(id.index() + 1, || None);
-        }
-        if let Some(slot) = self.by_server.get_mut(id.index()) {
+        if let Some(slot) = slot_at(&mut self.by_server, id.index()) {
             *slot = link;
         }
     }

@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 use log::{info, warn};
 
 use super::host_traits::{Metrics, SharedStore};
-use super::ids::{GuardId, Id, ServerId, Table, TargetId};
+use super::ids::{slot_at, GuardId, Id, ServerId, Table, TargetId};
 use super::metrics::{bump, PollMetrics};
 use super::sharing;
 use crate::pure::config::GuardSettings;
@@ -431,10 +431,7 @@ impl Targets {
 }
 
 fn push_at<T>(lists: &mut Vec<Vec<T>>, index: usize, item: T) {
-    if lists.len() <= index {
-        lists.resize_with(index + 1, Vec::new);
-    }
-    if let Some(list) = lists.get_mut(index) {
+    if let Some(list) = slot_at(lists, index) {
         list.push(item);
     }
 }
