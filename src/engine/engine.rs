@@ -132,6 +132,7 @@ impl Engine {
             self.polling.lease_ttl_ms(),
             self.polling.heartbeat_period_ms(),
         );
+        self.targets.set_writer(keys.id());
         self.sharing = Some(Sharing::new(keys, vm_id, ttl_ms, heartbeat_ms));
         let targets: Vec<TargetId> = self.targets.ids().collect();
         for target in targets {

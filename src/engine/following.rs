@@ -30,7 +30,7 @@ pub(super) fn follow(
     }
     let changed = moved
         .into_iter()
-        .filter(|(id, stamp)| targets.adopt_stored(*id, *stamp, false, store))
+        .filter(|(id, stamp)| targets.follow_published(*id, *stamp, store))
         .map(|(id, _)| id)
         .collect();
     adopt_tokens(sharing, servers, store);
@@ -53,7 +53,7 @@ pub(super) fn start_from_stored(
     target: TargetId,
     store: &dyn SharedStore,
 ) -> bool {
-    targets.adopt_stored(target, 0, true, store)
+    targets.start_from_stored(target, store)
 }
 
 #[cfg(test)]

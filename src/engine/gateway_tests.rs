@@ -448,6 +448,104 @@ fn a_former_pollers_late_answer_does_not_outlive_the_new_pollers_confirmations()
     assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.1:80"]);
 }
 
+/// Tick `vm` alone from `wall` on until it has polled Nacos once; the wall time
+/// reached.
+fn until_it_polls(gateway: &mut Gateway, vm: usize, mut wall: u64) -> u64 {
+    let polls = gateway.polls;
+    while gateway.polls == polls {
+        gateway.tick(vm, wall);
+        wall += 20;
+    }
+    wall
+}
+
+#[test]
+fn a_follower_does_not_keep_another_configurations_short_lived_list() {
+    // Issue 24, defect 5. Content is stored once per question for every
+    // configuration. Before: configuration A's followers took configuration B's
+    // list from a health flap, newer than what A's poller announced, and kept
+    // it: A's content never moved again, so its heartbeat never sent them back
+    // to read, and 10.0.0.3 kept a share of their traffic. A VM of A that
+    // starts meanwhile starts from B's list, as any new root context does.
+    let a = global("");
+    let b = global(r#","maxStaleMs":20000"#);
+    let mut gateway = Gateway::new(&a, 2, Nacos::List(hosts(&FOUR[..1])));
+    let mut wall = 0;
+    while wall < 3_000 {
+        gateway.tick_all(wall);
+        wall += 20;
+    }
+    gateway.add_vm(&b);
+    let b_poller = 2;
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    let a_poller = (0..2)
+        .find(|vm| gateway.vms[*vm].engine.is_poller())
+        .unwrap();
+
+    gateway.nacos = Nacos::List(hosts(&FOUR[..2]));
+    wall = until_it_polls(&mut gateway, a_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..3]));
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..2]));
+    gateway.add_vm(&a);
+    let late_starter = 3;
+
+    for a_follower in [1 - a_poller, late_starter] {
+        let mut routed = std::collections::BTreeSet::new();
+        let (settled, end) = (wall + 3_000, wall + 10_000);
+        while wall < end {
+            let now = gateway.tick_all(wall);
+            let endpoint = gateway.request(a_follower, now, "r");
+            if wall >= settled {
+                routed.insert(endpoint);
+            }
+            wall += 20;
+        }
+        assert_eq!(
+            routed.into_iter().collect::<Vec<_>>(),
+            ["10.0.0.1:80", "10.0.0.2:80"],
+            "VM {a_follower}"
+        );
+    }
+}
+
+#[test]
+fn a_heartbeat_left_by_an_identical_configuration_does_not_bring_back_its_list() {
+    // Found by the simulator (seed 91) while fixing the test above: an edit back
+    // to an earlier configuration reuses its keys, and its new poller read the
+    // heartbeat the earlier one left, older than the content it started from,
+    // and went back to that configuration's old list. Nacos fails meanwhile, so
+    // no answer corrects it.
+    let (a, b) = (global(""), global(r#","maxStaleMs":20000"#));
+    let mut gateway = Gateway::new(&a, 2, Nacos::List(hosts(&FOUR[..2])));
+    let mut wall = 0;
+    while wall < 3_000 {
+        gateway.tick(0, wall);
+        gateway.tick(1, wall);
+        wall += 20;
+    }
+    gateway.add_vm(&b);
+    gateway.add_vm(&b);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..1]));
+    while wall < 8_000 {
+        gateway.tick(2, wall);
+        gateway.tick(3, wall);
+        wall += 20;
+    }
+    gateway.nacos = Nacos::Status(503);
+    gateway.add_vm(&a);
+    gateway.add_vm(&a);
+    let mut routed = std::collections::BTreeSet::new();
+    while wall < 9_000 {
+        for vm in 4..6 {
+            let now = gateway.tick(vm, wall);
+            routed.insert(gateway.request(vm, now, "r"));
+        }
+        wall += 20;
+    }
+    assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.1:80"]);
+}
+
 #[test]
 fn a_configuration_edit_keeps_serving_the_services_it_keeps() {
     // Before: the new configuration started from nothing, and passed traffic

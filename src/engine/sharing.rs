@@ -10,7 +10,9 @@ use crate::pure::hashing::{mix_word, WORD_HASH_START};
 use crate::pure::registry::instance::InstanceSet;
 use crate::pure::registry::snapshot::Health;
 use crate::pure::sharing::lease::{self, Lease, LeaseStep};
-use crate::pure::sharing::published::{self, ConfigKeys, PublishedToken, ServiceKeys};
+use crate::pure::sharing::published::{
+    self, ConfigKeys, PublishedToken, ServiceKeys, StoredContent,
+};
 
 /// Compare-and-swap attempts at adding a learned service.
 const ANNOUNCE_ATTEMPTS: usize = 8;
@@ -309,24 +311,29 @@ impl Sharing {
     }
 }
 
-/// Store a service's content unless what is stored is newer (another poller's,
-/// or another configuration's); compare-and-swap, so two writers cannot both win.
+/// Store a service's content, written by configuration `writer`, unless what is
+/// stored is newer (another poller's, or another configuration's);
+/// compare-and-swap, so two writers cannot both win. Another configuration's
+/// content it replaces is first kept for that configuration's followers.
 pub fn publish_content(
     keys: &ServiceKeys,
+    writer: u64,
     stamp: u64,
     set: &InstanceSet,
     store: &mut dyn SharedStore,
 ) {
-    let Some(bytes) = published::encode_content(stamp, set) else {
+    let Some(bytes) = published::encode_content(stamp, writer, set) else {
         return;
     };
     let (stored, cas) = store.get(keys.content());
-    if stored
-        .as_deref()
-        .and_then(published::content_stamp)
-        .is_some_and(|stored| stored >= stamp)
-    {
+    let header = stored.as_deref().and_then(published::content_header);
+    if header.is_some_and(|(stored_stamp, _)| stored_stamp >= stamp) {
         return;
+    }
+    if let (Some((_, other)), Some(stored)) = (header, &stored) {
+        if other != writer {
+            store.set(&keys.kept(other), stored, None);
+        }
     }
     store.set(keys.content(), &bytes, cas);
 }
@@ -339,10 +346,27 @@ pub fn publish_confirmed(keys: &ServiceKeys, confirmed_at_ms: u64, store: &mut d
     );
 }
 
-/// A service's stored content and when it was last confirmed.
-pub fn read_content(keys: &ServiceKeys, store: &dyn SharedStore) -> Option<(u64, InstanceSet)> {
+/// A service's stored content, whichever configuration wrote it.
+pub fn read_content(keys: &ServiceKeys, store: &dyn SharedStore) -> Option<StoredContent> {
+    decode(store, keys.content())
+}
+
+/// The content configuration `writer`'s poller published last: the stored one
+/// if it wrote that, else what was kept of it when another configuration wrote
+/// over it.
+pub fn read_written_by(
+    keys: &ServiceKeys,
+    writer: u64,
+    store: &dyn SharedStore,
+) -> Option<StoredContent> {
+    read_content(keys, store)
+        .filter(|stored| stored.writer == writer)
+        .or_else(|| decode(store, &keys.kept(writer)))
+}
+
+fn decode(store: &dyn SharedStore, key: &str) -> Option<StoredContent> {
     store
-        .get(keys.content())
+        .get(key)
         .0
         .as_deref()
         .and_then(published::decode_content)
@@ -482,14 +506,32 @@ mod tests {
             instances: vec![instance("10.0.0.1:80", 1.0)],
             protection_reached: false,
         };
-        publish_content(&keys, 20, &InstanceSet::default(), &mut store);
-        publish_content(&keys, 10, &one, &mut store);
-        assert_eq!(
-            read_content(&keys, &store),
-            Some((20, InstanceSet::default()))
-        );
-        publish_content(&keys, 30, &one, &mut store);
-        assert_eq!(read_content(&keys, &store), Some((30, one)));
+        let stamp = |store: &FakeStore| read_content(&keys, store).map(|c| c.stamp);
+        publish_content(&keys, 1, 20, &InstanceSet::default(), &mut store);
+        publish_content(&keys, 1, 10, &one, &mut store);
+        assert_eq!(stamp(&store), Some(20));
+        publish_content(&keys, 1, 30, &one, &mut store);
+        assert_eq!(read_content(&keys, &store).map(|c| c.set), Some(one));
+    }
+
+    #[test]
+    fn each_configuration_finds_the_content_its_own_poller_wrote() {
+        let mut store = FakeStore::default();
+        let keys = ServiceKeys::new("q");
+        let one = InstanceSet {
+            instances: vec![instance("10.0.0.1:80", 1.0)],
+            protection_reached: false,
+        };
+        let written = |writer, store: &FakeStore| {
+            read_written_by(&keys, writer, store).map(|c| (c.stamp, c.set.instances.len()))
+        };
+        publish_content(&keys, 1, 20, &one, &mut store);
+        assert_eq!(written(1, &store), Some((20, 1)));
+        assert_eq!(written(2, &store), None);
+        publish_content(&keys, 2, 30, &InstanceSet::default(), &mut store);
+        assert_eq!(written(1, &store), Some((20, 1)), "kept when overwritten");
+        assert_eq!(written(2, &store), Some((30, 0)));
+        assert_eq!(read_content(&keys, &store).map(|c| c.writer), Some(2));
     }
 
     #[test]

@@ -87,10 +87,12 @@ impl Target {
 }
 
 impl Target {
+    /// Take a good list, published to the store as configuration `writer`'s.
     fn take(
         &mut self,
         set: Option<InstanceSet>,
         stamp_ms: u64,
+        writer: u64,
         publish: Option<&mut dyn SharedStore>,
     ) -> bool {
         if self.failure_streak > 0 {
@@ -109,7 +111,7 @@ impl Target {
             if changed {
                 if let Some(set) = self.snapshot.instances() {
                     let stamp = self.snapshot.content_stamp();
-                    sharing::publish_content(&self.keys, stamp, set, store);
+                    sharing::publish_content(&self.keys, writer, stamp, set, store);
                 }
             }
             sharing::publish_confirmed(&self.keys, stamp_ms, store);
@@ -155,9 +157,17 @@ pub(super) struct Targets {
     by_server: Vec<Vec<TargetId>>,
     /// The guards of each target, so a change reaches only them.
     guards: Vec<Vec<GuardId>>,
+    /// The configuration whose content these targets publish and follow.
+    writer: u64,
 }
 
 impl Targets {
+    /// Publish and follow content as configuration `writer`
+    /// ([`ConfigKeys::id`](crate::pure::sharing::published::ConfigKeys::id)).
+    pub fn set_writer(&mut self, writer: u64) {
+        self.writer = writer;
+    }
+
     /// The target that answers the question of `settings` on `server`, added
     /// (due `next_answer_due_ms` after each answer) unless another guard asks it
     /// already; whether it was added now. `guard` is recorded as one of its
@@ -286,7 +296,7 @@ impl Targets {
             Some(set)
         };
         bump(metrics, target.metrics.success);
-        Ok(target.take(set, polled_at_ms, publish))
+        Ok(target.take(set, polled_at_ms, self.writer, publish))
     }
 
     /// A good list for `id` telling the state as of `stamp_ms` (`None`: the same
@@ -299,9 +309,10 @@ impl Targets {
         stamp_ms: u64,
         publish: Option<&mut dyn SharedStore>,
     ) -> bool {
+        let writer = self.writer;
         self.table
             .get_mut(id)
-            .is_some_and(|target| target.take(set, stamp_ms, publish))
+            .is_some_and(|target| target.take(set, stamp_ms, writer, publish))
     }
 
     /// A list the server pushed: taken as a polled one, but no HTTP answer
@@ -389,42 +400,62 @@ impl Targets {
     }
 
     /// Take the poller's word on `id`'s health; the content stamp it names if
-    /// that is newer than ours (the content moved).
+    /// that content is newer than ours, or older but confirmed by a poll sent
+    /// after ours was: then ours (another configuration's short-lived list, a
+    /// former poller's late answer) is outdated, and the poller's is current. A
+    /// heartbeat no poller writes any more (left by an identical configuration
+    /// before an edit) confirms nothing that recent.
     pub fn adopt_health(&mut self, id: TargetId, health: Health) -> Option<u64> {
         let target = self.table.get_mut(id)?;
         target.in_heartbeat = true;
-        let moved = health.content_stamp > target.snapshot.content_stamp();
+        let ours = target.snapshot.content_stamp();
+        let moved = health.content_stamp > ours
+            || (health.content_stamp < ours && health.confirmed_at_ms > ours);
         target.snapshot.adopt_health(health);
         moved.then_some(health.content_stamp)
     }
 
-    /// Take the stored content of `id` if it is newer than ours and at least
-    /// `at_least`; with `confirmation`, its stored confirmation too (a new root
-    /// context serves at once). Whether the content changed.
-    pub fn adopt_stored(
+    /// Take the content this configuration's poller published for `id`, once it
+    /// is at least the heartbeat's `announced` stamp; whether it changed.
+    pub fn follow_published(
         &mut self,
         id: TargetId,
-        at_least: u64,
-        confirmation: bool,
+        announced: u64,
         store: &dyn SharedStore,
     ) -> bool {
+        let writer = self.writer;
         let Some(target) = self.table.get_mut(id) else {
             return false;
         };
-        let Some((stamp, set)) = sharing::read_content(&target.keys, store) else {
+        let Some(stored) = sharing::read_written_by(&target.keys, writer, store) else {
             return false;
         };
-        if stamp < at_least || !target.snapshot.adopt_content(set, stamp) {
+        if stored.stamp < announced || !target.snapshot.follow_content(stored.set, stored.stamp) {
             return false;
         }
         target.last_good = None;
-        if confirmation {
-            if let Some(confirmed_at_ms) = sharing::read_confirmed(&target.keys, store) {
-                let mut health = target.snapshot.health();
-                health.confirmed_at_ms = confirmed_at_ms.max(stamp);
-                health.failing_since_ms = None;
-                target.snapshot.adopt_health(health);
-            }
+        true
+    }
+
+    /// Start `id` from the newest stored content, whichever configuration wrote
+    /// it, and its confirmation: a new root context serves at once. Whether it
+    /// took any.
+    pub fn start_from_stored(&mut self, id: TargetId, store: &dyn SharedStore) -> bool {
+        let Some(target) = self.table.get_mut(id) else {
+            return false;
+        };
+        let Some(stored) = sharing::read_content(&target.keys, store) else {
+            return false;
+        };
+        if !target.snapshot.adopt_content(stored.set, stored.stamp) {
+            return false;
+        }
+        target.last_good = None;
+        if let Some(confirmed_at_ms) = sharing::read_confirmed(&target.keys, store) {
+            let mut health = target.snapshot.health();
+            health.confirmed_at_ms = confirmed_at_ms.max(stored.stamp);
+            health.failing_since_ms = None;
+            target.snapshot.adopt_health(health);
         }
         true
     }
@@ -590,12 +621,12 @@ mod tests {
         let moved = follower.adopt_health(same, health);
         assert_eq!(moved, Some(40));
         assert!(
-            !follower.adopt_stored(same, 41, false, &store),
+            !follower.follow_published(same, 41, &store),
             "older than the heartbeat"
         );
-        assert!(follower.adopt_stored(same, 40, false, &store));
+        assert!(follower.follow_published(same, 40, &store));
         assert!(
-            !follower.adopt_stored(same, 40, false, &store),
+            !follower.follow_published(same, 40, &store),
             "already taken"
         );
         let set = follower.get(same).unwrap().snapshot().instances().unwrap();

@@ -94,6 +94,18 @@ impl Snapshot {
         true
     }
 
+    /// Take the content this VM's poller published, older than ours or not: the
+    /// poller's heartbeat vouches for that content alone. Whether it changed.
+    pub fn follow_content(&mut self, set: InstanceSet, content_stamp: u64) -> bool {
+        if self.latest.is_some() && content_stamp == self.content_stamp {
+            return false;
+        }
+        self.latest = Some(set);
+        self.content_stamp = content_stamp;
+        self.confirmed_at_ms = self.confirmed_at_ms.max(content_stamp);
+        true
+    }
+
     /// Take the poller's word on how current the content is, if newer than ours.
     pub fn adopt_health(&mut self, health: Health) {
         if health.confirmed_at_ms >= self.confirmed_at_ms {

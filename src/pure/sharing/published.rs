@@ -6,6 +6,8 @@
 //! - Per service, whatever the configuration: its content, rewritten only when it
 //!   changes, and when it was last confirmed. A configuration edit makes a new
 //!   configuration with new keys, and it starts from these instead of nothing.
+//! - Per service and configuration, only once another configuration overwrote
+//!   its content: that content, kept for its followers (`ServiceKeys::kept`).
 
 use crate::pure::hashing::stable_hash;
 use crate::pure::registry::instance::{Instance, InstanceSet};
@@ -34,6 +36,8 @@ pub fn decode_learned(bytes: &[u8]) -> Vec<String> {
 /// ticks of every VM, so their names are made once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigKeys {
+    /// The configuration's hash: which configuration wrote a service's content.
+    id: u64,
     prefix: String,
     lease: String,
     heartbeat: String,
@@ -42,8 +46,10 @@ pub struct ConfigKeys {
 
 impl ConfigKeys {
     pub fn new(config: &[u8]) -> Self {
-        let prefix = format!("{PLUGIN}.{:016x}", stable_hash(config));
+        let id = stable_hash(config);
+        let prefix = format!("{PLUGIN}.{id:016x}");
         Self {
+            id,
             lease: format!("{prefix}.lease"),
             heartbeat: format!("{prefix}.heartbeat"),
             learned: None,
@@ -61,6 +67,10 @@ impl ConfigKeys {
             stable_hash(scope.as_bytes())
         ));
         self
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn lease(&self) -> &str {
@@ -122,16 +132,33 @@ impl ServiceKeys {
     pub fn confirmed(&self) -> &str {
         &self.confirmed
     }
+
+    /// Where configuration `writer`'s content is kept once another
+    /// configuration overwrote it: its followers follow their own poller, not
+    /// whichever configuration wrote last.
+    pub fn kept(&self, writer: u64) -> String {
+        format!("{PLUGIN}.{writer:016x}.service.{:016x}", self.id)
+    }
 }
 
 /// The first byte of a service's content list and of a token. Releases before it
 /// wrote JSON there, which starts with `{`: VMs of two releases share one Envoy
 /// during an upgrade, and each must find the other's values unreadable (nothing to
 /// adopt) rather than misread them. Change it whenever the layout below changes.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
-/// A service's content: `<stamp>\n` and the list, so that a writer can tell whether
-/// what is stored is newer than what it holds without decoding the list.
+/// A service's content as stored: when the poll that brought it was sent, which
+/// configuration's poller wrote it ([`ConfigKeys::id`]), and the list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredContent {
+    pub stamp: u64,
+    pub writer: u64,
+    pub set: InstanceSet,
+}
+
+/// A service's content: `<stamp> <writer>\n` and the list, so that a writer can
+/// tell whether what is stored is newer than what it holds, and whose it is,
+/// without decoding the list.
 ///
 /// The list is binary rather than JSON, which needed a serializer and a deserializer
 /// in the plugin for this alone: [`FORMAT`], then whether the protection threshold
@@ -139,8 +166,8 @@ const FORMAT: u8 = 1;
 /// IEEE 754 bits, healthy, enabled, cluster, the number of metadata pairs and
 /// each key and value). Numbers are little-endian, the count and string lengths
 /// 32-bit, flags one byte of 0 or 1.
-pub fn encode_content(stamp: u64, set: &InstanceSet) -> Option<Vec<u8>> {
-    let mut bytes = format!("{stamp}\n").into_bytes();
+pub fn encode_content(stamp: u64, writer: u64, set: &InstanceSet) -> Option<Vec<u8>> {
+    let mut bytes = format!("{stamp} {writer:x}\n").into_bytes();
     bytes.push(FORMAT);
     bytes.push(u8::from(set.protection_reached));
     put_len(&mut bytes, set.instances.len())?;
@@ -159,15 +186,18 @@ pub fn encode_content(stamp: u64, set: &InstanceSet) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-pub fn content_stamp(bytes: &[u8]) -> Option<u64> {
+/// The stamp and the writer of stored content.
+pub fn content_header(bytes: &[u8]) -> Option<(u64, u64)> {
     let end = bytes.iter().position(|b| *b == b'\n')?;
-    std::str::from_utf8(bytes.get(..end)?).ok()?.parse().ok()
+    let header = std::str::from_utf8(bytes.get(..end)?).ok()?;
+    let (stamp, writer) = header.split_once(' ')?;
+    Some((stamp.parse().ok()?, u64::from_str_radix(writer, 16).ok()?))
 }
 
 /// `None` for anything but exactly what [`encode_content`] writes: another format,
 /// a torn or truncated value, bytes left over.
-pub fn decode_content(bytes: &[u8]) -> Option<(u64, InstanceSet)> {
-    let stamp = content_stamp(bytes)?;
+pub fn decode_content(bytes: &[u8]) -> Option<StoredContent> {
+    let (stamp, writer) = content_header(bytes)?;
     let start = bytes.iter().position(|b| *b == b'\n')? + 1;
     let mut reader = Reader(bytes.get(start..)?);
     reader.format()?;
@@ -194,13 +224,14 @@ pub fn decode_content(bytes: &[u8]) -> Option<(u64, InstanceSet)> {
         });
     }
     reader.end()?;
-    Some((
+    Some(StoredContent {
         stamp,
-        InstanceSet {
+        writer,
+        set: InstanceSet {
             instances,
             protection_reached,
         },
-    ))
+    })
 }
 
 fn put_len(bytes: &mut Vec<u8>, len: usize) -> Option<()> {
@@ -366,11 +397,16 @@ mod tests {
     #[test]
     fn content_and_tokens_round_trip() {
         for set in [rich_set(), InstanceSet::default()] {
-            let bytes = encode_content(99, &set).unwrap();
-            assert_eq!(content_stamp(&bytes), Some(99));
-            assert_eq!(decode_content(&bytes), Some((99, set)));
+            let bytes = encode_content(99, 0xabc, &set).unwrap();
+            assert_eq!(content_header(&bytes), Some((99, 0xabc)));
+            let stored = StoredContent {
+                stamp: 99,
+                writer: 0xabc,
+                set,
+            };
+            assert_eq!(decode_content(&bytes), Some(stored));
         }
-        assert_eq!(content_stamp(b"no stamp"), None);
+        assert_eq!(content_header(b"no stamp"), None);
         let token = token();
         assert_eq!(
             PublishedToken::decode(&token.encode().unwrap()),
@@ -380,7 +416,7 @@ mod tests {
 
     #[test]
     fn garbage_torn_or_foreign_values_decode_to_nothing() {
-        let content = encode_content(7, &rich_set()).unwrap();
+        let content = encode_content(7, 1, &rich_set()).unwrap();
         let token = token().encode().unwrap();
         // Every torn value, and one with a byte too many.
         for end in 0..content.len() {
@@ -395,11 +431,12 @@ mod tests {
         let mut longer = token.clone();
         longer.push(0);
         assert_eq!(PublishedToken::decode(&longer), None);
-        // The JSON that releases before FORMAT wrote, and another format's byte.
+        // The JSON that releases before FORMAT wrote, the header of releases
+        // before the writer was stored, and another format's byte.
         let json_content = br#"12
 {"instances":[],"protection_reached":false}"#;
         assert_eq!(decode_content(json_content), None);
-        assert_eq!(content_stamp(json_content), Some(12));
+        assert_eq!(content_header(json_content), None);
         let json_token = br#"{"token":"t","refresh_at_ms":1,"expires_at_ms":2}"#;
         assert_eq!(PublishedToken::decode(json_token), None);
         let start = content.iter().position(|b| *b == b'\n').unwrap() + 1;
@@ -421,6 +458,7 @@ mod tests {
         bad_text[last] = 0xff;
         assert_eq!(PublishedToken::decode(&bad_text), None);
         assert_eq!(decode_content(b"12\n"), None);
+        assert_eq!(decode_content(b"12 1\n"), None);
         assert_eq!(PublishedToken::decode(b"garbage"), None);
     }
 
