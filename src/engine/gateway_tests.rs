@@ -510,6 +510,32 @@ fn a_follower_does_not_keep_another_configurations_short_lived_list() {
 }
 
 #[test]
+fn a_follower_takes_the_list_its_poller_started_from_whoever_wrote_it() {
+    // Found by the simulator (seed 5897) while fixing the test above: a new
+    // configuration's poller started from the old configuration's list and
+    // Nacos confirmed it unchanged, so nothing of the new configuration's own
+    // was stored; its follower, started a moment earlier from an older list,
+    // found nothing to follow and rejected requests to a service with
+    // instances.
+    let (a, b) = (global(""), global(r#","maxStaleMs":20000"#));
+    let mut gateway = Gateway::new(&a, 1, Nacos::List(hosts(&[])));
+    let mut wall = until_it_polls(&mut gateway, 0, 0);
+    gateway.add_vm(&b);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..1]));
+    wall = until_it_polls(&mut gateway, 0, wall);
+    gateway.add_vm(&b);
+    let (b_follower, b_poller) = (1, 2);
+    let mut now = wall;
+    while wall < 5_000 {
+        now = gateway.tick(b_poller, wall);
+        wall += 20;
+    }
+    gateway.tick(b_follower, wall);
+    assert!(!gateway.vms[b_follower].engine.is_poller());
+    assert_eq!(gateway.request(b_follower, now, "r"), "10.0.0.1:80");
+}
+
+#[test]
 fn a_heartbeat_left_by_an_identical_configuration_does_not_bring_back_its_list() {
     // Found by the simulator (seed 91) while fixing the test above: an edit back
     // to an earlier configuration reuses its keys, and its new poller read the

@@ -351,17 +351,20 @@ pub fn read_content(keys: &ServiceKeys, store: &dyn SharedStore) -> Option<Store
     decode(store, keys.content())
 }
 
-/// The content configuration `writer`'s poller published last: the stored one
-/// if it wrote that, else what was kept of it when another configuration wrote
-/// over it.
-pub fn read_written_by(
+/// The content configuration `writer`'s poller announced with stamp
+/// `announced`, or newer content it published since: the stored content if it
+/// is that (the poller may hold another configuration's, taken at its start),
+/// else what was kept of `writer`'s when another configuration wrote over it.
+pub fn read_announced(
     keys: &ServiceKeys,
     writer: u64,
+    announced: u64,
     store: &dyn SharedStore,
 ) -> Option<StoredContent> {
+    let ours = |c: &StoredContent| c.writer == writer && c.stamp >= announced;
     read_content(keys, store)
-        .filter(|stored| stored.writer == writer)
-        .or_else(|| decode(store, &keys.kept(writer)))
+        .filter(|c| c.stamp == announced || ours(c))
+        .or_else(|| decode(store, &keys.kept(writer)).filter(ours))
 }
 
 fn decode(store: &dyn SharedStore, key: &str) -> Option<StoredContent> {
@@ -522,15 +525,26 @@ mod tests {
             instances: vec![instance("10.0.0.1:80", 1.0)],
             protection_reached: false,
         };
-        let written = |writer, store: &FakeStore| {
-            read_written_by(&keys, writer, store).map(|c| (c.stamp, c.set.instances.len()))
+        let written = |writer, announced, store: &FakeStore| {
+            read_announced(&keys, writer, announced, store)
+                .map(|c| (c.stamp, c.set.instances.len()))
         };
         publish_content(&keys, 1, 20, &one, &mut store);
-        assert_eq!(written(1, &store), Some((20, 1)));
-        assert_eq!(written(2, &store), None);
+        assert_eq!(written(1, 20, &store), Some((20, 1)));
+        assert_eq!(written(1, 10, &store), Some((20, 1)), "newer, from 1");
+        assert_eq!(written(2, 10, &store), None, "not what 2 announced");
+        assert_eq!(
+            written(2, 20, &store),
+            Some((20, 1)),
+            "what 2 announced, taken from 1 at its start"
+        );
         publish_content(&keys, 2, 30, &InstanceSet::default(), &mut store);
-        assert_eq!(written(1, &store), Some((20, 1)), "kept when overwritten");
-        assert_eq!(written(2, &store), Some((30, 0)));
+        assert_eq!(
+            written(1, 20, &store),
+            Some((20, 1)),
+            "kept when overwritten"
+        );
+        assert_eq!(written(2, 30, &store), Some((30, 0)));
         assert_eq!(read_content(&keys, &store).map(|c| c.writer), Some(2));
     }
 

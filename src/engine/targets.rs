@@ -427,10 +427,10 @@ impl Targets {
         let Some(target) = self.table.get_mut(id) else {
             return false;
         };
-        let Some(stored) = sharing::read_written_by(&target.keys, writer, store) else {
+        let Some(stored) = sharing::read_announced(&target.keys, writer, announced, store) else {
             return false;
         };
-        if stored.stamp < announced || !target.snapshot.follow_content(stored.set, stored.stamp) {
+        if !target.snapshot.follow_content(stored.set, stored.stamp) {
             return false;
         }
         target.last_good = None;
