@@ -42,7 +42,7 @@ def section_detection(args, res: dict, work: Path) -> None:
         stream = Traffic(envoy, "/demo", args.stream_period, fixed_rate=True).start()
         lags, censored, no_traffic = [], 0, 0
         to_poll, after_poll = [], []  # deregistration -> poll answer; poll answer -> last request
-        polled = "wasmcustom.nacos_guard.service.demo.poll_success"
+        polled = "wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"
         rng = random.Random(interval_ms)
         try:
             for _trial in range(trials):
@@ -100,7 +100,7 @@ def section_detection(args, res: dict, work: Path) -> None:
             "after_poll_max": max(after_poll, default=float("nan")),
             "to_poll_ms": to_poll,
             "after_poll_ms": after_poll,
-            "poll_failure": envoy.stat("wasmcustom.nacos_guard.service.demo.poll_failure"),
+            "poll_failure": envoy.stat("wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.demo.poll_failure"),
         }
         out[interval_ms] = o
         log(

@@ -112,7 +112,7 @@ def _overhead_run(args, work: Path, profile: bool) -> dict:
     routes_100, cfg_100 = scale_routes(100)
     header_mode = {"routing": "header"}
     plugin = dict(plugin_cfg=plugin_config(header_mode))
-    demo_routed = "wasmcustom.nacos_guard.service.demo.routed"
+    demo_routed = "wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.demo.routed"
     # variant: (keyword arguments of gateways.gateway, path, extra wrk args, the
     # plugin's routed counter); each variant its own gateway, so all run at once.
     targets = {
@@ -127,7 +127,7 @@ def _overhead_run(args, work: Path, profile: bool) -> dict:
             dict(plugin_cfg={**cfg_100, **header_mode, "refreshIntervalMs": 600000}, routes=routes_100),
             "/svc-0",
             [],
-            "wasmcustom.nacos_guard.service.svc-0.routed",
+            "wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.svc-0.routed",
         ),
         PINNED: (plugin, "/demo", ["-H", f"{PIN_HEADER}: {endpoint}"], demo_routed),
         UNGUARDED: (plugin, "/legacy", [], demo_routed),

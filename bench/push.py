@@ -123,7 +123,7 @@ def detection_push(args, work: Path) -> dict:
     wait_first_snapshot(envoy, "/demo", "demo")
     wait_pushed(envoy, "demo")
     window = args.push_window  # watch this long after the DELETE for the push
-    polled = "wasmcustom.nacos_guard.service.demo.poll_success"
+    polled = "wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"
     pushes = "wasmcustom.nacos_guard.pushes"
     stream = Traffic(envoy, "/demo", args.stream_period, fixed_rate=True).start()
     rng = random.Random(13)

@@ -141,7 +141,7 @@ def scale_run(
         if reference is not None:
             o["paired"] = paired_with_reference(args, envoy, reference)
         wrk(f"http://127.0.0.1:{envoy.port}/svc-0", 2, args.connections)
-        r0 = envoy.stat("wasmcustom.nacos_guard.service.svc-0.routed")
+        r0 = envoy.stat("wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.svc-0.routed")
         runs = [
             wrk(f"http://127.0.0.1:{envoy.port}/svc-0", args.duration, args.connections)
             for _ in range(args.scale_runs - 1)
@@ -156,7 +156,7 @@ def scale_run(
         prof = next((r["profile"] for r in runs if r.get("profile")), None)
         if prof:
             o["wrk"]["profile"] = prof
-        o["decided"] = envoy.stat("wasmcustom.nacos_guard.service.svc-0.routed") - r0
+        o["decided"] = envoy.stat("wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.svc-0.routed") - r0
     OWNER.stop(envoy)
     w = o.get("wrk")
     log(

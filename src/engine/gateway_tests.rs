@@ -282,7 +282,12 @@ fn a_forbidden_namespace_costs_one_login_per_backoff_not_one_per_poll() {
     }
     // At 0 and once more at once (a refused token), then after 1, 2 and 4 s.
     assert_eq!(gateway.logins, 5, "{} logins", gateway.logins);
-    assert!(gateway.metrics.get("nacos_guard.service.a.poll_failure") > 50);
+    assert!(
+        gateway
+            .metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.a.poll_failure")
+            > 50
+    );
 }
 
 #[test]
@@ -602,15 +607,47 @@ fn filtered_views_of_one_service_have_their_own_gauges() {
     assert_eq!(
         gateway
             .metrics
-            .get("nacos_guard.service.demo.usable_instances"),
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.usable_instances"),
         3
     );
     assert_eq!(
         gateway
             .metrics
-            .get("nacos_guard.service.demo.view.clusters_B.usable_instances"),
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.view.clusters_B.usable_instances"),
         1
     );
+}
+
+#[test]
+fn one_name_in_two_groups_or_namespaces_has_its_own_metrics() {
+    // Issue 24, defect 6. Before: metrics were keyed by the service name alone,
+    // so `orders` in two groups shared one gauge, and the empty one in
+    // `MY-GROUP` hid behind the other's instances.
+    let config = r#"{"nacos":{"cluster":"nacos"},"refreshIntervalMs":1000,
+        "_rules_":[{"_match_route_":["a"],"service":{"name":"orders"}},
+                   {"_match_route_":["b"],"service":{"name":"orders","group":"MY-GROUP"}},
+                   {"_match_route_":["c"],"nacos":{"cluster":"nacos","namespaceId":"dev"},
+                    "service":{"name":"orders"}}]}"#;
+    let mut gateway = Gateway::new(config, 1, Nacos::List(hosts(&FOUR[..2])));
+    gateway.per_service = vec![("orders&groupName=MY-GROUP", Nacos::List(hosts(&[])))];
+    gateway.tick_all(0);
+    gateway.tick_all(20);
+    let usable = |gateway: &Gateway, namespace: &str, group: &str| {
+        gateway.metrics.get(&format!(
+            "nacos_guard.service.{namespace}.{group}.orders.usable_instances"
+        ))
+    };
+    assert_eq!(usable(&gateway, "public", "DEFAULT_GROUP"), 2);
+    assert_eq!(usable(&gateway, "public", "MY-GROUP"), 0);
+    assert_eq!(usable(&gateway, "dev", "DEFAULT_GROUP"), 2);
+    gateway.request(0, 40, "b");
+    gateway.tick_all(40);
+    let rejected = |group: &str| {
+        gateway.metrics.get(&format!(
+            "nacos_guard.service.public.{group}.orders.rejected"
+        ))
+    };
+    assert_eq!((rejected("MY-GROUP"), rejected("DEFAULT_GROUP")), (1, 0));
 }
 
 pub(super) const ORDERS: &str = "outbound|8080||orders.DEFAULT-GROUP.public.nacos";
@@ -658,7 +695,12 @@ fn services_are_learned_from_traffic_alone_and_guarded_like_configured_ones() {
         gateway.polls
     );
     assert_eq!(gateway.metrics.get("nacos_guard.learned_services"), 2);
-    assert!(gateway.metrics.get("nacos_guard.service.pay.poll_success") >= 2);
+    assert!(
+        gateway
+            .metrics
+            .get("nacos_guard.service.ns-dev-id.MY_GROUP.pay.poll_success")
+            >= 2
+    );
     // The last instance of orders goes: rejected as for a configured service.
     gateway.nacos = Nacos::List(hosts(&[]));
     for wall in (2_000..3_500).step_by(20) {

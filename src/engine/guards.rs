@@ -110,7 +110,7 @@ impl Guards {
                 &settings.service.name,
                 &settings.service.group,
             ),
-            metrics: RequestMetrics::define(metrics, &settings.service.name, view.as_deref()),
+            metrics: RequestMetrics::define(metrics, &settings.service, view.as_deref()),
             settings,
             target,
             candidates: Candidates::starting_at(start),
@@ -302,13 +302,13 @@ mod tests {
         let snapshot = targets.get(orders).unwrap().snapshot();
         guards.refresh(targets.guards_of(orders), snapshot, &mut metrics);
         assert_eq!(
-            metrics.get("nacos_guard.service.orders.usable_instances"),
+            metrics.get("nacos_guard.service.public.DEFAULT_GROUP.orders.usable_instances"),
             2
         );
         assert_eq!(
             metrics
                 .values
-                .get("nacos_guard.service.pay.usable_instances"),
+                .get("nacos_guard.service.public.DEFAULT_GROUP.pay.usable_instances"),
             Some(&0)
         );
 
@@ -325,8 +325,17 @@ mod tests {
             RequestAction::PassThrough
         );
         guards.flush_counts(&mut metrics);
-        assert_eq!(metrics.get("nacos_guard.service.orders.routed"), 1);
-        assert_eq!(metrics.get("nacos_guard.service.pay.passed_through"), 1);
-        assert_eq!(metrics.get("nacos_guard.service.everything.routed"), 0);
+        assert_eq!(
+            metrics.get("nacos_guard.service.public.DEFAULT_GROUP.orders.routed"),
+            1
+        );
+        assert_eq!(
+            metrics.get("nacos_guard.service.public.DEFAULT_GROUP.pay.passed_through"),
+            1
+        );
+        assert_eq!(
+            metrics.get("nacos_guard.service.public.DEFAULT_GROUP.everything.routed"),
+            0
+        );
     }
 }

@@ -1,19 +1,32 @@
-//! Metric names. Envoy lists them under `wasmcustom.`; the service sits in a
-//! fixed segment so one stats tag regex turns it into a Prometheus label.
+//! Metric names. Envoy lists them under `wasmcustom.`; a service's namespace,
+//! group and name sit in fixed segments so stats tag regexes turn each into a
+//! Prometheus label.
 
 use super::host_traits::Metrics;
+use crate::pure::polling::nacos::request::ServiceKey;
 
 pub const PREFIX: &str = "nacos_guard";
 
-/// For Envoy's `stats_config.stats_tags` (tag name `nacos_service`): the first
-/// group is cut from the name, the second becomes the label value.
-pub const STATS_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)";
-/// The same for the filtered view of a `usable_instances` gauge (tag `nacos_view`).
-pub const VIEW_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.[^.]+\.(view\.([^.]+)\.)";
+/// For Envoy's `stats_config.stats_tags`, each applied to the full name: the
+/// first group is cut from the name, the second becomes the label value.
+/// `nacos_namespace`:
+pub const NAMESPACE_TAG_REGEX: &str =
+    r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)[^.]+\.[^.]+\.";
+/// `nacos_group`:
+pub const GROUP_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.[^.]+\.(([^.]+)\.)[^.]+\.";
+/// `nacos_service`:
+pub const STATS_TAG_REGEX: &str = r"^wasmcustom\.nacos_guard\.service\.[^.]+\.[^.]+\.(([^.]+)\.)";
+/// `nacos_view`: the filtered view of a `usable_instances` gauge.
+pub const VIEW_TAG_REGEX: &str =
+    r"^wasmcustom\.nacos_guard\.service\.[^.]+\.[^.]+\.[^.]+\.(view\.([^.]+)\.)";
 
-/// A service name as one metric segment: anything but `[A-Za-z0-9_-]` becomes `_`.
+/// A name as one metric segment: anything but `[A-Za-z0-9_-]` becomes `_`,
+/// and nothing becomes `_`, so the tag regexes still find every segment.
 pub fn metric_segment(service: &str) -> String {
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if service.is_empty() {
+        return "_".to_string();
+    }
     if service.chars().all(allowed) {
         return service.to_string();
     }
@@ -83,13 +96,20 @@ pub struct PollMetrics {
     pub failure: Option<u32>,
 }
 
-/// The names of one service's metrics, `nacos_guard.service.<segment>.<name>`:
-/// the segment is worked out once for all of them.
+/// The names of one service's metrics,
+/// `nacos_guard.service.<namespace>.<group>.<name>.<metric>`: one name in two
+/// groups or namespaces is two services, each with its own counters and gauge.
+/// The prefix is worked out once for all of them.
 struct ServiceMetric(String);
 
 impl ServiceMetric {
-    fn of(service: &str) -> Self {
-        Self(format!("{PREFIX}.service.{}.", metric_segment(service)))
+    fn of(service: &ServiceKey) -> Self {
+        Self(format!(
+            "{PREFIX}.service.{}.{}.{}.",
+            metric_segment(&service.namespace_id),
+            metric_segment(&service.group),
+            metric_segment(&service.name)
+        ))
     }
 
     fn name(&self, name: &str) -> String {
@@ -103,8 +123,8 @@ impl ServiceMetric {
 impl RequestMetrics {
     /// `view` names the guard's instance filter, if it has one: guards of one
     /// service with different filters see different usable instances, so each
-    /// filtered view gets its own gauge (`...service.<svc>.view.<view>.usable_instances`).
-    pub fn define(metrics: &mut dyn Metrics, service: &str, view: Option<&str>) -> Self {
+    /// filtered view gets its own gauge (`...<name>.view.<view>.usable_instances`).
+    pub fn define(metrics: &mut dyn Metrics, service: &ServiceKey, view: Option<&str>) -> Self {
         let gauge = match view {
             Some(view) => format!("view.{}.usable_instances", metric_segment(view)),
             None => "usable_instances".to_string(),
@@ -121,7 +141,7 @@ impl RequestMetrics {
 }
 
 impl PollMetrics {
-    pub fn define(metrics: &mut dyn Metrics, service: &str) -> Self {
+    pub fn define(metrics: &mut dyn Metrics, service: &ServiceKey) -> Self {
         let names = ServiceMetric::of(service);
         Self {
             success: metrics.define_counter(&names.name("poll_success")),
@@ -205,13 +225,57 @@ mod tests {
         assert_eq!(metric_segment("demo"), "demo");
         assert_eq!(metric_segment("order.svc@v2:80"), "order_svc_v2_80");
         assert_eq!(metric_segment("a-b_c"), "a-b_c");
+        assert_eq!(metric_segment(""), "_");
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     #[test]
-    fn names_put_the_service_where_the_tag_regex_expects_it() {
+    fn names_put_each_part_where_its_tag_regex_expects_it() {
+        let service = ServiceKey {
+            namespace_id: "dev".into(),
+            group: "MY-GROUP".into(),
+            name: "order.svc".into(),
+        };
+        let routed = format!("wasmcustom.{}", ServiceMetric::of(&service).name("routed"));
         assert_eq!(
-            ServiceMetric::of("order.svc").name("routed"),
-            "nacos_guard.service.order_svc.routed"
+            routed,
+            "wasmcustom.nacos_guard.service.dev.MY-GROUP.order_svc.routed"
         );
+        let gauge = format!(
+            "wasmcustom.{}",
+            ServiceMetric::of(&service).name("view.clusters_B.usable_instances")
+        );
+        let tags = [
+            (NAMESPACE_TAG_REGEX, "dev."),
+            (GROUP_TAG_REGEX, "MY-GROUP."),
+            (STATS_TAG_REGEX, "order_svc."),
+        ];
+        for (regex, removed) in tags {
+            assert_eq!(
+                first_group(regex, &routed),
+                Some(removed.to_string()),
+                "{regex}"
+            );
+            assert_eq!(
+                first_group(regex, &gauge),
+                Some(removed.to_string()),
+                "{regex}"
+            );
+        }
+        assert_eq!(first_group(VIEW_TAG_REGEX, &routed), None);
+        let documented = include_str!("../../docs/observability.md");
+        for regex in [NAMESPACE_TAG_REGEX, GROUP_TAG_REGEX, STATS_TAG_REGEX, VIEW_TAG_REGEX] {
+            assert!(documented.contains(regex), "docs/observability.md lacks {regex}");
+        }
+        let view = first_group(VIEW_TAG_REGEX, &gauge);
+        assert_eq!(view.as_deref(), Some("view.clusters_B."));
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    /// What Envoy cuts from `name` for a tag `regex` (its first group).
+    fn first_group(regex: &str, name: &str) -> Option<String> {
+        let regex = regex::Regex::new(regex).unwrap();
+        let captures = regex.captures(name)?;
+        Some(captures.get(1)?.as_str().to_string())
     }
 }

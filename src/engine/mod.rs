@@ -26,7 +26,9 @@ pub use clock::GatewayClock;
 pub use engine::Engine;
 pub use guards::{RequestAction, RequestHost};
 pub use host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
-pub use metrics::{metric_segment, STATS_TAG_REGEX, VIEW_TAG_REGEX};
+pub use metrics::{
+    metric_segment, GROUP_TAG_REGEX, NAMESPACE_TAG_REGEX, STATS_TAG_REGEX, VIEW_TAG_REGEX,
+};
 pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};
 
 #[cfg(test)]

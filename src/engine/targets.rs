@@ -205,7 +205,7 @@ impl Targets {
                         next_answer_due_ms,
                         max_stale_ms: settings.max_stale_ms,
                     },
-                    metrics: PollMetrics::define(metrics, &settings.service.name),
+                    metrics: PollMetrics::define(metrics, &settings.service),
                 });
                 if let Some(target) = self.table.get(id) {
                     self.by_heartbeat_id.insert(target.keys.id(), id);
@@ -567,7 +567,10 @@ mod tests {
         // A pushed list forgets the answer: the same bytes are news again.
         assert!(targets.take_pushed(id, InstanceSet::default(), 15, None));
         assert_eq!(take(&mut targets, 20), Ok(true));
-        assert_eq!(metrics.get("nacos_guard.service.demo.poll_success"), 3);
+        assert_eq!(
+            metrics.get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"),
+            3
+        );
     }
 
     #[test]
@@ -581,8 +584,14 @@ mod tests {
             let error = read.unwrap_err();
             targets.failed(id, 10, "nacos", &error.to_string(), &mut metrics);
         }
-        assert_eq!(metrics.get("nacos_guard.service.demo.poll_failure"), 3);
-        assert_eq!(metrics.get("nacos_guard.service.demo.poll_success"), 1);
+        assert_eq!(
+            metrics.get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_failure"),
+            3
+        );
+        assert_eq!(
+            metrics.get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"),
+            1
+        );
         let snapshot = targets.get(id).unwrap().snapshot();
         assert_eq!(snapshot.instances().unwrap().instances.len(), 2);
         assert!(snapshot.is_failing());

@@ -74,7 +74,9 @@ impl Harness {
     }
 
     pub(super) fn decide(&mut self, route: &'static str, now: u64, pin: Option<&str>) -> String {
-        let rerouted_before = self.metrics.get("nacos_guard.service.demo.rerouted");
+        let rerouted_before = self
+            .metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.rerouted");
         let mut request = FakeRequest {
             pin: pin.map(str::to_string),
             ..FakeRequest::on(route)
@@ -85,7 +87,11 @@ impl Harness {
                     .on_request(now, &mut request, &mut self.metrics, &mut self.store),
             );
         self.engine.flush_request_counts(&mut self.metrics);
-        if self.metrics.get("nacos_guard.service.demo.rerouted") > rerouted_before {
+        if self
+            .metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.rerouted")
+            > rerouted_before
+        {
             format!("{action} rerouted")
         } else {
             action
@@ -138,12 +144,29 @@ fn answers_route_requests_and_count() {
         picks,
         ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80"]
     );
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.routed"), 4);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.passed_through"), 1);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.rejected"), 1);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 1);
     assert_eq!(
-        h.metrics.get("nacos_guard.service.demo.usable_instances"),
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.routed"),
+        4
+    );
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.passed_through"),
+        1
+    );
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.rejected"),
+        1
+    );
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"),
+        1
+    );
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.usable_instances"),
         2
     );
 }
@@ -158,7 +181,8 @@ fn an_empty_list_is_obeyed_at_once() {
         "reject no_healthy_instance"
     );
     assert_eq!(
-        h.metrics.get("nacos_guard.service.demo.usable_instances"),
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.usable_instances"),
         0
     );
 }
@@ -170,7 +194,11 @@ fn errors_keep_the_last_good_snapshot_until_max_stale() {
     h.poll(1000, Some((500, b"boom")));
     h.poll(2000, None);
     h.poll(3000, Some((200, b"<html>")));
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 3);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_failure"),
+        3
+    );
     // maxStaleMs 3000 counts from the first failed poll, sent at 1000.
     assert!(h.decide("default/demo", 4000, None).ends_with(":80"));
     assert_eq!(h.decide("default/demo", 4001, None), "pass");
@@ -200,8 +228,16 @@ fn pins_are_honoured_rerouted_or_rejected() {
         h.decide("default/demo-strict", 1, Some("10.0.0.9:80")),
         "reject instance_deregistered"
     );
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.rerouted"), 1);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.routed"), 2);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.rerouted"),
+        1
+    );
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.routed"),
+        2
+    );
 }
 
 #[test]
@@ -217,7 +253,11 @@ fn refused_dispatch_counts_a_failure_and_retries_next_interval() {
     let mut h = Harness::new(DEMO);
     h.outbox.refuse = true;
     h.tick(0);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 1);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_failure"),
+        1
+    );
     h.outbox.refuse = false;
     h.tick(100);
     assert!(h.outbox.sent.is_empty());
@@ -229,7 +269,11 @@ fn refused_dispatch_counts_a_failure_and_retries_next_interval() {
 fn unknown_tokens_are_ignored() {
     let mut h = Harness::new(DEMO);
     h.answer(999, Some((200, TWO)), 0);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 0);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"),
+        0
+    );
 }
 
 const AUTH: &str = r#"{"nacos": {"cluster": "nacos", "username": "admin", "password": "pw"},
@@ -287,7 +331,11 @@ fn failed_logins_back_off_and_count() {
     }
     assert_eq!(logins, 4, "at 0, 1 s, 3 s and 7 s");
     assert_eq!(h.metrics.get("nacos_guard.login_failure"), 4);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 0);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"),
+        0
+    );
 }
 
 #[test]
@@ -302,7 +350,11 @@ fn a_403_on_the_list_logs_in_again_at_once() {
     );
     let poll = h.outbox.take();
     h.answer(poll[0].token, Some((403, b"token expired!")), 0);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 1);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_failure"),
+        1
+    );
     h.tick(1);
     let next = h.outbox.take();
     assert_eq!(next.len(), 1);
@@ -338,15 +390,21 @@ fn request_counters_reach_the_host_once_per_tick() {
             .on_request(10, &mut request, &mut h.metrics, &mut h.store);
     }
     assert_eq!(
-        h.metrics.get("nacos_guard.service.demo.routed"),
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.routed"),
         0,
         "not per request"
     );
     h.tick(20);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.routed"), 5);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.routed"),
+        5
+    );
     h.tick(30);
     assert_eq!(
-        h.metrics.get("nacos_guard.service.demo.routed"),
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.routed"),
         5,
         "counted once"
     );
@@ -379,8 +437,16 @@ fn answers_that_differ_only_in_nacos_stamps_confirm_the_snapshot() {
     for now in (2000..=6000).step_by(1000) {
         h.poll(now, Some((200, &stamped(two, now))));
     }
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_success"), 7);
-    assert_eq!(h.metrics.get("nacos_guard.service.demo.poll_failure"), 0);
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_success"),
+        7
+    );
+    assert_eq!(
+        h.metrics
+            .get("nacos_guard.service.public.DEFAULT_GROUP.demo.poll_failure"),
+        0
+    );
     assert_eq!(h.decide("default/demo-strict", 8500, None), "10.0.0.2:80");
 }
 

@@ -42,8 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testbed.envoy import (  # noqa: E402
-    STAT_PREFIX,
     Envoy,
+    service_stat,
     settle_request_counters,
     wait_every_worker_routes,
     wait_first_poll,
@@ -77,8 +77,8 @@ def _raise_abort(signum, _frame):
 def guard_counters(envoy: Envoy) -> dict:
     settle_request_counters()
     stats = envoy.stats()
-    out = {c: int(stats.get(f"{STAT_PREFIX}.service.demo.{c}", 0)) for c in COUNTERS}
-    out["usable_instances"] = int(stats.get(f"{STAT_PREFIX}.service.demo.usable_instances", 0))
+    out = {c: int(stats.get(service_stat(c), 0)) for c in COUNTERS}
+    out["usable_instances"] = int(stats.get(service_stat("usable_instances"), 0))
     return out
 
 

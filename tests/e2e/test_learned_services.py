@@ -87,6 +87,6 @@ def test_one_setting_guards_every_nacos_route(stack, tmp_path):
         0.2,
         "both idle",
     )
-    polls = envoy.guard_stat("poll_success", "pay")
+    polls = envoy.guard_stat("poll_success", "pay", "MY_GROUP")
     time.sleep(2.0)
-    assert envoy.guard_stat("poll_success", "pay") == polls, "an idle service is not polled"
+    assert envoy.guard_stat("poll_success", "pay", "MY_GROUP") == polls, "an idle service is not polled"

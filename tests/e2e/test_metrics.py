@@ -1,9 +1,10 @@
 """Scenario 8: the plugin's metrics in Envoy's /stats/prometheus match what happened.
 
-Stat names before Prometheus conversion: ``wasmcustom.nacos_guard.service.<svc>.<name>``
-and ``wasmcustom.nacos_guard.<name>``; the bootstrap's stats tag regex
-``^wasmcustom\\.nacos_guard\\.service\\.(([^.]+)\\.)`` moves ``<svc>`` into the label
-``nacos_service``, and Prometheus output strips ``wasmcustom.``.
+Stat names before Prometheus conversion:
+``wasmcustom.nacos_guard.service.<namespace>.<group>.<svc>.<name>``
+and ``wasmcustom.nacos_guard.<name>``; the bootstrap's stats tags (``STATS_TAGS``)
+move ``<namespace>``, ``<group>`` and ``<svc>`` into the labels ``nacos_namespace``,
+``nacos_group`` and ``nacos_service``, and Prometheus output strips ``wasmcustom.``.
 """
 
 from testbed.envoy import settle_request_counters
@@ -32,10 +33,13 @@ def test_scenario8_prometheus_metrics(stack):
             + "\n".join(line for line in text.splitlines() if "nacos" in line)
         )
     assert v0["usable_instances"] == 2
+    # each part of the service is its own label
+    routed = [dict(labels) for (name, labels) in prom if name == "nacos_guard_service_routed"]
+    assert routed == [{"nacos_namespace": "public", "nacos_group": "DEFAULT_GROUP", "nacos_service": "demo"}], routed
     # the untagged JSON stat names carry the service segment
     js = s.envoy.stats()
-    assert "wasmcustom.nacos_guard.service.demo.routed" in js, [k for k in js if "nacos" in k]
-    assert js["wasmcustom.nacos_guard.service.demo.routed"] == v0["routed"]
+    assert "wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.demo.routed" in js, [k for k in js if "nacos" in k]
+    assert js["wasmcustom.nacos_guard.service.public.DEFAULT_GROUP.demo.routed"] == v0["routed"]
     # the type lines: counters and a gauge
     assert "# TYPE nacos_guard_service_routed counter" in text
     assert "# TYPE nacos_guard_service_usable_instances gauge" in text

@@ -697,7 +697,7 @@ class Gateway:
         if name in REQUEST_COUNTERS:
             for vm in self.vms:
                 vm.call("proxy_on_tick", vm.ROOT_ID)
-        key = f"nacos_guard.service.{service}.{name}" if service else f"nacos_guard.{name}"
+        key = f"nacos_guard.service.public.DEFAULT_GROUP.{service}.{name}" if service else f"nacos_guard.{name}"
         return int(self.p.stats.get(key, 0))
 
     # ---- one request

@@ -37,7 +37,21 @@ NACOS_CLUSTER = "outbound|8848||nacos.dns"
 # The Nacos gRPC port as Higress names it: the HTTP port + 1000.
 NACOS_GRPC_CLUSTER = "outbound|9848||nacos.dns"
 STAT_PREFIX = "wasmcustom.nacos_guard"
-SERVICE_TAG_REGEX = r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)"
+# The stats tags of docs/observability.md ("Metrics"): each cuts its first group
+# from wasmcustom.nacos_guard.service.<namespace>.<group>.<service>.<name> and makes
+# the second a label.
+STATS_TAGS = [
+    {"tag_name": "nacos_namespace", "regex": r"^wasmcustom\.nacos_guard\.service\.(([^.]+)\.)[^.]+\.[^.]+\."},
+    {"tag_name": "nacos_group", "regex": r"^wasmcustom\.nacos_guard\.service\.[^.]+\.(([^.]+)\.)[^.]+\."},
+    {"tag_name": "nacos_service", "regex": r"^wasmcustom\.nacos_guard\.service\.[^.]+\.[^.]+\.(([^.]+)\.)"},
+]
+
+
+def service_stat(name: str, service: str = "demo", group: str = "DEFAULT_GROUP", namespace: str = "public") -> str:
+    """The stat name of the plugin's metric ``name`` of one Nacos service."""
+    return f"{STAT_PREFIX}.service.{namespace}.{group}.{service}.{name}"
+
+
 FILTER_NAME = "nacos-instance-guard"
 # The plugin counts requests in the VM and hands the counts to Envoy on its next
 # tick (every 50 ms at most), so these lag the requests by up to one tick.
@@ -205,7 +219,7 @@ def envoy_config(
         clusters.append(grpc_cluster(NACOS_GRPC_CLUSTER, nacos_grpc_port))
     return {
         "admin": {"address": sock(admin_port)},
-        "stats_config": {"stats_tags": [{"tag_name": "nacos_service", "regex": SERVICE_TAG_REGEX}]},
+        "stats_config": {"stats_tags": STATS_TAGS},
         "static_resources": {
             "listeners": [listener("gateway", listen_port, "gateway", routes, http_filters)],
             "clusters": clusters,
@@ -436,12 +450,13 @@ class Envoy(EnvoyProcess):
             nacos_grpc_port=self.nacos_grpc_port,
         )
 
-    def guard_stat(self, name: str, service: str | None = "demo") -> int:
-        """The plugin's metric ``name`` of ``service`` (None: a gateway-wide one). A
-        request counter is read after the ticks that count every request sent so far."""
+    def guard_stat(self, name: str, service: str | None = "demo", group: str = "DEFAULT_GROUP") -> int:
+        """The plugin's metric ``name`` of ``service`` in ``group`` of the public
+        namespace (None: a gateway-wide one). A request counter is read after the ticks
+        that count every request sent so far."""
         if name in REQUEST_COUNTERS:
             settle_request_counters()
-        return self.stat(f"{STAT_PREFIX}.service.{service}.{name}" if service else f"{STAT_PREFIX}.{name}")
+        return self.stat(service_stat(name, service, group) if service else f"{STAT_PREFIX}.{name}")
 
     def request(self, path: str = "/demo", headers: dict | None = None, timeout: float = 5.0) -> Resp:
         return self.raw_request(path, list((headers or {}).items()), timeout)
