@@ -264,8 +264,16 @@ mod tests {
         }
         assert_eq!(first_group(VIEW_TAG_REGEX, &routed), None);
         let documented = include_str!("../../docs/observability.md");
-        for regex in [NAMESPACE_TAG_REGEX, GROUP_TAG_REGEX, STATS_TAG_REGEX, VIEW_TAG_REGEX] {
-            assert!(documented.contains(regex), "docs/observability.md lacks {regex}");
+        for regex in [
+            NAMESPACE_TAG_REGEX,
+            GROUP_TAG_REGEX,
+            STATS_TAG_REGEX,
+            VIEW_TAG_REGEX,
+        ] {
+            assert!(
+                documented.contains(regex),
+                "docs/observability.md lacks {regex}"
+            );
         }
         let view = first_group(VIEW_TAG_REGEX, &gauge);
         assert_eq!(view.as_deref(), Some("view.clusters_B."));

@@ -14,7 +14,7 @@ use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::ApiVersion;
 use crate::pure::registry::instance::InstanceFilter;
 use crate::pure::routing::cluster_name;
-use crate::pure::routing::nacos_cluster::{as_label, NacosNames};
+use crate::pure::routing::nacos_cluster::{as_label, is_nacos_group, NacosNames};
 use crate::pure::routing::rules::Matcher;
 
 pub const DEFAULT_ROUTING_HEADER: &str = "x-gateway-destination-endpoint";
@@ -411,7 +411,7 @@ fn parse_auto(
         ));
     }
     let names = NacosNames {
-        groups: non_blank(AUTO_KEY, "groups", auto.groups.unwrap_or_default())?,
+        groups: nacos_groups(AUTO_KEY, "groups", auto.groups.unwrap_or_default())?,
         namespaces: auto.namespaces.unwrap_or_default().into_iter().collect(),
     };
     let mut labels: Vec<String> = names
@@ -561,6 +561,9 @@ fn parse_service(
     let name = non_empty(base, "name", &service.name)?
         .ok_or_else(|| error(base, "name", "required where the guard is enabled"))?;
     let group = non_empty(base, "group", &service.group)?.unwrap_or_else(|| "DEFAULT_GROUP".into());
+    if !is_nacos_group(&group) {
+        return Err(error(base, "group", NOT_A_GROUP));
+    }
     let filter = InstanceFilter {
         clusters: non_blank(
             base,
@@ -620,6 +623,20 @@ fn non_blank(base: &str, key: &str, items: Vec<String>) -> Result<Vec<String>, C
             reason: "expected a non-empty string".into(),
         }),
         None => Ok(items),
+    }
+}
+
+const NOT_A_GROUP: &str =
+    "not a group name Nacos accepts: letters, digits and `-_:.`, at most 128 characters";
+
+/// Group names, each one Nacos accepts.
+fn nacos_groups(base: &str, key: &str, groups: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    match groups.iter().position(|group| !is_nacos_group(group)) {
+        Some(index) => Err(ConfigError {
+            field: format!("{}[{index}]", path(base, key)),
+            reason: NOT_A_GROUP.into(),
+        }),
+        None => Ok(groups),
     }
 }
 

@@ -496,3 +496,33 @@ fn a_field_given_twice_is_refused_and_trailing_text_is_not_json() {
         "{error}"
     );
 }
+
+#[test]
+fn group_names_nacos_refuses_are_refused_with_their_field() {
+    // alibaba/nacos common/src/main/java/com/alibaba/nacos/common/paramcheck/
+    // ParamCheckRule.java: `[a-zA-Z0-9-_:.]`, at most 128 characters.
+    let long = "G".repeat(129);
+    for (json, field) in [
+        (
+            r#"{"nacos": {"cluster": "c"}, "service": {"name": "s", "group": "a b"}}"#.to_string(),
+            "service.group",
+        ),
+        (
+            format!(
+                r#"{{"nacos": {{"cluster": "c"}}, "service": {{"name": "s", "group": "{long}"}}}}"#
+            ),
+            "service.group",
+        ),
+        (
+            r#"{"nacos": {"cluster": "c"}, "guardNacosRoutes": {"groups": ["OK", "a@b"]}}"#
+                .to_string(),
+            "guardNacosRoutes.groups[1]",
+        ),
+    ] {
+        let error = parse(json.as_bytes(), ENVOY).unwrap_err();
+        assert_eq!(error.field, field, "{json}");
+        assert!(error.reason.contains("Nacos accepts"), "{error:?}");
+    }
+    let dotted = r#"{"nacos": {"cluster": "c"}, "service": {"name": "s", "group": "com.acme:v1"}}"#;
+    assert!(parse(dotted.as_bytes(), ENVOY).is_ok());
+}

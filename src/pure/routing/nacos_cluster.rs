@@ -55,32 +55,30 @@ pub fn service_of_host(host: &str, names: &NacosNames) -> ClusterService {
     let Some(rest) = host.strip_suffix(SUFFIX) else {
         return ClusterService::NotNacos;
     };
-    let mut labels = rest.rsplitn(3, '.');
-    let (Some(namespace), Some(group), Some(service)) =
-        (labels.next(), labels.next(), labels.next())
-    else {
+    let Some((head, namespace)) = rest.rsplit_once('.') else {
         return ClusterService::NotNacos;
     };
-    if service.is_empty() || group.is_empty() || namespace.is_empty() {
+    let Some((_, last_label)) = head.rsplit_once('.') else {
+        return ClusterService::NotNacos;
+    };
+    if namespace.is_empty() || last_label.is_empty() || head.starts_with('.') {
         return ClusterService::NotNacos;
     }
-    let group = match read_label(
-        group,
-        names
-            .groups
-            .iter()
-            .map(String::as_str)
-            .chain([DEFAULT_GROUP])
-            .map(|name| (name, name)),
-    ) {
-        Ok(group) => group,
+    let (service, group) = match read_service_and_group(head, names) {
+        Ok(read) => read,
         Err(reason) => {
             return ClusterService::Ambiguous(format!(
-                "group label `{group}` of {cluster} {reason}; list the group as it is in \
-                 Nacos under guardNacosRoutes.groups"
+                "{cluster}: {reason}; list the group as it is in Nacos under \
+                 guardNacosRoutes.groups"
             ))
         }
     };
+    if !is_nacos_group(&group) {
+        return ClusterService::Ambiguous(format!(
+            "{cluster}: group `{group}` is a name Nacos refuses (letters, digits and \
+             `-_:.`, at most {MAX_GROUP_LEN} characters)"
+        ));
+    }
     let namespace_id = match read_label(
         namespace,
         names
@@ -106,6 +104,59 @@ pub fn service_of_host(host: &str, names: &NacosNames) -> ClusterService {
         group,
         name: service.to_string(),
     })
+}
+
+/// Nacos's limit on group names: alibaba/nacos
+/// `common/src/main/java/com/alibaba/nacos/common/paramcheck/ParamCheckRule.java`
+/// (`maxGroupLength`, `groupPatternString`).
+const MAX_GROUP_LEN: usize = 128;
+
+/// Whether Nacos accepts `group` as a group name.
+pub fn is_nacos_group(group: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.');
+    !group.is_empty() && group.len() <= MAX_GROUP_LEN && group.chars().all(allowed)
+}
+
+/// `<service>.<group>` split into the service and the group's Nacos name. Both
+/// may carry dots, so a listed group that ends `head` decides; without one,
+/// only a head with a single dot reads one way.
+fn read_service_and_group<'h>(
+    head: &'h str,
+    names: &NacosNames,
+) -> Result<(&'h str, String), &'static str> {
+    let listed = names
+        .groups
+        .iter()
+        .map(String::as_str)
+        .chain([DEFAULT_GROUP]);
+    let mut found: Option<(&str, &str)> = None;
+    for group in listed {
+        let label = as_label(group);
+        let service = head
+            .strip_suffix(label.as_str())
+            .and_then(|rest| rest.strip_suffix('.'))
+            .filter(|service| !service.is_empty());
+        match (service, found) {
+            (Some(service), Some(other)) if other != (service, group) => {
+                return Err("matches two listed groups")
+            }
+            (Some(service), _) => found = Some((service, group)),
+            (None, _) => {}
+        }
+    }
+    if let Some((service, group)) = found {
+        return Ok((service, group.to_string()));
+    }
+    let Some((service, label)) = head.rsplit_once('.') else {
+        return Err("names no group");
+    };
+    if service.contains('.') {
+        return Err(
+            "splits into a service and a group in more than one way (Nacos allows dots in both)",
+        );
+    }
+    let group = read_label(label, std::iter::empty())?;
+    Ok((service, group))
 }
 
 /// The one listed name (`(name, value)`) whose label is `label`; without one, a
@@ -218,6 +269,59 @@ mod tests {
         assert!(matches!(
             service_of("outbound|80||s.DEFAULT-GROUP.prod.nacos", &names()),
             ClusterService::Ambiguous(reason) if reason.contains("namespaces")
+        ));
+    }
+
+    #[test]
+    fn groups_with_dots_are_read_only_through_the_listed_ones() {
+        // Nacos allows `.` and `:` in group names (alibaba/nacos
+        // common/src/main/java/com/alibaba/nacos/common/paramcheck/ParamCheckRule.java,
+        // groupPatternString), and service names carry dots too: with more than
+        // one dot before the namespace, only a listed group tells the two apart.
+        let dotted = NacosNames {
+            groups: vec!["com.acme".into()],
+            namespaces: vec![],
+        };
+        assert_eq!(
+            service_of("outbound|80||orders.com.acme.public.nacos", &dotted),
+            service("public", "com.acme", "orders")
+        );
+        assert!(matches!(
+            service_of("outbound|80||orders.com.acme.public.nacos", &names()),
+            ClusterService::Ambiguous(reason) if reason.contains("guardNacosRoutes.groups")
+        ));
+        let both = NacosNames {
+            groups: vec!["com.acme".into(), "acme".into()],
+            namespaces: vec![],
+        };
+        assert!(matches!(
+            service_of("outbound|80||orders.com.acme.public.nacos", &both),
+            ClusterService::Ambiguous(_)
+        ));
+        assert_eq!(
+            service_of("outbound|80||a.b.acme.public.nacos", &both),
+            service("public", "acme", "a.b"),
+            "only one listed group ends the name"
+        );
+    }
+
+    #[test]
+    fn a_group_nacos_would_refuse_is_no_nacos_service() {
+        // ParamCheckRule: groups are `[a-zA-Z0-9-_:.]`, at most 128 characters.
+        let long = format!("outbound|80||s.{}.public.nacos", "G".repeat(129));
+        for cluster in ["outbound|80||s.G~1.public.nacos", long.as_str()] {
+            assert!(
+                matches!(
+                    service_of(cluster, &names()),
+                    ClusterService::Ambiguous(ref reason) if reason.contains("Nacos refuses")
+                ),
+                "{cluster}"
+            );
+        }
+        let longest = format!("outbound|80||s.{}.public.nacos", "G".repeat(128));
+        assert!(matches!(
+            service_of(&longest, &names()),
+            ClusterService::Service(_)
         ));
     }
 }
