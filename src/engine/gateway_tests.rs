@@ -387,8 +387,12 @@ fn a_former_pollers_late_answer_never_replaces_a_newer_one() {
 #[test]
 fn a_poller_that_lost_the_lease_while_stalled_sends_nothing_when_its_answer_comes() {
     // Found by the simulator (seed 18): the stalled former poller's late answer
-    // freed its slot, and it polled again before its tick told it it follows.
-    let mut gateway = Gateway::new(&global(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    // freed its slot, and it polled again before its tick told it it follows. A
+    // second service is due by then: the answer's own is still in flight.
+    let config = r#"{"nacos":{"cluster":"nacos"},"service":{"name":"demo"},
+        "refreshIntervalMs":1000,
+        "_rules_":[{"_match_route_":["other"],"service":{"name":"other"}}]}"#;
+    let mut gateway = Gateway::new(config, 2, Nacos::List(hosts(&FOUR[..1])));
     for wall in (0..2_000).step_by(20) {
         gateway.tick_all(wall);
     }
@@ -575,6 +579,41 @@ fn a_heartbeat_left_by_an_identical_configuration_does_not_bring_back_its_list()
         wall += 20;
     }
     assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.1:80"]);
+}
+
+#[test]
+fn followers_go_stale_with_the_poller_not_an_answer_later() {
+    // The poller's heartbeat carries when its polls started failing; a follower
+    // that ignored it would still go stale, but only once the next answer is
+    // overdue: a timeout and a heartbeat later than the poller.
+    let config = r#"{"nacos":{"cluster":"nacos","timeoutMs":3000},"service":{"name":"demo"},
+        "refreshIntervalMs":1000,"maxStaleMs":2000,"onStale":"fail_closed"}"#;
+    let mut gateway = Gateway::new(config, 2, Nacos::List(hosts(&FOUR[..1])));
+    let mut wall = 0;
+    while wall < 3_000 {
+        gateway.tick_all(wall);
+        wall += 20;
+    }
+    gateway.nacos = Nacos::Status(503);
+    let mut first_rejected = [None, None];
+    while wall < 15_000 && first_rejected.iter().any(Option::is_none) {
+        let now = gateway.tick_all(wall);
+        for (vm, first) in first_rejected.iter_mut().enumerate() {
+            if first.is_none()
+                && gateway
+                    .request(vm, now, "r")
+                    .contains("registry_unavailable")
+            {
+                *first = Some(wall);
+            }
+        }
+        wall += 20;
+    }
+    let [Some(a), Some(b)] = first_rejected else {
+        panic!("both VMs go stale: {first_rejected:?}");
+    };
+    // Half an interval between heartbeats, and a tick.
+    assert!(a.abs_diff(b) <= 520, "{first_rejected:?}");
 }
 
 #[test]

@@ -122,6 +122,10 @@ fn seeding_the_learned_list_cannot_erase_a_service_another_vm_added() {
         .vms
         .push(Rc::try_unwrap(racer).ok().unwrap().into_inner());
     let now = run(&mut gateway, &[0, 1, 2], 20..4_000);
+    // Listed again without another request: the VM that learned it keeps it
+    // listed until the poller's heartbeat carries it.
+    let shop_polls = "nacos_guard.service.public.DEFAULT_GROUP.shop.poll_success";
+    assert!(gateway.metrics.get(shop_polls) >= 2, "shop is polled");
     assert_eq!(
         gateway.send(last, now, FakeRequest::to("r", SHOP)),
         "10.0.0.1:80"

@@ -439,16 +439,23 @@ mod tests {
 
     #[test]
     fn a_lease_taken_between_read_and_write_is_not_taken_twice() {
+        // Before: a write without the compare-and-swap token let both VMs poll.
         let mut store = FakeStore::default();
         let (mut a, mut b) = (sharing(1), sharing(2));
         a.coordinate(0, &mut store);
-        // b reads the vacant lease, then a takes it, then b's CAS must fail.
-        let keys = ConfigKeys::new(b"{}");
-        let (_, cas) = store.get(keys.lease());
-        assert!(matches!(a.coordinate(10, &mut store), Role::Poll { .. }));
-        let lease = Lease::granted(2, 10, TTL);
-        assert!(!store.set(keys.lease(), lease.encode().as_bytes(), cas));
+        // b reads the vacant lease; a takes it before b writes.
+        store.before_write = Some((
+            "lease",
+            Box::new(|store: &mut FakeStore| {
+                assert!(matches!(
+                    sharing(1).coordinate(10, store),
+                    Role::Poll { .. }
+                ));
+            }),
+        ));
         assert_eq!(b.coordinate(10, &mut store), Role::Follow);
+        let stored = Lease::decode(&store.get(ConfigKeys::new(b"{}").lease()).0.unwrap());
+        assert_eq!(stored.map(|lease| lease.holder), Some(1));
     }
 
     #[test]

@@ -75,16 +75,20 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, keep_going: bool) {
     }
 }
 
-/// Seeds that once broke an invariant, kept as regression tests. Code bugs,
-/// fixed: 18 (a poller that lost the lease while stalled polled from its late
-/// answer), 3386 (it took that answer into its snapshot and kept it). Bounds of
+/// Seeds that once broke an invariant, kept as regression tests while they still
+/// exercise what they found. The code bugs of seeds 18 (a poller that lost the
+/// lease while stalled polled from its late answer) and 3386 (it took that
+/// answer into its snapshot and kept it) are pinned by gateway tests instead:
+/// with either fix reverted, its seed passes now, and its gateway test fails
+/// (`a_poller_that_lost_the_lease_while_stalled_sends_nothing_when_its_answer_comes`,
+/// `a_former_pollers_late_answer_does_not_outlive_the_new_pollers_confirmations`). Bounds of
 /// the contract that were too tight: 1085 (shares counted before every VM had
 /// the final list), 1144 (a poll in flight that will time out), 1165 (a failed
 /// login holding polls back), 1311 (a login backoff after an edit), 1415 (a
 /// whole-gateway stop, which the gateway clock does not count), 4702 (an answer
 /// followers cannot know of: the poller stalled before its next heartbeat),
 /// 2707 (a follower reading the store as it was just before that heartbeat).
-const REGRESSIONS: &[u64] = &[18, 3386, 1085, 1144, 1165, 1311, 1415, 4702, 2707];
+const REGRESSIONS: &[u64] = &[1085, 1144, 1165, 1311, 1415, 4702, 2707];
 
 /// The seeds `make unit` runs after the regressions: about 40 s in debug mode.
 const SEEDS: u64 = 250;
