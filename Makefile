@@ -31,6 +31,15 @@ IMAGE := build/image
 RULES := deploy/prometheus/nacos-instance-guard.rules.yaml
 CARGO_FUZZ_VERSION := 0.13.1
 CARGO_FUZZ := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
+CARGO_MUTANTS_VERSION := 27.1.0
+CARGO_MUTANTS := $(CACHE)/cargo-mutants-$(CARGO_MUTANTS_VERSION)/bin/cargo-mutants
+# The folders whose tests the mutants measure (issue 25), and a seed budget of
+# the simulator per mutant.
+MUTANTS_FILES := -f 'src/pure/registry/**' -f 'src/pure/routing/**' -f 'src/pure/sharing/**' \
+	-f 'src/pure/polling/**' -f 'src/engine/**' -e 'src/engine/simulation/**' -e '**/*tests.rs' \
+	-e 'src/engine/fakes.rs'
+MUTANTS_SEEDS ?= 40
+MUTANTS_SHARD ?= 0/1
 NIGHTLY_STAMP := $(CACHE)/nightly.stamp
 FUZZ_TARGETS := config nacos_answer push_message
 FUZZ_SECONDS ?= 120
@@ -55,7 +64,7 @@ HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(
 	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build spec image demo test lint unit simulate wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
+.PHONY: build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -101,6 +110,12 @@ lint: $(TARGETS_STAMP) $(VENV_STAMP)
 
 unit:
 	cargo test --no-default-features
+
+## mutants: bugs injected by cargo-mutants into src/pure/{registry,routing,sharing,polling} and src/engine, each run against the unit tests with MUTANTS_SEEDS simulator seeds; MUTANTS_SHARD=k/n runs one shard; summary in mutants/summary.md (not in `make test`: hours)
+mutants: $(CARGO_MUTANTS) $(VENV_STAMP)
+	SIM_UNIT_SEEDS=$(MUTANTS_SEEDS) $(CARGO_MUTANTS) mutants --no-default-features $(MUTANTS_FILES) \
+		--shard $(MUTANTS_SHARD) --output build/mutants-$(subst /,-of-,$(MUTANTS_SHARD)) -- --lib || true
+	$(PYTHON) bench/mutants_summary.py build/mutants-*/mutants.out > mutants/summary.md
 
 ## simulate: SEEDS more seeds of the gateway simulation (from FIRST), in release mode
 SEEDS ?= 1000
@@ -187,6 +202,9 @@ $(WASM_OPT):
 
 $(CARGO_FUZZ):
 	cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+
+$(CARGO_MUTANTS):
+	cargo install cargo-mutants --version $(CARGO_MUTANTS_VERSION) --locked --root $(CACHE)/cargo-mutants-$(CARGO_MUTANTS_VERSION)
 
 $(NIGHTLY_STAMP):
 	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
