@@ -101,6 +101,17 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_reading_older_than_this_vms_own_does_not_hold_it_back() {
+        // Another VM's write landed over this VM's later one (a lost race): this
+        // VM moves on from its own reading, by the wall clock's whole step.
+        let mut store = FakeStore::default();
+        let mut clock = GatewayClock::default();
+        assert_eq!(clock.now(10 * HOUR, &mut store), 10 * HOUR);
+        store.set(published::CLOCK_KEY, b"36000000:35999900", None);
+        assert_eq!(clock.now(10 * HOUR + 40, &mut store), 10 * HOUR + 40);
+    }
+
+    #[test]
     fn a_vm_never_reads_an_earlier_time_than_before() {
         let mut store = FakeStore::default();
         let mut clock = GatewayClock::default();
