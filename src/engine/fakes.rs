@@ -193,6 +193,8 @@ pub struct FakeRequest {
     pub route: &'static str,
     pub pin: Option<String>,
     pub cluster: Option<&'static str>,
+    /// What Higress's `proxy_get_upstream_hosts` answers for the route's cluster.
+    pub upstream: Option<crate::pure::routing::upstream_hosts::RoutableHosts>,
 }
 
 impl FakeRequest {
@@ -201,6 +203,7 @@ impl FakeRequest {
             route,
             pin: None,
             cluster: None,
+            upstream: None,
         }
     }
 
@@ -232,7 +235,7 @@ impl RequestHost for FakeRequest {
             .flatten()
     }
     fn upstream_hosts(&mut self) -> Option<&crate::pure::routing::upstream_hosts::RoutableHosts> {
-        None
+        self.upstream.as_ref()
     }
 }
 

@@ -338,4 +338,47 @@ mod tests {
             0
         );
     }
+
+    #[test]
+    fn under_higress_the_hosts_the_cluster_knows_are_preferred_while_any_is_usable() {
+        use crate::pure::routing::upstream_hosts::{tests::serialize, RoutableHosts};
+        let higress = crate::pure::config::Capabilities {
+            higress_routing: true,
+        };
+        let json = br#"{"nacos":{"cluster":"nacos"},"service":{"name":"demo"}}"#;
+        let parsed = crate::pure::config::parse(json, higress).unwrap();
+        let Some(Scope::Guard(settings)) = &parsed.global else {
+            panic!("a global guard")
+        };
+        let mut metrics = FakeMetrics::default();
+        let mut guards = Guards::new(parsed.protected_headers(), 7);
+        let mut targets = Targets::default();
+        let id = guards.next_id();
+        let (target, _) =
+            targets.find_or_add(ServerId::from_index(0), settings, id, 2_000, &mut metrics);
+        let guard = guards.add(settings.as_ref().clone(), target, &mut metrics);
+        let answer = Some((200, TWO));
+        targets
+            .take_answer(target, ApiVersion::V1, answer, 0, &mut metrics, None)
+            .unwrap();
+        let snapshot = targets.get(target).unwrap().snapshot();
+        guards.refresh(targets.guards_of(target), snapshot, &mut metrics);
+        let mut routed = |known: &[(&str, &str)]| {
+            let mut request = FakeRequest::on("r");
+            request.upstream = Some(RoutableHosts::read(&serialize(known)));
+            let target = targets.get(target).unwrap();
+            let picks: std::collections::BTreeSet<String> = (0..4)
+                .map(|_| {
+                    crate::engine::fakes::outcome(guards.decide(guard, target, 10, &mut request))
+                })
+                .collect();
+            picks.into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(routed(&[("10.0.0.2:80", "")]), ["10.0.0.2:80"]);
+        assert_eq!(
+            routed(&[]),
+            ["10.0.0.1:80", "10.0.0.2:80"],
+            "none known: every usable instance"
+        );
+    }
 }

@@ -432,6 +432,21 @@ mod tests {
         LearnedServices::new(auto, LearnMetrics::define(metrics))
     }
 
+    #[test]
+    fn the_list_is_shared_by_identical_learning_settings_only() {
+        let scope = |json: &str| {
+            let auto = config(json).auto.unwrap();
+            LearnedServices::new(auto, LearnMetrics::default()).scope()
+        };
+        let other = r#"{"nacos": {"cluster": "nacos"},
+            "guardNacosRoutes": {"maxServices": 2, "idleMs": 8000, "groups": ["G"]}}"#;
+        let edited_elsewhere = r#"{"nacos": {"cluster": "nacos"},
+            "guardNacosRoutes": {"maxServices": 2, "idleMs": 8000},
+            "_rules_": [{"_match_route_": ["legacy"], "enabled": false}]}"#;
+        assert_ne!(scope(AUTO), scope(other));
+        assert_eq!(scope(AUTO), scope(edited_elsewhere));
+    }
+
     /// Learn `cluster` as the engine does, with guard and target `index`.
     fn learn(services: &mut LearnedServices, targets: &mut Targets, cluster: &str, index: usize) {
         let mut metrics = FakeMetrics::default();

@@ -498,3 +498,19 @@ fn a_routed_request_clears_every_protected_header_but_the_one_its_route_sets() {
         )
     );
 }
+
+#[test]
+fn a_configuration_guards_something_only_with_a_service_or_learning() {
+    // The host starts its tick only for a configuration that guards something.
+    let guards = |json: &str| {
+        let parsed = parse(json.as_bytes(), ENVOY).unwrap();
+        Engine::new(&parsed, &mut FakeMetrics::default(), 1).guards_anything()
+    };
+    assert!(!guards(
+        r#"{"_rules_":[{"_match_route_":["a"],"enabled":false}]}"#
+    ));
+    assert!(guards(
+        r#"{"nacos":{"cluster":"c"},"service":{"name":"s"}}"#
+    ));
+    assert!(guards(r#"{"nacos":{"cluster":"c"},"guardNacosRoutes":{}}"#));
+}

@@ -128,11 +128,12 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testing::test;
 
-    fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
+    /// A `proxy_get_upstream_hosts` answer naming `pairs`, as the host hands it.
+    pub(crate) fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
         let mut bytes = (pairs.len() as u32).to_le_bytes().to_vec();
         for (key, value) in pairs {
             bytes.extend((key.len() as u32).to_le_bytes());
