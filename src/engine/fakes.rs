@@ -148,6 +148,14 @@ pub struct FakeStore {
 }
 
 impl FakeStore {
+    /// The value of the one key that ends with `suffix`, and the key.
+    pub fn ending_with(&self, suffix: &str) -> Option<(String, Vec<u8>)> {
+        let mut found = self.entries.iter().filter(|(key, _)| key.ends_with(suffix));
+        let (key, (value, _)) = found.next()?;
+        assert!(found.next().is_none(), "two keys end with {suffix}");
+        Some((key.clone(), value.clone()))
+    }
+
     /// How many keys shared data holds: Envoy never removes one.
     pub fn key_count(&self) -> usize {
         self.entries.len()

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::fakes::FakeRequest;
+use super::host_traits::SharedStore;
 use super::gateway_tests::{hosts, Gateway, Nacos, FOUR, ORDERS};
 use crate::testing::test;
 
@@ -314,4 +315,43 @@ fn configuration_edits_share_the_learned_list_and_leave_two_keys_each() {
     }
     let added = gateway.store.key_count() - before;
     assert!(added <= 2 * 10, "{added} keys for 10 edits");
+}
+
+/// The hosts the shared learned list holds.
+fn listed(gateway: &Gateway) -> Vec<String> {
+    let (_, bytes) = gateway.store.ending_with(".learned").unwrap();
+    crate::pure::sharing::published::decode_learned(&bytes)
+}
+
+const ORDERS_HOST: &str = "orders.DEFAULT-GROUP.public.nacos";
+const SHOP_HOST: &str = "shop.DEFAULT-GROUP.public.nacos";
+
+#[test]
+fn the_poller_lists_again_what_it_polls_when_the_list_loses_it() {
+    // A VM's first write of an absent list lands whatever the compare-and-swap
+    // (Envoy): a late one erases what was added meanwhile. The poller puts back
+    // what it polls, with no request needed.
+    let mut gateway = Gateway::new(&learning(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    gateway.tick_all(0);
+    let poller = poller(&gateway);
+    gateway.send(poller, 0, FakeRequest::to("r", ORDERS));
+    run(&mut gateway, &[0, 1], 20..2_000);
+    assert_eq!(listed(&gateway), [ORDERS_HOST]);
+    let (key, _) = gateway.store.ending_with(".learned").unwrap();
+    gateway.store.set(&key, b"", None);
+    run(&mut gateway, &[0, 1], 2_000..3_000);
+    assert_eq!(listed(&gateway), [ORDERS_HOST]);
+}
+
+#[test]
+fn a_follower_keeps_listing_what_it_learned_until_the_list_holds_it() {
+    // Its request's additions all lost the race, and so did the first tick's
+    // (8 lost compare-and-swaps each): the next tick tries again, with no request.
+    let mut gateway = Gateway::new(&learning(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    gateway.tick_all(0);
+    let follower = followers(&gateway)[0];
+    gateway.store.contend = Some(("learned", 16));
+    gateway.send(follower, 0, FakeRequest::to("r", SHOP));
+    run(&mut gateway, &[0, 1], 20..3_000);
+    assert_eq!(listed(&gateway), [SHOP_HOST]);
 }
