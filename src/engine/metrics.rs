@@ -23,22 +23,13 @@ pub const VIEW_TAG_REGEX: &str =
 /// A name as one metric segment: anything but `[A-Za-z0-9_-]` becomes `_`,
 /// and nothing becomes `_`, so the tag regexes still find every segment.
 pub fn metric_segment(service: &str) -> String {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if service.is_empty() {
         return "_".to_string();
     }
-    if service.chars().all(allowed) {
-        return service.to_string();
-    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     service
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if allowed(c) { c } else { '_' })
         .collect()
 }
 
@@ -225,6 +216,7 @@ mod tests {
         assert_eq!(metric_segment("demo"), "demo");
         assert_eq!(metric_segment("order.svc@v2:80"), "order_svc_v2_80");
         assert_eq!(metric_segment("a-b_c"), "a-b_c");
+        assert_eq!(metric_segment("a-b.c_d"), "a-b_c_d");
         assert_eq!(metric_segment(""), "_");
     }
 
