@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::fakes::FakeRequest;
-use super::host_traits::SharedStore;
 use super::gateway_tests::{hosts, Gateway, Nacos, FOUR, ORDERS};
+use super::host_traits::SharedStore;
 use crate::testing::test;
 
 const SHOP: &str = "outbound|8080||shop.DEFAULT-GROUP.public.nacos";
@@ -354,4 +354,28 @@ fn a_follower_keeps_listing_what_it_learned_until_the_list_holds_it() {
     gateway.send(follower, 0, FakeRequest::to("r", SHOP));
     run(&mut gateway, &[0, 1], 20..3_000);
     assert_eq!(listed(&gateway), [SHOP_HOST]);
+}
+
+#[test]
+fn a_service_the_list_has_no_room_for_when_listed_again_is_left_alone() {
+    // The follower's request found the list contended, so it guards shop and
+    // lists it on its ticks; meanwhile the poller filled the list (one place).
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.store.contend = Some(("learned", 8));
+    gateway.send(follower, 0, FakeRequest::to("r", SHOP));
+    gateway.send(poller, 0, FakeRequest::to("r", ORDERS));
+    assert_eq!(listed(&gateway), [ORDERS_HOST]);
+    let now = run(&mut gateway, &[0, 1], 20..2_000);
+    assert_eq!(
+        gateway.send(follower, now, FakeRequest::to("r", SHOP)),
+        "ignore"
+    );
+    assert!(gateway.metrics.get("nacos_guard.learned_services_refused") >= 1);
+    assert_eq!(listed(&gateway), [ORDERS_HOST]);
 }
