@@ -379,3 +379,34 @@ fn a_service_the_list_has_no_room_for_when_listed_again_is_left_alone() {
     assert!(gateway.metrics.get("nacos_guard.learned_services_refused") >= 1);
     assert_eq!(listed(&gateway), [ORDERS_HOST]);
 }
+
+#[test]
+fn a_request_lists_again_an_idle_service_for_a_poller_that_never_learned_it() {
+    // The poller took idle shop off the list; then the lease moved to a VM that
+    // never learned shop. The follower's next request to shop finds its snapshot
+    // stale and puts shop back on the list, where the new poller finds it.
+    let mut gateway = Gateway::new(
+        &learning(r#""idleMs":2000"#),
+        3,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let first_poller = poller(&gateway);
+    let follower = followers(&gateway)[0];
+    gateway.send(follower, 0, FakeRequest::to("r", SHOP));
+    run(&mut gateway, &[0, 1, 2], 20..6_000);
+    assert!(listed(&gateway).is_empty(), "idle shop is off the list");
+    let third = (0..3)
+        .find(|vm| ![first_poller, follower].contains(vm))
+        .unwrap();
+    run(&mut gateway, &[third], 6_000..12_000);
+    assert!(gateway.vms[third].engine.is_poller(), "the lease moved");
+    let others = [third, follower];
+    let mut outcome = String::new();
+    for second in 12..20 {
+        let now = run(&mut gateway, &others, second * 1_000..(second + 1) * 1_000);
+        outcome = gateway.send(follower, now, FakeRequest::to("r", SHOP));
+    }
+    assert_eq!(listed(&gateway), [SHOP_HOST]);
+    assert_eq!(outcome, "10.0.0.1:80");
+}
