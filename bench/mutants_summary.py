@@ -2,7 +2,8 @@
 and unviable mutants, and each missed one with the reason it is left, read from
 mutants/explained.txt (`<mutant as cargo-mutants names it>\t<reason>`).
 
-Usage: mutants_summary.py <cargo-mutants output dir>/mutants.out [more dirs...]
+Usage: mutants_summary.py <cargo-mutants output dir>/mutants.out [more dirs...], oldest
+first: a later run's outcome of a mutant replaces an earlier one's.
 """
 
 import sys
@@ -14,13 +15,30 @@ EXPLAINED = Path(__file__).resolve().parents[1] / "mutants" / "explained.txt"
 GOAL_FOLDERS = ("src/pure/registry/", "src/pure/routing/", "src/pure/sharing/", "src/pure/polling/", "src/engine/")
 
 
+def identity(mutant: str) -> str:
+    """A mutant without its line and column, which move as the code around it
+    changes. Mutants that read the same (one operator twice in a function) share it."""
+    file = mutant.split(":", 1)[0]
+    return f"{file}: {mutant.split(': ', 1)[-1]}"
+
+
 def read_outcomes(dirs: list[Path]) -> dict[str, list[str]]:
-    found = {outcome: [] for outcome in OUTCOMES}
-    for directory in dirs:
+    """Each mutant's outcome in the latest run that tested it: a later run's
+    outcomes of an identity replace all of an earlier run's."""
+    latest: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+    for run, directory in enumerate(dirs):
         for outcome in OUTCOMES:
             path = directory / f"{outcome}.txt"
-            if path.exists():
-                found[outcome] += [line for line in path.read_text().splitlines() if line.strip()]
+            lines = path.read_text().splitlines() if path.exists() else []
+            for line in filter(str.strip, lines):
+                key = identity(line)
+                if key not in latest or latest[key][0] != run:
+                    latest[key] = (run, [])
+                latest[key][1].append((outcome, line))
+    found = {outcome: [] for outcome in OUTCOMES}
+    for _, outcomes in latest.values():
+        for outcome, line in outcomes:
+            found[outcome].append(line)
     return found
 
 
