@@ -324,4 +324,18 @@ mod tests {
             ClusterService::Service(_)
         ));
     }
+
+    #[test]
+    fn a_name_listed_as_well_as_known_reads_one_way() {
+        // `DEFAULT_GROUP` and `public` are known without being listed; listing
+        // them too names the same group and namespace, not a second reading.
+        let listed_twice = NacosNames {
+            groups: vec![DEFAULT_GROUP.into()],
+            namespaces: vec![(PUBLIC_NAMESPACE.into(), PUBLIC_NAMESPACE.into())],
+        };
+        assert_eq!(
+            service_of("outbound|80||orders.DEFAULT-GROUP.public.nacos", &listed_twice),
+            service("public", "DEFAULT_GROUP", "orders")
+        );
+    }
 }
