@@ -259,6 +259,8 @@ mod tests {
         assert_eq!(learning_faster.heartbeat_period_ms(), 200);
         let learning_only = Polling::new(Vec::new(), Some(3_000), 1);
         assert_eq!(learning_only.heartbeat_period_ms(), 1_500);
+        let configured_faster = Polling::new(vec![400], Some(4_000), 1);
+        assert_eq!(configured_faster.heartbeat_period_ms(), 200);
     }
 
     #[test]

@@ -228,6 +228,17 @@ mod tests {
     use crate::testing::test;
 
     #[test]
+    fn the_jitter_spreads_over_its_span() {
+        // VMs and gateways drift apart only if the jitter varies: a generator
+        // stuck on one value would keep them in step.
+        let mut scheduler = Scheduler::new([1000], 7, 32);
+        let draws: std::collections::BTreeSet<u64> =
+            (0..200).map(|_| scheduler.next_jitter(0)).collect();
+        assert!(draws.iter().all(|jitter| *jitter < 100), "{draws:?}");
+        assert!(draws.len() > 50, "{} distinct of 200", draws.len());
+    }
+
+    #[test]
     fn every_service_is_due_at_start() {
         let mut scheduler = Scheduler::new([1000, 1000, 200], 7, 32);
         let mut due = scheduler.take_due(5);

@@ -334,7 +334,10 @@ mod tests {
             namespaces: vec![(PUBLIC_NAMESPACE.into(), PUBLIC_NAMESPACE.into())],
         };
         assert_eq!(
-            service_of("outbound|80||orders.DEFAULT-GROUP.public.nacos", &listed_twice),
+            service_of(
+                "outbound|80||orders.DEFAULT-GROUP.public.nacos",
+                &listed_twice
+            ),
             service("public", "DEFAULT_GROUP", "orders")
         );
     }

@@ -395,6 +395,18 @@ mod tests {
     }
 
     #[test]
+    fn each_service_has_keys_of_its_own() {
+        let (a, b) = (ServiceKeys::new("q|a"), ServiceKeys::new("q|b"));
+        let keys = [a.content(), a.confirmed(), b.content(), b.confirmed()];
+        let distinct: std::collections::BTreeSet<&str> = keys.into_iter().collect();
+        assert_eq!(distinct.len(), 4, "{keys:?}");
+        let config = ConfigKeys::new(b"{}");
+        assert_ne!(config.touched(a.id()), config.touched(b.id()));
+        assert_ne!(a.kept(1), a.kept(2));
+        assert_ne!(a.kept(1), b.kept(1));
+    }
+
+    #[test]
     fn content_and_tokens_round_trip() {
         for set in [rich_set(), InstanceSet::default()] {
             let bytes = encode_content(99, 0xabc, &set).unwrap();

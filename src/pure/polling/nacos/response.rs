@@ -600,4 +600,25 @@ mod tests {
         assert!(parse_login(200, br#"{"accessToken":"abc","tokenTtl":-1}"#).is_err());
         assert!(parse_login(200, br#"["abc",5]"#).is_err());
     }
+
+    #[test]
+    fn a_large_answer_below_the_limit_is_read() {
+        // 2,000 instances with metadata: about 400 KB, a tenth of the limit.
+        let host = |i: usize| {
+            format!(
+                r#"{{"ip":"10.{}.{}.1","port":8080,"weight":1.0,"healthy":true,"enabled":true,
+                "clusterName":"DEFAULT","metadata":{{"zone":"zone-{i}","version":"v{i}","owner":"team-{i}"}},
+                "instanceId":"10.{}.{}.1#8080#DEFAULT#DEFAULT_GROUP@@demo"}}"#,
+                i / 250,
+                i % 250,
+                i / 250,
+                i % 250
+            )
+        };
+        let hosts: Vec<String> = (0..2_000).map(host).collect();
+        let body = format!(r#"{{"hosts":[{}]}}"#, hosts.join(","));
+        assert!(body.len() > 300_000 && body.len() < MAX_ANSWER_BYTES);
+        let set = parse_instance_list(ApiVersion::V1, 200, body.as_bytes()).unwrap();
+        assert_eq!(set.instances.len(), 2_000);
+    }
 }
