@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 import urllib.parse
@@ -149,6 +150,25 @@ class RNacos:
             self.proc.stop()
             self.proc = None
         wait_port_closed(self.http_port, "r-nacos port closed")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed, every connection reset by the kernel."""
+        if self.proc:
+            self.proc.signal(signal.SIGKILL)
+            self.proc.stop()
+            self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: its sockets stay open and accept, nothing answers."""
+        self.proc.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.signal(signal.SIGCONT)
+
+    def wipe_data(self) -> None:
+        """A new, empty data dir (the node must be stopped)."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir(parents=True)
 
     def log_text(self) -> str:
         return log_since(self.log_path, 0)
