@@ -37,9 +37,10 @@ class RNacosCluster:
 
     log_name = "r-nacos cluster"
 
-    def __init__(self, workdir: Path, size: int = 3, extra_env: dict | None = None):
+    def __init__(self, workdir: Path, size: int = 3, extra_env: dict | None = None, auth: bool = False):
         self.workdir = Path(workdir)
         self.size = size
+        self.auth = auth
         self.extra_env = dict(extra_env or {})
         self.nodes: list[RNacos] = []
         self.paused: set = set()
@@ -47,7 +48,7 @@ class RNacosCluster:
 
     # ---- forming
     def _node(self, index: int) -> RNacos:
-        node = RNacos(self.workdir / f"g{self.generation}-node{index + 1}", extra_env=self.extra_env)
+        node = RNacos(self.workdir / f"g{self.generation}-node{index + 1}", auth=self.auth, extra_env=self.extra_env)
         node.log_name = f"r-nacos node {index + 1}"
         return node
 
@@ -181,6 +182,17 @@ class RNacosCluster:
             return True
 
         wait_until(agreed, timeout, 0.02, f"every node {'lists' if listed else 'dropped'} :{port} in {service}")
+
+    def server_metrics(self, index: int) -> dict:
+        """r-nacos's own Prometheus figures (``/nacos/metrics``), by name; gauges are
+        refreshed every ``RNACOS_METRICS_COLLECT_INTERVAL_SECOND`` (15 s by default)."""
+        st, text = self.nodes[index].raw("GET", "/nacos/metrics", token=False)
+        out = {}
+        for line in text.splitlines() if st == 200 else ():
+            name, _, value = line.partition(" ")
+            if line and not line.startswith("#") and "{" not in name:
+                out[name] = float(value)
+        return out
 
     def http_ports(self) -> list:
         return [n.http_port for n in self.nodes]

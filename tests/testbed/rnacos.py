@@ -257,8 +257,9 @@ class RNacos:
 
     def register_many(self, jobs: list, workers: int = 16) -> tuple:
         """Register persistent instances ``(service, ip, port)`` over keep-alive connections
-        from a thread pool (no auth); returns (seconds, failures)."""
+        from a thread pool; returns (seconds, failures)."""
         local = threading.local()
+        path = INSTANCE + ("?" + urllib.parse.urlencode({"accessToken": self.token()}) if self.auth else "")
 
         def one(job):
             service, ip, port = job
@@ -268,7 +269,7 @@ class RNacos:
                     c = getattr(local, "c", None)
                     if c is None:
                         c = local.c = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
-                    c.request("POST", INSTANCE, body, {"content-type": "application/x-www-form-urlencoded"})
+                    c.request("POST", path, body, {"content-type": "application/x-www-form-urlencoded"})
                     r = c.getresponse()
                     r.read()
                     if r.status == 200:
