@@ -84,8 +84,8 @@ class RNacosCluster:
     def metrics(self, index: int) -> dict | None:
         """The node's Raft view, or None when it does not answer."""
         try:
-            st, text = self.nodes[index].raw("GET", RAFT_METRICS, token=False, timeout=1.0)
-        except OSError:
+            st, text = self.nodes[index].raw("GET", RAFT_METRICS, timeout=1.0)
+        except (OSError, RuntimeError):  # no answer, or (with auth) no login
             return None
         return json.loads(text) if st == 200 else None
 
