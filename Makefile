@@ -146,10 +146,11 @@ host-tier: build $(VENV_STAMP)
 e2e: build $(VENV_STAMP) $(RNACOS) $(PROMETHEUS)
 	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -s -p no:cacheprovider
 
-## soak: constant load for SOAK_MINUTES while instances churn and r-nacos restarts (not in CI)
+## soak: constant load for SOAK_MINUTES while instances churn and r-nacos restarts, then as long against a three-node r-nacos cluster whose nodes fail in turn (not in CI)
 SOAK_MINUTES ?= 5
 soak: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) tests/e2e/soak.py --minutes $(SOAK_MINUTES)
+	$(E2E_ENV) $(PYTHON) tests/e2e/cluster_soak.py --minutes $(SOAK_MINUTES)
 
 ## bench: CPU per request (two runs), the Higress path in the host tier, detection time and Nacos load (polling and push), scale and sizes (writes bench/results.md), then fleet
 bench: build $(VENV_STAMP) $(RNACOS) $(WRK)
