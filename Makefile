@@ -64,7 +64,7 @@ HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(
 	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench tools clean
+.PHONY: build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench fleet tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -161,14 +161,20 @@ host-tier: build $(VENV_STAMP)
 e2e: build $(VENV_STAMP) $(RNACOS) $(PROMETHEUS)
 	$(E2E_ENV) $(PYTHON) -m pytest tests/e2e -v -s -p no:cacheprovider
 
-## soak: constant load for SOAK_MINUTES while instances churn and r-nacos restarts (not in CI)
+## soak: constant load for SOAK_MINUTES while instances churn and r-nacos restarts, then as long against a three-node r-nacos cluster whose nodes fail in turn (not in CI)
 SOAK_MINUTES ?= 5
 soak: build $(VENV_STAMP) $(RNACOS)
 	$(E2E_ENV) $(PYTHON) tests/e2e/soak.py --minutes $(SOAK_MINUTES)
+	$(E2E_ENV) $(PYTHON) tests/e2e/cluster_soak.py --minutes $(SOAK_MINUTES)
 
-## bench: CPU per request (two runs), the Higress path in the host tier, detection time and Nacos load (polling and push), scale and sizes (writes bench/results.md)
+## bench: CPU per request (two runs), the Higress path in the host tier, detection time and Nacos load (polling and push), scale and sizes (writes bench/results.md), then fleet
 bench: build $(VENV_STAMP) $(RNACOS) $(WRK)
 	$(E2E_ENV) $(PYTHON) bench/run.py
+	$(MAKE) --no-print-directory fleet
+
+## fleet: four gateways (--concurrency 2, 200 services, login) against a three-node r-nacos cluster behind a TCP balancer, polling then push: list calls/s, logins, gRPC connections and subscriptions per node (writes bench/results-fleet.md)
+fleet: build $(VENV_STAMP) $(RNACOS)
+	$(E2E_ENV) $(PYTHON) bench/fleet.py
 
 # The load generator, from Debian's packages.
 $(WRK):

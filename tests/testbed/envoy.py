@@ -92,15 +92,21 @@ def static_cluster(name: str, ports: Iterable[int]) -> dict:
     }
 
 
-def grpc_cluster(name: str, port: int) -> dict:
+def port_list(port: int | Iterable[int]) -> list:
+    """One port, or several: the hosts of a cluster (e.g. the nodes of a Nacos cluster)."""
+    return [port] if isinstance(port, int) else list(port)
+
+
+def grpc_cluster(name: str, port: int | Iterable[int]) -> dict:
     """A cluster Envoy speaks gRPC to: HTTP/2 cleartext, with pings so a dead peer is
-    noticed (the plugin's probe notices too, this only makes it sooner)."""
+    noticed (the plugin's probe notices too, this only makes it sooner). Several ports:
+    one host each."""
     http2 = {"connection_keepalive": {"interval": "10s", "timeout": "5s"}}
     options = {
         "@type": EXTENSIONS + "upstreams.http.v3.HttpProtocolOptions",
         "explicit_http_config": {"http2_protocol_options": http2},
     }
-    return static_cluster(name, [port]) | {
+    return static_cluster(name, port_list(port)) | {
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
     }
 
@@ -194,7 +200,7 @@ def listener(name: str, port: int, stat_prefix: str, routes: list, http_filters:
 def envoy_config(
     listen_port: int,
     admin_port: int,
-    nacos_port: int,
+    nacos_port: int | Iterable[int],
     backend_ports: Iterable[int],
     plugin_cfg: dict | None,
     mode: str = "override_host",
@@ -202,10 +208,11 @@ def envoy_config(
     wasm_path: str | None = None,
     filter_name: str = FILTER_NAME,
     filter_configuration: str | None = None,
-    nacos_grpc_port: int | None = None,
+    nacos_grpc_port: int | Iterable[int] | None = None,
 ) -> dict:
     """The gateway: ``routes`` (default ``DEFAULT_ROUTES``) to the stale backend cluster,
-    the Nacos cluster (and its gRPC cluster if ``nacos_grpc_port``), and, unless ``plugin_cfg`` is None, the Wasm filter
+    the Nacos cluster (and its gRPC cluster if ``nacos_grpc_port``; a list of ports makes
+    one host of each), and, unless ``plugin_cfg`` is None, the Wasm filter
     (``wasm_path``, default the plugin; ``filter_configuration``, default ``plugin_cfg``
     as JSON)."""
     http_filters = []
@@ -214,7 +221,7 @@ def envoy_config(
         http_filters.append(wasm_filter(configuration, wasm_path or plugin_wasm(), filter_name))
     http_filters.append(ROUTER)
     routes = [dict(r, route=dict(r["route"])) for r in (DEFAULT_ROUTES if routes is None else routes)]
-    clusters = [backend_cluster(mode, backend_ports), static_cluster(NACOS_CLUSTER, [nacos_port])]
+    clusters = [backend_cluster(mode, backend_ports), static_cluster(NACOS_CLUSTER, port_list(nacos_port))]
     if nacos_grpc_port is not None:
         clusters.append(grpc_cluster(NACOS_GRPC_CLUSTER, nacos_grpc_port))
     return {
@@ -415,7 +422,7 @@ class Envoy(EnvoyProcess):
     def __init__(
         self,
         workdir: Path,
-        nacos_port: int,
+        nacos_port: int | Iterable[int],
         backend_ports: Iterable[int],
         plugin_cfg: dict | None,
         mode: str = "override_host",
@@ -425,7 +432,7 @@ class Envoy(EnvoyProcess):
         wasm_path: str | None = None,
         filter_name: str = FILTER_NAME,
         filter_configuration: str | None = None,
-        nacos_grpc_port: int | None = None,
+        nacos_grpc_port: int | Iterable[int] | None = None,
         **process,
     ):
         self.mode = mode

@@ -37,6 +37,10 @@ class Proc:
     def stop(self, timeout: float = 5.0) -> None:
         if self.p.poll() is None:
             try:
+                os.killpg(self.p.pid, signal.SIGCONT)  # a paused process cannot take SIGTERM
+            except ProcessLookupError:
+                pass
+            try:
                 os.killpg(self.p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
@@ -49,6 +53,16 @@ class Proc:
                     pass
                 self.p.wait(timeout=timeout)
         self._log.close()
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the whole group: SIGKILL (a crash), SIGSTOP / SIGCONT (a
+        pause: the sockets stay open and nothing answers)."""
+        try:
+            os.killpg(self.p.pid, sig)
+        except ProcessLookupError:
+            pass
+        if sig == signal.SIGKILL:
+            self.p.wait(timeout=5)
 
     def log_text(self) -> str:
         return log_since(self.log_path, 0)

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 import urllib.parse
@@ -150,6 +151,25 @@ class RNacos:
             self.proc = None
         wait_port_closed(self.http_port, "r-nacos port closed")
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed, every connection reset by the kernel."""
+        if self.proc:
+            self.proc.signal(signal.SIGKILL)
+            self.proc.stop()
+            self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: its sockets stay open and accept, nothing answers."""
+        self.proc.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.signal(signal.SIGCONT)
+
+    def wipe_data(self) -> None:
+        """A new, empty data dir (the node must be stopped)."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir(parents=True)
+
     def log_text(self) -> str:
         return log_since(self.log_path, 0)
 
@@ -237,8 +257,9 @@ class RNacos:
 
     def register_many(self, jobs: list, workers: int = 16) -> tuple:
         """Register persistent instances ``(service, ip, port)`` over keep-alive connections
-        from a thread pool (no auth); returns (seconds, failures)."""
+        from a thread pool; returns (seconds, failures)."""
         local = threading.local()
+        path = INSTANCE + ("?" + urllib.parse.urlencode({"accessToken": self.token()}) if self.auth else "")
 
         def one(job):
             service, ip, port = job
@@ -248,7 +269,7 @@ class RNacos:
                     c = getattr(local, "c", None)
                     if c is None:
                         c = local.c = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
-                    c.request("POST", INSTANCE, body, {"content-type": "application/x-www-form-urlencoded"})
+                    c.request("POST", path, body, {"content-type": "application/x-www-form-urlencoded"})
                     r = c.getresponse()
                     r.read()
                     if r.status == 200:
