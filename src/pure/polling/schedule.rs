@@ -236,6 +236,12 @@ mod tests {
             (0..200).map(|_| scheduler.next_jitter(0)).collect();
         assert!(draws.iter().all(|jitter| *jitter < 100), "{draws:?}");
         assert!(draws.len() > 50, "{} distinct of 200", draws.len());
+        // Over its whole span: each tenth of it gets a share of the draws.
+        let mut tenths = [0; 10];
+        for _ in 0..1_000 {
+            tenths[usize::try_from(scheduler.next_jitter(0) / 10).unwrap()] += 1;
+        }
+        assert!(tenths.iter().all(|count| *count >= 50), "{tenths:?}");
     }
 
     #[test]

@@ -340,5 +340,15 @@ mod tests {
             ),
             service("public", "DEFAULT_GROUP", "orders")
         );
+        // Listed as another namespace's label, `public` reads two ways.
+        let public_elsewhere = NacosNames {
+            groups: vec![],
+            namespaces: vec![(PUBLIC_NAMESPACE.into(), "3f1c9a".into())],
+        };
+        let cluster = "outbound|80||orders.DEFAULT-GROUP.public.nacos";
+        assert!(matches!(
+            service_of(cluster, &public_elsewhere),
+            ClusterService::Ambiguous(_)
+        ));
     }
 }

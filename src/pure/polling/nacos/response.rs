@@ -603,7 +603,7 @@ mod tests {
 
     #[test]
     fn a_large_answer_below_the_limit_is_read() {
-        // 2,000 instances with metadata: about 400 KB, a tenth of the limit.
+        // 6,000 instances with metadata: about 1.2 MB, under a third of the limit.
         let host = |i: usize| {
             format!(
                 r#"{{"ip":"10.{}.{}.1","port":8080,"weight":1.0,"healthy":true,"enabled":true,
@@ -615,10 +615,10 @@ mod tests {
                 i % 250
             )
         };
-        let hosts: Vec<String> = (0..2_000).map(host).collect();
+        let hosts: Vec<String> = (0..6_000).map(host).collect();
         let body = format!(r#"{{"hosts":[{}]}}"#, hosts.join(","));
-        assert!(body.len() > 300_000 && body.len() < MAX_ANSWER_BYTES);
+        assert!(body.len() > 1_100_000 && body.len() < MAX_ANSWER_BYTES);
         let set = parse_instance_list(ApiVersion::V1, 200, body.as_bytes()).unwrap();
-        assert_eq!(set.instances.len(), 2_000);
+        assert_eq!(set.instances.len(), 6_000);
     }
 }
