@@ -115,7 +115,7 @@ unit:
 mutants: $(CARGO_MUTANTS) $(VENV_STAMP)
 	SIM_UNIT_SEEDS=$(MUTANTS_SEEDS) $(CARGO_MUTANTS) mutants --no-default-features $(MUTANTS_FILES) \
 		--shard $(MUTANTS_SHARD) --output build/mutants-$(subst /,-of-,$(MUTANTS_SHARD)) -- --lib || true
-	$(PYTHON) bench/mutants_summary.py build/mutants-*/mutants.out > mutants/summary.md
+	$(PYTHON) bench/mutants_summary.py $$(ls -dtr build/mutants-*/mutants.out) > mutants/summary.md
 
 ## simulate: SEEDS more seeds of the gateway simulation (from FIRST), in release mode
 SEEDS ?= 1000

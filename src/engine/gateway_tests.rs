@@ -499,11 +499,16 @@ fn a_follower_does_not_keep_another_configurations_short_lived_list() {
     gateway.add_vm(&a);
     let late_starter = 3;
 
+    // B's root context goes away (the edit that made it is undone), leaving
+    // its short-lived list as the last one stored.
     for a_follower in [1 - a_poller, late_starter] {
         let mut routed = std::collections::BTreeSet::new();
         let (settled, end) = (wall + 3_000, wall + 10_000);
         while wall < end {
-            let now = gateway.tick_all(wall);
+            let mut now = 0;
+            for vm in [0, 1, late_starter] {
+                now = now.max(gateway.tick(vm, wall));
+            }
             let endpoint = gateway.request(a_follower, now, "r");
             if wall >= settled {
                 routed.insert(endpoint);
