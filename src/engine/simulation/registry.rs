@@ -106,8 +106,8 @@ impl Registry {
         registry
     }
 
-    /// One random change to one service at `now`; says what it did.
-    pub fn churn(&mut self, rng: &mut Rng, now: u64) -> String {
+    /// One random change to one service at `now`: which, and what it did.
+    pub fn churn(&mut self, rng: &mut Rng, now: u64) -> (usize, String) {
         let s = rng.below(self.services.len() as u64) as usize;
         let service = &mut self.services[s];
         let endpoint = format!("10.0.{s}.{}:80", rng.between(1, 6));
@@ -145,7 +145,7 @@ impl Registry {
             ),
         };
         service.change(&endpoint, new, now);
-        format!("{what} s{s} {endpoint} -> {new:?}")
+        (s, format!("{what} s{s} {endpoint} -> {new:?}"))
     }
 
     pub fn issue_token(&mut self, ttl_ms: u64, now: u64) -> String {

@@ -5,12 +5,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
+use super::metrics::{usable_gauge, SimMetrics};
 use super::registry::Registry;
 use super::rng::Rng;
 use super::store::{SimStore, View};
-use crate::engine::{
-    Engine, GatewayClock, Metrics, Outbox, OutgoingCall, RequestAction, RequestHost,
-};
+use crate::engine::{Engine, GatewayClock, Outbox, OutgoingCall, RequestAction, RequestHost};
 use crate::pure::config::{parse, Capabilities};
 use crate::pure::routing::rules::RequestFacts;
 use crate::pure::sharing::lease::Lease;
@@ -178,19 +177,6 @@ impl Outbox for SimOutbox {
     fn grpc_close(&mut self, _: u32) {}
 }
 
-struct NoMetrics;
-
-impl Metrics for NoMetrics {
-    fn define_counter(&mut self, _: &str) -> Option<u32> {
-        Some(0)
-    }
-    fn define_gauge(&mut self, _: &str) -> Option<u32> {
-        Some(0)
-    }
-    fn add(&mut self, _: u32, _: u64) {}
-    fn record(&mut self, _: u32, _: u64) {}
-}
-
 struct Request(String);
 
 impl RequestFacts for Request {
@@ -223,6 +209,9 @@ struct Vm {
     outbox: SimOutbox,
     clock: GatewayClock,
     clock_ms: u64,
+    /// When (simulation time) this VM last read the gateway clock: its
+    /// requests are judged at `clock_ms`, read then.
+    clock_read_at: u64,
     stalled_until: u64,
     poller: bool,
 }
@@ -253,6 +242,8 @@ pub struct World {
     queue: BinaryHeap<Reverse<Event>>,
     vms: Vec<Vm>,
     store: SimStore,
+    /// The gateway's stats, one per name as Envoy sums them over the VMs.
+    metrics: SimMetrics,
     registry: Registry,
     configs: Vec<Config>,
     pending: BTreeMap<(usize, u64, u32), Call>,
@@ -266,6 +257,10 @@ pub struct World {
     before_last: Option<(usize, u64, SimStore)>,
     /// Requests routed in the steady phase: (service, endpoint) → count.
     pub shares: BTreeMap<(usize, String), u64>,
+    /// When each service last changed in the registry.
+    changed_at: Vec<u64>,
+    /// `usable_instances` checks due: (when, service, the change it follows).
+    gauge_due: Vec<(u64, usize, u64)>,
     pub events: u64,
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
@@ -285,6 +280,7 @@ impl World {
             queue: BinaryHeap::new(),
             vms: Vec::new(),
             store: SimStore::default(),
+            metrics: SimMetrics::default(),
             registry,
             configs: Vec::new(),
             pending: BTreeMap::new(),
@@ -295,6 +291,8 @@ impl World {
             trace: VecDeque::new(),
             before_last: None,
             shares: BTreeMap::new(),
+            changed_at: vec![0; p.services],
+            gauge_due: Vec::new(),
             events: 0,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             p,
@@ -311,6 +309,7 @@ impl World {
                 outbox: SimOutbox::default(),
                 clock: GatewayClock::default(),
                 clock_ms: 0,
+                clock_read_at: 0,
                 stalled_until: 0,
                 poller: false,
             });
@@ -402,8 +401,36 @@ impl World {
             self.step(event)?;
             let credentials = self.p.credentials;
             self.check.deadlines(self.now, credentials)?;
+            self.check_gauges()?;
+        }
+        if self.counting() {
+            // The registry has been still since the steady phase began.
+            for service in 0..self.p.services {
+                self.gauge_due
+                    .push((self.now, service, self.changed_at[service]));
+            }
+            self.check_gauges()?;
         }
         self.check_shares()
+    }
+
+    /// The `usable_instances` checks due by now, each unless the service changed
+    /// again since (a later check follows that change).
+    fn check_gauges(&mut self) -> Verdict {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = self.gauge_due.iter().partition(|d| d.0 <= now);
+        self.gauge_due = later;
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        for (_, service, changed) in due {
+            if self.changed_at[service] != changed {
+                continue;
+            }
+            let gauge = self.metrics.get(&usable_gauge(service));
+            let listed = self.registry.services[service].usable().count();
+            self.check
+                .usable_gauge(service, (changed, now), (gauge, listed), &bounds)?;
+        }
+        Ok(())
     }
 
     fn step(&mut self, event: Event) -> Verdict {
@@ -464,8 +491,12 @@ impl World {
                 if self.steady() {
                     return Ok(());
                 }
-                let what = self.registry.churn(&mut self.rng, at);
+                let (service, what) = self.registry.churn(&mut self.rng, at);
                 self.note(format!("registry: {what}"));
+                let bounds = self.configs[self.configs.len() - 1].bounds;
+                let due = at + bounds.routed_after_change();
+                self.changed_at[service] = at;
+                self.gauge_due.push((due, service, at));
                 let next = at + self.rng.between(1, 4 * interval);
                 self.push(next, Kind::Churn);
                 Ok(())
@@ -570,16 +601,17 @@ impl World {
         let Vm {
             engine,
             clock_ms,
+            clock_read_at,
             gen,
             configured_at,
             ..
         } = &mut self.vms[vm];
-        let (gen, configured, now_gw) = (*gen, *configured_at, *clock_ms);
+        let (gen, configured, now_gw, read_at) = (*gen, *configured_at, *clock_ms, *clock_read_at);
         let Some(engine) = engine else { return Ok(()) };
         let action = engine.on_request(
             now_gw,
             &mut Request(format!("r{service}")),
-            &mut NoMetrics,
+            &mut self.metrics,
             &mut self.store,
         );
         let outcome = match action {
@@ -607,6 +639,7 @@ impl World {
                 let stopped = self.registry.services[service].unusable_since(endpoint);
                 self.check
                     .routed(service, endpoint, stopped, now, &bounds)?;
+                self.check.not_stale(service, read_at, &bounds)?;
                 if self.counting() {
                     *self
                         .shares
@@ -615,9 +648,11 @@ impl World {
                 }
                 Ok(())
             }
-            ("reject", "no_healthy_instance") => self
-                .check
-                .no_healthy(service, gen, configured, now, &bounds),
+            ("reject", "no_healthy_instance") => {
+                self.check.not_stale(service, read_at, &bounds)?;
+                self.check
+                    .no_healthy(service, gen, configured, now, &bounds)
+            }
             ("reject", "registry_unavailable") | ("pass", _) => {
                 let policy_ok = (outcome == "pass") != self.configs[gen].fail_closed;
                 if !policy_ok {
@@ -662,12 +697,12 @@ impl World {
                     },
                 )
                 .map_err(|e| format!("config {gen} refused: {e}"))?;
-                let mut engine = Engine::new(&parsed, &mut NoMetrics, engine_seed);
+                let mut engine = Engine::new(&parsed, &mut self.metrics, engine_seed);
                 engine.share(
                     ConfigKeys::new(config.raw.as_bytes()),
                     vm.id,
                     &mut view,
-                    &mut NoMetrics,
+                    &mut self.metrics,
                 );
                 self.engines += 1;
                 vm.engine_id = self.engines;
@@ -677,12 +712,14 @@ impl World {
                 vm.poller = false;
                 vm.outbox = SimOutbox::default();
                 vm.clock_ms = vm.clock.now(wall, &mut view);
+                vm.clock_read_at = now;
                 line = format!("VM {v} configures config {gen}");
             }
             Callback::Tick => {
                 vm.clock_ms = vm.clock.now(wall, &mut view);
+                vm.clock_read_at = now;
                 if let Some(engine) = &mut vm.engine {
-                    engine.on_tick(vm.clock_ms, &mut vm.outbox, &mut NoMetrics, &mut view);
+                    engine.on_tick(vm.clock_ms, &mut vm.outbox, &mut self.metrics, &mut view);
                 }
                 let heartbeat_key = self.configs.get(vm.gen).map(|c| c.keys.heartbeat());
                 wrote_heartbeat = heartbeat_key.is_some_and(|key| view.written.contains(key));
@@ -690,6 +727,7 @@ impl World {
             Callback::Answer(token, answer) => {
                 // As the host reads it between ticks (`VmState::read_clock_between_ticks`).
                 vm.clock_ms = vm.clock.now_between_ticks(wall, &mut view);
+                vm.clock_read_at = now;
                 let status = answer.as_ref().map(|(status, _)| *status);
                 line = format!("VM {v} answer #{token}: {status:?}");
                 if let Some(engine) = &mut vm.engine {
@@ -698,7 +736,7 @@ impl World {
                         answer.as_ref().map(|(s, b)| (*s, b.as_slice())),
                         vm.clock_ms,
                         &mut vm.outbox,
-                        &mut NoMetrics,
+                        &mut self.metrics,
                         &mut view,
                     );
                 }
