@@ -147,6 +147,9 @@ pub struct Checker {
     /// Per VM: when its engine last became the poller.
     took_over_at: BTreeMap<usize, u64>,
     pub good: Vec<Vec<GoodAnswer>>,
+    /// Per service, for each good answer in `good`: when it came, and the
+    /// newest send time of the good answers up to it.
+    newest_sent: Vec<Vec<(u64, u64)>>,
     logins: BTreeMap<usize, Logins>,
     health: BTreeMap<u64, Vec<Health>>,
     /// (deadline, configuration, service, jump time)
@@ -161,6 +164,7 @@ impl Checker {
     pub fn new(services: usize) -> Self {
         Self {
             good: vec![Vec::new(); services],
+            newest_sent: vec![Vec::new(); services],
             ..Self::default()
         }
     }
@@ -451,6 +455,11 @@ impl Checker {
             let index = self.good[service].len();
             self.unannounced.push((answer.vm, service, index));
         }
+        let newest = &mut self.newest_sent[service];
+        let sent = newest
+            .last()
+            .map_or(answer.sent, |(_, s)| answer.sent.max(*s));
+        newest.push((answer.received, sent));
         self.good[service].push(answer);
     }
 
@@ -540,11 +549,11 @@ impl Checker {
     /// took; clock steps and whole-gateway stops count as the gateway clock
     /// counts them).
     pub fn not_stale(&self, service: usize, read_at: u64, b: &Bounds) -> Verdict {
-        let newest = self.good[service]
-            .iter()
-            .filter(|a| a.received <= read_at)
-            .map(|a| a.sent)
-            .max();
+        // Answers are kept in the order they came: the newest sent among those
+        // received by `read_at` is the running maximum at the last of them.
+        let newest_sent = &self.newest_sent[service];
+        let taken = newest_sent.partition_point(|(received, _)| *received <= read_at);
+        let newest = taken.checked_sub(1).map(|last| newest_sent[last].1);
         let Some(sent) = newest else {
             return Err(format!(
                 "s{service} decided by a snapshot at {read_at}, but Nacos never gave a good answer"

@@ -8,32 +8,31 @@ use crate::engine::Metrics;
 
 #[derive(Default)]
 pub struct SimMetrics {
-    /// Metric id (its index) → name, shared by every VM.
-    names: Vec<String>,
-    values: BTreeMap<String, u64>,
+    /// Name → metric id, shared by every VM.
+    ids: BTreeMap<String, u32>,
+    /// Each metric's value, by id.
+    values: Vec<u64>,
 }
 
 impl SimMetrics {
     fn define(&mut self, name: &str) -> Option<u32> {
-        let index = match self.names.iter().position(|n| n == name) {
-            Some(index) => index,
-            None => {
-                self.names.push(name.to_string());
-                self.values.insert(name.to_string(), 0);
-                self.names.len() - 1
-            }
-        };
-        u32::try_from(index).ok()
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = u32::try_from(self.values.len()).ok()?;
+        self.ids.insert(name.to_string(), id);
+        self.values.push(0);
+        Some(id)
     }
 
     fn value_mut(&mut self, id: u32) -> Option<&mut u64> {
-        let name = self.names.get(id as usize)?;
-        self.values.get_mut(name)
+        self.values.get_mut(id as usize)
     }
 
     /// The stat's value, if some VM defined it.
     pub fn get(&self, name: &str) -> Option<u64> {
-        self.values.get(name).copied()
+        let id = self.ids.get(name)?;
+        self.values.get(*id as usize).copied()
     }
 }
 
