@@ -51,6 +51,25 @@ impl Bounds {
             + 2 * self.late_tick()
     }
 
+    /// How long past the newest good answer Nacos gave (by when its poll was sent)
+    /// a VM may still take its snapshot for fresh; later it must be stale, and
+    /// `onStale` decides. `Snapshot::freshness` says stale once the gateway clock
+    /// passes the confirmation (that poll's send time) plus the next answer's due
+    /// time, `I + T + 2P + I/2` (`Polling::next_answer_due_ms`), plus maxStaleMs.
+    /// A request is judged on the clock its VM read last, which is when this is
+    /// measured to; one late tick more for VMs' readings of the shared gateway
+    /// clock to differ (each moves on from the later of its own and the shared
+    /// one), and 1 ms for the strict comparison.
+    pub fn stale_by(&self) -> u64 {
+        self.interval
+            + self.timeout
+            + 2 * self.tick
+            + self.interval / 2
+            + self.max_stale
+            + self.late_tick()
+            + 1
+    }
+
     /// Polls of one service by one poller are at least this far apart
     /// (`Scheduler`: at most a tenth of the interval early).
     pub fn poll_gap(&self) -> u64 {
@@ -128,6 +147,9 @@ pub struct Checker {
     /// Per VM: when its engine last became the poller.
     took_over_at: BTreeMap<usize, u64>,
     pub good: Vec<Vec<GoodAnswer>>,
+    /// Per service, for each good answer in `good`: when it came, and the
+    /// newest send time of the good answers up to it.
+    newest_sent: Vec<Vec<(u64, u64)>>,
     logins: BTreeMap<usize, Logins>,
     health: BTreeMap<u64, Vec<Health>>,
     /// (deadline, configuration, service, jump time)
@@ -142,6 +164,7 @@ impl Checker {
     pub fn new(services: usize) -> Self {
         Self {
             good: vec![Vec::new(); services],
+            newest_sent: vec![Vec::new(); services],
             ..Self::default()
         }
     }
@@ -432,6 +455,11 @@ impl Checker {
             let index = self.good[service].len();
             self.unannounced.push((answer.vm, service, index));
         }
+        let newest = &mut self.newest_sent[service];
+        let sent = newest
+            .last()
+            .map_or(answer.sent, |(_, s)| answer.sent.max(*s));
+        newest.push((answer.received, sent));
         self.good[service].push(answer);
     }
 
@@ -512,6 +540,60 @@ impl Checker {
         self.heard(service, gen, configured, heard_by)
             .map(|a| a.sent)
             .max()
+    }
+
+    /// A request of `service` decided by the snapshot (routed, or rejected
+    /// `no_healthy_instance`) by a VM whose clock was read at `read_at`: the
+    /// snapshot must not be stale by the registry's own timeline, whatever the
+    /// plugin published (`Bounds::stale_by` after the newest good answer any VM
+    /// took; clock steps and whole-gateway stops count as the gateway clock
+    /// counts them).
+    pub fn not_stale(&self, service: usize, read_at: u64, b: &Bounds) -> Verdict {
+        // Answers are kept in the order they came: the newest sent among those
+        // received by `read_at` is the running maximum at the last of them.
+        let newest_sent = &self.newest_sent[service];
+        let taken = newest_sent.partition_point(|(received, _)| *received <= read_at);
+        let newest = taken.checked_sub(1).map(|last| newest_sent[last].1);
+        let Some(sent) = newest else {
+            return Err(format!(
+                "s{service} decided by a snapshot at {read_at}, but Nacos never gave a good answer"
+            ));
+        };
+        let slack = STEP_MS * self.steps(sent, read_at) + self.frozen_within(sent, read_at);
+        let deadline = sent + b.stale_by() + slack;
+        if read_at > deadline {
+            return Err(format!(
+                "s{service} decided by its snapshot on a clock read at {read_at}, but Nacos's newest \
+                 good answer was to a poll sent at {sent}: stale from {deadline} (maxStaleMs {})",
+                b.max_stale
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `usable_instances` gauge of `service` at `now` against the registry's
+    /// count of usable instances, which last changed at `changed`: equal once
+    /// `Bounds::routed_after_change` has passed since, unless something failed
+    /// from `max(I, T) + T` before the change on (as for routing: the gauge is
+    /// recorded with the candidates the requests are routed by).
+    pub fn usable_gauge(
+        &self,
+        service: usize,
+        (changed, now): (u64, u64),
+        (gauge, listed): (Option<u64>, usize),
+        b: &Bounds,
+    ) -> Verdict {
+        let window = changed.saturating_sub(b.interval.max(b.timeout) + b.timeout);
+        let disturbed = self.troubled(window, now, service)
+            || self.steps(window, now) > 0
+            || self.frozen_within(window, now) > 0;
+        if disturbed || gauge == Some(listed as u64) {
+            return Ok(());
+        }
+        Err(format!(
+            "s{service}: usable_instances is {gauge:?} at {now}, but the registry has listed \
+             {listed} usable instances since {changed}"
+        ))
     }
 
     /// A request of `service` passed through or rejected as stale.

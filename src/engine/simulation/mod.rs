@@ -13,6 +13,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod invariants;
+mod metrics;
 mod registry;
 mod rng;
 mod store;

