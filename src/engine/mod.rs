@@ -16,6 +16,7 @@ mod metrics;
 mod polling;
 mod push;
 mod push_links;
+mod push_subscriptions;
 mod reject;
 mod servers;
 mod sharing;

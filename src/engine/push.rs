@@ -13,8 +13,9 @@
 use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox};
-use super::ids::{slot_at, Id, TargetId};
+use super::ids::TargetId;
 use super::metrics::{bump, PushMetrics};
+use super::push_subscriptions::{safety_phase_ms, Member, State as Subscription, Subscriptions};
 use crate::pure::config::PushSettings;
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::response::AnswerError;
@@ -41,9 +42,10 @@ pub(super) enum DuePoll {
     Confirm,
 }
 
-/// A list the server gave for a service, for the engine to apply.
+/// A list the server gave for a service, for the engine to apply to each of
+/// its targets (every guard filters the list by its own clusters).
 pub(super) struct Heard {
-    pub target: TargetId,
+    pub targets: Vec<TargetId>,
     pub list: Result<InstanceSet, AnswerError>,
     /// When the state it describes was read: when the subscription was sent, or
     /// when the push arrived.
@@ -73,25 +75,11 @@ enum State {
 enum Call {
     Check,
     Probe,
-    Subscribe { target: TargetId, sent_at_ms: u64 },
-}
-
-enum Subscription {
-    /// Never subscribed: see `subscribe`.
-    Polled,
-    Sent,
-    Live {
-        safety_poll_due_ms: u64,
+    /// Subscription `index` (in `Subscriptions`).
+    Subscribe {
+        index: usize,
+        sent_at_ms: u64,
     },
-    RetryAt(u64),
-}
-
-struct Subscribed {
-    /// What a pushed `serviceInfo` names: group, name and the clusters asked for.
-    group: String,
-    name: String,
-    clusters: String,
-    state: Subscription,
 }
 
 pub(super) struct Link {
@@ -160,12 +148,12 @@ impl Link {
     pub fn due_poll(&mut self, target: TargetId, now_ms: u64) -> DuePoll {
         let alive = self.is_alive(now_ms);
         let safety = self.settings.safety_interval_ms;
-        match self.subscriptions.get_mut(target).map(|s| &mut s.state) {
-            Some(Subscription::Live { safety_poll_due_ms }) if alive => {
-                if now_ms < *safety_poll_due_ms {
+        match self.subscriptions.member_mut(target) {
+            Some((Subscription::Live, member)) if alive => {
+                if now_ms < member.safety_poll_due_ms {
                     return DuePoll::Confirm;
                 }
-                *safety_poll_due_ms = now_ms + safety;
+                member.safety_poll_due_ms = now_ms + safety;
                 DuePoll::Poll
             }
             _ => DuePoll::Poll,
@@ -187,12 +175,8 @@ impl Link {
             "nacos-instance-guard: the list pushed for service {service} was refused: {reason}; \
              keeping the last good snapshot and polling"
         );
-        if let Some(Subscribed {
-            state: Subscription::Live { safety_poll_due_ms },
-            ..
-        }) = self.subscriptions.get_mut(target)
-        {
-            *safety_poll_due_ms = now_ms;
+        if let Some((_, member)) = self.subscriptions.member_mut(target) {
+            member.safety_poll_due_ms = now_ms;
         }
     }
 
@@ -236,11 +220,11 @@ impl Link {
     }
 
     fn needs_subscribing(&self, now_ms: u64, target_count: usize) -> bool {
-        self.subscriptions.len() < target_count
+        self.subscriptions.targets() < target_count
             || self
                 .subscriptions
-                .values()
-                .any(|s| matches!(s.state, Subscription::RetryAt(at) if now_ms >= at))
+                .iter()
+                .any(|(_, s)| matches!(s.state, Subscription::RetryAt(at) if now_ms >= at))
     }
 
     fn probe(&mut self, now_ms: u64, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
@@ -270,55 +254,79 @@ impl Link {
         outbox: &mut dyn Outbox,
     ) {
         for want in &wanted {
-            let due = match self.subscriptions.get(want.target).map(|s| &s.state) {
-                None => true,
-                Some(Subscription::RetryAt(at)) => now_ms >= *at,
-                Some(_) => false,
-            };
-            if !due {
+            if self.subscriptions.of(want.target).is_some() {
                 continue;
             }
-            // A push is matched to its service by the `serviceInfo`'s group, name and
-            // clusters, which name no namespace: a service asked for in two
-            // namespaces of one server could not be told apart, so it is polled.
-            let ambiguous = wanted.iter().any(|other| {
-                other.target != want.target
-                    && other.service.group == want.service.group
-                    && other.service.name == want.service.name
-                    && other.clusters == want.clusters
-            });
-            let sent = if ambiguous {
-                Err(String::new())
-            } else {
-                self.requests += 1;
-                let request_id = self.requests.to_string();
-                let message =
-                    messages::subscribe(want.service, want.clusters, access_token, &request_id);
-                outbox.grpc_call(&self.service, &message, self.timeout_ms)
-            };
-            let state = match sent {
-                Ok(token) => {
-                    self.calls.push((
-                        token,
-                        Call::Subscribe {
-                            target: want.target,
-                            sent_at_ms: now_ms,
-                        },
-                    ));
-                    Subscription::Sent
+            let index = match self.subscriptions.find(want.service) {
+                Some(index) => index,
+                None => {
+                    // A push names its service by group and name only: a service
+                    // asked for in two namespaces of one server could not be told
+                    // apart, so it is polled.
+                    let ambiguous = wanted.iter().any(|other| {
+                        other.service.group == want.service.group
+                            && other.service.name == want.service.name
+                            && other.service.namespace_id != want.service.namespace_id
+                    });
+                    let state = if ambiguous {
+                        Subscription::Polled
+                    } else {
+                        Subscription::RetryAt(now_ms)
+                    };
+                    self.subscriptions
+                        .add(want.service.clone(), state, FIRST_BACKOFF_MS)
                 }
-                Err(_) if ambiguous => Subscription::Polled,
-                Err(_) => Subscription::RetryAt(now_ms + self.backoff_ms),
             };
-            self.subscriptions.insert(
-                want.target,
-                Subscribed {
-                    group: want.service.group.clone(),
-                    name: want.service.name.clone(),
-                    clusters: want.clusters.join(","),
-                    state,
+            // A target that joins a live subscription missed its list: its
+            // safety poll is due at once, and pushes reach it from now on.
+            self.subscriptions.join(
+                index,
+                Member {
+                    target: want.target,
+                    clusters: want.clusters.to_vec(),
+                    safety_poll_due_ms: now_ms,
                 },
             );
+        }
+        let due: Vec<usize> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| matches!(s.state, Subscription::RetryAt(at) if now_ms >= at))
+            .map(|(index, _)| index)
+            .collect();
+        for index in due {
+            self.send_subscription(index, now_ms, access_token, outbox);
+        }
+    }
+
+    /// Subscribe the service of subscription `index`, with no cluster filter.
+    fn send_subscription(
+        &mut self,
+        index: usize,
+        now_ms: u64,
+        access_token: Option<&str>,
+        outbox: &mut dyn Outbox,
+    ) {
+        self.requests += 1;
+        let request_id = self.requests.to_string();
+        let Some(subscribed) = self.subscriptions.get_mut(index) else {
+            return;
+        };
+        let message = messages::subscribe(&subscribed.service, &[], access_token, &request_id);
+        match outbox.grpc_call(&self.service, &message, self.timeout_ms) {
+            Ok(token) => {
+                subscribed.state = Subscription::Sent;
+                self.calls.push((
+                    token,
+                    Call::Subscribe {
+                        index,
+                        sent_at_ms: now_ms,
+                    },
+                ));
+            }
+            Err(_) => {
+                subscribed.state = Subscription::RetryAt(now_ms + subscribed.retry_backoff_ms)
+            }
         }
     }
 
@@ -364,35 +372,52 @@ impl Link {
                 }
                 None
             }
-            Call::Subscribe { target, sent_at_ms } => {
-                let subscribed = self.subscriptions.get_mut(target)?;
+            Call::Subscribe { index, sent_at_ms } => {
                 let info = answer
                     .ok_or_else(|| "no answer".to_string())
                     .and_then(|body| {
                         messages::read_subscribe_answer(body).map_err(|error| error.to_string())
                     });
+                let safety = self.settings.safety_interval_ms;
+                let subscribed = self.subscriptions.get_mut(index)?;
                 match info {
                     Ok(info) => {
-                        subscribed.state = Subscription::Live {
-                            safety_poll_due_ms: now_ms + self.settings.safety_interval_ms,
-                        };
+                        subscribed.state = Subscription::Live;
+                        subscribed.retry_backoff_ms = FIRST_BACKOFF_MS;
+                        subscribed.refusals = 0;
+                        // Spread over the interval, so that services subscribed
+                        // together are not all polled in the same second.
+                        for member in &mut subscribed.members {
+                            member.safety_poll_due_ms =
+                                now_ms + safety_phase_ms(member.target, safety);
+                        }
                         // The server took a subscription: the link works, so the
                         // next loss starts its backoff afresh.
                         self.backoff_ms = FIRST_BACKOFF_MS;
                         Some(Heard {
-                            target,
+                            targets: subscribed.members.iter().map(|m| m.target).collect(),
                             list: info.list,
                             stamp_ms: sent_at_ms,
                         })
                     }
                     Err(reason) => {
-                        subscribed.state = Subscription::RetryAt(now_ms + self.backoff_ms);
+                        // Backed off per subscription, and said once per streak:
+                        // a refusal that lasts (no permission) must not cost an
+                        // RPC and a log line per service every second.
+                        subscribed.state =
+                            Subscription::RetryAt(now_ms + subscribed.retry_backoff_ms);
+                        subscribed.retry_backoff_ms =
+                            (subscribed.retry_backoff_ms * 2).min(LAST_BACKOFF_MS);
+                        subscribed.refusals += 1;
                         bump(metrics, self.metrics.failures);
-                        warn!(
-                            "nacos-instance-guard: subscribing service {} over {} failed: \
-                             {reason}; polling it meanwhile",
-                            subscribed.name, self.settings.grpc_cluster
-                        );
+                        if subscribed.refusals == 1 {
+                            warn!(
+                                "nacos-instance-guard: subscribing service {} over {} failed: \
+                                 {reason}; polling it meanwhile and retrying with backoff \
+                                 (said once until a subscription succeeds)",
+                                subscribed.service.name, self.settings.grpc_cluster
+                            );
+                        }
                         None
                     }
                 }
@@ -502,10 +527,13 @@ impl Link {
                 // Acknowledged whether or not it parsed: a resend would not parse
                 // either; the service is polled instead (`poll_soon`).
                 let _ = outbox.grpc_send(stream, &messages::notify_ack(&request_id));
-                let target = self.subscribed_target(&service)?;
+                let targets = self.subscribed_targets(&service);
+                if targets.is_empty() {
+                    return None;
+                }
                 bump(metrics, self.metrics.pushes);
                 Some(Heard {
-                    target,
+                    targets,
                     list: service.list,
                     stamp_ms: now_ms,
                 })
@@ -527,9 +555,9 @@ impl Link {
                      polling its services",
                     self.settings.grpc_cluster
                 );
-                for subscribed in self.subscriptions.values_mut() {
-                    if let Subscription::Live { safety_poll_due_ms } = &mut subscribed.state {
-                        *safety_poll_due_ms = now_ms;
+                for subscribed in self.subscriptions.iter_mut() {
+                    for member in &mut subscribed.members {
+                        member.safety_poll_due_ms = now_ms;
                     }
                 }
                 None
@@ -537,11 +565,22 @@ impl Link {
         }
     }
 
-    fn subscribed_target(&self, service: &ServiceInfo) -> Option<TargetId> {
-        self.subscriptions.iter().find_map(|(target, s)| {
-            (s.group == service.group && s.name == service.name && s.clusters == service.clusters)
-                .then_some(target)
-        })
+    /// The targets a pushed list is the truth for: those of the subscribed
+    /// service it names (one per group and name, see `subscribe`) whose clusters
+    /// it covers. Both servers push a subscriber that named no clusters with
+    /// `clusters: ""`.
+    fn subscribed_targets(&self, service: &ServiceInfo) -> Vec<TargetId> {
+        self.subscriptions
+            .iter()
+            .filter(|(_, s)| {
+                s.state != Subscription::Polled
+                    && s.service.group == service.group
+                    && s.service.name == service.name
+            })
+            .flat_map(|(_, s)| &s.members)
+            .filter(|member| Member::covers(member, &service.clusters))
+            .map(|member| member.target)
+            .collect()
     }
 
     /// The stream ended (the server restarted, the connection dropped).
@@ -563,54 +602,5 @@ impl Link {
         self.calls.clear();
         self.retry_at_ms = 0;
         self.backoff_ms = FIRST_BACKOFF_MS;
-    }
-}
-
-/// The link's subscriptions by service: `TargetId`s are small and dense.
-#[derive(Default)]
-struct Subscriptions {
-    by_target: Vec<Option<Subscribed>>,
-    count: usize,
-}
-
-impl Subscriptions {
-    fn get(&self, target: TargetId) -> Option<&Subscribed> {
-        self.by_target.get(target.index())?.as_ref()
-    }
-
-    fn get_mut(&mut self, target: TargetId) -> Option<&mut Subscribed> {
-        self.by_target.get_mut(target.index())?.as_mut()
-    }
-
-    fn insert(&mut self, target: TargetId, subscribed: Subscribed) {
-        if let Some(slot) = slot_at(&mut self.by_target, target.index()) {
-            if slot.replace(subscribed).is_none() {
-                self.count += 1;
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.count
-    }
-
-    fn clear(&mut self) {
-        self.by_target.clear();
-        self.count = 0;
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (TargetId, &Subscribed)> {
-        self.by_target
-            .iter()
-            .enumerate()
-            .filter_map(|(index, s)| Some((TargetId::from_index(index), s.as_ref()?)))
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Subscribed> {
-        self.by_target.iter().flatten()
-    }
-
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut Subscribed> {
-        self.by_target.iter_mut().flatten()
     }
 }

@@ -341,3 +341,71 @@ fn a_service_in_two_namespaces_of_one_server_is_polled_not_subscribed() {
     gw.tick(1_050);
     assert_eq!(gw.answer_polls(1_050), 2, "both stay polled");
 }
+
+/// Two guards of one service, one per cluster, on one pushed server.
+const TWO_CLUSTERS: &str = r#"{
+    "nacos": {"cluster": "outbound|8848||nacos.dns", "timeoutMs": 500,
+              "push": {"grpcCluster": "outbound|9848||nacos.dns"}},
+    "refreshIntervalMs": 1000,
+    "_rules_": [
+        {"_match_route_": ["default/blue"], "service": {"name": "demo", "clusters": ["blue"]}},
+        {"_match_route_": ["default/green"], "service": {"name": "demo", "clusters": ["green"]}}
+    ]
+}"#;
+
+const BLUE_AND_GREEN: &str = r#"{"name":"DEFAULT_GROUP@@demo","groupName":"DEFAULT_GROUP","clusters":"",
+    "hosts":[{"ip":"10.0.0.1","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"blue"},
+             {"ip":"10.0.0.3","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"blue"},
+             {"ip":"10.0.0.2","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"green"}]}"#;
+/// 10.0.0.1 (blue) deregistered; pushed with blank clusters, as r-nacos always
+/// does and Java does for a subscriber that named none.
+const BLUE_ONE_GONE: &str = r#"{"name":"DEFAULT_GROUP@@demo","groupName":"DEFAULT_GROUP","clusters":"",
+    "hosts":[{"ip":"10.0.0.3","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"blue"},
+             {"ip":"10.0.0.2","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"green"}]}"#;
+
+/// Link up and subscribed with `BLUE_AND_GREEN`; the stream and the subscribe
+/// requests' bodies.
+fn linked_two_clusters(gw: &mut Harness) -> (u32, Vec<String>) {
+    gw.tick(0);
+    gw.answer_polls(0);
+    let check = gw.take_grpc()[0].0;
+    gw.grpc_answer(check, Some(&server_check_answer()), 5);
+    let stream = *gw.outbox.opened.last().unwrap();
+    gw.tick(300);
+    let sent = std::mem::take(&mut gw.outbox.grpc_calls);
+    let mut bodies = Vec::new();
+    for (token, _, message) in sent {
+        let payload = wire::decode(&message).unwrap();
+        assert_eq!(payload.message_type, "SubscribeServiceRequest");
+        bodies.push(String::from_utf8(payload.body).unwrap());
+        gw.grpc_answer(token, Some(&subscribe_answer(BLUE_AND_GREEN)), 310);
+    }
+    (stream, bodies)
+}
+
+#[test]
+fn one_subscription_per_service_without_clusters_whatever_the_guards_filter() {
+    let mut gw = Harness::new(TWO_CLUSTERS);
+    let (_, bodies) = linked_two_clusters(&mut gw);
+    assert_eq!(
+        bodies.len(),
+        1,
+        "one subscription for both guards: {bodies:?}"
+    );
+    assert!(bodies[0].contains(r#""clusters":"""#), "{}", bodies[0]);
+}
+
+#[test]
+fn a_push_with_blank_clusters_reaches_every_guard_of_the_service() {
+    let mut gw = Harness::new(TWO_CLUSTERS);
+    let (stream, _) = linked_two_clusters(&mut gw);
+    gw.push(stream, &notify("8", BLUE_ONE_GONE), 1_000);
+    for now in 1_001..1_005 {
+        assert_eq!(gw.decide("default/blue", now, None), "10.0.0.3:80");
+        assert_eq!(gw.decide("default/green", now, None), "10.0.0.2:80");
+    }
+    assert!(
+        gw.run(1_050..29_000) <= 2,
+        "both guards live by push: at most their safety polls"
+    );
+}
