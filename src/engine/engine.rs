@@ -306,6 +306,13 @@ impl Engine {
         self.hear(server, heard, now_ms, metrics, store);
     }
 
+    /// The root context goes away (a configuration edit replaced it): close
+    /// its push links, so that two links of one gateway do not coexist until
+    /// the server notices (Java keeps the first stream of a connection).
+    pub fn shut_down(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+        self.links.stop(outbox, metrics);
+    }
+
     /// A push stream ended; its services are polled until it is back.
     pub fn on_push_closed(&mut self, stream: u32, now_ms: u64, metrics: &mut dyn Metrics) {
         self.links.on_stream_closed(stream, now_ms, metrics);

@@ -7,8 +7,9 @@
 //! the link is down, polling takes over at once.
 //!
 //! Liveness: Envoy multiplexes the unary calls and the stream of one VM on one
-//! HTTP/2 connection, so a `ServerCheck` answered on time proves the stream's
-//! connection is up. A link whose probe fails is closed and reconnected.
+//! HTTP/2 connection, so a `HealthCheck` answered on time proves the stream's
+//! connection is up and registered (a `ServerCheck` is answered on any
+//! connection). A link whose probe fails is closed and reconnected.
 
 use log::{info, warn};
 
@@ -50,6 +51,16 @@ pub(super) struct Heard {
     /// When the state it describes was read: when the subscription was sent, or
     /// when the push arrived.
     pub stamp_ms: u64,
+}
+
+/// The access token subscriptions carry.
+#[derive(Clone, Copy)]
+pub(super) enum Token<'a> {
+    NotNeeded,
+    Valid(&'a str),
+    /// The server needs one and none is valid now: subscribing would only be
+    /// refused (403), so subscriptions wait.
+    Awaited,
 }
 
 /// A service the link should subscribe, with what the server knows it by.
@@ -187,7 +198,7 @@ impl Link {
         now_ms: u64,
         target_count: usize,
         wanted: impl FnOnce() -> Vec<Wanted<'a>>,
-        access_token: Option<&str>,
+        token: Token<'_>,
         outbox: &mut dyn Outbox,
         metrics: &mut dyn Metrics,
     ) {
@@ -211,6 +222,11 @@ impl Link {
                     self.probe(now_ms, outbox, metrics);
                 }
                 let settled = now_ms >= opened_at_ms + SETUP_GRACE_MS;
+                let access_token = match token {
+                    Token::NotNeeded => None,
+                    Token::Valid(token) => Some(token),
+                    Token::Awaited => return,
+                };
                 if settled && self.needs_subscribing(now_ms, target_count) {
                     self.subscribe(now_ms, wanted(), access_token, outbox);
                 }
@@ -228,7 +244,7 @@ impl Link {
     }
 
     fn probe(&mut self, now_ms: u64, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
-        let sent = outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms);
+        let sent = outbox.grpc_call(&self.service, &messages::health_check(), self.timeout_ms);
         match sent {
             Ok(token) => {
                 self.calls.push((token, Call::Probe));
@@ -355,7 +371,7 @@ impl Link {
                 None
             }
             Call::Probe => {
-                let alive = answer.is_some_and(|body| messages::read_server_check(body).is_ok());
+                let alive = answer.is_some_and(|body| messages::read_health_check(body).is_ok());
                 if let State::Open {
                     alive_at_ms,
                     probing,
@@ -542,7 +558,10 @@ impl Link {
                 let _ = outbox.grpc_send(stream, &messages::detection_ack(&request_id));
                 None
             }
-            Ok(ServerMessage::Reset) => {
+            Ok(ServerMessage::Reset { request_id }) => {
+                if let Some(request_id) = request_id {
+                    let _ = outbox.grpc_send(stream, &messages::reset_ack(&request_id));
+                }
                 self.lost(now_ms, "the server asked to reconnect", outbox, metrics);
                 None
             }

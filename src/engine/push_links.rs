@@ -4,7 +4,7 @@
 use super::host_traits::{Metrics, Outbox};
 use super::ids::{slot_at, Id, ServerId, TargetId};
 use super::metrics::PushMetrics;
-use super::push::{DuePoll, Heard, Link, Wanted};
+use super::push::{DuePoll, Heard, Link, Token, Wanted};
 use super::servers::Servers;
 use super::targets::Targets;
 use crate::pure::config::NacosServer;
@@ -66,13 +66,12 @@ impl PushLinks {
             let needs_token = servers
                 .settings(id)
                 .is_some_and(|s| s.credentials.is_some());
-            let access_token = servers.access_token(id, now_ms);
-            let of_server = targets.of_server(id);
-            let count = if needs_token && access_token.is_none() {
-                0
-            } else {
-                of_server.len()
+            let token = match servers.access_token(id, now_ms) {
+                Some(token) => Token::Valid(token),
+                None if needs_token => Token::Awaited,
+                None => Token::NotNeeded,
             };
+            let of_server = targets.of_server(id);
             let wanted = || {
                 of_server
                     .iter()
@@ -86,7 +85,7 @@ impl PushLinks {
                     })
                     .collect()
             };
-            link.drive(now_ms, count, wanted, access_token, outbox, metrics);
+            link.drive(now_ms, of_server.len(), wanted, token, outbox, metrics);
         }
     }
 

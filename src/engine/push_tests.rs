@@ -32,6 +32,13 @@ fn server_check_answer() -> Vec<u8> {
     )
 }
 
+fn health_answer() -> Vec<u8> {
+    payload(
+        "HealthCheckResponse",
+        r#"{"resultCode":200,"errorCode":0,"success":true}"#,
+    )
+}
+
 fn subscribe_answer(service_info: &str) -> Vec<u8> {
     payload(
         "SubscribeServiceResponse",
@@ -123,6 +130,15 @@ impl Harness {
         stream
     }
 
+    /// Answer a `ServerCheck` or a probe as a healthy server does.
+    fn answer_link_call(&mut self, token: u32, kind: &str, now: u64) {
+        let answer = match kind {
+            "HealthCheckRequest" => health_answer(),
+            _ => server_check_answer(),
+        };
+        self.grpc_answer(token, Some(&answer), now);
+    }
+
     /// Tick every 50 ms over `times`, answering polls and probes; the polls.
     fn run(&mut self, times: std::ops::Range<u64>) -> usize {
         let mut polls = 0;
@@ -130,8 +146,8 @@ impl Harness {
             self.tick(now);
             polls += self.answer_polls(now);
             for (token, kind) in self.take_grpc() {
-                assert_eq!(kind, "ServerCheckRequest", "only probes once subscribed");
-                self.grpc_answer(token, Some(&server_check_answer()), now);
+                assert_eq!(kind, "HealthCheckRequest", "only probes once subscribed");
+                self.grpc_answer(token, Some(&health_answer()), now);
             }
         }
         polls
@@ -238,7 +254,7 @@ fn an_unanswered_probe_closes_the_link() {
     gw.tick(5_100);
     let probes = gw.take_grpc();
     assert_eq!(probes.len(), 1);
-    assert_eq!(probes[0].1, "ServerCheckRequest");
+    assert_eq!(probes[0].1, "HealthCheckRequest");
     gw.grpc_answer(probes[0].0, None, 5_600);
     assert_eq!(gw.outbox.closed, vec![stream]);
     gw.tick(5_650);
@@ -408,4 +424,138 @@ fn a_push_with_blank_clusters_reaches_every_guard_of_the_service() {
         gw.run(1_050..29_000) <= 2,
         "both guards live by push: at most their safety polls"
     );
+}
+
+/// Java's answer to a request the user may not make: the handler's response
+/// type with resultCode 500 and errorCode 403
+/// (`core/.../auth/RemoteRequestAuthFilter.java`).
+fn forbidden() -> Vec<u8> {
+    payload(
+        "SubscribeServiceResponse",
+        r#"{"resultCode":500,"errorCode":403,"message":"authorization failed!","success":false}"#,
+    )
+}
+
+#[test]
+fn a_permanent_refusal_backs_off_per_subscription_and_is_counted() {
+    let mut gw = Harness::pushing();
+    gw.tick(0);
+    gw.answer_polls(0);
+    let check = gw.take_grpc()[0].0;
+    gw.grpc_answer(check, Some(&server_check_answer()), 5);
+    let mut subscriptions = 0;
+    for now in (300..60_300).step_by(50) {
+        gw.tick(now);
+        gw.answer_polls(now);
+        for (token, kind) in gw.take_grpc() {
+            if kind == "SubscribeServiceRequest" {
+                subscriptions += 1;
+                gw.grpc_answer(token, Some(&forbidden()), now);
+            } else {
+                gw.answer_link_call(token, &kind, now);
+            }
+        }
+    }
+    // 1, 2, 4, 8, 16 then 30 s apart: at 0.3, 1.3, 3.3, 7.3, 15.3, 31.3 s.
+    assert!(subscriptions <= 7, "{subscriptions} subscriptions in 60 s");
+    assert_eq!(gw.metric("push_failures"), subscriptions);
+}
+
+const AUTH_PUSH: &str = r#"{
+    "nacos": {"cluster": "outbound|8848||nacos.dns", "timeoutMs": 500,
+              "username": "admin", "password": "pw",
+              "push": {"grpcCluster": "outbound|9848||nacos.dns"}},
+    "refreshIntervalMs": 1000,
+    "service": {"name": "demo"}
+}"#;
+
+#[test]
+fn no_subscription_goes_out_without_the_token() {
+    let mut gw = Harness::new(AUTH_PUSH);
+    let mut logins = 0;
+    let mut without_token = 0;
+    for now in (0..12_000).step_by(50) {
+        gw.tick(now);
+        for call in gw.outbox.take() {
+            let answer: (u16, &[u8]) = if call.method == "POST" {
+                logins += 1;
+                // The first login gives a token for 4 s; later ones fail.
+                if logins == 1 {
+                    (200, br#"{"accessToken":"T1","tokenTtl":4}"#)
+                } else {
+                    (500, b"down")
+                }
+            } else {
+                (200, LIST)
+            };
+            gw.answer(call.token, Some(answer), now);
+        }
+        for (token, _, message) in std::mem::take(&mut gw.outbox.grpc_calls) {
+            let sent = wire::decode(&message).unwrap();
+            if sent.message_type == "SubscribeServiceRequest" {
+                if !String::from_utf8_lossy(&sent.body).contains("T1") {
+                    without_token += 1;
+                }
+                gw.grpc_answer(token, Some(&forbidden()), now);
+            } else {
+                gw.answer_link_call(token, &sent.message_type, now);
+            }
+        }
+    }
+    assert_eq!(without_token, 0, "subscriptions wait for the token");
+}
+
+#[test]
+fn a_connect_reset_is_answered_then_the_link_reconnects() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    gw.push(
+        stream,
+        &payload(
+            "ConnectResetRequest",
+            r#"{"requestId":"42","headers":{},"serverIp":"","serverPort":""}"#,
+        ),
+        1_000,
+    );
+    let (to, answer) = gw.outbox.on_streams.last().unwrap();
+    let answer = wire::decode(answer).unwrap();
+    assert_eq!(
+        (*to, answer.message_type.as_str()),
+        (stream, "ConnectResetResponse"),
+        "Java waits 3 s for this answer"
+    );
+    assert!(String::from_utf8_lossy(&answer.body).contains(r#""requestId":"42""#));
+    assert_eq!(gw.outbox.closed, vec![stream]);
+    gw.tick(1_000);
+    assert_eq!(gw.answer_polls(1_000), 1, "polled until it is back");
+}
+
+#[test]
+fn a_root_context_that_goes_away_closes_its_link() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    gw.engine.shut_down(&mut gw.outbox, &mut gw.metrics);
+    assert_eq!(gw.outbox.closed, vec![stream]);
+    assert_eq!(gw.metric("push_streams"), 0);
+}
+
+#[test]
+fn the_probe_is_a_health_check_and_an_unregistered_connection_fails_it() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    gw.tick(5_100);
+    let probes = gw.take_grpc();
+    assert_eq!(
+        probes.iter().map(|p| p.1.as_str()).collect::<Vec<_>>(),
+        ["HealthCheckRequest"],
+        "the request that proves registration and counts as activity"
+    );
+    let unregistered = payload(
+        "ErrorResponse",
+        r#"{"resultCode":500,"errorCode":301,"message":"Connection is unregistered.","success":false}"#,
+    );
+    gw.grpc_answer(probes[0].0, Some(&unregistered), 5_110);
+    assert_eq!(gw.outbox.closed, vec![stream]);
+    gw.tick(5_150);
+    assert_eq!(gw.answer_polls(5_150), 1, "polled until a new link is up");
 }

@@ -32,6 +32,13 @@ impl GuardRoot {
             vm: None,
         }
     }
+
+    /// Close what the engine holds open (its push links).
+    fn shut_down(&mut self) {
+        if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
+            vm.engine.shut_down(&mut HostOutbox, &mut HostMetrics);
+        }
+    }
 }
 
 impl Context for GuardRoot {
@@ -106,6 +113,13 @@ impl Context for GuardRoot {
         );
     }
 
+    /// The host is done with this root context: a configuration edit or
+    /// removal. Its push links close now, not when the server notices.
+    fn on_done(&mut self) -> bool {
+        self.shut_down();
+        true
+    }
+
     fn on_grpc_stream_close(&mut self, token: u32, _status_code: u32) {
         if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
             let now = vm.read_clock_between_ticks();
@@ -146,6 +160,8 @@ impl RootContext for GuardRoot {
                 return false;
             }
         };
+        // A configuration given again to this root context replaces its engine.
+        self.shut_down();
         let seed = random_u64(self.context_id);
         let mut engine = Engine::new(&config, &mut HostMetrics, seed);
         // Another draw, not the seed: VM ids must differ between VMs whatever
