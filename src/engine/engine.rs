@@ -306,6 +306,26 @@ impl Engine {
         self.hear(server, heard, now_ms, metrics, store);
     }
 
+    /// A message on a push stream too large to read (`size` bytes), of which
+    /// `head` is the start.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_push_oversized(
+        &mut self,
+        stream: u32,
+        size: usize,
+        head: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let owner = self.links.owner_of_stream(stream);
+        if let Some(server) = self.still_linked(owner, now_ms, outbox, metrics, store) {
+            self.links
+                .on_oversized(server, size, head, now_ms, outbox, metrics);
+        }
+    }
+
     /// The root context goes away (a configuration edit replaced it): close
     /// its push links, so that two links of one gateway do not coexist until
     /// the server notices (Java keeps the first stream of a connection).

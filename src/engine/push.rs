@@ -22,6 +22,7 @@ use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::response::AnswerError;
 use crate::pure::push::grpc;
 use crate::pure::push::messages::{self, ServerMessage, ServiceInfo};
+use crate::pure::push::oversized;
 use crate::pure::registry::instance::InstanceSet;
 
 /// How often a live link is probed.
@@ -588,6 +589,46 @@ impl Link {
     /// service it names (one per group and name, see `subscribe`) whose clusters
     /// it covers. Both servers push a subscriber that named no clusters with
     /// `clusters: ""`.
+    /// A message of `size` bytes on the stream, too large to read, of which
+    /// `head` is the start: answered if it is a push (the server would resend it
+    /// for ever), counted, and its service (or, unnamed, every service) polled.
+    pub fn on_oversized(
+        &mut self,
+        size: usize,
+        head: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+    ) {
+        let State::Open { stream, .. } = self.state else {
+            return;
+        };
+        bump(metrics, self.metrics.failures);
+        let notify = oversized::read_head(head);
+        if let Some(notify) = &notify {
+            let _ = outbox.grpc_send(stream, &messages::notify_ack(&notify.request_id));
+        }
+        let service = notify.and_then(|notify| notify.service);
+        let named = service
+            .as_ref()
+            .map_or_else(|| "unnamed".to_string(), |(_, name)| name.clone());
+        warn!(
+            "nacos-instance-guard: a push of {size} bytes on {} ({named} service) exceeds the \
+             limit; answered, not read; polling instead",
+            self.settings.grpc_cluster
+        );
+        for subscribed in self.subscriptions.iter_mut() {
+            let is_named = service.as_ref().is_none_or(|(group, name)| {
+                subscribed.service.group == *group && subscribed.service.name == *name
+            });
+            if is_named {
+                for member in &mut subscribed.members {
+                    member.safety_poll_due_ms = now_ms;
+                }
+            }
+        }
+    }
+
     fn subscribed_targets(&self, service: &ServiceInfo) -> Vec<TargetId> {
         self.subscriptions
             .iter()

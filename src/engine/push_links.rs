@@ -148,6 +148,21 @@ impl PushLinks {
             .on_stream_message(message, now_ms, outbox, metrics)
     }
 
+    /// A message too large to read on the stream of `server`'s link.
+    pub fn on_oversized(
+        &mut self,
+        server: ServerId,
+        size: usize,
+        head: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+    ) {
+        if let Some(link) = self.link(server) {
+            link.on_oversized(size, head, now_ms, outbox, metrics);
+        }
+    }
+
     /// Stream `stream` ended.
     pub fn on_stream_closed(&mut self, stream: u32, now_ms: u64, metrics: &mut dyn Metrics) {
         for (_, link) in self.links() {

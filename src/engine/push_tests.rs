@@ -559,3 +559,35 @@ fn the_probe_is_a_health_check_and_an_unregistered_connection_fails_it() {
     gw.tick(5_150);
     assert_eq!(gw.answer_polls(5_150), 1, "polled until a new link is up");
 }
+
+#[test]
+fn an_oversized_push_is_answered_counted_and_its_service_polled() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    let mut head = payload(
+        "NotifySubscriberRequest",
+        r#"{"requestId":"31","headers":{},"namespace":"public","serviceName":"demo",
+            "groupName":"DEFAULT_GROUP","serviceInfo":{"hosts":[{"ip":"10.0.0.1","port":80},"#,
+    );
+    head.truncate(4096);
+    gw.engine.on_push_oversized(
+        stream,
+        5 << 20,
+        &head,
+        1_000,
+        &mut gw.outbox,
+        &mut gw.metrics,
+        &mut gw.store,
+    );
+    assert_eq!(gw.metric("push_failures"), 1);
+    let (to, ack) = gw.outbox.on_streams.last().unwrap();
+    let ack = wire::decode(ack).unwrap();
+    assert_eq!(
+        (*to, ack.message_type.as_str()),
+        (stream, "NotifySubscriberResponse"),
+        "unanswered, Java pushes it again every few seconds"
+    );
+    assert!(String::from_utf8_lossy(&ack.body).contains(r#""requestId":"31""#));
+    gw.tick(1_050);
+    assert_eq!(gw.answer_polls(1_050), 1, "the service is polled at once");
+}

@@ -14,6 +14,7 @@ use super::vm::{SharedVm, VmState};
 use crate::engine::{Engine, GatewayClock};
 use crate::pure::config::{self, Capabilities};
 use crate::pure::polling::nacos::response::MAX_ANSWER_BYTES;
+use crate::pure::push::oversized;
 use crate::pure::sharing::published::ConfigKeys;
 
 const CAPABILITIES: Capabilities = Capabilities {
@@ -99,10 +100,24 @@ impl Context for GuardRoot {
         let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) else {
             return;
         };
+        let now = vm.read_clock_between_ticks();
+        if message_size > MAX_ANSWER_BYTES {
+            let head =
+                read_grpc_buffer(message_size.min(oversized::HEAD_BYTES)).unwrap_or_default();
+            vm.engine.on_push_oversized(
+                token,
+                message_size,
+                &head,
+                now,
+                &mut HostOutbox,
+                &mut HostMetrics,
+                &mut HostStore,
+            );
+            return;
+        }
         let Some(message) = read_grpc_message(message_size) else {
             return;
         };
-        let now = vm.read_clock_between_ticks();
         vm.engine.on_push_message(
             token,
             &message,
@@ -136,6 +151,11 @@ fn read_grpc_message(size: usize) -> Option<Vec<u8>> {
     if size > MAX_ANSWER_BYTES {
         return None;
     }
+    read_grpc_buffer(size)
+}
+
+/// The first `size` bytes of the gRPC message just received.
+fn read_grpc_buffer(size: usize) -> Option<Vec<u8>> {
     proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
         .ok()
         .flatten()
