@@ -333,6 +333,19 @@ impl Engine {
         self.links.stop(outbox, metrics);
     }
 
+    /// Connections this engine's push streams were cancelled on, for the
+    /// engine that replaces it in this VM (`distrust_connections`).
+    pub fn cancelled_connections(&self) -> Vec<String> {
+        self.links.cancelled_connections()
+    }
+
+    /// Connections a replaced engine of this VM cancelled streams on: Envoy may
+    /// put this engine's stream on one of them, where Java Nacos keeps the
+    /// dead first stream.
+    pub fn distrust_connections(&mut self, ids: &[String]) {
+        self.links.distrust(ids);
+    }
+
     /// A push stream ended; its services are polled until it is back.
     pub fn on_push_closed(&mut self, stream: u32, now_ms: u64, metrics: &mut dyn Metrics) {
         self.links.on_stream_closed(stream, now_ms, metrics);

@@ -17,6 +17,7 @@ mod polling;
 mod push;
 mod push_links;
 mod push_subscriptions;
+mod push_trust;
 mod reject;
 mod servers;
 mod sharing;

@@ -17,6 +17,7 @@ use super::host_traits::{Metrics, Outbox};
 use super::ids::TargetId;
 use super::metrics::{bump, PushMetrics};
 use super::push_subscriptions::{safety_phase_ms, Member, State as Subscription, Subscriptions};
+use super::push_trust::ConnectionTrust;
 use crate::pure::config::PushSettings;
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::response::AnswerError;
@@ -81,12 +82,16 @@ enum State {
         alive_at_ms: u64,
         probe_due_ms: u64,
         probing: bool,
+        /// Pushes can be trusted to reach this stream (`push_trust`).
+        confirmed: bool,
     },
 }
 
 enum Call {
     Check,
     Probe,
+    /// A `ServerCheck` beside the probe: is the link still on one connection?
+    Identity,
     /// Subscription `index` (in `Subscriptions`).
     Subscribe {
         index: usize,
@@ -111,6 +116,9 @@ pub(super) struct Link {
     /// An open link was lost since the engine last asked (`take_lost`).
     lost: bool,
     requests: u64,
+    trust: ConnectionTrust,
+    /// An unconfirmed link was reported since the last confirmed one.
+    said_unconfirmed: bool,
     metrics: PushMetrics,
 }
 
@@ -128,8 +136,22 @@ impl Link {
             was_open: false,
             lost: false,
             requests: 0,
+            trust: ConnectionTrust::default(),
+            said_unconfirmed: false,
             metrics,
         }
+    }
+
+    /// Connections a stream of this link was cancelled on: a later link of this
+    /// VM on one of them (Envoy reuses it) is not trusted.
+    pub fn cancelled_connections(&self) -> &[String] {
+        self.trust.cancelled()
+    }
+
+    /// Connections cancelled by another engine of this VM (a configuration
+    /// this one replaced).
+    pub fn distrust(&mut self, ids: &[String]) {
+        self.trust.remember(ids.iter().cloned());
     }
 
     /// Whether an open link was lost since the last call: its services may have
@@ -146,11 +168,14 @@ impl Link {
         matches!(self.state, State::Open { stream, .. } if stream == token)
     }
 
+    /// Whether the link stands for polls now: probed in time and confirmed.
     fn is_alive(&self, now_ms: u64) -> bool {
         match self.state {
-            State::Open { alive_at_ms, .. } => {
-                now_ms <= alive_at_ms + PROBE_INTERVAL_MS + self.timeout_ms
-            }
+            State::Open {
+                alive_at_ms,
+                confirmed,
+                ..
+            } => confirmed && now_ms <= alive_at_ms + PROBE_INTERVAL_MS + self.timeout_ms,
             _ => false,
         }
     }
@@ -204,6 +229,8 @@ impl Link {
         metrics: &mut dyn Metrics,
     ) {
         match self.state {
+            // Push is off for a cluster that spreads calls over connections.
+            State::Down if self.trust.is_spread() => {}
             State::Down if now_ms >= self.retry_at_ms => {
                 match outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms) {
                     Ok(token) => {
@@ -249,6 +276,11 @@ impl Link {
         match sent {
             Ok(token) => {
                 self.calls.push((token, Call::Probe));
+                let identity =
+                    outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms);
+                if let Ok(token) = identity {
+                    self.calls.push((token, Call::Identity));
+                }
                 if let State::Open {
                     probing,
                     probe_due_ms,
@@ -389,6 +421,25 @@ impl Link {
                 }
                 None
             }
+            Call::Identity => {
+                // Unanswered, it tells nothing: the probe judges liveness.
+                let id = answer.and_then(|body| messages::read_server_check(body).ok());
+                if let Some(id) = id {
+                    if !self.trust.same_connection(&id) {
+                        bump(metrics, self.metrics.failures);
+                        warn!(
+                            "nacos-instance-guard: the gRPC cluster {} sends this link's calls \
+                             over more than one connection (connection {id} answered); the \
+                             stream and the subscriptions may reach different servers, so push \
+                             is off and its services are polled. Give the cluster one host \
+                             (the load balancer's or the domain's address)",
+                            self.settings.grpc_cluster
+                        );
+                        self.lost(now_ms, "calls reach several connections", outbox, metrics);
+                    }
+                }
+                None
+            }
             Call::Subscribe { index, sent_at_ms } => {
                 let info = answer
                     .ok_or_else(|| "no answer".to_string())
@@ -461,6 +512,20 @@ impl Link {
             bump(metrics, self.metrics.reconnects);
         }
         self.was_open = true;
+        let confirmed = self.trust.opened(connection_id);
+        if !confirmed {
+            bump(metrics, self.metrics.failures);
+            if !self.said_unconfirmed {
+                warn!(
+                    "nacos-instance-guard: push stream on {} reuses connection {connection_id}, \
+                     where a stream of this gateway was closed; servers that keep a \
+                     connection's first stream (Java Nacos) would push there, so its services \
+                     stay polled until a push arrives on this one",
+                    self.settings.grpc_cluster
+                );
+                self.said_unconfirmed = true;
+            }
+        }
         info!(
             "nacos-instance-guard: push stream open on {} (connection {connection_id})",
             self.settings.grpc_cluster
@@ -474,6 +539,7 @@ impl Link {
             alive_at_ms: now_ms,
             probe_due_ms: now_ms + PROBE_INTERVAL_MS,
             probing: false,
+            confirmed,
         };
     }
 
@@ -499,6 +565,7 @@ impl Link {
     ) {
         if let State::Open { stream, .. } = self.state {
             outbox.grpc_close(stream);
+            self.trust.cancelled_current();
         }
         self.closed(now_ms, reason, metrics);
     }
@@ -514,6 +581,7 @@ impl Link {
         if let Some(gauge) = self.metrics.streams {
             metrics.record(gauge, 0);
         }
+        self.trust.closed_current();
         self.down(now_ms);
     }
 
@@ -541,6 +609,7 @@ impl Link {
                 request_id,
                 service,
             }) => {
+                self.confirm();
                 // Acknowledged whether or not it parsed: a resend would not parse
                 // either; the service is polled instead (`poll_soon`).
                 let _ = outbox.grpc_send(stream, &messages::notify_ack(&request_id));
@@ -643,6 +712,20 @@ impl Link {
             .collect()
     }
 
+    /// A push arrived on the stream: the server pushes to this one.
+    fn confirm(&mut self) {
+        if let State::Open { confirmed, .. } = &mut self.state {
+            if !*confirmed {
+                info!(
+                    "nacos-instance-guard: push stream on {} confirmed by a push",
+                    self.settings.grpc_cluster
+                );
+                *confirmed = true;
+                self.said_unconfirmed = false;
+            }
+        }
+    }
+
     /// The stream ended (the server restarted, the connection dropped).
     pub fn on_stream_closed(&mut self, now_ms: u64, metrics: &mut dyn Metrics) {
         // Already closed by the host: nothing to close.
@@ -653,6 +736,7 @@ impl Link {
     pub fn stop(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
         if let State::Open { stream, .. } = self.state {
             outbox.grpc_close(stream);
+            self.trust.cancelled_current();
             if let Some(gauge) = self.metrics.streams {
                 metrics.record(gauge, 0);
             }

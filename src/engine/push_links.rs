@@ -96,6 +96,22 @@ impl PushLinks {
         }
     }
 
+    /// Connections a stream of these links was cancelled on.
+    pub fn cancelled_connections(&self) -> Vec<String> {
+        self.by_server
+            .iter()
+            .flatten()
+            .flat_map(|link| link.cancelled_connections().iter().cloned())
+            .collect()
+    }
+
+    /// Connections cancelled by another engine of this VM: not trusted here.
+    pub fn distrust(&mut self, ids: &[String]) {
+        for (_, link) in self.links() {
+            link.distrust(ids);
+        }
+    }
+
     /// The servers whose open link was lost since the last call: a change
     /// pushed just before the loss may never have arrived.
     pub fn take_lost(&mut self) -> Vec<ServerId> {

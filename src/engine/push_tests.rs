@@ -146,8 +146,11 @@ impl Harness {
             self.tick(now);
             polls += self.answer_polls(now);
             for (token, kind) in self.take_grpc() {
-                assert_eq!(kind, "HealthCheckRequest", "only probes once subscribed");
-                self.grpc_answer(token, Some(&health_answer()), now);
+                assert!(
+                    ["HealthCheckRequest", "ServerCheckRequest"].contains(&kind.as_str()),
+                    "only probes once subscribed: {kind}"
+                );
+                self.answer_link_call(token, &kind, now);
             }
         }
         polls
@@ -253,7 +256,6 @@ fn an_unanswered_probe_closes_the_link() {
     let stream = gw.subscribed();
     gw.tick(5_100);
     let probes = gw.take_grpc();
-    assert_eq!(probes.len(), 1);
     assert_eq!(probes[0].1, "HealthCheckRequest");
     gw.grpc_answer(probes[0].0, None, 5_600);
     assert_eq!(gw.outbox.closed, vec![stream]);
@@ -546,8 +548,7 @@ fn the_probe_is_a_health_check_and_an_unregistered_connection_fails_it() {
     gw.tick(5_100);
     let probes = gw.take_grpc();
     assert_eq!(
-        probes.iter().map(|p| p.1.as_str()).collect::<Vec<_>>(),
-        ["HealthCheckRequest"],
+        probes[0].1, "HealthCheckRequest",
         "the request that proves registration and counts as activity"
     );
     let unregistered = payload(
@@ -590,4 +591,89 @@ fn an_oversized_push_is_answered_counted_and_its_service_polled() {
     assert!(String::from_utf8_lossy(&ack.body).contains(r#""requestId":"31""#));
     gw.tick(1_050);
     assert_eq!(gw.answer_polls(1_050), 1, "the service is polled at once");
+}
+
+fn server_check_on(connection_id: &str) -> Vec<u8> {
+    payload(
+        "ServerCheckResponse",
+        &format!(
+            r#"{{"resultCode":200,"errorCode":0,"connectionId":"{connection_id}","success":true}}"#
+        ),
+    )
+}
+
+/// The probe fails and the link reconnects, on the connection Envoy kept:
+/// `ServerCheck` answers the id of the connection the first stream was on.
+fn relinked_on_the_same_connection(gw: &mut Harness) -> u32 {
+    let first = gw.subscribed();
+    gw.tick(5_100);
+    let probe = gw.take_grpc()[0].0;
+    gw.grpc_answer(probe, None, 5_600);
+    assert_eq!(gw.outbox.closed, vec![first]);
+    for now in (5_650..7_000).step_by(50) {
+        gw.tick(now);
+        gw.answer_polls(now);
+        for (token, kind) in gw.take_grpc() {
+            match kind.as_str() {
+                "ServerCheckRequest" => gw.grpc_answer(token, Some(&server_check_answer()), now),
+                _ => gw.grpc_answer(token, Some(&subscribe_answer(ONE_HOST)), now),
+            }
+        }
+    }
+    let second = *gw.outbox.opened.last().unwrap();
+    assert_ne!(first, second);
+    second
+}
+
+#[test]
+fn a_stream_on_a_connection_whose_first_stream_was_cancelled_is_not_trusted_until_pushed_to() {
+    let mut gw = Harness::pushing();
+    let second = relinked_on_the_same_connection(&mut gw);
+    assert!(
+        gw.run(7_000..12_000) >= 4,
+        "Java keeps pushing to the cancelled stream: the services stay polled"
+    );
+    // r-nacos replaces the stream: a push on it proves it.
+    gw.push(second, &notify("3", ONE_HOST), 12_000);
+    assert_eq!(
+        gw.run(12_050..29_000),
+        0,
+        "confirmed: push stands for polls"
+    );
+}
+
+#[test]
+fn a_replaced_configurations_cancelled_connections_are_not_trusted_by_the_next() {
+    let mut old = Harness::pushing();
+    old.subscribed();
+    old.engine.shut_down(&mut old.outbox, &mut old.metrics);
+    let cancelled = old.engine.cancelled_connections();
+    assert_eq!(cancelled, ["1_127.0.0.1:4000"]);
+    let mut new = Harness::pushing();
+    new.engine.distrust_connections(&cancelled);
+    new.subscribed();
+    assert!(new.run(400..5_000) >= 4, "polled: the link is unconfirmed");
+}
+
+#[test]
+fn a_grpc_cluster_that_spreads_calls_over_connections_turns_push_off() {
+    let mut gw = Harness::pushing();
+    gw.subscribed();
+    gw.tick(5_100);
+    for (token, kind) in gw.take_grpc() {
+        let answer = match kind.as_str() {
+            "ServerCheckRequest" => server_check_on("1_127.0.0.2:5000"),
+            _ => health_answer(),
+        };
+        gw.grpc_answer(token, Some(&answer), 5_110);
+    }
+    assert_eq!(gw.metric("push_failures"), 1);
+    assert_eq!(gw.metric("push_streams"), 0);
+    let mut polls = 0;
+    for now in (5_150..65_000).step_by(50) {
+        gw.tick(now);
+        polls += gw.answer_polls(now);
+        assert!(gw.take_grpc().is_empty(), "push stays off");
+    }
+    assert!(polls >= 55, "polled at its interval: {polls}");
 }

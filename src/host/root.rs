@@ -17,6 +17,13 @@ use crate::pure::polling::nacos::response::MAX_ANSWER_BYTES;
 use crate::pure::push::oversized;
 use crate::pure::sharing::published::ConfigKeys;
 
+thread_local! {
+    /// Connections on which a push stream of this VM was cancelled by a root
+    /// context that is gone. Envoy's connections belong to the VM's worker
+    /// thread, so the next configuration's stream may land on one of them.
+    static CANCELLED_CONNECTIONS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
 const CAPABILITIES: Capabilities = Capabilities {
     higress_routing: cfg!(feature = "higress"),
 };
@@ -34,10 +41,13 @@ impl GuardRoot {
         }
     }
 
-    /// Close what the engine holds open (its push links).
+    /// Close what the engine holds open (its push links), and hand the
+    /// connections their streams were on to the engines that follow in this VM.
     fn shut_down(&mut self) {
         if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
             vm.engine.shut_down(&mut HostOutbox, &mut HostMetrics);
+            let cancelled = vm.engine.cancelled_connections();
+            CANCELLED_CONNECTIONS.with(|ids| ids.borrow_mut().extend(cancelled));
         }
     }
 }
@@ -184,6 +194,7 @@ impl RootContext for GuardRoot {
         self.shut_down();
         let seed = random_u64(self.context_id);
         let mut engine = Engine::new(&config, &mut HostMetrics, seed);
+        CANCELLED_CONNECTIONS.with(|ids| engine.distrust_connections(&ids.borrow()));
         // Another draw, not the seed: VM ids must differ between VMs whatever
         // their seeds share.
         let vm_id = random_u64(self.context_id.wrapping_add(1));
