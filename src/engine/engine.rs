@@ -307,6 +307,46 @@ impl Engine {
         self.hear(server, heard, now_ms, metrics, store);
     }
 
+    /// A message on a push stream too large to read (`size` bytes), of which
+    /// `head` is the start.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_push_oversized(
+        &mut self,
+        stream: u32,
+        size: usize,
+        head: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let owner = self.links.owner_of_stream(stream);
+        if let Some(server) = self.still_linked(owner, now_ms, outbox, metrics, store) {
+            self.links
+                .on_oversized(server, size, head, now_ms, outbox, metrics);
+        }
+    }
+
+    /// The root context goes away (a configuration edit replaced it): close
+    /// its push links, so that two links of one gateway do not coexist until
+    /// the server notices (Java keeps the first stream of a connection).
+    pub fn shut_down(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+        self.links.stop(outbox, metrics);
+    }
+
+    /// Connections this engine's push streams were cancelled on, for the
+    /// engine that replaces it in this VM (`distrust_connections`).
+    pub fn cancelled_connections(&self) -> Vec<String> {
+        self.links.cancelled_connections()
+    }
+
+    /// Connections a replaced engine of this VM cancelled streams on: Envoy may
+    /// put this engine's stream on one of them, where Java Nacos keeps the
+    /// dead first stream.
+    pub fn distrust_connections(&mut self, ids: &[String]) {
+        self.links.distrust(ids);
+    }
+
     /// A push stream ended; its services are polled until it is back.
     pub fn on_push_closed(&mut self, stream: u32, now_ms: u64, metrics: &mut dyn Metrics) {
         self.links.on_stream_closed(stream, now_ms, metrics);

@@ -16,6 +16,8 @@ mod metrics;
 mod polling;
 mod push;
 mod push_links;
+mod push_subscriptions;
+mod push_trust;
 mod reject;
 mod servers;
 mod sharing;

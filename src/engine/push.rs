@@ -7,19 +7,23 @@
 //! the link is down, polling takes over at once.
 //!
 //! Liveness: Envoy multiplexes the unary calls and the stream of one VM on one
-//! HTTP/2 connection, so a `ServerCheck` answered on time proves the stream's
-//! connection is up. A link whose probe fails is closed and reconnected.
+//! HTTP/2 connection, so a `HealthCheck` answered on time proves the stream's
+//! connection is up and registered (a `ServerCheck` is answered on any
+//! connection). A link whose probe fails is closed and reconnected.
 
 use log::{info, warn};
 
 use super::host_traits::{Metrics, Outbox};
-use super::ids::{slot_at, Id, TargetId};
+use super::ids::TargetId;
 use super::metrics::{bump, PushMetrics};
+use super::push_subscriptions::{safety_phase_ms, Member, State as Subscription, Subscriptions};
+use super::push_trust::ConnectionTrust;
 use crate::pure::config::PushSettings;
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::response::AnswerError;
 use crate::pure::push::grpc;
 use crate::pure::push::messages::{self, ServerMessage, ServiceInfo};
+use crate::pure::push::oversized;
 use crate::pure::registry::instance::InstanceSet;
 
 /// How often a live link is probed.
@@ -41,13 +45,24 @@ pub(super) enum DuePoll {
     Confirm,
 }
 
-/// A list the server gave for a service, for the engine to apply.
+/// A list the server gave for a service, for the engine to apply to each of
+/// its targets (every guard filters the list by its own clusters).
 pub(super) struct Heard {
-    pub target: TargetId,
+    pub targets: Vec<TargetId>,
     pub list: Result<InstanceSet, AnswerError>,
     /// When the state it describes was read: when the subscription was sent, or
     /// when the push arrived.
     pub stamp_ms: u64,
+}
+
+/// The access token subscriptions carry.
+#[derive(Clone, Copy)]
+pub(super) enum Token<'a> {
+    NotNeeded,
+    Valid(&'a str),
+    /// The server needs one and none is valid now: subscribing would only be
+    /// refused (403), so subscriptions wait.
+    Awaited,
 }
 
 /// A service the link should subscribe, with what the server knows it by.
@@ -67,31 +82,21 @@ enum State {
         alive_at_ms: u64,
         probe_due_ms: u64,
         probing: bool,
+        /// Pushes can be trusted to reach this stream (`push_trust`).
+        confirmed: bool,
     },
 }
 
 enum Call {
     Check,
     Probe,
-    Subscribe { target: TargetId, sent_at_ms: u64 },
-}
-
-enum Subscription {
-    /// Never subscribed: see `subscribe`.
-    Polled,
-    Sent,
-    Live {
-        safety_poll_due_ms: u64,
+    /// A `ServerCheck` beside the probe: is the link still on one connection?
+    Identity,
+    /// Subscription `index` (in `Subscriptions`).
+    Subscribe {
+        index: usize,
+        sent_at_ms: u64,
     },
-    RetryAt(u64),
-}
-
-struct Subscribed {
-    /// What a pushed `serviceInfo` names: group, name and the clusters asked for.
-    group: String,
-    name: String,
-    clusters: String,
-    state: Subscription,
 }
 
 pub(super) struct Link {
@@ -111,6 +116,9 @@ pub(super) struct Link {
     /// An open link was lost since the engine last asked (`take_lost`).
     lost: bool,
     requests: u64,
+    trust: ConnectionTrust,
+    /// An unconfirmed link was reported since the last confirmed one.
+    said_unconfirmed: bool,
     metrics: PushMetrics,
 }
 
@@ -128,8 +136,22 @@ impl Link {
             was_open: false,
             lost: false,
             requests: 0,
+            trust: ConnectionTrust::default(),
+            said_unconfirmed: false,
             metrics,
         }
+    }
+
+    /// Connections a stream of this link was cancelled on: a later link of this
+    /// VM on one of them (Envoy reuses it) is not trusted.
+    pub fn cancelled_connections(&self) -> &[String] {
+        self.trust.cancelled()
+    }
+
+    /// Connections cancelled by another engine of this VM (a configuration
+    /// this one replaced).
+    pub fn distrust(&mut self, ids: &[String]) {
+        self.trust.remember(ids.iter().cloned());
     }
 
     /// Whether an open link was lost since the last call: its services may have
@@ -146,11 +168,14 @@ impl Link {
         matches!(self.state, State::Open { stream, .. } if stream == token)
     }
 
+    /// Whether the link stands for polls now: probed in time and confirmed.
     fn is_alive(&self, now_ms: u64) -> bool {
         match self.state {
-            State::Open { alive_at_ms, .. } => {
-                now_ms <= alive_at_ms + PROBE_INTERVAL_MS + self.timeout_ms
-            }
+            State::Open {
+                alive_at_ms,
+                confirmed,
+                ..
+            } => confirmed && now_ms <= alive_at_ms + PROBE_INTERVAL_MS + self.timeout_ms,
             _ => false,
         }
     }
@@ -160,12 +185,12 @@ impl Link {
     pub fn due_poll(&mut self, target: TargetId, now_ms: u64) -> DuePoll {
         let alive = self.is_alive(now_ms);
         let safety = self.settings.safety_interval_ms;
-        match self.subscriptions.get_mut(target).map(|s| &mut s.state) {
-            Some(Subscription::Live { safety_poll_due_ms }) if alive => {
-                if now_ms < *safety_poll_due_ms {
+        match self.subscriptions.member_mut(target) {
+            Some((Subscription::Live, member)) if alive => {
+                if now_ms < member.safety_poll_due_ms {
                     return DuePoll::Confirm;
                 }
-                *safety_poll_due_ms = now_ms + safety;
+                member.safety_poll_due_ms = now_ms + safety;
                 DuePoll::Poll
             }
             _ => DuePoll::Poll,
@@ -187,12 +212,8 @@ impl Link {
             "nacos-instance-guard: the list pushed for service {service} was refused: {reason}; \
              keeping the last good snapshot and polling"
         );
-        if let Some(Subscribed {
-            state: Subscription::Live { safety_poll_due_ms },
-            ..
-        }) = self.subscriptions.get_mut(target)
-        {
-            *safety_poll_due_ms = now_ms;
+        if let Some((_, member)) = self.subscriptions.member_mut(target) {
+            member.safety_poll_due_ms = now_ms;
         }
     }
 
@@ -203,11 +224,13 @@ impl Link {
         now_ms: u64,
         target_count: usize,
         wanted: impl FnOnce() -> Vec<Wanted<'a>>,
-        access_token: Option<&str>,
+        token: Token<'_>,
         outbox: &mut dyn Outbox,
         metrics: &mut dyn Metrics,
     ) {
         match self.state {
+            // Push is off for a cluster that spreads calls over connections.
+            State::Down if self.trust.is_spread() => {}
             State::Down if now_ms >= self.retry_at_ms => {
                 match outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms) {
                     Ok(token) => {
@@ -227,6 +250,11 @@ impl Link {
                     self.probe(now_ms, outbox, metrics);
                 }
                 let settled = now_ms >= opened_at_ms + SETUP_GRACE_MS;
+                let access_token = match token {
+                    Token::NotNeeded => None,
+                    Token::Valid(token) => Some(token),
+                    Token::Awaited => return,
+                };
                 if settled && self.needs_subscribing(now_ms, target_count) {
                     self.subscribe(now_ms, wanted(), access_token, outbox);
                 }
@@ -236,18 +264,23 @@ impl Link {
     }
 
     fn needs_subscribing(&self, now_ms: u64, target_count: usize) -> bool {
-        self.subscriptions.len() < target_count
+        self.subscriptions.targets() < target_count
             || self
                 .subscriptions
-                .values()
-                .any(|s| matches!(s.state, Subscription::RetryAt(at) if now_ms >= at))
+                .iter()
+                .any(|(_, s)| matches!(s.state, Subscription::RetryAt(at) if now_ms >= at))
     }
 
     fn probe(&mut self, now_ms: u64, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
-        let sent = outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms);
+        let sent = outbox.grpc_call(&self.service, &messages::health_check(), self.timeout_ms);
         match sent {
             Ok(token) => {
                 self.calls.push((token, Call::Probe));
+                let identity =
+                    outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms);
+                if let Ok(token) = identity {
+                    self.calls.push((token, Call::Identity));
+                }
                 if let State::Open {
                     probing,
                     probe_due_ms,
@@ -270,55 +303,79 @@ impl Link {
         outbox: &mut dyn Outbox,
     ) {
         for want in &wanted {
-            let due = match self.subscriptions.get(want.target).map(|s| &s.state) {
-                None => true,
-                Some(Subscription::RetryAt(at)) => now_ms >= *at,
-                Some(_) => false,
-            };
-            if !due {
+            if self.subscriptions.of(want.target).is_some() {
                 continue;
             }
-            // A push is matched to its service by the `serviceInfo`'s group, name and
-            // clusters, which name no namespace: a service asked for in two
-            // namespaces of one server could not be told apart, so it is polled.
-            let ambiguous = wanted.iter().any(|other| {
-                other.target != want.target
-                    && other.service.group == want.service.group
-                    && other.service.name == want.service.name
-                    && other.clusters == want.clusters
-            });
-            let sent = if ambiguous {
-                Err(String::new())
-            } else {
-                self.requests += 1;
-                let request_id = self.requests.to_string();
-                let message =
-                    messages::subscribe(want.service, want.clusters, access_token, &request_id);
-                outbox.grpc_call(&self.service, &message, self.timeout_ms)
-            };
-            let state = match sent {
-                Ok(token) => {
-                    self.calls.push((
-                        token,
-                        Call::Subscribe {
-                            target: want.target,
-                            sent_at_ms: now_ms,
-                        },
-                    ));
-                    Subscription::Sent
+            let index = match self.subscriptions.find(want.service) {
+                Some(index) => index,
+                None => {
+                    // A push names its service by group and name only: a service
+                    // asked for in two namespaces of one server could not be told
+                    // apart, so it is polled.
+                    let ambiguous = wanted.iter().any(|other| {
+                        other.service.group == want.service.group
+                            && other.service.name == want.service.name
+                            && other.service.namespace_id != want.service.namespace_id
+                    });
+                    let state = if ambiguous {
+                        Subscription::Polled
+                    } else {
+                        Subscription::RetryAt(now_ms)
+                    };
+                    self.subscriptions
+                        .add(want.service.clone(), state, FIRST_BACKOFF_MS)
                 }
-                Err(_) if ambiguous => Subscription::Polled,
-                Err(_) => Subscription::RetryAt(now_ms + self.backoff_ms),
             };
-            self.subscriptions.insert(
-                want.target,
-                Subscribed {
-                    group: want.service.group.clone(),
-                    name: want.service.name.clone(),
-                    clusters: want.clusters.join(","),
-                    state,
+            // A target that joins a live subscription missed its list: its
+            // safety poll is due at once, and pushes reach it from now on.
+            self.subscriptions.join(
+                index,
+                Member {
+                    target: want.target,
+                    clusters: want.clusters.to_vec(),
+                    safety_poll_due_ms: now_ms,
                 },
             );
+        }
+        let due: Vec<usize> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| matches!(s.state, Subscription::RetryAt(at) if now_ms >= at))
+            .map(|(index, _)| index)
+            .collect();
+        for index in due {
+            self.send_subscription(index, now_ms, access_token, outbox);
+        }
+    }
+
+    /// Subscribe the service of subscription `index`, with no cluster filter.
+    fn send_subscription(
+        &mut self,
+        index: usize,
+        now_ms: u64,
+        access_token: Option<&str>,
+        outbox: &mut dyn Outbox,
+    ) {
+        self.requests += 1;
+        let request_id = self.requests.to_string();
+        let Some(subscribed) = self.subscriptions.get_mut(index) else {
+            return;
+        };
+        let message = messages::subscribe(&subscribed.service, &[], access_token, &request_id);
+        match outbox.grpc_call(&self.service, &message, self.timeout_ms) {
+            Ok(token) => {
+                subscribed.state = Subscription::Sent;
+                self.calls.push((
+                    token,
+                    Call::Subscribe {
+                        index,
+                        sent_at_ms: now_ms,
+                    },
+                ));
+            }
+            Err(_) => {
+                subscribed.state = Subscription::RetryAt(now_ms + subscribed.retry_backoff_ms)
+            }
         }
     }
 
@@ -347,7 +404,7 @@ impl Link {
                 None
             }
             Call::Probe => {
-                let alive = answer.is_some_and(|body| messages::read_server_check(body).is_ok());
+                let alive = answer.is_some_and(|body| messages::read_health_check(body).is_ok());
                 if let State::Open {
                     alive_at_ms,
                     probing,
@@ -364,35 +421,71 @@ impl Link {
                 }
                 None
             }
-            Call::Subscribe { target, sent_at_ms } => {
-                let subscribed = self.subscriptions.get_mut(target)?;
+            Call::Identity => {
+                // Unanswered, it tells nothing: the probe judges liveness.
+                let id = answer.and_then(|body| messages::read_server_check(body).ok());
+                if let Some(id) = id {
+                    if !self.trust.same_connection(&id) {
+                        bump(metrics, self.metrics.failures);
+                        warn!(
+                            "nacos-instance-guard: the gRPC cluster {} sends this link's calls \
+                             over more than one connection (connection {id} answered); the \
+                             stream and the subscriptions may reach different servers, so push \
+                             is off and its services are polled. Give the cluster one host \
+                             (the load balancer's or the domain's address)",
+                            self.settings.grpc_cluster
+                        );
+                        self.lost(now_ms, "calls reach several connections", outbox, metrics);
+                    }
+                }
+                None
+            }
+            Call::Subscribe { index, sent_at_ms } => {
                 let info = answer
                     .ok_or_else(|| "no answer".to_string())
                     .and_then(|body| {
                         messages::read_subscribe_answer(body).map_err(|error| error.to_string())
                     });
+                let safety = self.settings.safety_interval_ms;
+                let subscribed = self.subscriptions.get_mut(index)?;
                 match info {
                     Ok(info) => {
-                        subscribed.state = Subscription::Live {
-                            safety_poll_due_ms: now_ms + self.settings.safety_interval_ms,
-                        };
+                        subscribed.state = Subscription::Live;
+                        subscribed.retry_backoff_ms = FIRST_BACKOFF_MS;
+                        subscribed.refusals = 0;
+                        // Spread over the interval, so that services subscribed
+                        // together are not all polled in the same second.
+                        for member in &mut subscribed.members {
+                            member.safety_poll_due_ms =
+                                now_ms + safety_phase_ms(member.target, safety);
+                        }
                         // The server took a subscription: the link works, so the
                         // next loss starts its backoff afresh.
                         self.backoff_ms = FIRST_BACKOFF_MS;
                         Some(Heard {
-                            target,
+                            targets: subscribed.members.iter().map(|m| m.target).collect(),
                             list: info.list,
                             stamp_ms: sent_at_ms,
                         })
                     }
                     Err(reason) => {
-                        subscribed.state = Subscription::RetryAt(now_ms + self.backoff_ms);
+                        // Backed off per subscription, and said once per streak:
+                        // a refusal that lasts (no permission) must not cost an
+                        // RPC and a log line per service every second.
+                        subscribed.state =
+                            Subscription::RetryAt(now_ms + subscribed.retry_backoff_ms);
+                        subscribed.retry_backoff_ms =
+                            (subscribed.retry_backoff_ms * 2).min(LAST_BACKOFF_MS);
+                        subscribed.refusals += 1;
                         bump(metrics, self.metrics.failures);
-                        warn!(
-                            "nacos-instance-guard: subscribing service {} over {} failed: \
-                             {reason}; polling it meanwhile",
-                            subscribed.name, self.settings.grpc_cluster
-                        );
+                        if subscribed.refusals == 1 {
+                            warn!(
+                                "nacos-instance-guard: subscribing service {} over {} failed: \
+                                 {reason}; polling it meanwhile and retrying with backoff \
+                                 (said once until a subscription succeeds)",
+                                subscribed.service.name, self.settings.grpc_cluster
+                            );
+                        }
                         None
                     }
                 }
@@ -419,6 +512,20 @@ impl Link {
             bump(metrics, self.metrics.reconnects);
         }
         self.was_open = true;
+        let confirmed = self.trust.opened(connection_id);
+        if !confirmed {
+            bump(metrics, self.metrics.failures);
+            if !self.said_unconfirmed {
+                warn!(
+                    "nacos-instance-guard: push stream on {} reuses connection {connection_id}, \
+                     where a stream of this gateway was closed; servers that keep a \
+                     connection's first stream (Java Nacos) would push there, so its services \
+                     stay polled until a push arrives on this one",
+                    self.settings.grpc_cluster
+                );
+                self.said_unconfirmed = true;
+            }
+        }
         info!(
             "nacos-instance-guard: push stream open on {} (connection {connection_id})",
             self.settings.grpc_cluster
@@ -432,6 +539,7 @@ impl Link {
             alive_at_ms: now_ms,
             probe_due_ms: now_ms + PROBE_INTERVAL_MS,
             probing: false,
+            confirmed,
         };
     }
 
@@ -457,6 +565,7 @@ impl Link {
     ) {
         if let State::Open { stream, .. } = self.state {
             outbox.grpc_close(stream);
+            self.trust.cancelled_current();
         }
         self.closed(now_ms, reason, metrics);
     }
@@ -472,6 +581,7 @@ impl Link {
         if let Some(gauge) = self.metrics.streams {
             metrics.record(gauge, 0);
         }
+        self.trust.closed_current();
         self.down(now_ms);
     }
 
@@ -499,13 +609,17 @@ impl Link {
                 request_id,
                 service,
             }) => {
+                self.confirm();
                 // Acknowledged whether or not it parsed: a resend would not parse
                 // either; the service is polled instead (`poll_soon`).
                 let _ = outbox.grpc_send(stream, &messages::notify_ack(&request_id));
-                let target = self.subscribed_target(&service)?;
+                let targets = self.subscribed_targets(&service);
+                if targets.is_empty() {
+                    return None;
+                }
                 bump(metrics, self.metrics.pushes);
                 Some(Heard {
-                    target,
+                    targets,
                     list: service.list,
                     stamp_ms: now_ms,
                 })
@@ -514,7 +628,10 @@ impl Link {
                 let _ = outbox.grpc_send(stream, &messages::detection_ack(&request_id));
                 None
             }
-            Ok(ServerMessage::Reset) => {
+            Ok(ServerMessage::Reset { request_id }) => {
+                if let Some(request_id) = request_id {
+                    let _ = outbox.grpc_send(stream, &messages::reset_ack(&request_id));
+                }
                 self.lost(now_ms, "the server asked to reconnect", outbox, metrics);
                 None
             }
@@ -527,9 +644,9 @@ impl Link {
                      polling its services",
                     self.settings.grpc_cluster
                 );
-                for subscribed in self.subscriptions.values_mut() {
-                    if let Subscription::Live { safety_poll_due_ms } = &mut subscribed.state {
-                        *safety_poll_due_ms = now_ms;
+                for subscribed in self.subscriptions.iter_mut() {
+                    for member in &mut subscribed.members {
+                        member.safety_poll_due_ms = now_ms;
                     }
                 }
                 None
@@ -537,11 +654,76 @@ impl Link {
         }
     }
 
-    fn subscribed_target(&self, service: &ServiceInfo) -> Option<TargetId> {
-        self.subscriptions.iter().find_map(|(target, s)| {
-            (s.group == service.group && s.name == service.name && s.clusters == service.clusters)
-                .then_some(target)
-        })
+    /// The targets a pushed list is the truth for: those of the subscribed
+    /// service it names (one per group and name, see `subscribe`) whose clusters
+    /// it covers. Both servers push a subscriber that named no clusters with
+    /// `clusters: ""`.
+    /// A message of `size` bytes on the stream, too large to read, of which
+    /// `head` is the start: answered if it is a push (the server would resend it
+    /// for ever), counted, and its service (or, unnamed, every service) polled.
+    pub fn on_oversized(
+        &mut self,
+        size: usize,
+        head: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+    ) {
+        let State::Open { stream, .. } = self.state else {
+            return;
+        };
+        bump(metrics, self.metrics.failures);
+        let notify = oversized::read_head(head);
+        if let Some(notify) = &notify {
+            let _ = outbox.grpc_send(stream, &messages::notify_ack(&notify.request_id));
+        }
+        let service = notify.and_then(|notify| notify.service);
+        let named = service
+            .as_ref()
+            .map_or_else(|| "unnamed".to_string(), |(_, name)| name.clone());
+        warn!(
+            "nacos-instance-guard: a push of {size} bytes on {} ({named} service) exceeds the \
+             limit; answered, not read; polling instead",
+            self.settings.grpc_cluster
+        );
+        for subscribed in self.subscriptions.iter_mut() {
+            let is_named = service.as_ref().is_none_or(|(group, name)| {
+                subscribed.service.group == *group && subscribed.service.name == *name
+            });
+            if is_named {
+                for member in &mut subscribed.members {
+                    member.safety_poll_due_ms = now_ms;
+                }
+            }
+        }
+    }
+
+    fn subscribed_targets(&self, service: &ServiceInfo) -> Vec<TargetId> {
+        self.subscriptions
+            .iter()
+            .filter(|(_, s)| {
+                s.state != Subscription::Polled
+                    && s.service.group == service.group
+                    && s.service.name == service.name
+            })
+            .flat_map(|(_, s)| &s.members)
+            .filter(|member| Member::covers(member, &service.clusters))
+            .map(|member| member.target)
+            .collect()
+    }
+
+    /// A push arrived on the stream: the server pushes to this one.
+    fn confirm(&mut self) {
+        if let State::Open { confirmed, .. } = &mut self.state {
+            if !*confirmed {
+                info!(
+                    "nacos-instance-guard: push stream on {} confirmed by a push",
+                    self.settings.grpc_cluster
+                );
+                *confirmed = true;
+                self.said_unconfirmed = false;
+            }
+        }
     }
 
     /// The stream ended (the server restarted, the connection dropped).
@@ -554,6 +736,7 @@ impl Link {
     pub fn stop(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
         if let State::Open { stream, .. } = self.state {
             outbox.grpc_close(stream);
+            self.trust.cancelled_current();
             if let Some(gauge) = self.metrics.streams {
                 metrics.record(gauge, 0);
             }
@@ -563,54 +746,5 @@ impl Link {
         self.calls.clear();
         self.retry_at_ms = 0;
         self.backoff_ms = FIRST_BACKOFF_MS;
-    }
-}
-
-/// The link's subscriptions by service: `TargetId`s are small and dense.
-#[derive(Default)]
-struct Subscriptions {
-    by_target: Vec<Option<Subscribed>>,
-    count: usize,
-}
-
-impl Subscriptions {
-    fn get(&self, target: TargetId) -> Option<&Subscribed> {
-        self.by_target.get(target.index())?.as_ref()
-    }
-
-    fn get_mut(&mut self, target: TargetId) -> Option<&mut Subscribed> {
-        self.by_target.get_mut(target.index())?.as_mut()
-    }
-
-    fn insert(&mut self, target: TargetId, subscribed: Subscribed) {
-        if let Some(slot) = slot_at(&mut self.by_target, target.index()) {
-            if slot.replace(subscribed).is_none() {
-                self.count += 1;
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.count
-    }
-
-    fn clear(&mut self) {
-        self.by_target.clear();
-        self.count = 0;
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (TargetId, &Subscribed)> {
-        self.by_target
-            .iter()
-            .enumerate()
-            .filter_map(|(index, s)| Some((TargetId::from_index(index), s.as_ref()?)))
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Subscribed> {
-        self.by_target.iter().flatten()
-    }
-
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut Subscribed> {
-        self.by_target.iter_mut().flatten()
     }
 }

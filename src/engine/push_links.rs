@@ -4,7 +4,7 @@
 use super::host_traits::{Metrics, Outbox};
 use super::ids::{slot_at, Id, ServerId, TargetId};
 use super::metrics::PushMetrics;
-use super::push::{DuePoll, Heard, Link, Wanted};
+use super::push::{DuePoll, Heard, Link, Token, Wanted};
 use super::servers::Servers;
 use super::targets::Targets;
 use crate::pure::config::NacosServer;
@@ -66,13 +66,12 @@ impl PushLinks {
             let needs_token = servers
                 .settings(id)
                 .is_some_and(|s| s.credentials.is_some());
-            let access_token = servers.access_token(id, now_ms);
-            let of_server = targets.of_server(id);
-            let count = if needs_token && access_token.is_none() {
-                0
-            } else {
-                of_server.len()
+            let token = match servers.access_token(id, now_ms) {
+                Some(token) => Token::Valid(token),
+                None if needs_token => Token::Awaited,
+                None => Token::NotNeeded,
             };
+            let of_server = targets.of_server(id);
             let wanted = || {
                 of_server
                     .iter()
@@ -86,7 +85,7 @@ impl PushLinks {
                     })
                     .collect()
             };
-            link.drive(now_ms, count, wanted, access_token, outbox, metrics);
+            link.drive(now_ms, of_server.len(), wanted, token, outbox, metrics);
         }
     }
 
@@ -94,6 +93,22 @@ impl PushLinks {
     pub fn stop(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
         for (_, link) in self.links() {
             link.stop(outbox, metrics);
+        }
+    }
+
+    /// Connections a stream of these links was cancelled on.
+    pub fn cancelled_connections(&self) -> Vec<String> {
+        self.by_server
+            .iter()
+            .flatten()
+            .flat_map(|link| link.cancelled_connections().iter().cloned())
+            .collect()
+    }
+
+    /// Connections cancelled by another engine of this VM: not trusted here.
+    pub fn distrust(&mut self, ids: &[String]) {
+        for (_, link) in self.links() {
+            link.distrust(ids);
         }
     }
 
@@ -147,6 +162,21 @@ impl PushLinks {
     ) -> Option<Heard> {
         self.link(server)?
             .on_stream_message(message, now_ms, outbox, metrics)
+    }
+
+    /// A message too large to read on the stream of `server`'s link.
+    pub fn on_oversized(
+        &mut self,
+        server: ServerId,
+        size: usize,
+        head: &[u8],
+        now_ms: u64,
+        outbox: &mut dyn Outbox,
+        metrics: &mut dyn Metrics,
+    ) {
+        if let Some(link) = self.link(server) {
+            link.on_oversized(size, head, now_ms, outbox, metrics);
+        }
     }
 
     /// Stream `stream` ended.

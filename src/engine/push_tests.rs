@@ -32,6 +32,13 @@ fn server_check_answer() -> Vec<u8> {
     )
 }
 
+fn health_answer() -> Vec<u8> {
+    payload(
+        "HealthCheckResponse",
+        r#"{"resultCode":200,"errorCode":0,"success":true}"#,
+    )
+}
+
 fn subscribe_answer(service_info: &str) -> Vec<u8> {
     payload(
         "SubscribeServiceResponse",
@@ -123,6 +130,15 @@ impl Harness {
         stream
     }
 
+    /// Answer a `ServerCheck` or a probe as a healthy server does.
+    fn answer_link_call(&mut self, token: u32, kind: &str, now: u64) {
+        let answer = match kind {
+            "HealthCheckRequest" => health_answer(),
+            _ => server_check_answer(),
+        };
+        self.grpc_answer(token, Some(&answer), now);
+    }
+
     /// Tick every 50 ms over `times`, answering polls and probes; the polls.
     fn run(&mut self, times: std::ops::Range<u64>) -> usize {
         let mut polls = 0;
@@ -130,8 +146,11 @@ impl Harness {
             self.tick(now);
             polls += self.answer_polls(now);
             for (token, kind) in self.take_grpc() {
-                assert_eq!(kind, "ServerCheckRequest", "only probes once subscribed");
-                self.grpc_answer(token, Some(&server_check_answer()), now);
+                assert!(
+                    ["HealthCheckRequest", "ServerCheckRequest"].contains(&kind.as_str()),
+                    "only probes once subscribed: {kind}"
+                );
+                self.answer_link_call(token, &kind, now);
             }
         }
         polls
@@ -237,8 +256,7 @@ fn an_unanswered_probe_closes_the_link() {
     let stream = gw.subscribed();
     gw.tick(5_100);
     let probes = gw.take_grpc();
-    assert_eq!(probes.len(), 1);
-    assert_eq!(probes[0].1, "ServerCheckRequest");
+    assert_eq!(probes[0].1, "HealthCheckRequest");
     gw.grpc_answer(probes[0].0, None, 5_600);
     assert_eq!(gw.outbox.closed, vec![stream]);
     gw.tick(5_650);
@@ -340,4 +358,322 @@ fn a_service_in_two_namespaces_of_one_server_is_polled_not_subscribed() {
     );
     gw.tick(1_050);
     assert_eq!(gw.answer_polls(1_050), 2, "both stay polled");
+}
+
+/// Two guards of one service, one per cluster, on one pushed server.
+const TWO_CLUSTERS: &str = r#"{
+    "nacos": {"cluster": "outbound|8848||nacos.dns", "timeoutMs": 500,
+              "push": {"grpcCluster": "outbound|9848||nacos.dns"}},
+    "refreshIntervalMs": 1000,
+    "_rules_": [
+        {"_match_route_": ["default/blue"], "service": {"name": "demo", "clusters": ["blue"]}},
+        {"_match_route_": ["default/green"], "service": {"name": "demo", "clusters": ["green"]}}
+    ]
+}"#;
+
+const BLUE_AND_GREEN: &str = r#"{"name":"DEFAULT_GROUP@@demo","groupName":"DEFAULT_GROUP","clusters":"",
+    "hosts":[{"ip":"10.0.0.1","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"blue"},
+             {"ip":"10.0.0.3","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"blue"},
+             {"ip":"10.0.0.2","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"green"}]}"#;
+/// 10.0.0.1 (blue) deregistered; pushed with blank clusters, as r-nacos always
+/// does and Java does for a subscriber that named none.
+const BLUE_ONE_GONE: &str = r#"{"name":"DEFAULT_GROUP@@demo","groupName":"DEFAULT_GROUP","clusters":"",
+    "hosts":[{"ip":"10.0.0.3","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"blue"},
+             {"ip":"10.0.0.2","port":80,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"green"}]}"#;
+
+/// Link up and subscribed with `BLUE_AND_GREEN`; the stream and the subscribe
+/// requests' bodies.
+fn linked_two_clusters(gw: &mut Harness) -> (u32, Vec<String>) {
+    gw.tick(0);
+    gw.answer_polls(0);
+    let check = gw.take_grpc()[0].0;
+    gw.grpc_answer(check, Some(&server_check_answer()), 5);
+    let stream = *gw.outbox.opened.last().unwrap();
+    gw.tick(300);
+    let sent = std::mem::take(&mut gw.outbox.grpc_calls);
+    let mut bodies = Vec::new();
+    for (token, _, message) in sent {
+        let payload = wire::decode(&message).unwrap();
+        assert_eq!(payload.message_type, "SubscribeServiceRequest");
+        bodies.push(String::from_utf8(payload.body).unwrap());
+        gw.grpc_answer(token, Some(&subscribe_answer(BLUE_AND_GREEN)), 310);
+    }
+    (stream, bodies)
+}
+
+#[test]
+fn one_subscription_per_service_without_clusters_whatever_the_guards_filter() {
+    let mut gw = Harness::new(TWO_CLUSTERS);
+    let (_, bodies) = linked_two_clusters(&mut gw);
+    assert_eq!(
+        bodies.len(),
+        1,
+        "one subscription for both guards: {bodies:?}"
+    );
+    assert!(bodies[0].contains(r#""clusters":"""#), "{}", bodies[0]);
+}
+
+#[test]
+fn a_push_with_blank_clusters_reaches_every_guard_of_the_service() {
+    let mut gw = Harness::new(TWO_CLUSTERS);
+    let (stream, _) = linked_two_clusters(&mut gw);
+    gw.push(stream, &notify("8", BLUE_ONE_GONE), 1_000);
+    for now in 1_001..1_005 {
+        assert_eq!(gw.decide("default/blue", now, None), "10.0.0.3:80");
+        assert_eq!(gw.decide("default/green", now, None), "10.0.0.2:80");
+    }
+    assert!(
+        gw.run(1_050..29_000) <= 2,
+        "both guards live by push: at most their safety polls"
+    );
+}
+
+/// Java's answer to a request the user may not make: the handler's response
+/// type with resultCode 500 and errorCode 403
+/// (`core/.../auth/RemoteRequestAuthFilter.java`).
+fn forbidden() -> Vec<u8> {
+    payload(
+        "SubscribeServiceResponse",
+        r#"{"resultCode":500,"errorCode":403,"message":"authorization failed!","success":false}"#,
+    )
+}
+
+#[test]
+fn a_permanent_refusal_backs_off_per_subscription_and_is_counted() {
+    let mut gw = Harness::pushing();
+    gw.tick(0);
+    gw.answer_polls(0);
+    let check = gw.take_grpc()[0].0;
+    gw.grpc_answer(check, Some(&server_check_answer()), 5);
+    let mut subscriptions = 0;
+    for now in (300..60_300).step_by(50) {
+        gw.tick(now);
+        gw.answer_polls(now);
+        for (token, kind) in gw.take_grpc() {
+            if kind == "SubscribeServiceRequest" {
+                subscriptions += 1;
+                gw.grpc_answer(token, Some(&forbidden()), now);
+            } else {
+                gw.answer_link_call(token, &kind, now);
+            }
+        }
+    }
+    // 1, 2, 4, 8, 16 then 30 s apart: at 0.3, 1.3, 3.3, 7.3, 15.3, 31.3 s.
+    assert_eq!(subscriptions, 6, "subscriptions in 60 s");
+    assert_eq!(gw.metric("push_failures"), subscriptions);
+}
+
+const AUTH_PUSH: &str = r#"{
+    "nacos": {"cluster": "outbound|8848||nacos.dns", "timeoutMs": 500,
+              "username": "admin", "password": "pw",
+              "push": {"grpcCluster": "outbound|9848||nacos.dns"}},
+    "refreshIntervalMs": 1000,
+    "service": {"name": "demo"}
+}"#;
+
+#[test]
+fn no_subscription_goes_out_without_the_token() {
+    let mut gw = Harness::new(AUTH_PUSH);
+    let mut logins = 0;
+    let mut without_token = 0;
+    for now in (0..12_000).step_by(50) {
+        gw.tick(now);
+        for call in gw.outbox.take() {
+            let answer: (u16, &[u8]) = if call.method == "POST" {
+                logins += 1;
+                // The first login gives a token for 4 s; later ones fail.
+                if logins == 1 {
+                    (200, br#"{"accessToken":"T1","tokenTtl":4}"#)
+                } else {
+                    (500, b"down")
+                }
+            } else {
+                (200, LIST)
+            };
+            gw.answer(call.token, Some(answer), now);
+        }
+        for (token, _, message) in std::mem::take(&mut gw.outbox.grpc_calls) {
+            let sent = wire::decode(&message).unwrap();
+            if sent.message_type == "SubscribeServiceRequest" {
+                if !String::from_utf8_lossy(&sent.body).contains("T1") {
+                    without_token += 1;
+                }
+                gw.grpc_answer(token, Some(&forbidden()), now);
+            } else {
+                gw.answer_link_call(token, &sent.message_type, now);
+            }
+        }
+    }
+    assert_eq!(without_token, 0, "subscriptions wait for the token");
+}
+
+#[test]
+fn a_connect_reset_is_answered_then_the_link_reconnects() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    gw.push(
+        stream,
+        &payload(
+            "ConnectResetRequest",
+            r#"{"requestId":"42","headers":{},"serverIp":"","serverPort":""}"#,
+        ),
+        1_000,
+    );
+    let (to, answer) = gw.outbox.on_streams.last().unwrap();
+    let answer = wire::decode(answer).unwrap();
+    assert_eq!(
+        (*to, answer.message_type.as_str()),
+        (stream, "ConnectResetResponse"),
+        "Java waits 3 s for this answer"
+    );
+    assert!(String::from_utf8_lossy(&answer.body).contains(r#""requestId":"42""#));
+    assert_eq!(gw.outbox.closed, vec![stream]);
+    gw.tick(1_000);
+    assert_eq!(gw.answer_polls(1_000), 1, "polled until it is back");
+}
+
+#[test]
+fn a_root_context_that_goes_away_closes_its_link() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    gw.engine.shut_down(&mut gw.outbox, &mut gw.metrics);
+    assert_eq!(gw.outbox.closed, vec![stream]);
+    assert_eq!(gw.metric("push_streams"), 0);
+}
+
+#[test]
+fn the_probe_is_a_health_check_and_an_unregistered_connection_fails_it() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    gw.tick(5_100);
+    let probes = gw.take_grpc();
+    assert_eq!(
+        probes[0].1, "HealthCheckRequest",
+        "the request that proves registration and counts as activity"
+    );
+    let unregistered = payload(
+        "ErrorResponse",
+        r#"{"resultCode":500,"errorCode":301,"message":"Connection is unregistered.","success":false}"#,
+    );
+    gw.grpc_answer(probes[0].0, Some(&unregistered), 5_110);
+    assert_eq!(gw.outbox.closed, vec![stream]);
+    gw.tick(5_150);
+    assert_eq!(gw.answer_polls(5_150), 1, "polled until a new link is up");
+}
+
+#[test]
+fn an_oversized_push_is_answered_counted_and_its_service_polled() {
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    let mut head = payload(
+        "NotifySubscriberRequest",
+        r#"{"requestId":"31","headers":{},"namespace":"public","serviceName":"demo",
+            "groupName":"DEFAULT_GROUP","serviceInfo":{"hosts":[{"ip":"10.0.0.1","port":80},"#,
+    );
+    head.truncate(4096);
+    gw.engine.on_push_oversized(
+        stream,
+        5 << 20,
+        &head,
+        1_000,
+        &mut gw.outbox,
+        &mut gw.metrics,
+        &mut gw.store,
+    );
+    assert_eq!(gw.metric("push_failures"), 1);
+    let (to, ack) = gw.outbox.on_streams.last().unwrap();
+    let ack = wire::decode(ack).unwrap();
+    assert_eq!(
+        (*to, ack.message_type.as_str()),
+        (stream, "NotifySubscriberResponse"),
+        "unanswered, Java pushes it again every few seconds"
+    );
+    assert!(String::from_utf8_lossy(&ack.body).contains(r#""requestId":"31""#));
+    gw.tick(1_050);
+    assert_eq!(gw.answer_polls(1_050), 1, "the service is polled at once");
+}
+
+fn server_check_on(connection_id: &str) -> Vec<u8> {
+    payload(
+        "ServerCheckResponse",
+        &format!(
+            r#"{{"resultCode":200,"errorCode":0,"connectionId":"{connection_id}","success":true}}"#
+        ),
+    )
+}
+
+/// The probe fails and the link reconnects, on the connection Envoy kept:
+/// `ServerCheck` answers the id of the connection the first stream was on.
+fn relinked_on_the_same_connection(gw: &mut Harness) -> u32 {
+    let first = gw.subscribed();
+    gw.tick(5_100);
+    let probe = gw.take_grpc()[0].0;
+    gw.grpc_answer(probe, None, 5_600);
+    assert_eq!(gw.outbox.closed, vec![first]);
+    for now in (5_650..7_000).step_by(50) {
+        gw.tick(now);
+        gw.answer_polls(now);
+        for (token, kind) in gw.take_grpc() {
+            match kind.as_str() {
+                "ServerCheckRequest" => gw.grpc_answer(token, Some(&server_check_answer()), now),
+                _ => gw.grpc_answer(token, Some(&subscribe_answer(ONE_HOST)), now),
+            }
+        }
+    }
+    let second = *gw.outbox.opened.last().unwrap();
+    assert_ne!(first, second);
+    second
+}
+
+#[test]
+fn a_stream_on_a_connection_whose_first_stream_was_cancelled_is_not_trusted_until_pushed_to() {
+    let mut gw = Harness::pushing();
+    let second = relinked_on_the_same_connection(&mut gw);
+    assert!(
+        gw.run(7_000..12_000) >= 4,
+        "Java keeps pushing to the cancelled stream: the services stay polled"
+    );
+    // r-nacos replaces the stream: a push on it proves it.
+    gw.push(second, &notify("3", ONE_HOST), 12_000);
+    assert_eq!(
+        gw.run(12_050..29_000),
+        0,
+        "confirmed: push stands for polls"
+    );
+}
+
+#[test]
+fn a_replaced_configurations_cancelled_connections_are_not_trusted_by_the_next() {
+    let mut old = Harness::pushing();
+    old.subscribed();
+    old.engine.shut_down(&mut old.outbox, &mut old.metrics);
+    let cancelled = old.engine.cancelled_connections();
+    assert_eq!(cancelled, ["1_127.0.0.1:4000"]);
+    let mut new = Harness::pushing();
+    new.engine.distrust_connections(&cancelled);
+    new.subscribed();
+    assert!(new.run(400..5_000) >= 4, "polled: the link is unconfirmed");
+}
+
+#[test]
+fn a_grpc_cluster_that_spreads_calls_over_connections_turns_push_off() {
+    let mut gw = Harness::pushing();
+    gw.subscribed();
+    gw.tick(5_100);
+    for (token, kind) in gw.take_grpc() {
+        let answer = match kind.as_str() {
+            "ServerCheckRequest" => server_check_on("1_127.0.0.2:5000"),
+            _ => health_answer(),
+        };
+        gw.grpc_answer(token, Some(&answer), 5_110);
+    }
+    assert_eq!(gw.metric("push_failures"), 1);
+    assert_eq!(gw.metric("push_streams"), 0);
+    let mut polls = 0;
+    for now in (5_150..65_000).step_by(50) {
+        gw.tick(now);
+        polls += gw.answer_polls(now);
+        assert!(gw.take_grpc().is_empty(), "push stays off");
+    }
+    assert!(polls >= 55, "polled at its interval: {polls}");
 }

@@ -272,20 +272,27 @@ impl Engine {
         if let Some(heard) = heard {
             match heard.list {
                 Ok(set) => {
-                    let publish = self.sharing.is_some().then_some(&mut *store);
-                    if self
-                        .targets
-                        .take_pushed(heard.target, set, heard.stamp_ms, publish)
-                    {
-                        self.refresh_guards(heard.target, metrics);
+                    for &target in &heard.targets {
+                        let publish: Option<&mut dyn SharedStore> = match self.sharing {
+                            Some(_) => Some(&mut *store),
+                            None => None,
+                        };
+                        if self
+                            .targets
+                            .take_pushed(target, set.clone(), heard.stamp_ms, publish)
+                        {
+                            self.refresh_guards(target, metrics);
+                        }
                     }
                 }
                 Err(error) => {
-                    if let Some(t) = self.targets.get(heard.target) {
-                        let name = &t.service().name;
-                        let reason = error.to_string();
-                        self.links
-                            .poll_soon(server, heard.target, name, &reason, now_ms, metrics);
+                    let reason = error.to_string();
+                    for &target in &heard.targets {
+                        if let Some(t) = self.targets.get(target) {
+                            let name = &t.service().name;
+                            self.links
+                                .poll_soon(server, target, name, &reason, now_ms, metrics);
+                        }
                     }
                 }
             }

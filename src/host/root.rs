@@ -14,7 +14,15 @@ use super::vm::{SharedVm, VmState};
 use crate::engine::{Engine, GatewayClock};
 use crate::pure::config::{self, Capabilities};
 use crate::pure::polling::nacos::response::MAX_ANSWER_BYTES;
+use crate::pure::push::oversized;
 use crate::pure::sharing::published::ConfigKeys;
+
+thread_local! {
+    /// Connections on which a push stream of this VM was cancelled by a root
+    /// context that is gone. Envoy's connections belong to the VM's worker
+    /// thread, so the next configuration's stream may land on one of them.
+    static CANCELLED_CONNECTIONS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
 
 const CAPABILITIES: Capabilities = Capabilities {
     higress_routing: cfg!(feature = "higress"),
@@ -30,6 +38,16 @@ impl GuardRoot {
         Self {
             context_id,
             vm: None,
+        }
+    }
+
+    /// Close what the engine holds open (its push links), and hand the
+    /// connections their streams were on to the engines that follow in this VM.
+    fn shut_down(&mut self) {
+        if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
+            vm.engine.shut_down(&mut HostOutbox, &mut HostMetrics);
+            let cancelled = vm.engine.cancelled_connections();
+            CANCELLED_CONNECTIONS.with(|ids| ids.borrow_mut().extend(cancelled));
         }
     }
 }
@@ -92,10 +110,24 @@ impl Context for GuardRoot {
         let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) else {
             return;
         };
+        let now = vm.read_clock_between_ticks();
+        if message_size > MAX_ANSWER_BYTES {
+            let head =
+                read_grpc_buffer(message_size.min(oversized::HEAD_BYTES)).unwrap_or_default();
+            vm.engine.on_push_oversized(
+                token,
+                message_size,
+                &head,
+                now,
+                &mut HostOutbox,
+                &mut HostMetrics,
+                &mut HostStore,
+            );
+            return;
+        }
         let Some(message) = read_grpc_message(message_size) else {
             return;
         };
-        let now = vm.read_clock_between_ticks();
         vm.engine.on_push_message(
             token,
             &message,
@@ -104,6 +136,13 @@ impl Context for GuardRoot {
             &mut HostMetrics,
             &mut HostStore,
         );
+    }
+
+    /// The host is done with this root context: a configuration edit or
+    /// removal. Its push links close now, not when the server notices.
+    fn on_done(&mut self) -> bool {
+        self.shut_down();
+        true
     }
 
     fn on_grpc_stream_close(&mut self, token: u32, _status_code: u32) {
@@ -122,6 +161,11 @@ fn read_grpc_message(size: usize) -> Option<Vec<u8>> {
     if size > MAX_ANSWER_BYTES {
         return None;
     }
+    read_grpc_buffer(size)
+}
+
+/// The first `size` bytes of the gRPC message just received.
+fn read_grpc_buffer(size: usize) -> Option<Vec<u8>> {
     proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
         .ok()
         .flatten()
@@ -146,8 +190,11 @@ impl RootContext for GuardRoot {
                 return false;
             }
         };
+        // A configuration given again to this root context replaces its engine.
+        self.shut_down();
         let seed = random_u64(self.context_id);
         let mut engine = Engine::new(&config, &mut HostMetrics, seed);
+        CANCELLED_CONNECTIONS.with(|ids| engine.distrust_connections(&ids.borrow()));
         // Another draw, not the seed: VM ids must differ between VMs whatever
         // their seeds share.
         let vm_id = random_u64(self.context_id.wrapping_add(1));

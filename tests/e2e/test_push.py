@@ -108,6 +108,29 @@ def test_push_a_b_and_back_with_one_connection_per_gateway(bed):
     assert grpc_connections(envoy) == 1, "one gRPC connection per gateway, the poller's"
 
 
+def test_push_reaches_a_guard_that_filters_clusters(bed):
+    """``service.clusters: ["blue"]``: r-nacos pushes every change with ``clusters: ""``,
+    which the guard's subscription must take (issue 26, defect 1)."""
+    bed.start_registry(["backend-a", "backend-b"], register=[])
+    for backend in bed.backends.values():
+        bed.nacos.register(backend.port, cluster="blue")
+    bed.start_gateway(plugin_config(PUSH, {"service": {"clusters": ["blue"]}}))
+    envoy, a = bed.envoy, bed.be("backend-a")
+    wait_pushed(envoy)
+    wait_until(lambda: envoy.request("/demo").status == 200, 10, 0.05, "routing")
+    polls = envoy.guard_stat("poll_success")
+    with Traffic(envoy, interval=0.01) as tr:
+        time.sleep(0.3)
+        bed.nacos.deregister(a.port, cluster="blue")
+        t0 = time.monotonic()
+        time.sleep(PUSH_BOUND_S + 0.5)
+        lag = last_hit_after(a, t0)
+    print(f"\n[push clusters=blue] A gone after {lag * 1000:.0f} ms")
+    assert lag <= PUSH_BOUND_S
+    assert all(r[3] == "backend-b" for r in tr.since(t0 + PUSH_BOUND_S))
+    assert envoy.guard_stat("poll_success") == polls, "a poll, not the push, saw the change"
+
+
 def test_push_survives_rnacos_restarts_with_and_without_data(bed):
     nacos = bed.start_registry(["backend-a"])
     bed.start_gateway(push_config(refreshIntervalMs=300))

@@ -29,7 +29,7 @@ const MAX_REFRESH_MS: u64 = 600_000;
 const MAX_STALE_MS: u64 = 86_400_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 /// While pushes arrive, a poll this often still checks that none was missed.
-const DEFAULT_SAFETY_INTERVAL_MS: u64 = 30_000;
+const DEFAULT_SAFETY_INTERVAL_MS: u64 = 60_000;
 const MIN_SAFETY_INTERVAL_MS: u64 = 1_000;
 
 const RULE_MATCH_KEYS: &[&str] = &[

@@ -49,7 +49,10 @@ pub enum ServerMessage {
     /// server closes the stream (r-nacos: 3 s after asking).
     Detection { request_id: String },
     /// The server wants the client to connect again (to itself or elsewhere).
-    Reset,
+    /// Answer with [`reset_ack`] first: Java waits up to 3 s for it before it
+    /// closes the connection (`core/.../remote/ConnectionManager.java`,
+    /// `loadSingle`). `None` when the body named no request.
+    Reset { request_id: Option<String> },
     /// Any other message, by its type; the plugin has nothing to do with it.
     Other(String),
 }
@@ -124,6 +127,25 @@ pub fn read_server_check(bytes: &[u8]) -> Result<String, PushError> {
     )
 }
 
+/// The unary `HealthCheckRequest`, the link's keepalive, as the Java client
+/// sends it every 5 s (`common/.../remote/client/RpcClient.java`). Unlike
+/// `ServerCheckRequest`, both servers answer it only on a registered
+/// connection (Java: `core/.../remote/grpc/GrpcRequestAcceptor.java`; r-nacos:
+/// `ignore_active_err` in `src/grpc/handler/mod.rs`), and Java counts it as the
+/// connection's activity, so it spares the idle connection a `ClientDetectionRequest`.
+pub fn health_check() -> Vec<u8> {
+    request(
+        "HealthCheckRequest",
+        None,
+        r#"{"requestId":"","headers":{},"module":"internal"}"#.into(),
+    )
+}
+
+/// Whether a `HealthCheckResponse` says the connection is registered and well.
+pub fn read_health_check(bytes: &[u8]) -> Result<(), PushError> {
+    answer(bytes, "HealthCheckResponse").map(|_| ())
+}
+
 /// The first message on the bi-stream. `clientVersion` is `name:vVERSION` because both
 /// servers split it at the colon (r-nacos `ClientVersion::from_string`); the labels
 /// are the ones the Java naming client sends.
@@ -184,7 +206,9 @@ pub fn read_stream_message(bytes: &[u8]) -> Result<ServerMessage, PushError> {
         "ClientDetectionRequest" => Ok(ServerMessage::Detection {
             request_id: required(parse(&payload.body)?.request_id, "requestId")?,
         }),
-        "ConnectResetRequest" => Ok(ServerMessage::Reset),
+        "ConnectResetRequest" => Ok(ServerMessage::Reset {
+            request_id: parse(&payload.body).ok().and_then(|body| body.request_id),
+        }),
         _ => Ok(ServerMessage::Other(payload.message_type)),
     }
 }
@@ -197,6 +221,11 @@ pub fn notify_ack(request_id: &str) -> Vec<u8> {
 /// The answer to a `ClientDetectionRequest`, on the bi-stream.
 pub fn detection_ack(request_id: &str) -> Vec<u8> {
     ack("ClientDetectionResponse", request_id)
+}
+
+/// The answer to a `ConnectResetRequest`, on the bi-stream.
+pub fn reset_ack(request_id: &str) -> Vec<u8> {
+    ack("ConnectResetResponse", request_id)
 }
 
 fn ack(message_type: &str, request_id: &str) -> Vec<u8> {
@@ -438,7 +467,7 @@ mod tests {
         );
         assert_eq!(
             read_stream_message(&message("ConnectResetRequest", "{}")),
-            Ok(ServerMessage::Reset)
+            Ok(ServerMessage::Reset { request_id: None })
         );
         assert_eq!(
             read_stream_message(&message("SetupAckRequest", "not json")),

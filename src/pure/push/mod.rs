@@ -4,4 +4,5 @@
 
 pub mod grpc;
 pub mod messages;
+pub mod oversized;
 pub mod wire;

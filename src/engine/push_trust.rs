@@ -1,0 +1,120 @@
+//! Whether a push link's stream is the one the server pushes to.
+//!
+//! Java Nacos knows a client by its TCP connection
+//! (`core/.../remote/grpc/AddressTransportFilter.java`), and a second
+//! `ConnectionSetupRequest` on a connection it has registered keeps the first
+//! stream (`core/.../remote/ConnectionManager.java`, `register`). The plugin can
+//! only cancel its stream; Envoy keeps the HTTP/2 connection and puts the next
+//! stream on it. Java then answers that stream's subscriptions but pushes to the
+//! cancelled one, until a push fails and it closes the connection.
+//!
+//! So a link is trusted only on a connection whose id (`ServerCheckResponse`'s
+//! `connectionId`, one per TCP connection on both servers) no stream of this
+//! VM was cancelled on. A link on such a reused connection is unconfirmed: its
+//! services stay polled at their interval until a push arrives on its stream,
+//! which proves the server pushes there (r-nacos, which replaces the stream,
+//! confirms at its first push; Java never does, and heals by closing the
+//! connection).
+//!
+//! The same id shows a gRPC cluster of several hosts: each host is its own
+//! connection, so a `ServerCheck` that lands on another host than the link's
+//! first one answers another id. Its unary calls and its stream may then reach
+//! different servers, so push is turned off for that cluster and it is polled.
+
+/// Connection ids remembered as cancelled: a few reconnections' worth.
+const REMEMBERED: usize = 16;
+
+#[derive(Default)]
+pub(super) struct ConnectionTrust {
+    /// Connections a stream of this VM was cancelled on, newest last.
+    cancelled: Vec<String>,
+    /// The connection of the open stream.
+    current: Option<String>,
+    /// Calls of this link reached more than one connection: push is off.
+    spread: bool,
+}
+
+impl ConnectionTrust {
+    /// A stream opened on `connection_id`; whether pushes can be trusted to
+    /// reach it.
+    pub fn opened(&mut self, connection_id: &str) -> bool {
+        self.current = Some(connection_id.to_string());
+        !self.cancelled.iter().any(|id| id == connection_id)
+    }
+
+    /// The plugin cancelled the open stream: its connection, if Envoy keeps
+    /// it, now has a dead first stream.
+    pub fn cancelled_current(&mut self) {
+        if let Some(id) = self.current.take() {
+            self.remember([id]);
+        }
+    }
+
+    /// The stream ended from the server's side.
+    pub fn closed_current(&mut self) {
+        self.current = None;
+    }
+
+    /// Connections cancelled elsewhere in this VM (a replaced configuration's
+    /// links).
+    pub fn remember(&mut self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            if !self.cancelled.contains(&id) {
+                self.cancelled.push(id);
+            }
+        }
+        let excess = self.cancelled.len().saturating_sub(REMEMBERED);
+        self.cancelled.drain(..excess);
+    }
+
+    pub fn cancelled(&self) -> &[String] {
+        &self.cancelled
+    }
+
+    /// A `ServerCheck` on the open link answered `connection_id`; whether it is
+    /// the stream's connection. Once not, push stays off (`is_spread`).
+    pub fn same_connection(&mut self, connection_id: &str) -> bool {
+        let same = self.current.as_deref().is_none_or(|id| id == connection_id);
+        self.spread |= !same;
+        same
+    }
+
+    pub fn is_spread(&self) -> bool {
+        self.spread
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+
+    #[test]
+    fn a_connection_whose_stream_was_cancelled_is_not_trusted_again() {
+        let mut trust = ConnectionTrust::default();
+        assert!(trust.opened("c1"));
+        trust.cancelled_current();
+        assert!(!trust.opened("c1"), "Envoy reused the connection");
+        trust.closed_current();
+        assert!(trust.opened("c2"), "a new connection");
+    }
+
+    #[test]
+    fn only_the_last_few_cancelled_connections_are_remembered() {
+        let mut trust = ConnectionTrust::default();
+        trust.remember((0..40).map(|i| format!("c{i}")));
+        assert_eq!(trust.cancelled().len(), REMEMBERED);
+        assert!(trust.opened("c0"));
+        assert!(!trust.opened("c39"));
+    }
+
+    #[test]
+    fn another_connection_id_on_the_open_link_turns_push_off() {
+        let mut trust = ConnectionTrust::default();
+        trust.opened("a");
+        assert!(trust.same_connection("a"));
+        assert!(!trust.is_spread());
+        assert!(!trust.same_connection("b"));
+        assert!(trust.is_spread());
+    }
+}
