@@ -19,6 +19,10 @@ pub struct Candidates {
     /// Which endpoints the routed cluster's host list (of this generation) has:
     /// worked out once per list, not on every request.
     known: Option<(u64, Vec<bool>)>,
+    /// The instances avoided after failing (`routing::avoidance`), and which
+    /// candidates they are: skipped while any other is left.
+    avoided_endpoints: Vec<String>,
+    avoided: Vec<bool>,
 }
 
 impl Candidates {
@@ -60,22 +64,67 @@ impl Candidates {
         if first_build {
             self.picker.skip(self.start);
         }
+        self.mark_avoided();
         true
+    }
+
+    /// Skip these instances while any other candidate is left.
+    pub fn set_avoided<'e>(&mut self, avoided: impl Iterator<Item = &'e str>) {
+        self.avoided_endpoints.clear();
+        self.avoided_endpoints.extend(avoided.map(str::to_string));
+        self.mark_avoided();
+    }
+
+    fn mark_avoided(&mut self) {
+        self.avoided.clear();
+        if self.avoided_endpoints.is_empty() {
+            return;
+        }
+        let avoided = &self.avoided_endpoints;
+        self.avoided
+            .extend(self.endpoints.iter().map(|e| avoided.contains(e)));
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
 
+    /// A candidate that is not avoided, the cluster's known hosts first; any
+    /// candidate (`pick_known`) when every one is avoided.
     fn pick_index(&mut self, hosts: Option<&RoutableHosts>) -> Option<usize> {
+        if !self.avoided.contains(&true) {
+            return self.pick_known(hosts);
+        }
+        let avoided = std::mem::take(&mut self.avoided);
+        let usable = |index: usize| !avoided.get(index).copied().unwrap_or(false);
+        self.mark_known(hosts);
+        let picked = match &self.known {
+            Some((_, mask)) if hosts.is_some() => self
+                .picker
+                .pick_where(|index| usable(index) && mask.get(index).copied().unwrap_or(false)),
+            _ => None,
+        }
+        .or_else(|| self.picker.pick_where(usable));
+        self.avoided = avoided;
+        picked.or_else(|| self.pick_known(hosts))
+    }
+
+    fn mark_known(&mut self, hosts: Option<&RoutableHosts>) {
         let Some(hosts) = hosts else {
-            return self.picker.pick();
+            return;
         };
         let generation = hosts.generation();
         if self.known.as_ref().map(|(seen, _)| *seen) != Some(generation) {
             let mask = self.endpoints.iter().map(|e| hosts.contains(e)).collect();
             self.known = Some((generation, mask));
         }
+    }
+
+    fn pick_known(&mut self, hosts: Option<&RoutableHosts>) -> Option<usize> {
+        let Some(hosts) = hosts else {
+            return self.picker.pick();
+        };
+        self.mark_known(Some(hosts));
         match &self.known {
             Some((_, mask)) if mask.contains(&true) => self
                 .picker
@@ -468,5 +517,62 @@ mod tests {
                 "registry_unavailable"
             ]
         );
+    }
+
+    fn routed_to(candidates: &mut Candidates, view: RequestView<'_>) -> String {
+        match decide(candidates, Freshness::Fresh, REROUTE_OPEN, view) {
+            Decision::Route { endpoint, .. } => endpoint.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn avoided_instances_are_skipped_while_another_is_left() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        candidates.set_avoided(["10.0.0.1:80"].into_iter());
+        for _ in 0..4 {
+            assert_eq!(
+                routed_to(&mut candidates, RequestView::default()),
+                "10.0.0.2:80"
+            );
+        }
+        // Every candidate avoided: route as if none were.
+        candidates.set_avoided(["10.0.0.1:80", "10.0.0.2:80"].into_iter());
+        let both: std::collections::BTreeSet<_> = (0..4)
+            .map(|_| routed_to(&mut candidates, RequestView::default()))
+            .collect();
+        assert_eq!(both.len(), 2);
+        candidates.set_avoided(std::iter::empty());
+        let again: std::collections::BTreeSet<_> = (0..4)
+            .map(|_| routed_to(&mut candidates, RequestView::default()))
+            .collect();
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn avoidance_survives_a_new_list_and_prefers_known_hosts() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        candidates.set_avoided(["10.0.0.3:80"].into_iter());
+        let mut snapshot = Snapshot::default();
+        let hosts = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        // A second list, so the stamp differs from the first snapshot's.
+        for (count, at) in [(1, 1), (3, 2)] {
+            snapshot.accept(
+                InstanceSet {
+                    instances: hosts[..count].iter().map(|e| instance(e, 1.0)).collect(),
+                    protection_reached: false,
+                },
+                at,
+            );
+        }
+        assert!(candidates.refresh(&snapshot, &InstanceFilter::default()));
+        let known = RoutableHosts::of(&["10.0.0.2:80", "10.0.0.3:80"]);
+        let view = RequestView {
+            pin: None,
+            known: Some(&known),
+        };
+        for _ in 0..4 {
+            assert_eq!(routed_to(&mut candidates, view), "10.0.0.2:80");
+        }
     }
 }
