@@ -8,7 +8,9 @@ use super::metrics::{RequestCounts, RequestMetrics};
 use super::reject::{RejectResponse, Rejections};
 use super::targets::Target;
 use crate::pure::config::{GuardSettings, Routing};
+use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::registry::snapshot::Snapshot;
+use crate::pure::routing::avoidance::{AvoidPolicy, Avoided};
 use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
 use crate::pure::routing::rules::{Matcher, RequestFacts, RuleSet};
 use crate::pure::routing::upstream_hosts::RoutableHosts;
@@ -36,6 +38,9 @@ pub enum RequestAction<'a> {
         /// The protected headers the routing does not set itself: a set replaces
         /// what the client sent, the others must be removed.
         clear: &'a [String],
+        /// The guard that routed it: a failure of `endpoint` is told to the
+        /// engine with it (`Engine::on_instance_failure`).
+        guard: GuardId,
     },
     Reject(&'a RejectResponse),
 }
@@ -162,6 +167,27 @@ impl Guards {
         }
     }
 
+    /// What a failure of one of guard `id`'s instances is judged by: its usable
+    /// instances and its avoid policy.
+    pub fn avoid_view(&self, id: GuardId) -> Option<(&[String], AvoidPolicy, &ServiceKey)> {
+        let guard = self.table.get(id)?;
+        let settings = &guard.settings;
+        Some((
+            guard.candidates.endpoints(),
+            settings.avoid,
+            &settings.service,
+        ))
+    }
+
+    /// Make `guards` skip the instances `avoided` avoids at `now_ms`.
+    pub fn set_avoided(&mut self, guards: &[GuardId], avoided: &Avoided, now_ms: u64) {
+        for id in guards {
+            if let Some(guard) = self.table.get_mut(*id) {
+                guard.candidates.set_avoided(avoided.avoided_at(now_ms));
+            }
+        }
+    }
+
     /// Count the requests decided since the last tick into the host's counters.
     pub fn flush_counts(&mut self, metrics: &mut dyn Metrics) {
         for id in self.counted.drain(..) {
@@ -216,6 +242,7 @@ impl Guards {
                 endpoint,
                 routing: &guard.settings.routing,
                 clear: &guard.clear_on_route,
+                guard: id,
             },
             Decision::Reject(code) => RequestAction::Reject(guard.rejections.get(code)),
             Decision::PassThrough => RequestAction::PassThrough,

@@ -3,6 +3,7 @@
 //! with each request. Everything here runs natively in tests against fakes of
 //! the traits.
 
+mod avoidance;
 mod clock;
 // The `Engine` type lives in a file named for it, inside the layer of that name.
 #[allow(clippy::module_inception)]
@@ -26,11 +27,14 @@ pub use clock::GatewayClock;
 pub use engine::Engine;
 pub use guards::{RequestAction, RequestHost};
 pub use host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
+pub use ids::GuardId;
 pub use metrics::{
     metric_segment, GROUP_TAG_REGEX, NAMESPACE_TAG_REGEX, STATS_TAG_REGEX, VIEW_TAG_REGEX,
 };
 pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};
 
+#[cfg(test)]
+mod avoidance_tests;
 #[cfg(test)]
 mod fakes;
 #[cfg(test)]
