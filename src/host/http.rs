@@ -107,6 +107,9 @@ impl HttpContext for GuardHttp {
         };
         let now = vm.clock_ms;
         let reason = details.unwrap_or_else(|| format!("response flags {flags:#x}"));
+        // Debug only: one line per failed request, which the e2e counts per worker
+        // thread; the warning comes once per streak from the engine.
+        log::debug!("nacos-instance-guard: the request routed to {endpoint} failed ({reason})");
         vm.engine.on_instance_failure(
             guard,
             &endpoint,
