@@ -341,3 +341,25 @@ fn a_service_in_two_namespaces_of_one_server_is_polled_not_subscribed() {
     gw.tick(1_050);
     assert_eq!(gw.answer_polls(1_050), 2, "both stay polled");
 }
+
+#[test]
+fn a_failed_instance_is_polled_for_at_once_even_while_pushes_arrive() {
+    let mut gw = Harness::pushing();
+    gw.subscribed();
+    assert_eq!(gw.run(400..2_000), 0, "a live link only confirms");
+    let guard = crate::engine::ids::Id::from_index(0);
+    gw.engine.on_instance_failure(
+        guard,
+        "10.0.0.1:80",
+        "connection refused",
+        2_000,
+        &mut gw.metrics,
+        &mut gw.store,
+    );
+    assert_eq!(
+        gw.run(2_000..2_100),
+        1,
+        "the failure is confirmed by a poll"
+    );
+    assert_eq!(gw.run(2_100..10_000), 0);
+}
