@@ -201,3 +201,107 @@ fn a_zero_time_turns_avoiding_off_but_failures_are_counted() {
     assert_eq!(gateway.metrics.get(FAILURES), 1);
     assert_eq!(gateway.metrics.get(AVOIDED), 0);
 }
+
+/// A seeded run: instances die and come back, Nacos's list changes, VMs route
+/// and report failures of dead instances, all at random. After every step, in
+/// every VM: no more candidates skipped than the bound, never all of them, and
+/// every request routed while Nacos lists any instance; a dead instance gets no
+/// request from a VM later than one tick after some VM saw it fail, unless the
+/// bound kept it usable.
+#[test]
+fn random_failures_never_avoid_beyond_the_bound_nor_every_instance() {
+    use crate::pure::hashing::mix_word;
+    use crate::pure::routing::avoidance::{max_avoided, Avoided};
+    use crate::pure::sharing::avoided::service_key;
+    const FIVE: [&str; 5] = [FOUR[0], FOUR[1], FOUR[2], FOUR[3], "10.0.0.5:80"];
+    for seed in 0..24u64 {
+        let mut draw = 0u64;
+        let mut next = |n: u64| {
+            draw += 1;
+            mix_word(seed, draw) % n
+        };
+        let percent = [0, 34, 50, 100][next(4) as usize];
+        let json = format!(
+            r#"{{"nacos":{{"cluster":"nacos"}},"service":{{"name":"demo"}},
+                "refreshIntervalMs":1000,"avoidFailedMs":{},"maxAvoidedPercent":{percent}}}"#,
+            500 + next(5_000)
+        );
+        let mut gateway = Gateway::new(&json, 3, Nacos::List(hosts(&FIVE)));
+        let mut dead = [false; 5];
+        let mut avoided_since: Vec<(&str, u64)> = Vec::new();
+        let target = gateway.vms[0].engine.targets.ids().next().unwrap();
+        let service = gateway.vms[0]
+            .engine
+            .targets
+            .get(target)
+            .unwrap()
+            .heartbeat_id();
+        let key = service_key(service);
+        for step in 0..1_500u64 {
+            let wall = step * 20;
+            if next(100) == 0 {
+                let index = next(5) as usize;
+                dead[index] = !dead[index];
+            }
+            if next(150) == 0 {
+                let listed: Vec<&str> = FIVE.iter().copied().filter(|_| next(4) != 0).collect();
+                gateway.nacos = Nacos::List(hosts(&listed));
+            }
+            let now = gateway.tick_all(wall);
+            for vm in 0..3 {
+                let guard = GuardId::from_index(0);
+                let (skipped, candidates) =
+                    gateway.vms[vm].engine.guards.avoided_of(guard).unwrap();
+                assert!(
+                    skipped <= max_avoided(candidates, percent) && (candidates == 0 || skipped < candidates),
+                    "seed {seed} step {step} vm {vm}: {skipped} of {candidates} skipped at {percent} %"
+                );
+                let action = gateway.vms[vm].engine.on_request(
+                    now,
+                    &mut FakeRequest::on("r"),
+                    &mut gateway.metrics,
+                    &mut gateway.store,
+                );
+                let RequestAction::Route {
+                    endpoint, guard, ..
+                } = action
+                else {
+                    assert!(
+                        candidates == 0,
+                        "seed {seed} step {step}: {action:?} with {candidates} candidates"
+                    );
+                    continue;
+                };
+                let endpoint = endpoint.to_string();
+                let index = FIVE.iter().position(|e| *e == endpoint).unwrap();
+                if !dead[index] {
+                    continue;
+                }
+                // A dead instance avoided more than a tick ago, by any VM, is
+                // routed to again only where the bound is full.
+                if avoided_since
+                    .iter()
+                    .any(|(e, at)| *e == endpoint && now > at + 60 && now < at + 500)
+                {
+                    assert_eq!(
+                        skipped,
+                        max_avoided(candidates, percent),
+                        "seed {seed} step {step} vm {vm}: {endpoint} routed again"
+                    );
+                }
+                gateway.vms[vm].engine.on_instance_failure(
+                    guard,
+                    &endpoint,
+                    "refused",
+                    now,
+                    &mut gateway.metrics,
+                    &mut gateway.store,
+                );
+                let (value, _) = gateway.store.get(&key);
+                if Avoided::decode(&value.unwrap_or_default()).is_avoided(&endpoint, now) {
+                    avoided_since.push((FIVE[index], now));
+                }
+            }
+        }
+    }
+}

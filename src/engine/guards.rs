@@ -179,13 +179,24 @@ impl Guards {
         ))
     }
 
-    /// Make `guards` skip the instances `avoided` avoids at `now_ms`.
+    /// Make `guards` skip the instances `avoided` avoids at `now_ms`, each
+    /// within its own bound.
     pub fn set_avoided(&mut self, guards: &[GuardId], avoided: &Avoided, now_ms: u64) {
         for id in guards {
             if let Some(guard) = self.table.get_mut(*id) {
-                guard.candidates.set_avoided(avoided.avoided_at(now_ms));
+                let percent = guard.settings.avoid.max_avoided_percent;
+                guard
+                    .candidates
+                    .set_avoided(avoided.avoided_at(now_ms), percent);
             }
         }
+    }
+
+    /// Guard `id`'s skipped candidates and all its candidates.
+    #[cfg(test)]
+    pub fn avoided_of(&self, id: GuardId) -> Option<(usize, usize)> {
+        let candidates = &self.table.get(id)?.candidates;
+        Some((candidates.avoided_count(), candidates.endpoints().len()))
     }
 
     /// Count the requests decided since the last tick into the host's counters.

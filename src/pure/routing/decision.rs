@@ -4,6 +4,7 @@ use crate::pure::config::{DeregisteredPolicy, StalePolicy};
 use crate::pure::registry::endpoint;
 use crate::pure::registry::instance::InstanceFilter;
 use crate::pure::registry::snapshot::{Freshness, Snapshot};
+use crate::pure::routing::avoidance::max_avoided;
 use crate::pure::routing::selection::WeightedRoundRobin;
 use crate::pure::routing::upstream_hosts::RoutableHosts;
 
@@ -23,6 +24,9 @@ pub struct Candidates {
     /// candidates they are: skipped while any other is left.
     avoided_endpoints: Vec<String>,
     avoided: Vec<bool>,
+    /// `maxAvoidedPercent`: the share of these candidates that may be skipped,
+    /// whatever the list became since the instances were avoided.
+    max_avoided_percent: u64,
 }
 
 impl Candidates {
@@ -68,21 +72,37 @@ impl Candidates {
         true
     }
 
-    /// Skip these instances while any other candidate is left.
-    pub fn set_avoided<'e>(&mut self, avoided: impl Iterator<Item = &'e str>) {
+    /// Skip these instances, as many as `max_avoided_percent` allows of the
+    /// candidates (`avoidance::max_avoided`: never all of them).
+    pub fn set_avoided<'e>(
+        &mut self,
+        avoided: impl Iterator<Item = &'e str>,
+        max_avoided_percent: u64,
+    ) {
         self.avoided_endpoints.clear();
         self.avoided_endpoints.extend(avoided.map(str::to_string));
+        self.max_avoided_percent = max_avoided_percent;
         self.mark_avoided();
     }
 
+    /// How many candidates are skipped now.
+    pub fn avoided_count(&self) -> usize {
+        self.avoided.iter().filter(|avoided| **avoided).count()
+    }
+
+    /// Mark the avoided candidates, up to the bound: a list that shrank since
+    /// they were avoided must not leave more of it skipped than the bound allows.
     fn mark_avoided(&mut self) {
         self.avoided.clear();
         if self.avoided_endpoints.is_empty() {
             return;
         }
-        let avoided = &self.avoided_endpoints;
-        self.avoided
-            .extend(self.endpoints.iter().map(|e| avoided.contains(e)));
+        let mut room = max_avoided(self.endpoints.len(), self.max_avoided_percent);
+        for endpoint in &self.endpoints {
+            let avoid = room > 0 && self.avoided_endpoints.contains(endpoint);
+            room -= usize::from(avoid);
+            self.avoided.push(avoid);
+        }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -529,20 +549,21 @@ mod tests {
     #[test]
     fn avoided_instances_are_skipped_while_another_is_left() {
         let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
-        candidates.set_avoided(["10.0.0.1:80"].into_iter());
+        candidates.set_avoided(["10.0.0.1:80"].into_iter(), 50);
         for _ in 0..4 {
             assert_eq!(
                 routed_to(&mut candidates, RequestView::default()),
                 "10.0.0.2:80"
             );
         }
-        // Every candidate avoided: route as if none were.
-        candidates.set_avoided(["10.0.0.1:80", "10.0.0.2:80"].into_iter());
+        // Every candidate avoided (a bound that allows it cannot be set): route as
+        // if none were.
+        candidates.avoided = vec![true, true];
         let both: std::collections::BTreeSet<_> = (0..4)
             .map(|_| routed_to(&mut candidates, RequestView::default()))
             .collect();
         assert_eq!(both.len(), 2);
-        candidates.set_avoided(std::iter::empty());
+        candidates.set_avoided(std::iter::empty(), 50);
         let again: std::collections::BTreeSet<_> = (0..4)
             .map(|_| routed_to(&mut candidates, RequestView::default()))
             .collect();
@@ -552,7 +573,7 @@ mod tests {
     #[test]
     fn avoidance_survives_a_new_list_and_prefers_known_hosts() {
         let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
-        candidates.set_avoided(["10.0.0.3:80"].into_iter());
+        candidates.set_avoided(["10.0.0.3:80"].into_iter(), 50);
         let mut snapshot = Snapshot::default();
         let hosts = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
         // A second list, so the stamp differs from the first snapshot's.
@@ -574,5 +595,18 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(routed_to(&mut candidates, view), "10.0.0.2:80");
         }
+    }
+
+    #[test]
+    fn a_list_that_shrank_keeps_the_skipped_within_the_bound() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        candidates.set_avoided(["10.0.0.1:80", "10.0.0.2:80"].into_iter(), 50);
+        assert_eq!(candidates.avoided_count(), 1);
+        candidates.set_avoided(["10.0.0.1:80", "10.0.0.2:80"].into_iter(), 100);
+        assert_eq!(candidates.avoided_count(), 1, "never all");
+        let mut alone = prepared(&[("10.0.0.1:80", 1.0)]);
+        alone.set_avoided(["10.0.0.1:80"].into_iter(), 100);
+        assert_eq!(alone.avoided_count(), 0);
+        assert_eq!(routed_to(&mut alone, RequestView::default()), "10.0.0.1:80");
     }
 }
