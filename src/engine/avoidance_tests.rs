@@ -22,34 +22,41 @@ fn config(avoid_ms: u64) -> String {
 const FAILURES: &str = "nacos_guard.service.public.DEFAULT_GROUP.demo.instance_failures";
 const AVOIDED: &str = "nacos_guard.service.public.DEFAULT_GROUP.demo.instances_avoided";
 
+/// One request on `vm`: where it was routed and by which guard, if it was.
+fn route(gateway: &mut Gateway, vm: usize, now: u64) -> Option<(String, GuardId)> {
+    let action = gateway.vms[vm].engine.on_request(
+        now,
+        &mut FakeRequest::on("r"),
+        &mut gateway.metrics,
+        &mut gateway.store,
+    );
+    match action {
+        RequestAction::Route {
+            endpoint, guard, ..
+        } => Some((endpoint.to_string(), guard)),
+        _ => None,
+    }
+}
+
+/// Tell `vm` that its request to `endpoint` failed before an answer.
+fn report(gateway: &mut Gateway, vm: usize, guard: GuardId, endpoint: &str, now: u64) {
+    gateway.vms[vm].engine.on_instance_failure(
+        guard,
+        endpoint,
+        "upstream_reset_before_response_started{remote_connection_failure}",
+        now,
+        &mut gateway.metrics,
+        &mut gateway.store,
+    );
+}
+
 /// Route requests on `vm` until one goes to `endpoint`, and report that it
 /// failed. False if none went there in 20 requests.
 fn fail_at(gateway: &mut Gateway, vm: usize, now: u64, endpoint: &str) -> bool {
     for _ in 0..20 {
-        let action = gateway.vms[vm].engine.on_request(
-            now,
-            &mut FakeRequest::on("r"),
-            &mut gateway.metrics,
-            &mut gateway.store,
-        );
-        let RequestAction::Route {
-            endpoint: routed,
-            guard,
-            ..
-        } = action
-        else {
-            panic!("not routed: {action:?}");
-        };
+        let (routed, guard) = route(gateway, vm, now).expect("routed");
         if routed == endpoint {
-            let endpoint = routed.to_string();
-            gateway.vms[vm].engine.on_instance_failure(
-                guard,
-                &endpoint,
-                "upstream_reset_before_response_started{remote_connection_failure}",
-                now,
-                &mut gateway.metrics,
-                &mut gateway.store,
-            );
+            report(gateway, vm, guard, endpoint, now);
             return true;
         }
     }
@@ -108,15 +115,7 @@ fn failures_while_avoided_extend_it_and_count_without_a_new_avoidance() {
         gateway.tick_all(wall);
     }
     // A request that still reached it (a VM that had not heard yet).
-    let guard = GuardId::from_index(0);
-    gateway.vms[1].engine.on_instance_failure(
-        guard,
-        FOUR[1],
-        "reset",
-        4_000,
-        &mut gateway.metrics,
-        &mut gateway.store,
-    );
+    report(&mut gateway, 1, GuardId::from_index(0), FOUR[1], 4_000);
     for wall in (4_020..=8_000).step_by(20) {
         gateway.tick_all(wall);
     }
@@ -256,23 +255,13 @@ fn random_failures_never_avoid_beyond_the_bound_nor_every_instance() {
                     skipped <= max_avoided(candidates, percent) && (candidates == 0 || skipped < candidates),
                     "seed {seed} step {step} vm {vm}: {skipped} of {candidates} skipped at {percent} %"
                 );
-                let action = gateway.vms[vm].engine.on_request(
-                    now,
-                    &mut FakeRequest::on("r"),
-                    &mut gateway.metrics,
-                    &mut gateway.store,
-                );
-                let RequestAction::Route {
-                    endpoint, guard, ..
-                } = action
-                else {
+                let Some((endpoint, guard)) = route(&mut gateway, vm, now) else {
                     assert!(
                         candidates == 0,
-                        "seed {seed} step {step}: {action:?} with {candidates} candidates"
+                        "seed {seed} step {step}: not routed with {candidates} candidates"
                     );
                     continue;
                 };
-                let endpoint = endpoint.to_string();
                 let index = FIVE.iter().position(|e| *e == endpoint).unwrap();
                 if !dead[index] {
                     continue;
@@ -289,14 +278,7 @@ fn random_failures_never_avoid_beyond_the_bound_nor_every_instance() {
                         "seed {seed} step {step} vm {vm}: {endpoint} routed again"
                     );
                 }
-                gateway.vms[vm].engine.on_instance_failure(
-                    guard,
-                    &endpoint,
-                    "refused",
-                    now,
-                    &mut gateway.metrics,
-                    &mut gateway.store,
-                );
+                report(&mut gateway, vm, guard, &endpoint, now);
                 let (value, _) = gateway.store.get(&key);
                 if Avoided::decode(&value.unwrap_or_default()).is_avoided(&endpoint, now) {
                     avoided_since.push((FIVE[index], now));
