@@ -10,7 +10,7 @@ use log::warn;
 use super::engine::Engine;
 use super::host_traits::{Metrics, SharedStore};
 use super::ids::{GuardId, TargetId};
-use super::metrics::{bump, AvoidMetrics};
+use super::metrics::bump;
 use crate::pure::hashing::WordMap;
 use crate::pure::routing::avoidance::{Avoided, Noticed, POLL_ASK_INTERVAL_MS};
 use crate::pure::sharing::avoided::{service_key, ChangeLog, Changed, CHANGES_KEY};
@@ -27,7 +27,6 @@ struct ServiceAvoidance {
     next_end_ms: Option<u64>,
     /// The poll request the poller last acted on.
     polled_for_ms: Option<u64>,
-    metrics: Option<AvoidMetrics>,
 }
 
 #[derive(Default)]
@@ -57,17 +56,11 @@ impl Engine {
         let Some(service_id) = self.targets.get(target).map(|t| t.heartbeat_id()) else {
             return;
         };
-        let Some((usable, policy, service)) = self.guards.avoid_view(guard) else {
+        let Some(view) = self.guards.avoid_view(guard) else {
             return;
         };
-        let service_metrics = *self
-            .avoidance
-            .services
-            .entry(service_id)
-            .or_default()
-            .metrics
-            .get_or_insert_with(|| AvoidMetrics::define(metrics, service));
-        bump(metrics, service_metrics.failures);
+        let (usable, policy, service) = (view.usable, view.policy, view.service);
+        bump(metrics, view.metrics.failures);
         let key = service_key(service_id);
         let mut outcome = None;
         for _ in 0..WRITE_ATTEMPTS {
@@ -91,7 +84,7 @@ impl Engine {
             record_change(service_id, store);
         }
         if let Noticed::Avoided { new_streak } = noticed {
-            bump(metrics, service_metrics.avoided);
+            bump(metrics, view.metrics.avoided);
             if new_streak {
                 warn!(
                     "nacos-instance-guard: instance {endpoint} of service {}/{}/{} failed a \

@@ -4,7 +4,7 @@
 
 use super::host_traits::Metrics;
 use super::ids::{GuardId, Id, Table, TargetId};
-use super::metrics::{RequestCounts, RequestMetrics};
+use super::metrics::{AvoidMetrics, RequestCounts, RequestMetrics};
 use super::reject::{RejectResponse, Rejections};
 use super::targets::Target;
 use crate::pure::config::{GuardSettings, Routing};
@@ -45,6 +45,15 @@ pub enum RequestAction<'a> {
     Reject(&'a RejectResponse),
 }
 
+/// A guard's view of a failure of one of its instances.
+pub(super) struct AvoidView<'a> {
+    /// Its usable instances.
+    pub usable: &'a [String],
+    pub policy: AvoidPolicy,
+    pub service: &'a ServiceKey,
+    pub metrics: AvoidMetrics,
+}
+
 /// What a rule (or the global configuration) applies to its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Applies {
@@ -57,6 +66,8 @@ struct Guard {
     target: TargetId,
     candidates: Candidates,
     metrics: RequestMetrics,
+    /// Defined with the guard, so the counters read 0 before any failure.
+    avoid_metrics: AvoidMetrics,
     /// Requests decided since the last tick, counted into `metrics` on the tick.
     counts: RequestCounts,
     rejections: Rejections,
@@ -116,6 +127,7 @@ impl Guards {
                 &settings.service.group,
             ),
             metrics: RequestMetrics::define(metrics, &settings.service, view.as_deref()),
+            avoid_metrics: AvoidMetrics::define(metrics, &settings.service),
             settings,
             target,
             candidates: Candidates::starting_at(start),
@@ -167,16 +179,16 @@ impl Guards {
         }
     }
 
-    /// What a failure of one of guard `id`'s instances is judged by: its usable
-    /// instances and its avoid policy.
-    pub fn avoid_view(&self, id: GuardId) -> Option<(&[String], AvoidPolicy, &ServiceKey)> {
+    /// What a failure of one of guard `id`'s instances is judged by and counted in.
+    pub fn avoid_view(&self, id: GuardId) -> Option<AvoidView<'_>> {
         let guard = self.table.get(id)?;
         let settings = &guard.settings;
-        Some((
-            guard.candidates.endpoints(),
-            settings.avoid,
-            &settings.service,
-        ))
+        Some(AvoidView {
+            usable: guard.candidates.endpoints(),
+            policy: settings.avoid,
+            service: &settings.service,
+            metrics: guard.avoid_metrics,
+        })
     }
 
     /// Make `guards` skip the instances `avoided` avoids at `now_ms`, each
