@@ -5,9 +5,10 @@
 //! once a second per service, gateway-wide), since only Nacos can say whether
 //! the instance is gone.
 
-use log::warn;
+use log::{debug, warn};
 
 use super::engine::Engine;
+use super::guards::Routed;
 use super::host_traits::{Metrics, SharedStore};
 use super::ids::{GuardId, TargetId};
 use super::metrics::bump;
@@ -38,10 +39,31 @@ pub(super) struct Avoidance {
 }
 
 impl Engine {
+    /// The request `routed` failed before its instance answered: the host's
+    /// entry (it keeps no copy of the address). A request whose guard's list
+    /// changed since it was routed is left alone: the index may name another
+    /// instance now.
+    pub fn on_routed_failure(
+        &mut self,
+        routed: Routed,
+        reason: &str,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
+        let Some(endpoint) = self.guards.endpoint_of(routed).map(str::to_string) else {
+            return;
+        };
+        // Debug only: one line per failed request, which the e2e counts per worker
+        // thread; the warning comes once per streak.
+        debug!("nacos-instance-guard: the request routed to {endpoint} failed ({reason})");
+        self.on_instance_failure(routed.guard, &endpoint, reason, now_ms, metrics, store);
+    }
+
     /// The instance `endpoint` that guard `guard` routed a request to failed
     /// before answering (`pure::routing::upstream_failure`); `reason` is Envoy's
     /// `response.code_details`, for the log.
-    pub fn on_instance_failure(
+    pub(super) fn on_instance_failure(
         &mut self,
         guard: GuardId,
         endpoint: &str,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::fakes::FakeRequest;
 use super::gateway_tests::{hosts, Gateway, Nacos, FOUR};
-use super::ids::Id;
+use super::ids::{GuardId, Id};
 use super::*;
 use crate::testing::test;
 
@@ -32,8 +32,8 @@ fn route(gateway: &mut Gateway, vm: usize, now: u64) -> Option<(String, GuardId)
     );
     match action {
         RequestAction::Route {
-            endpoint, guard, ..
-        } => Some((endpoint.to_string(), guard)),
+            endpoint, routed, ..
+        } => Some((endpoint.to_string(), routed.guard)),
         _ => None,
     }
 }

@@ -38,9 +38,9 @@ pub enum RequestAction<'a> {
         /// The protected headers the routing does not set itself: a set replaces
         /// what the client sent, the others must be removed.
         clear: &'a [String],
-        /// The guard that routed it: a failure of `endpoint` is told to the
-        /// engine with it (`Engine::on_instance_failure`).
-        guard: GuardId,
+        /// What the host keeps to tell a failure of `endpoint` back
+        /// (`Engine::on_routed_failure`).
+        routed: Routed,
     },
     Reject(&'a RejectResponse),
 }
@@ -52,6 +52,15 @@ pub(super) struct AvoidView<'a> {
     pub policy: AvoidPolicy,
     pub service: &'a ServiceKey,
     pub metrics: AvoidMetrics,
+}
+
+/// A routed request as the host keeps it until its response: the guard, and the
+/// candidate it picked in the list of that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub guard: GuardId,
+    index: usize,
+    built: u64,
 }
 
 /// What a rule (or the global configuration) applies to its requests.
@@ -179,6 +188,12 @@ impl Guards {
         }
     }
 
+    /// The endpoint a routed request went to, while its guard's list is the same.
+    pub fn endpoint_of(&self, routed: Routed) -> Option<&str> {
+        let guard = self.table.get(routed.guard)?;
+        guard.candidates.endpoint_at(routed.index, routed.built)
+    }
+
     /// What a failure of one of guard `id`'s instances is judged by and counted in.
     pub fn avoid_view(&self, id: GuardId) -> Option<AvoidView<'_>> {
         let guard = self.table.get(id)?;
@@ -261,12 +276,25 @@ impl Guards {
             Decision::PassThrough => counts.passed_through += 1,
         }
         match decision {
-            Decision::Route { endpoint, .. } => RequestAction::Route {
-                endpoint,
-                routing: &guard.settings.routing,
-                clear: &guard.clear_on_route,
-                guard: id,
-            },
+            // The endpoint is found again by the pick, so that the host keeps an
+            // index rather than a copy of the address.
+            Decision::Route { .. } => {
+                let (index, built) = guard.candidates.last_pick().unwrap_or_default();
+                match guard.candidates.endpoint_at(index, built) {
+                    Some(endpoint) => RequestAction::Route {
+                        endpoint,
+                        routing: &guard.settings.routing,
+                        clear: &guard.clear_on_route,
+                        routed: Routed {
+                            guard: id,
+                            index,
+                            built,
+                        },
+                    },
+                    // Not reached: the decision just picked it from these candidates.
+                    None => RequestAction::PassThrough,
+                }
+            }
             Decision::Reject(code) => RequestAction::Reject(guard.rejections.get(code)),
             Decision::PassThrough => RequestAction::PassThrough,
         }

@@ -25,9 +25,8 @@ mod wiring;
 
 pub use clock::GatewayClock;
 pub use engine::Engine;
-pub use guards::{RequestAction, RequestHost};
+pub use guards::{RequestAction, RequestHost, Routed};
 pub use host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
-pub use ids::GuardId;
 pub use metrics::{
     metric_segment, GROUP_TAG_REGEX, NAMESPACE_TAG_REGEX, STATS_TAG_REGEX, VIEW_TAG_REGEX,
 };

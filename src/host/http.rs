@@ -8,7 +8,7 @@ use proxy_wasm::types::{Action, MapType};
 
 use super::host_calls::{HostMetrics, HostStore};
 use super::vm::{PropertyStyle, SharedVm, VmState};
-use crate::engine::{GuardId, RequestAction, RequestHost};
+use crate::engine::{RequestAction, RequestHost, Routed};
 use crate::pure::config::Routing;
 use crate::pure::routing::rules::RequestFacts;
 use crate::pure::routing::upstream_failure::instance_failed;
@@ -16,9 +16,9 @@ use crate::pure::routing::upstream_hosts::RoutableHosts;
 
 pub struct GuardHttp {
     vm: Option<SharedVm>,
-    /// The guard and instance this request was routed to, if it was: its
-    /// response tells whether the instance failed.
-    routed: Option<(GuardId, String)>,
+    /// Where this request was routed, if it was: its response tells whether the
+    /// instance failed.
+    routed: Option<Routed>,
 }
 
 impl GuardHttp {
@@ -62,10 +62,10 @@ impl HttpContext for GuardHttp {
             RequestAction::Route {
                 endpoint,
                 routing,
-                guard,
+                routed,
                 ..
             } => {
-                self.routed = Some((guard, endpoint.to_string()));
+                self.routed = Some(routed);
                 route(routing, endpoint)
             }
             RequestAction::Reject(rejection) => {
@@ -84,14 +84,10 @@ impl HttpContext for GuardHttp {
     /// healthy host) comes through here too, with Envoy's response flags set
     /// (docs/behaviour.md, "Instances that fail before Nacos knows").
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some((guard, endpoint)) = self.routed.take() else {
+        let Some(routed) = self.routed.take() else {
             return Action::Continue;
         };
-        let flags = hostcalls::get_property(vec!["response", "flags"])
-            .ok()
-            .flatten()
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-            .map_or(0, u64::from_le_bytes);
+        let flags = super::response::response_flags();
         if flags == 0 {
             return Action::Continue;
         }
@@ -107,17 +103,8 @@ impl HttpContext for GuardHttp {
         };
         let now = vm.clock_ms;
         let reason = details.unwrap_or_else(|| format!("response flags {flags:#x}"));
-        // Debug only: one line per failed request, which the e2e counts per worker
-        // thread; the warning comes once per streak from the engine.
-        log::debug!("nacos-instance-guard: the request routed to {endpoint} failed ({reason})");
-        vm.engine.on_instance_failure(
-            guard,
-            &endpoint,
-            &reason,
-            now,
-            &mut HostMetrics,
-            &mut HostStore,
-        );
+        vm.engine
+            .on_routed_failure(routed, &reason, now, &mut HostMetrics, &mut HostStore);
         Action::Continue
     }
 }

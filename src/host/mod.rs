@@ -5,6 +5,7 @@
 mod higress;
 mod host_calls;
 mod http;
+mod response;
 mod root;
 mod vm;
 

@@ -27,6 +27,9 @@ pub struct Candidates {
     /// `maxAvoidedPercent`: the share of these candidates that may be skipped,
     /// whatever the list became since the instances were avoided.
     max_avoided_percent: u64,
+    /// The candidate the last decision routed to: what the host keeps of a routed
+    /// request (an index, not a copy of the address) to tell a failure back.
+    last_pick: Option<usize>,
 }
 
 impl Candidates {
@@ -107,6 +110,20 @@ impl Candidates {
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// The candidate the last decision routed to, with the content it was built
+    /// from: `endpoint_at` finds it again while the list is the same.
+    pub fn last_pick(&self) -> Option<(usize, u64)> {
+        Some((self.last_pick?, self.built?))
+    }
+
+    /// The endpoint of a pick, if the candidates were not rebuilt since.
+    pub fn endpoint_at(&self, index: usize, built: u64) -> Option<&str> {
+        (self.built == Some(built))
+            .then(|| self.endpoints.get(index))
+            .flatten()
+            .map(String::as_str)
     }
 
     /// A candidate that is not avoided, the cluster's known hosts first; any
@@ -231,6 +248,7 @@ pub fn decide<'a>(
             None => return Decision::Reject(RejectCode::NoHealthyInstance),
         },
     };
+    candidates.last_pick = Some(index);
     match candidates.endpoints.get(index) {
         Some(endpoint) => Decision::Route { endpoint, rerouted },
         None => Decision::Reject(RejectCode::NoHealthyInstance),
@@ -608,5 +626,18 @@ mod tests {
         alone.set_avoided(["10.0.0.1:80"].into_iter(), 100);
         assert_eq!(alone.avoided_count(), 0);
         assert_eq!(routed_to(&mut alone, RequestView::default()), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn a_pick_is_found_again_only_in_the_list_it_came_from() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        let endpoint = routed_to(&mut candidates, RequestView::default());
+        let (index, built) = candidates.last_pick().unwrap();
+        assert_eq!(
+            candidates.endpoint_at(index, built),
+            Some(endpoint.as_str())
+        );
+        assert_eq!(candidates.endpoint_at(index, built + 1), None);
+        assert_eq!(candidates.endpoint_at(7, built), None);
     }
 }
