@@ -3,6 +3,7 @@
 //! state it changes; what one component needs of another is passed in here.
 //! Every time it is given is a gateway-clock time (`engine::clock`).
 
+use super::avoidance::Avoidance;
 use super::following;
 use super::guards::{Applies, Guards, RequestAction, RequestHost};
 use super::host_traits::{Metrics, Outbox, SharedStore};
@@ -42,6 +43,8 @@ pub struct Engine {
     pub(super) learned: Option<LearnedServices>,
     /// `None`: this VM polls alone (tests, or shared data unavailable).
     pub(super) sharing: Option<Sharing>,
+    /// Instances that failed routed requests, skipped for a while.
+    pub(super) avoidance: Avoidance,
 }
 
 impl Engine {
@@ -57,6 +60,7 @@ impl Engine {
             links: PushLinks::new(push_metrics.unwrap_or_default()),
             learned: None,
             sharing: None,
+            avoidance: Avoidance::default(),
         };
         if let Some(scope) = &config.global {
             let applies = engine.add_scope(scope, metrics);
@@ -157,6 +161,7 @@ impl Engine {
             Some(sharing) => sharing.coordinate(now_ms, store),
             None => Role::Poll { took_over: false },
         };
+        self.follow_avoidance(now_ms, store);
         match role {
             Role::Follow => {
                 self.links.stop(outbox, metrics);

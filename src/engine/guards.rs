@@ -4,11 +4,13 @@
 
 use super::host_traits::Metrics;
 use super::ids::{GuardId, Id, Table, TargetId};
-use super::metrics::{RequestCounts, RequestMetrics};
+use super::metrics::{AvoidMetrics, RequestCounts, RequestMetrics};
 use super::reject::{RejectResponse, Rejections};
 use super::targets::Target;
 use crate::pure::config::{GuardSettings, Routing};
+use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::registry::snapshot::Snapshot;
+use crate::pure::routing::avoidance::{AvoidPolicy, Avoided};
 use crate::pure::routing::decision::{self, Candidates, Decision, Policies, RequestView};
 use crate::pure::routing::rules::{Matcher, RequestFacts, RuleSet};
 use crate::pure::routing::upstream_hosts::RoutableHosts;
@@ -36,8 +38,29 @@ pub enum RequestAction<'a> {
         /// The protected headers the routing does not set itself: a set replaces
         /// what the client sent, the others must be removed.
         clear: &'a [String],
+        /// What the host keeps to tell a failure of `endpoint` back
+        /// (`Engine::on_routed_failure`).
+        routed: Routed,
     },
     Reject(&'a RejectResponse),
+}
+
+/// A guard's view of a failure of one of its instances.
+pub(super) struct AvoidView<'a> {
+    /// Its usable instances.
+    pub usable: &'a [String],
+    pub policy: AvoidPolicy,
+    pub service: &'a ServiceKey,
+    pub metrics: AvoidMetrics,
+}
+
+/// A routed request as the host keeps it until its response: the guard, and the
+/// candidate it picked in the list of that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub guard: GuardId,
+    index: usize,
+    built: u64,
 }
 
 /// What a rule (or the global configuration) applies to its requests.
@@ -52,6 +75,8 @@ struct Guard {
     target: TargetId,
     candidates: Candidates,
     metrics: RequestMetrics,
+    /// Defined with the guard, so the counters read 0 before any failure.
+    avoid_metrics: AvoidMetrics,
     /// Requests decided since the last tick, counted into `metrics` on the tick.
     counts: RequestCounts,
     rejections: Rejections,
@@ -111,6 +136,7 @@ impl Guards {
                 &settings.service.group,
             ),
             metrics: RequestMetrics::define(metrics, &settings.service, view.as_deref()),
+            avoid_metrics: AvoidMetrics::define(metrics, &settings.service),
             settings,
             target,
             candidates: Candidates::starting_at(start),
@@ -160,6 +186,44 @@ impl Guards {
                 metrics.record(gauge, usable);
             }
         }
+    }
+
+    /// The endpoint a routed request went to, while its guard's list is the same.
+    pub fn endpoint_of(&self, routed: Routed) -> Option<&str> {
+        let guard = self.table.get(routed.guard)?;
+        guard.candidates.endpoint_at(routed.index, routed.built)
+    }
+
+    /// What a failure of one of guard `id`'s instances is judged by and counted in.
+    pub fn avoid_view(&self, id: GuardId) -> Option<AvoidView<'_>> {
+        let guard = self.table.get(id)?;
+        let settings = &guard.settings;
+        Some(AvoidView {
+            usable: guard.candidates.endpoints(),
+            policy: settings.avoid,
+            service: &settings.service,
+            metrics: guard.avoid_metrics,
+        })
+    }
+
+    /// Make `guards` skip the instances `avoided` avoids at `now_ms`, each
+    /// within its own bound.
+    pub fn set_avoided(&mut self, guards: &[GuardId], avoided: &Avoided, now_ms: u64) {
+        for id in guards {
+            if let Some(guard) = self.table.get_mut(*id) {
+                let percent = guard.settings.avoid.max_avoided_percent;
+                guard
+                    .candidates
+                    .set_avoided(avoided.avoided_at(now_ms), percent);
+            }
+        }
+    }
+
+    /// Guard `id`'s skipped candidates and all its candidates.
+    #[cfg(test)]
+    pub fn avoided_of(&self, id: GuardId) -> Option<(usize, usize)> {
+        let candidates = &self.table.get(id)?.candidates;
+        Some((candidates.avoided_count(), candidates.endpoints().len()))
     }
 
     /// Count the requests decided since the last tick into the host's counters.
@@ -212,11 +276,25 @@ impl Guards {
             Decision::PassThrough => counts.passed_through += 1,
         }
         match decision {
-            Decision::Route { endpoint, .. } => RequestAction::Route {
-                endpoint,
-                routing: &guard.settings.routing,
-                clear: &guard.clear_on_route,
-            },
+            // The endpoint is found again by the pick, so that the host keeps an
+            // index rather than a copy of the address.
+            Decision::Route { .. } => {
+                let (index, built) = guard.candidates.last_pick().unwrap_or_default();
+                match guard.candidates.endpoint_at(index, built) {
+                    Some(endpoint) => RequestAction::Route {
+                        endpoint,
+                        routing: &guard.settings.routing,
+                        clear: &guard.clear_on_route,
+                        routed: Routed {
+                            guard: id,
+                            index,
+                            built,
+                        },
+                    },
+                    // Not reached: the decision just picked it from these candidates.
+                    None => RequestAction::PassThrough,
+                }
+            }
             Decision::Reject(code) => RequestAction::Reject(guard.rejections.get(code)),
             Decision::PassThrough => RequestAction::PassThrough,
         }

@@ -141,6 +141,25 @@ impl PollMetrics {
     }
 }
 
+/// Counters of instances of one service that failed routed requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AvoidMetrics {
+    /// Routed requests whose instance failed before answering.
+    pub failures: Option<u32>,
+    /// Times an instance was set aside after failing (once per avoidance, not per request).
+    pub avoided: Option<u32>,
+}
+
+impl AvoidMetrics {
+    pub fn define(metrics: &mut dyn Metrics, service: &ServiceKey) -> Self {
+        let names = ServiceMetric::of(service);
+        Self {
+            failures: metrics.define_counter(&names.name("instance_failures")),
+            avoided: metrics.define_counter(&names.name("instances_avoided")),
+        }
+    }
+}
+
 /// What `guardNacosRoutes` learned, for the whole plugin.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LearnMetrics {

@@ -3,6 +3,7 @@
 //! with each request. Everything here runs natively in tests against fakes of
 //! the traits.
 
+mod avoidance;
 mod clock;
 // The `Engine` type lives in a file named for it, inside the layer of that name.
 #[allow(clippy::module_inception)]
@@ -26,13 +27,15 @@ mod wiring;
 
 pub use clock::GatewayClock;
 pub use engine::Engine;
-pub use guards::{RequestAction, RequestHost};
+pub use guards::{RequestAction, RequestHost, Routed};
 pub use host_traits::{Metrics, Outbox, OutgoingCall, SharedStore};
 pub use metrics::{
     metric_segment, GROUP_TAG_REGEX, NAMESPACE_TAG_REGEX, STATS_TAG_REGEX, VIEW_TAG_REGEX,
 };
 pub use reject::{RejectResponse, REJECT_CONTENT_TYPE};
 
+#[cfg(test)]
+mod avoidance_tests;
 #[cfg(test)]
 mod fakes;
 #[cfg(test)]

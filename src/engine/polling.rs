@@ -50,6 +50,9 @@ pub(super) struct Polling {
     /// The shortest interval of every service this configuration may poll,
     /// learned ones included: it sets the tick, the heartbeat and the lease.
     shortest_interval_ms: u64,
+    /// Targets to ask Nacos about at once, even where a push link would only
+    /// confirm: an instance failed, and only Nacos's answer tells if it is gone.
+    forced: Vec<TargetId>,
 }
 
 impl Polling {
@@ -67,6 +70,7 @@ impl Polling {
             scheduler,
             pending: WordMap::default(),
             shortest_interval_ms: shortest_interval_ms.max(1),
+            forced: Vec::new(),
         }
     }
 
@@ -101,6 +105,14 @@ impl Polling {
         for target in targets {
             self.scheduler.due_now(target.index(), now_ms);
         }
+    }
+
+    /// Ask Nacos about `target` on the next tick, by a real poll even with push.
+    pub fn poll_now(&mut self, target: TargetId, now_ms: u64) {
+        if !self.forced.contains(&target) {
+            self.forced.push(target);
+        }
+        self.scheduler.due_now(target.index(), now_ms);
     }
 
     pub fn take_pending(&mut self, token: u32) -> Option<Pending> {
@@ -157,7 +169,11 @@ impl Polling {
                 self.scheduler.finished(index);
                 continue;
             };
-            if links.due_poll(server, id, now_ms) == DuePoll::Confirm {
+            let forced = self.forced.iter().position(|t| *t == id);
+            if let Some(position) = forced {
+                self.forced.swap_remove(position);
+            }
+            if forced.is_none() && links.due_poll(server, id, now_ms) == DuePoll::Confirm {
                 self.scheduler.finished(index);
                 targets.confirm_by_push(id, now_ms, publishing.then_some(&mut *store));
                 continue;

@@ -677,3 +677,25 @@ fn a_grpc_cluster_that_spreads_calls_over_connections_turns_push_off() {
     }
     assert!(polls >= 55, "polled at its interval: {polls}");
 }
+
+#[test]
+fn a_failed_instance_is_polled_for_at_once_even_while_pushes_arrive() {
+    let mut gw = Harness::pushing();
+    gw.subscribed();
+    assert_eq!(gw.run(400..2_000), 0, "a live link only confirms");
+    let guard = crate::engine::ids::Id::from_index(0);
+    gw.engine.on_instance_failure(
+        guard,
+        "10.0.0.1:80",
+        "connection refused",
+        2_000,
+        &mut gw.metrics,
+        &mut gw.store,
+    );
+    assert_eq!(
+        gw.run(2_000..2_100),
+        1,
+        "the failure is confirmed by a poll"
+    );
+    assert_eq!(gw.run(2_100..10_000), 0);
+}

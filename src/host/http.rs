@@ -8,18 +8,22 @@ use proxy_wasm::types::{Action, MapType};
 
 use super::host_calls::{HostMetrics, HostStore};
 use super::vm::{PropertyStyle, SharedVm, VmState};
-use crate::engine::{RequestAction, RequestHost};
+use crate::engine::{RequestAction, RequestHost, Routed};
 use crate::pure::config::Routing;
 use crate::pure::routing::rules::RequestFacts;
+use crate::pure::routing::upstream_failure::instance_failed;
 use crate::pure::routing::upstream_hosts::RoutableHosts;
 
 pub struct GuardHttp {
     vm: Option<SharedVm>,
+    /// Where this request was routed, if it was: its response tells whether the
+    /// instance failed.
+    routed: Option<Routed>,
 }
 
 impl GuardHttp {
     pub fn new(vm: Option<SharedVm>) -> Self {
-        Self { vm }
+        Self { vm, routed: None }
     }
 }
 
@@ -56,8 +60,14 @@ impl HttpContext for GuardHttp {
         }
         match action {
             RequestAction::Route {
-                endpoint, routing, ..
-            } => route(routing, endpoint),
+                endpoint,
+                routing,
+                routed,
+                ..
+            } => {
+                self.routed = Some(routed);
+                route(routing, endpoint)
+            }
             RequestAction::Reject(rejection) => {
                 self.send_http_response(
                     rejection.status,
@@ -68,6 +78,34 @@ impl HttpContext for GuardHttp {
             }
             RequestAction::PassThrough | RequestAction::Ignore => Action::Continue,
         }
+    }
+
+    /// A local reply for an instance that gave no answer (refused, reset, no
+    /// healthy host) comes through here too, with Envoy's response flags set
+    /// (docs/behaviour.md, "Instances that fail before Nacos knows").
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(routed) = self.routed.take() else {
+            return Action::Continue;
+        };
+        let flags = super::response::response_flags();
+        if flags == 0 {
+            return Action::Continue;
+        }
+        let details = hostcalls::get_property(vec!["response", "code_details"])
+            .ok()
+            .flatten()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        if !instance_failed(flags, details.as_deref()) {
+            return Action::Continue;
+        }
+        let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) else {
+            return Action::Continue;
+        };
+        let now = vm.clock_ms;
+        let reason = details.unwrap_or_else(|| format!("response flags {flags:#x}"));
+        vm.engine
+            .on_routed_failure(routed, &reason, now, &mut HostMetrics, &mut HostStore);
+        Action::Continue
     }
 }
 

@@ -10,7 +10,16 @@ move ``<namespace>``, ``<group>`` and ``<svc>`` into the labels ``nacos_namespac
 from testbed.envoy import settle_request_counters
 from testbed.prometheus import guard_metric, parse_prometheus
 
-SVC_COUNTERS = ["routed", "rerouted", "rejected", "passed_through", "poll_success", "poll_failure"]
+SVC_COUNTERS = [
+    "routed",
+    "rerouted",
+    "rejected",
+    "passed_through",
+    "poll_success",
+    "poll_failure",
+    "instance_failures",
+    "instances_avoided",
+]
 
 
 def snapshot(envoy):
@@ -72,6 +81,8 @@ def test_scenario8_prometheus_metrics(stack):
     assert v3["routed"] == v2["routed"]
     assert v3["poll_success"] > v1["poll_success"]
     assert v3["poll_failure"] == 0
+    # every routed request was answered: no instance failed, none avoided
+    assert v3["instance_failures"] == v3["instances_avoided"] == 0
     print(
         "\n[scenario8] prometheus lines:\n"
         + "\n".join(

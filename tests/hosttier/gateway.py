@@ -84,6 +84,12 @@ def parse_pairs(data: bytes) -> list:
 # ------------------------------------------------------------------ the world around the VMs
 
 
+# What Envoy 1.40 reported for a refused connection in tests/e2e/test_failed_instance.py.
+REFUSED_DETAILS = (
+    "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+)
+
+
 class ScriptedNacos:
     """Answers the plugin's v1 list and login calls from a dict of services."""
 
@@ -362,7 +368,7 @@ class Vm:
         value = self.req.properties.get(".".join(path)) if self.req is not None else None
         if value is None:
             return NOT_FOUND
-        return self.give(caller, value.encode(), ptr_ptr, size_ptr)
+        return self.give(caller, value if isinstance(value, bytes) else value.encode(), ptr_ptr, size_ptr)
 
     def env__proxy_set_property(self, caller, path_ptr, path_size, value_ptr, value_size):
         path = self.text(caller, path_ptr, path_size).strip("\0")
@@ -758,6 +764,16 @@ class Gateway:
             status, body = self.backends.get(host, lambda m, h, b, host=host: (200, host.encode()))(
                 headers.get(":method"), headers, req.router_body
             )
+            if status is None and attempt == self.retries:
+                # A backend that refuses the connection: the router's local 503 with the
+                # UF flag (0x20, envoy/stream_info/stream_info.h) and its code details.
+                req.properties["response.flags"] = (0x20).to_bytes(8, "little")
+                req.properties["response.code_details"] = REFUSED_DETAILS
+                return Outcome(503, b"upstream connect error", upstream=host, attempts=attempts, **common)
+            if status is None:
+                continue
+            req.properties["response.flags"] = bytes(8)
+            req.properties["response.code_details"] = "via_upstream"
             if status < 500 or attempt == self.retries:
                 return Outcome(
                     status,

@@ -12,14 +12,14 @@ from scenario import PIN_HEADER, ROUTING_HEADER, plugin_config
 A, B, C, X = "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.9:8080"
 
 
-def higress(wasm, registered=(A, B), cluster=None, strict=False, retries=0, backends=None, workers=2):
+def higress(wasm, registered=(A, B), cluster=None, strict=False, retries=0, backends=None, workers=2, config=None):
     nacos = ScriptedNacos()
     for ep in registered:
         nacos.register(ep)
     cluster = cluster if cluster is not None else {A: "Healthy", B: "Healthy", C: "Healthy"}
     gw = Gateway(
         wasm,
-        plugin_config(),
+        config or plugin_config(),
         mode="higress",
         strict=strict,
         cluster_hosts=cluster,
@@ -184,3 +184,20 @@ def test_header_routing_in_the_higress_artifact(higress_wasm):
     out = gw.request("POST", body_chunks=(b"one-", b"two"))
     assert_reaches(out, {A}, b"one-two")
     assert out.upstream_headers.get(ROUTING_HEADER) == A and out.override is None
+
+
+def test_an_instance_that_refuses_is_avoided_by_every_worker_and_nacos_asked(higress_wasm):
+    # C is registered but its process is gone: the router answers 503 with UF. Polled
+    # once a minute, so the poll that follows the failure is the one it asked for.
+    config = plugin_config({"refreshIntervalMs": 60000})
+    gw = higress(higress_wasm, registered=(A, B, C), backends={C: lambda m, h, b: (None, b"")}, config=config)
+    polls = len(gw.nacos.calls)
+    outcomes = [gw.request() for _ in range(6)]
+    failed = [out for out in outcomes if out.status == 503]
+    assert 1 <= len(failed) <= 2, outcomes  # at most one per worker
+    gw.advance(100)  # a tick of each worker
+    assert len(gw.nacos.calls) == polls + 1, "polled at once, not at the next interval"
+    later = [gw.request() for _ in range(30)]
+    assert {out.upstream for out in later} == {A, B}, later
+    assert gw.stat("instance_failures") == len(failed)
+    assert gw.stat("instances_avoided") == 1

@@ -108,6 +108,8 @@ fn the_parser_fills_in_the_defaults_the_corpus_lists() {
             DeregisteredPolicy::Reject => "reject",
         },
         "rejectStatus": higress.reject_status,
+        "avoidFailedMs": higress.avoid.avoid_ms,
+        "maxAvoidedPercent": higress.avoid.max_avoided_percent,
         // A configuration without `enabled` guards: the scope is a guard.
         "enabled": true,
         "nacos.apiVersion": match higress.server.api {

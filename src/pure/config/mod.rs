@@ -13,6 +13,7 @@ use crate::pure::json;
 use crate::pure::polling::nacos::request::ServiceKey;
 use crate::pure::polling::nacos::ApiVersion;
 use crate::pure::registry::instance::InstanceFilter;
+use crate::pure::routing::avoidance::AvoidPolicy;
 use crate::pure::routing::cluster_name;
 use crate::pure::routing::nacos_cluster::{as_label, is_nacos_group, NacosNames};
 use crate::pure::routing::rules::Matcher;
@@ -28,6 +29,12 @@ const MIN_REFRESH_MS: u64 = 100;
 const MAX_REFRESH_MS: u64 = 600_000;
 const MAX_STALE_MS: u64 = 86_400_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
+/// How long an instance that failed a routed request is skipped: Envoy's
+/// `base_ejection_time`, and longer than Nacos takes to mark a dead ephemeral
+/// instance unhealthy (15–20 s), so its clients see one failure, not two.
+const DEFAULT_AVOID_MS: u64 = 30_000;
+const MAX_AVOID_MS: u64 = 600_000;
+const DEFAULT_MAX_AVOIDED_PERCENT: u64 = 50;
 /// While pushes arrive, a poll this often still checks that none was missed.
 const DEFAULT_SAFETY_INTERVAL_MS: u64 = 60_000;
 const MIN_SAFETY_INTERVAL_MS: u64 = 1_000;
@@ -177,6 +184,8 @@ pub struct GuardSettings {
     pub pin_header: String,
     pub on_deregistered: DeregisteredPolicy,
     pub reject_status: u32,
+    /// `avoidFailedMs` and `maxAvoidedPercent`: instances that fail a routed request.
+    pub avoid: AvoidPolicy,
 }
 
 /// What the plugin does for the requests a rule (or the global config) selects.
@@ -349,6 +358,24 @@ fn parse_scope(
         "an HTTP status",
     )?
     .map_or(503, |status| u32::try_from(status).unwrap_or(503));
+    let avoid = AvoidPolicy {
+        avoid_ms: in_range(
+            base,
+            "avoidFailedMs",
+            settings.avoid_failed_ms,
+            0..=MAX_AVOID_MS,
+            "milliseconds",
+        )?
+        .unwrap_or(DEFAULT_AVOID_MS),
+        max_avoided_percent: in_range(
+            base,
+            "maxAvoidedPercent",
+            settings.max_avoided_percent,
+            0..=100,
+            "percent",
+        )?
+        .unwrap_or(DEFAULT_MAX_AVOIDED_PERCENT),
+    };
 
     if !enabled {
         return Ok(Some(Scope::Disabled));
@@ -393,6 +420,7 @@ fn parse_scope(
         pin_header,
         on_deregistered,
         reject_status,
+        avoid,
     }))))
 }
 

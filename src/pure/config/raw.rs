@@ -28,6 +28,8 @@ pub struct Settings {
     pub pin_header: Option<String>,
     pub on_deregistered: Option<DeregisteredPolicy>,
     pub reject_status: Option<Whole>,
+    pub avoid_failed_ms: Option<Whole>,
+    pub max_avoided_percent: Option<Whole>,
     pub enabled: Option<bool>,
 }
 
@@ -47,6 +49,8 @@ impl Settings {
             pin_header: self.pin_header.or_else(|| base.pin_header.clone()),
             on_deregistered: self.on_deregistered.or(base.on_deregistered),
             reject_status: self.reject_status.or(base.reject_status),
+            avoid_failed_ms: self.avoid_failed_ms.or(base.avoid_failed_ms),
+            max_avoided_percent: self.max_avoided_percent.or(base.max_avoided_percent),
             enabled: self.enabled.or(base.enabled),
         }
     }
@@ -73,6 +77,8 @@ macro_rules! scope_object {
             pin_header: Option<String>,
             on_deregistered: Option<DeregisteredPolicy>,
             reject_status: Option<Whole>,
+            avoid_failed_ms: Option<Whole>,
+            max_avoided_percent: Option<Whole>,
             enabled: Option<bool>,
             $($(#[$own_meta])* $own: $own_type,)*
         }
@@ -91,6 +97,8 @@ macro_rules! scope_object {
                     pin_header: self.pin_header,
                     on_deregistered: self.on_deregistered,
                     reject_status: self.reject_status,
+                    avoid_failed_ms: self.avoid_failed_ms,
+                    max_avoided_percent: self.max_avoided_percent,
                     enabled: self.enabled,
                 };
                 (settings, ($(self.$own,)*))

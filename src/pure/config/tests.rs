@@ -54,6 +54,8 @@ fn defaults_fill_every_optional_field() {
     assert_eq!(settings.pin_header, DEFAULT_PIN_HEADER);
     assert_eq!(settings.on_deregistered, DeregisteredPolicy::Reroute);
     assert_eq!(settings.reject_status, 503);
+    assert_eq!(settings.avoid.avoid_ms, 30_000);
+    assert_eq!(settings.avoid.max_avoided_percent, 50);
     assert!(config.rules.is_empty());
 }
 
@@ -156,6 +158,16 @@ fn bad_configurations_are_refused_with_the_field_named() {
             format!(r#"{{{base},"refreshIntervalMs":1.5}}"#),
             "refreshIntervalMs",
             "whole number",
+        ),
+        (
+            format!(r#"{{{base},"avoidFailedMs":600001}}"#),
+            "avoidFailedMs",
+            "from 0 to 600000",
+        ),
+        (
+            format!(r#"{{{base},"maxAvoidedPercent":101}}"#),
+            "maxAvoidedPercent",
+            "percent from 0 to 100",
         ),
         (
             format!(r#"{{{base},"maxStaleMs":-1}}"#),

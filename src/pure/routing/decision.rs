@@ -4,6 +4,7 @@ use crate::pure::config::{DeregisteredPolicy, StalePolicy};
 use crate::pure::registry::endpoint;
 use crate::pure::registry::instance::InstanceFilter;
 use crate::pure::registry::snapshot::{Freshness, Snapshot};
+use crate::pure::routing::avoidance::max_avoided;
 use crate::pure::routing::selection::WeightedRoundRobin;
 use crate::pure::routing::upstream_hosts::RoutableHosts;
 
@@ -19,6 +20,16 @@ pub struct Candidates {
     /// Which endpoints the routed cluster's host list (of this generation) has:
     /// worked out once per list, not on every request.
     known: Option<(u64, Vec<bool>)>,
+    /// The instances avoided after failing (`routing::avoidance`), and which
+    /// candidates they are: skipped while any other is left.
+    avoided_endpoints: Vec<String>,
+    avoided: Vec<bool>,
+    /// `maxAvoidedPercent`: the share of these candidates that may be skipped,
+    /// whatever the list became since the instances were avoided.
+    max_avoided_percent: u64,
+    /// The candidate the last decision routed to: what the host keeps of a routed
+    /// request (an index, not a copy of the address) to tell a failure back.
+    last_pick: Option<usize>,
 }
 
 impl Candidates {
@@ -60,22 +71,97 @@ impl Candidates {
         if first_build {
             self.picker.skip(self.start);
         }
+        self.mark_avoided();
         true
+    }
+
+    /// Skip these instances, as many as `max_avoided_percent` allows of the
+    /// candidates (`avoidance::max_avoided`: never all of them).
+    pub fn set_avoided<'e>(
+        &mut self,
+        avoided: impl Iterator<Item = &'e str>,
+        max_avoided_percent: u64,
+    ) {
+        self.avoided_endpoints.clear();
+        self.avoided_endpoints.extend(avoided.map(str::to_string));
+        self.max_avoided_percent = max_avoided_percent;
+        self.mark_avoided();
+    }
+
+    /// How many candidates are skipped now.
+    pub fn avoided_count(&self) -> usize {
+        self.avoided.iter().filter(|avoided| **avoided).count()
+    }
+
+    /// Mark the avoided candidates, up to the bound: a list that shrank since
+    /// they were avoided must not leave more of it skipped than the bound allows.
+    fn mark_avoided(&mut self) {
+        self.avoided.clear();
+        if self.avoided_endpoints.is_empty() {
+            return;
+        }
+        let mut room = max_avoided(self.endpoints.len(), self.max_avoided_percent);
+        for endpoint in &self.endpoints {
+            let avoid = room > 0 && self.avoided_endpoints.contains(endpoint);
+            room -= usize::from(avoid);
+            self.avoided.push(avoid);
+        }
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
 
+    /// The candidate the last decision routed to, with the content it was built
+    /// from: `endpoint_at` finds it again while the list is the same.
+    pub fn last_pick(&self) -> Option<(usize, u64)> {
+        Some((self.last_pick?, self.built?))
+    }
+
+    /// The endpoint of a pick, if the candidates were not rebuilt since.
+    pub fn endpoint_at(&self, index: usize, built: u64) -> Option<&str> {
+        (self.built == Some(built))
+            .then(|| self.endpoints.get(index))
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// A candidate that is not avoided, the cluster's known hosts first; any
+    /// candidate (`pick_known`) when every one is avoided.
     fn pick_index(&mut self, hosts: Option<&RoutableHosts>) -> Option<usize> {
+        if !self.avoided.contains(&true) {
+            return self.pick_known(hosts);
+        }
+        let avoided = std::mem::take(&mut self.avoided);
+        let usable = |index: usize| !avoided.get(index).copied().unwrap_or(false);
+        self.mark_known(hosts);
+        let picked = match &self.known {
+            Some((_, mask)) if hosts.is_some() => self
+                .picker
+                .pick_where(|index| usable(index) && mask.get(index).copied().unwrap_or(false)),
+            _ => None,
+        }
+        .or_else(|| self.picker.pick_where(usable));
+        self.avoided = avoided;
+        picked.or_else(|| self.pick_known(hosts))
+    }
+
+    fn mark_known(&mut self, hosts: Option<&RoutableHosts>) {
         let Some(hosts) = hosts else {
-            return self.picker.pick();
+            return;
         };
         let generation = hosts.generation();
         if self.known.as_ref().map(|(seen, _)| *seen) != Some(generation) {
             let mask = self.endpoints.iter().map(|e| hosts.contains(e)).collect();
             self.known = Some((generation, mask));
         }
+    }
+
+    fn pick_known(&mut self, hosts: Option<&RoutableHosts>) -> Option<usize> {
+        let Some(hosts) = hosts else {
+            return self.picker.pick();
+        };
+        self.mark_known(Some(hosts));
         match &self.known {
             Some((_, mask)) if mask.contains(&true) => self
                 .picker
@@ -162,6 +248,7 @@ pub fn decide<'a>(
             None => return Decision::Reject(RejectCode::NoHealthyInstance),
         },
     };
+    candidates.last_pick = Some(index);
     match candidates.endpoints.get(index) {
         Some(endpoint) => Decision::Route { endpoint, rerouted },
         None => Decision::Reject(RejectCode::NoHealthyInstance),
@@ -468,5 +555,89 @@ mod tests {
                 "registry_unavailable"
             ]
         );
+    }
+
+    fn routed_to(candidates: &mut Candidates, view: RequestView<'_>) -> String {
+        match decide(candidates, Freshness::Fresh, REROUTE_OPEN, view) {
+            Decision::Route { endpoint, .. } => endpoint.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn avoided_instances_are_skipped_while_another_is_left() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        candidates.set_avoided(["10.0.0.1:80"].into_iter(), 50);
+        for _ in 0..4 {
+            assert_eq!(
+                routed_to(&mut candidates, RequestView::default()),
+                "10.0.0.2:80"
+            );
+        }
+        // Every candidate avoided (a bound that allows it cannot be set): route as
+        // if none were.
+        candidates.avoided = vec![true, true];
+        let both: std::collections::BTreeSet<_> = (0..4)
+            .map(|_| routed_to(&mut candidates, RequestView::default()))
+            .collect();
+        assert_eq!(both.len(), 2);
+        candidates.set_avoided(std::iter::empty(), 50);
+        let again: std::collections::BTreeSet<_> = (0..4)
+            .map(|_| routed_to(&mut candidates, RequestView::default()))
+            .collect();
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn avoidance_survives_a_new_list_and_prefers_known_hosts() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        candidates.set_avoided(["10.0.0.3:80"].into_iter(), 50);
+        let mut snapshot = Snapshot::default();
+        let hosts = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        // A second list, so the stamp differs from the first snapshot's.
+        for (count, at) in [(1, 1), (3, 2)] {
+            snapshot.accept(
+                InstanceSet {
+                    instances: hosts[..count].iter().map(|e| instance(e, 1.0)).collect(),
+                    protection_reached: false,
+                },
+                at,
+            );
+        }
+        assert!(candidates.refresh(&snapshot, &InstanceFilter::default()));
+        let known = RoutableHosts::of(&["10.0.0.2:80", "10.0.0.3:80"]);
+        let view = RequestView {
+            pin: None,
+            known: Some(&known),
+        };
+        for _ in 0..4 {
+            assert_eq!(routed_to(&mut candidates, view), "10.0.0.2:80");
+        }
+    }
+
+    #[test]
+    fn a_list_that_shrank_keeps_the_skipped_within_the_bound() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        candidates.set_avoided(["10.0.0.1:80", "10.0.0.2:80"].into_iter(), 50);
+        assert_eq!(candidates.avoided_count(), 1);
+        candidates.set_avoided(["10.0.0.1:80", "10.0.0.2:80"].into_iter(), 100);
+        assert_eq!(candidates.avoided_count(), 1, "never all");
+        let mut alone = prepared(&[("10.0.0.1:80", 1.0)]);
+        alone.set_avoided(["10.0.0.1:80"].into_iter(), 100);
+        assert_eq!(alone.avoided_count(), 0);
+        assert_eq!(routed_to(&mut alone, RequestView::default()), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn a_pick_is_found_again_only_in_the_list_it_came_from() {
+        let mut candidates = prepared(&[("10.0.0.1:80", 1.0), ("10.0.0.2:80", 1.0)]);
+        let endpoint = routed_to(&mut candidates, RequestView::default());
+        let (index, built) = candidates.last_pick().unwrap();
+        assert_eq!(
+            candidates.endpoint_at(index, built),
+            Some(endpoint.as_str())
+        );
+        assert_eq!(candidates.endpoint_at(index, built + 1), None);
+        assert_eq!(candidates.endpoint_at(7, built), None);
     }
 }
