@@ -46,7 +46,7 @@ def read_explained() -> dict[str, str]:
     if not EXPLAINED.exists():
         return {}
     pairs = (line.split("\t", 1) for line in EXPLAINED.read_text().splitlines() if "\t" in line)
-    return {mutant.strip(): reason.strip() for mutant, reason in pairs}
+    return {identity(mutant.strip()): reason.strip() for mutant, reason in pairs}
 
 
 def per_file(found: dict[str, list[str]]) -> dict[str, dict[str, int]]:
@@ -71,7 +71,10 @@ def main() -> None:
     print("# Mutation testing\n")
     print("Written by `make mutants` (cargo-mutants over the unit tests and a seed budget of the")
     print("simulator; a timeout counts as caught, as cargo-mutants does). Runs summed here:")
-    print(", ".join(f"`{d.parent.name}`" for d in dirs) + ".\n")
+    print(", ".join(f"`{d.parent.name}`" for d in dirs) + ".")
+    tested = sum(len(mutants) for mutants in found.values())
+    print(f"{tested} mutants tested; shards (`MUTANTS_SHARD=k/n`) cover part of the list, and")
+    print("`make mutants` with no shard tests every mutant of these folders (hours on two cores).\n")
     print("| file | caught | missed | timeouts | unviable | caught of viable |")
     print("|---|---|---|---|---|---|")
     for file, counts in table.items():
@@ -85,7 +88,7 @@ def main() -> None:
     print(f"In the goal's folders ({', '.join(GOAL_FOLDERS)}): {caught_share(goal)} of viable mutants caught.\n")
     print("## Missed, and why each is left\n")
     for mutant in found["missed"]:
-        print(f"- `{mutant}`: {explained.get(mutant, '**not explained yet**')}")
+        print(f"- `{mutant}`: {explained.get(identity(mutant), '**not explained yet**')}")
 
 
 if __name__ == "__main__":
