@@ -71,6 +71,24 @@ def decode(data: bytes) -> tuple:
 # ------------------------------------------------------------------------ the server
 
 
+def serve_nacos_grpc(port: int, unary, stream, workers: int) -> grpc.Server:
+    """A started gRPC server on loopback ``port`` with the Nacos 2.x services:
+    ``Request/request`` answered by ``unary``, ``BiRequestStream/requestBiStream`` by
+    ``stream``."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler("Request", {"request": grpc.unary_unary_rpc_method_handler(unary)}),
+            grpc.method_handlers_generic_handler(
+                "BiRequestStream", {"requestBiStream": grpc.stream_stream_rpc_method_handler(stream)}
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
 class FaultyGrpcNacos:
     log_name = "faulty-grpc-nacos"
 
@@ -80,17 +98,7 @@ class FaultyGrpcNacos:
         self.port = free_port()
         self.received: list = []  # (type, body) of every message the plugin sent
         self._pushes: queue.Queue = queue.Queue()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        unary = grpc.unary_unary_rpc_method_handler(self._unary)
-        stream = grpc.stream_stream_rpc_method_handler(self._stream)
-        self._server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler("Request", {"request": unary}),
-                grpc.method_handlers_generic_handler("BiRequestStream", {"requestBiStream": stream}),
-            )
-        )
-        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self._server.start()
+        self._server = serve_nacos_grpc(self.port, self._unary, self._stream, workers=8)
 
     def _unary(self, request: bytes, context) -> bytes:
         kind, body = decode(request)

@@ -23,12 +23,11 @@ import json
 import queue
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 
-from testbed.faulty_grpc_nacos import decode, encode
+from testbed.faulty_grpc_nacos import decode, encode, serve_nacos_grpc
 from testbed.waiting import free_port
 
 
@@ -106,17 +105,7 @@ class JavaGrpcNacos:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._stopped = threading.Event()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-        unary = grpc.unary_unary_rpc_method_handler(self._unary)
-        stream = grpc.stream_stream_rpc_method_handler(self._stream)
-        self._server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler("Request", {"request": unary}),
-                grpc.method_handlers_generic_handler("BiRequestStream", {"requestBiStream": stream}),
-            )
-        )
-        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self._server.start()
+        self._server = serve_nacos_grpc(self.port, self._unary, self._stream, workers=32)
         if self.rules.idle_detection_s is not None:
             threading.Thread(target=self._detect_idle, daemon=True).start()
 
