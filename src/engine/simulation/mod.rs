@@ -91,6 +91,14 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, keep_going: bool) {
 /// 2707 (a follower reading the store as it was just before that heartbeat).
 const REGRESSIONS: &[u64] = &[1085, 1144, 1165, 1311, 1415, 4702, 2707];
 
+/// The number in environment variable `name`, or `default`.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The seeds `make unit` runs after the regressions: about 40 s in debug mode.
 const SEEDS: u64 = 250;
 
@@ -99,10 +107,7 @@ const SEEDS: u64 = 250;
 fn simulated_gateways_keep_the_contract() {
     // `make mutants` runs every mutant against the unit tests: a smaller budget
     // of seeds there (`SIM_UNIT_SEEDS`) keeps it to hours, not days.
-    let seeds = std::env::var("SIM_UNIT_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(SEEDS);
+    let seeds = env_number("SIM_UNIT_SEEDS", SEEDS);
     run_seeds(REGRESSIONS.iter().copied().chain(1..=seeds), false);
 }
 
@@ -112,14 +117,8 @@ fn simulated_gateways_keep_the_contract() {
 #[test]
 #[ignore]
 fn simulate() {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let first = var("SIM_FIRST", 1_000);
-    let count = var("SIM_SEEDS", 1_000);
+    let first = env_number("SIM_FIRST", 1_000);
+    let count = env_number("SIM_SEEDS", 1_000);
     run_seeds(
         first..first + count,
         std::env::var_os("SIM_KEEP_GOING").is_some(),
