@@ -233,6 +233,9 @@ impl Engine {
                     if let Some(target) = changed {
                         self.refresh_guards(target, metrics);
                     }
+                    if self.targets.awaits_confirmation(polled.target()) {
+                        self.polling.poll_now(polled.target(), now_ms);
+                    }
                 }
             }
             Pending::Login(server) => self.on_login(server, answer, now_ms, metrics, store),

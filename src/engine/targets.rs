@@ -43,6 +43,9 @@ pub(super) struct Target {
     /// The strictest limits of the guards that use it, for the stale warning.
     limits: StaleLimits,
     metrics: PollMetrics,
+    /// An empty answer would have emptied the snapshot: taken only if the
+    /// poll sent at once after it says so too.
+    empty_unconfirmed: bool,
 }
 
 impl Target {
@@ -87,6 +90,20 @@ impl Target {
 }
 
 impl Target {
+    /// An empty answer replacing instances is held back once: a node that has
+    /// just joined without its data answers empty until it has caught up, and
+    /// the confirming poll, sent at once, mostly reaches another node (or the
+    /// same one caught up). Whether `set` is such an answer, noted if it is.
+    fn awaits_confirmation(&mut self, set: &InstanceSet) -> bool {
+        let empties = set.instances.is_empty()
+            && self
+                .snapshot
+                .instances()
+                .is_some_and(|held| !held.instances.is_empty());
+        self.empty_unconfirmed = empties && !self.empty_unconfirmed;
+        self.empty_unconfirmed
+    }
+
     /// Take a good list, published to the store as configuration `writer`'s.
     fn take(
         &mut self,
@@ -103,6 +120,7 @@ impl Target {
         }
         self.failure_streak = 0;
         self.refused_with = None;
+        self.empty_unconfirmed = false;
         let changed = match set {
             Some(set) => self.snapshot.accept(set, stamp_ms),
             None => self.snapshot.accept_same(stamp_ms),
@@ -206,6 +224,7 @@ impl Targets {
                         max_stale_ms: settings.max_stale_ms,
                     },
                     metrics: PollMetrics::define(metrics, &settings.service),
+                    empty_unconfirmed: false,
                 });
                 if let Some(target) = self.table.get(id) {
                     self.by_heartbeat_id.insert(target.keys.id(), id);
@@ -292,11 +311,27 @@ impl Targets {
                 Some((status, body)) => response::parse_instance_list(api, status, body)?,
                 None => return Err(AnswerError::NoAnswer),
             };
+            bump(metrics, target.metrics.success);
+            if target.awaits_confirmation(&set) {
+                info!(
+                    "nacos-instance-guard: Nacos answered no instance of service {}, which \
+                     listed some: asking again before taking it",
+                    target.service.name
+                );
+                return Ok(false);
+            }
             target.last_good = good_body.map(AnswerDigest::of);
-            Some(set)
+            return Ok(target.take(Some(set), polled_at_ms, self.writer, publish));
         };
         bump(metrics, target.metrics.success);
         Ok(target.take(set, polled_at_ms, self.writer, publish))
+    }
+
+    /// Whether `id` holds back an empty answer until a poll confirms it.
+    pub fn awaits_confirmation(&self, id: TargetId) -> bool {
+        self.table
+            .get(id)
+            .is_some_and(|target| target.empty_unconfirmed)
     }
 
     /// A good list for `id` telling the state as of `stamp_ms` (`None`: the same
@@ -360,6 +395,9 @@ impl Targets {
             return;
         };
         target.snapshot.failed(polled_at_ms);
+        // Only the very next answer confirms an empty one; the next regular
+        // poll asks again.
+        target.empty_unconfirmed = false;
         target.failure_streak = target.failure_streak.saturating_add(1);
         bump(metrics, target.metrics.failure);
         if target.failure_streak == 1 {
@@ -534,9 +572,9 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_list_is_taken_as_the_truth() {
+    fn an_empty_list_is_taken_as_the_truth_once_the_next_answer_confirms_it() {
         let (mut targets, id, mut metrics) = one("demo");
-        let mut take = |body, at| {
+        let mut take = |targets: &mut Targets, body, at| {
             targets.take_answer(
                 id,
                 ApiVersion::V1,
@@ -546,10 +584,17 @@ mod tests {
                 None,
             )
         };
-        assert_eq!(take(TWO, 0), Ok(true));
-        assert_eq!(take(NONE, 10), Ok(true));
-        let set = targets.get(id).unwrap().snapshot().instances().unwrap();
-        assert!(set.instances.is_empty());
+        let listed = |targets: &Targets| {
+            let snapshot = targets.get(id).unwrap().snapshot();
+            snapshot.instances().unwrap().instances.len()
+        };
+        assert_eq!(take(&mut targets, TWO, 0), Ok(true));
+        assert_eq!(take(&mut targets, NONE, 10), Ok(false), "held back");
+        assert!(targets.awaits_confirmation(id));
+        assert_eq!(listed(&targets), 2);
+        assert_eq!(take(&mut targets, NONE, 20), Ok(true));
+        assert!(!targets.awaits_confirmation(id));
+        assert_eq!(listed(&targets), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! named `gw` (the gateway clock a VM read); every bound is derived from the
 //! code's own rules, named where they are used.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::pure::registry::snapshot::Health;
 use crate::pure::sharing::lease::{self, Lease, LeaseStep};
@@ -36,6 +36,12 @@ impl Bounds {
     /// poller publishes on its next tick and a follower adopts on its next.
     pub fn routed_after_change(&self) -> u64 {
         self.interval.max(self.max_delay) + self.late_tick() + self.max_delay + 2 * self.late_tick()
+    }
+
+    /// What an empty list replacing instances adds: the plugin polls again on
+    /// its next tick (`Targets::awaits_confirmation`) and takes the second one.
+    pub fn confirm_empty(&self) -> u64 {
+        self.late_tick() + self.max_delay
     }
 
     /// The same while something failed: the snapshot serves until it is stale
@@ -100,6 +106,8 @@ pub struct GoodAnswer {
     pub sent: u64,
     pub received: u64,
     pub usable: usize,
+    /// Instances listed, usable or not.
+    pub listed: usize,
     /// Received by the VM holding the lease, which publishes it.
     pub published: bool,
     pub vm: usize,
@@ -156,6 +164,15 @@ pub struct Checker {
     resume: Vec<(u64, usize, usize, u64)>,
     /// Per (configuration, service): every poll's time.
     polls: BTreeMap<(usize, usize), Vec<u64>>,
+    /// (configuration, service) whose last answer listed nothing after one
+    /// that listed some: its next poll may come at once, to confirm it.
+    confirming: BTreeSet<(usize, usize)>,
+    /// Per (configuration, service): instances listed by the last answer its
+    /// poller took; and per service, by the last any took.
+    taken_listed: BTreeMap<(usize, usize), usize>,
+    latest_taken: BTreeMap<usize, usize>,
+    /// (configuration, service) whose last answer was an empty one held back.
+    held_empty: BTreeSet<(usize, usize)>,
 }
 
 pub type Verdict = Result<(), String>;
@@ -311,6 +328,7 @@ impl Checker {
     pub fn poll(&mut self, gen: usize, service: usize, vm: usize, at: u64, b: &Bounds) -> Verdict {
         self.polls.entry((gen, service)).or_default().push(at);
         let previous = self.last_poll.insert((gen, service), (at, vm));
+        let confirming = self.confirming.remove(&(gen, service));
         let Some((last, last_vm)) = previous else {
             return Ok(());
         };
@@ -320,10 +338,11 @@ impl Checker {
             .took_over_at
             .get(&vm)
             .is_some_and(|t| *t >= last && vm != last_vm);
-        if gap < allowed && !explained {
+        if gap < allowed && !explained && !confirming {
             return Err(format!(
                 "service s{service} (config {gen}) polled by VM {vm} {gap} ms after VM \
-                 {last_vm}'s poll (at least {allowed} unless a lease takeover explains it)"
+                 {last_vm}'s poll (at least {allowed} unless a lease takeover or an empty \
+                 answer to confirm explains it)"
             ));
         }
         Ok(())
@@ -450,7 +469,26 @@ impl Checker {
     }
 
     /// A good list answer some VM took.
-    pub fn answer(&mut self, service: usize, answer: GoodAnswer) {
+    pub fn answer(&mut self, service: usize, mut answer: GoodAnswer) {
+        // The plugin's rule for an empty list (`Targets::awaits_confirmation`):
+        // one that replaces instances is held back, and the next answer, polled
+        // at once, decides. A held answer is neither taken nor published. Each
+        // configuration's poller holds its own; a new one starts from what the
+        // others took.
+        let key = (answer.gen, service);
+        let taken = self
+            .taken_listed
+            .get(&key)
+            .or(self.latest_taken.get(&service));
+        if answer.listed == 0 && taken.is_some_and(|n| *n > 0) && self.held_empty.insert(key) {
+            self.confirming.insert(key);
+            answer.published = false;
+            self.good[service].push(answer);
+            return;
+        }
+        self.held_empty.remove(&key);
+        self.taken_listed.insert(key, answer.listed);
+        self.latest_taken.insert(service, answer.listed);
         if answer.published {
             let index = self.good[service].len();
             self.unannounced.push((answer.vm, service, index));
@@ -461,6 +499,11 @@ impl Checker {
             .map_or(answer.sent, |(_, s)| answer.sent.max(*s));
         newest.push((answer.received, sent));
         self.good[service].push(answer);
+    }
+
+    /// A list call of `service` failed: an empty answer held back is dropped.
+    pub fn list_failed(&mut self, gen: usize, service: usize) {
+        self.held_empty.remove(&(gen, service));
     }
 
     /// VM `vm` ticked at `at`, still the poller, and wrote its heartbeat: that
@@ -495,12 +538,13 @@ impl Checker {
     }
 
     /// A request of `service` routed to `endpoint`, which the registry stopped
-    /// listing as usable at `stopped` (if it did).
+    /// listing as usable at `stopped` (if it did), and whether the service's
+    /// last instance went since.
     pub fn routed(
         &self,
         service: usize,
         endpoint: &str,
-        stopped: Option<u64>,
+        (stopped, emptied): (Option<u64>, bool),
         now: u64,
         b: &Bounds,
     ) -> Verdict {
@@ -508,7 +552,8 @@ impl Checker {
             return Ok(());
         };
         let age = now - stopped.min(now);
-        let steps = STEP_MS * self.steps(stopped, now) + self.frozen_within(stopped, now);
+        let confirm = if emptied { b.confirm_empty() } else { 0 };
+        let steps = STEP_MS * self.steps(stopped, now) + self.frozen_within(stopped, now) + confirm;
         if age <= b.routed_after_change() + steps {
             return Ok(());
         }

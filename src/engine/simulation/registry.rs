@@ -24,6 +24,8 @@ pub struct Service {
     pub hosts: BTreeMap<String, Host>,
     /// Endpoint → when it stopped being usable (absent while usable).
     stopped: BTreeMap<String, u64>,
+    /// When its last instance was deregistered, each time.
+    emptied: Vec<u64>,
 }
 
 impl Service {
@@ -33,6 +35,12 @@ impl Service {
             return None;
         }
         Some(self.stopped.get(endpoint).copied().unwrap_or(0))
+    }
+
+    /// Whether its last instance was deregistered at `since` or later: the
+    /// plugin then polls once more before it takes the empty list.
+    pub fn emptied_since(&self, since: u64) -> bool {
+        self.emptied.last().is_some_and(|at| *at >= since)
     }
 
     pub fn usable(&self) -> impl Iterator<Item = (&String, &Host)> {
@@ -51,6 +59,9 @@ impl Service {
         }
         if is {
             self.stopped.remove(endpoint);
+        }
+        if host.is_none() && self.hosts.is_empty() {
+            self.emptied.push(now);
         }
     }
 

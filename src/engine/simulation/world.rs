@@ -237,6 +237,9 @@ struct Config {
     fail_closed: bool,
 }
 
+/// A scripted answer, its delay, and the instances it lists (usable, all).
+type Scripted = (Option<(u16, Vec<u8>)>, u64, (usize, usize));
+
 struct Call {
     gen: usize,
     /// `None` for a login.
@@ -244,6 +247,7 @@ struct Call {
     sent: u64,
     token: Option<String>,
     usable: usize,
+    listed: usize,
 }
 
 pub struct World {
@@ -523,13 +527,18 @@ impl World {
                         let what = self.registry.empty(service, at);
                         self.note(format!("registry: {what}"));
                         self.changed_at[service] = at;
+                        let bounds = self.configs[self.configs.len() - 1].bounds;
+                        let due = at + bounds.routed_after_change() + bounds.confirm_empty();
+                        self.gauge_due.push((due, service, at));
                     }
                     return Ok(());
                 }
                 let (service, what) = self.registry.churn(&mut self.rng, at);
                 self.note(format!("registry: {what}"));
                 let bounds = self.configs[self.configs.len() - 1].bounds;
-                let due = at + bounds.routed_after_change();
+                let emptied = self.registry.services[service].emptied_since(at);
+                let confirm = if emptied { bounds.confirm_empty() } else { 0 };
+                let due = at + bounds.routed_after_change() + confirm;
                 self.changed_at[service] = at;
                 self.gauge_due.push((due, service, at));
                 let next = at + self.rng.between(1, 4 * interval);
@@ -720,9 +729,11 @@ impl World {
         let now = self.now;
         match outcome.split_once(' ').unwrap_or((&outcome, "")) {
             ("route", endpoint) => {
-                let stopped = self.registry.services[service].unusable_since(endpoint);
+                let listed = &self.registry.services[service];
+                let stopped = listed.unusable_since(endpoint);
+                let emptied = stopped.is_some_and(|at| listed.emptied_since(at));
                 self.check
-                    .routed(service, endpoint, stopped, now, &bounds)?;
+                    .routed(service, endpoint, (stopped, emptied), now, &bounds)?;
                 self.check.not_stale(service, read_at, &bounds)?;
                 if self.counting() {
                     *self
@@ -935,7 +946,7 @@ impl World {
             Profile::Flaky => self.rng.chance(250),
             Profile::Outage | Profile::Forbidden => true,
         };
-        let (answer, at, usable) = if login {
+        let (answer, at, (usable, listed)) = if login {
             let holder = self.holds_lease(v);
             self.check.login_sent(gen, v, gw, holder)?;
             // Under Forbidden the login itself mostly works: the account lacks
@@ -947,7 +958,7 @@ impl World {
                 let ttl_ms = self.p.ttl_s * 1000;
                 let token = self.registry.issue_token(ttl_ms, now);
                 let body = format!(r#"{{"accessToken":"{token}","tokenTtl":{}}}"#, self.p.ttl_s);
-                (Some((200, body.into_bytes())), delay, 0)
+                (Some((200, body.into_bytes())), delay, (0, 0))
             }
         } else {
             let s = service.ok_or_else(|| format!("a list call names no service: {path}"))?;
@@ -956,17 +967,17 @@ impl World {
                 && (self.profile == Profile::Forbidden
                     || !self.registry.accepts(access.as_deref(), now))
             {
-                (Some((403, b"forbidden".to_vec())), delay, 0)
+                (Some((403, b"forbidden".to_vec())), delay, (0, 0))
             } else if fault {
                 self.fault_answer(delay)
             } else {
                 let ref_time = self.p.ref_time.then_some(now);
                 let service = &self.registry.services[s];
-                let usable = service.usable().count();
+                let counts = (service.usable().count(), service.hosts.len());
                 (
                     Some((200, service.body(&format!("s{s}"), ref_time))),
                     delay,
-                    usable,
+                    counts,
                 )
             }
         };
@@ -993,6 +1004,7 @@ impl World {
                 sent: now,
                 token: access,
                 usable,
+                listed,
             },
         );
         self.push(
@@ -1008,16 +1020,20 @@ impl World {
         Ok(())
     }
 
-    fn fault_answer(&mut self, delay: u64) -> (Option<(u16, Vec<u8>)>, u64, usize) {
+    fn fault_answer(&mut self, delay: u64) -> Scripted {
         match self.rng.below(8) {
-            0 => (Some((500, b"boom".to_vec())), delay, 0),
-            1 => (Some((403, b"forbidden".to_vec())), delay, 0),
-            2 => (Some((404, Vec::new())), delay, 0),
-            3 => (Some((410, Vec::new())), delay, 0),
-            4 => (Some((503, Vec::new())), delay, 0),
-            5 => (Some((200, br#"{"hosts":[{"ip":"10.0."#.to_vec())), delay, 0),
+            0 => (Some((500, b"boom".to_vec())), delay, (0, 0)),
+            1 => (Some((403, b"forbidden".to_vec())), delay, (0, 0)),
+            2 => (Some((404, Vec::new())), delay, (0, 0)),
+            3 => (Some((410, Vec::new())), delay, (0, 0)),
+            4 => (Some((503, Vec::new())), delay, (0, 0)),
+            5 => (
+                Some((200, br#"{"hosts":[{"ip":"10.0."#.to_vec())),
+                delay,
+                (0, 0),
+            ),
             // No answer at all: Envoy gives up at the call's timeout.
-            _ => (None, self.p.timeout, 0),
+            _ => (None, self.p.timeout, (0, 0)),
         }
     }
 
@@ -1053,12 +1069,14 @@ impl World {
                             sent: call.sent,
                             received: self.now,
                             usable: call.usable,
+                            listed: call.listed,
                             published,
                             vm: v,
                             announced: None,
                         },
                     );
                 } else {
+                    self.check.list_failed(call.gen, service);
                     self.check.trouble(self.now, Trouble::ListFailed(service));
                     if matches!(answer, Some((403, _))) {
                         self.check.trouble(self.now, Trouble::Login);
