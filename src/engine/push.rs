@@ -90,8 +90,13 @@ enum State {
 enum Call {
     Check,
     Probe,
-    /// A `ServerCheck` beside the probe: is the link still on one connection?
-    Identity,
+    /// A `ServerCheck` beside the probe: is the link still on the connection
+    /// it was opened on when the probe went? (The probe's own answer may come
+    /// first and end the link: a node that does not know the connection
+    /// refuses it.)
+    Identity {
+        opened_on: Option<String>,
+    },
     /// Subscription `index` (in `Subscriptions`).
     Subscribe {
         index: usize,
@@ -279,7 +284,8 @@ impl Link {
                 let identity =
                     outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms);
                 if let Ok(token) = identity {
-                    self.calls.push((token, Call::Identity));
+                    let opened_on = self.trust.current().map(str::to_string);
+                    self.calls.push((token, Call::Identity { opened_on }));
                 }
                 if let State::Open {
                     probing,
@@ -421,11 +427,11 @@ impl Link {
                 }
                 None
             }
-            Call::Identity => {
+            Call::Identity { opened_on } => {
                 // Unanswered, it tells nothing: the probe judges liveness.
                 let id = answer.and_then(|body| messages::read_server_check(body).ok());
                 if let Some(id) = id {
-                    if !self.trust.same_connection(&id) {
+                    if !self.trust.same_connection(&id, opened_on.as_deref()) {
                         bump(metrics, self.metrics.failures);
                         warn!(
                             "nacos-instance-guard: the gRPC cluster {} sends this link's calls \
@@ -435,7 +441,9 @@ impl Link {
                              (the load balancer's or the domain's address)",
                             self.settings.grpc_cluster
                         );
-                        self.lost(now_ms, "calls reach several connections", outbox, metrics);
+                        if let State::Open { .. } = self.state {
+                            self.lost(now_ms, "calls reach several connections", outbox, metrics);
+                        }
                     }
                 }
                 None
@@ -588,7 +596,10 @@ impl Link {
     fn down(&mut self, now_ms: u64) {
         self.state = State::Down;
         self.subscriptions.clear();
-        self.calls.clear();
+        // A ServerCheck still out may yet show that the calls spread over
+        // several connections, which is why the link ended.
+        self.calls
+            .retain(|(_, call)| matches!(call, Call::Identity { .. }));
         self.retry_at_ms = now_ms + self.backoff_ms;
         self.backoff_ms = (self.backoff_ms * 2).min(LAST_BACKOFF_MS);
     }

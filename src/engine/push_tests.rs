@@ -679,6 +679,42 @@ fn a_grpc_cluster_that_spreads_calls_over_connections_turns_push_off() {
 }
 
 #[test]
+fn a_spread_seen_after_the_probe_already_lost_the_link_still_turns_push_off() {
+    // In real Envoy with three listed r-nacos nodes the probe reached a node that
+    // does not know the connection and was refused (301) before the ServerCheck
+    // sent beside it answered another node's connection id: the link was lost
+    // first, and the spread went unnoticed, reconnecting again and again.
+    let mut gw = Harness::pushing();
+    gw.subscribed();
+    gw.tick(5_100);
+    let unregistered = payload(
+        "ErrorResponse",
+        r#"{"resultCode":500,"errorCode":301,"message":"Connection is unregistered.","success":false}"#,
+    );
+    let calls = gw.take_grpc();
+    for (token, kind) in calls
+        .iter()
+        .filter(|(_, kind)| kind == "HealthCheckRequest")
+    {
+        assert_eq!(kind, "HealthCheckRequest");
+        gw.grpc_answer(*token, Some(&unregistered), 5_110);
+    }
+    for (token, kind) in calls
+        .iter()
+        .filter(|(_, kind)| kind == "ServerCheckRequest")
+    {
+        assert_eq!(kind, "ServerCheckRequest");
+        gw.grpc_answer(*token, Some(&server_check_on("1_127.0.0.2:5000")), 5_120);
+    }
+    assert_eq!(gw.metric("push_failures"), 1, "the spread, counted");
+    for now in (5_150..65_000).step_by(50) {
+        gw.tick(now);
+        gw.answer_polls(now);
+        assert!(gw.take_grpc().is_empty(), "push stays off");
+    }
+}
+
+#[test]
 fn a_failed_instance_is_polled_for_at_once_even_while_pushes_arrive() {
     let mut gw = Harness::pushing();
     gw.subscribed();

@@ -71,12 +71,18 @@ impl ConnectionTrust {
         &self.cancelled
     }
 
-    /// A `ServerCheck` on the open link answered `connection_id`; whether it is
-    /// the stream's connection. Once not, push stays off (`is_spread`).
-    pub fn same_connection(&mut self, connection_id: &str) -> bool {
-        let same = self.current.as_deref().is_none_or(|id| id == connection_id);
+    /// A `ServerCheck` sent while the stream was open on `opened_on` answered
+    /// `connection_id`; whether it is that connection. Once not, push stays off
+    /// (`is_spread`), even if the link has ended since.
+    pub fn same_connection(&mut self, connection_id: &str, opened_on: Option<&str>) -> bool {
+        let same = opened_on.is_none_or(|id| id == connection_id);
         self.spread |= !same;
         same
+    }
+
+    /// The connection of the open stream, if one is open.
+    pub fn current(&self) -> Option<&str> {
+        self.current.as_deref()
     }
 
     pub fn is_spread(&self) -> bool {
@@ -112,9 +118,12 @@ mod tests {
     fn another_connection_id_on_the_open_link_turns_push_off() {
         let mut trust = ConnectionTrust::default();
         trust.opened("a");
-        assert!(trust.same_connection("a"));
+        assert_eq!(trust.current(), Some("a"));
+        assert!(trust.same_connection("a", Some("a")));
         assert!(!trust.is_spread());
-        assert!(!trust.same_connection("b"));
+        // The link may have ended before the answer came: still judged.
+        trust.closed_current();
+        assert!(!trust.same_connection("b", Some("a")));
         assert!(trust.is_spread());
     }
 }
