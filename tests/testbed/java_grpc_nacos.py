@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from testbed.faulty_grpc_nacos import decode, encode, serve_nacos_grpc
+from testbed.faulty_grpc_nacos import client_ip, decode, encode, serve_nacos_grpc
 from testbed.waiting import free_port
 
 
@@ -77,6 +77,7 @@ class _Stream:
         self.context = context
         self.outbox: queue.Queue = queue.Queue()
         self.ended = threading.Event()
+        self.dropped = False  # the server closed it, as Java closes the connection
 
     def alive(self) -> bool:
         return not self.ended.is_set() and self.context.is_active()
@@ -98,6 +99,7 @@ class JavaGrpcNacos:
         self.rules = rules or JavaRules()
         self.port = free_port()
         self.received: list = []  # (peer, type, body) of every message a client sent
+        self.client_ips: set = set()  # the metadata clientIp of every message
         self.events: list = []  # what the server did, for the tests and the log
         self._instances: dict = {}  # (group, name) -> {(ip, port): host}
         self._connections: dict = {}  # peer -> _Connection
@@ -112,7 +114,19 @@ class JavaGrpcNacos:
     # ------------------------------------------------------------------ registry
 
     def register(self, port: int, ip: str = "127.0.0.1", service: str = "demo", cluster: str = "DEFAULT") -> None:
-        host = {"ip": ip, "port": port, "weight": 1.0, "healthy": True, "enabled": True, "clusterName": cluster}
+        group = "DEFAULT_GROUP"
+        host = {
+            "instanceId": f"{ip}#{port}#{cluster}#{group}@@{service}",
+            "ip": ip,
+            "port": port,
+            "weight": 1.0,
+            "healthy": True,
+            "enabled": True,
+            "ephemeral": True,
+            "clusterName": cluster,
+            "serviceName": f"{group}@@{service}",
+            "metadata": {},
+        }
         with self._lock:
             self._instances.setdefault(("DEFAULT_GROUP", service), {})[(ip, port)] = host
         self._changed(service)
@@ -128,7 +142,20 @@ class JavaGrpcNacos:
         if wanted:
             hosts = [h for h in hosts if h["clusterName"] in wanted]
         shown = clusters if self.rules.push_subscriber_clusters else ""
-        return {"name": f"{group}@@{name}", "groupName": group, "clusters": shown, "cacheMillis": 10000, "hosts": hosts}
+        # The bare name and a lastRefTime, as ServiceStorage.getPushData fills them
+        # (naming/…/naming/core/v2/index/ServiceStorage.java): the official client keys
+        # its cache by groupName@@name and drops a list not newer than the one it holds.
+        return {
+            "name": name,
+            "groupName": group,
+            "clusters": shown,
+            "cacheMillis": 10000,
+            "hosts": hosts,
+            "lastRefTime": int(time.time() * 1000),
+            "checksum": "",
+            "allIPs": False,
+            "reachProtectionThreshold": False,
+        }
 
     def _changed(self, service: str) -> None:
         def later():
@@ -190,6 +217,7 @@ class JavaGrpcNacos:
                 if known is connection:
                     del self._connections[peer]
         if connection.stream is not None:
+            connection.stream.dropped = True
             connection.stream.ended.set()
         self.events.append(("dropped", connection.id, why))
 
@@ -237,6 +265,7 @@ class JavaGrpcNacos:
         kind, body = decode(request)
         peer = context.peer()
         self.received.append((peer, kind, body))
+        self.client_ips.add(client_ip(request))
         connection = self._connection(peer)
         if kind == "ServerCheckRequest":
             if self.rules.server_check_is_activity:
@@ -250,6 +279,8 @@ class JavaGrpcNacos:
             return _answer("HealthCheckResponse")
         if kind == "SubscribeServiceRequest":
             return self._subscribe(connection, asked)
+        if kind == "InstanceRequest":
+            return self._instance(asked)
         return _answer("ErrorResponse", 500, 500, f"unexpected {kind}")
 
     def _subscribe(self, connection: _Connection, asked: dict) -> bytes:
@@ -272,6 +303,21 @@ class JavaGrpcNacos:
             threading.Thread(target=self._push, args=(connection, key, clusters), daemon=True).start()
         return _answer("SubscribeServiceResponse", serviceInfo=info)
 
+    def _instance(self, asked: dict) -> bytes:
+        """An ephemeral instance (de)registered by a client, as InstanceRequestHandler
+        does (naming/…/naming/remote/rpc/handler/InstanceRequestHandler.java; the types are
+        NamingRemoteConstants.REGISTER_INSTANCE and DE_REGISTER_INSTANCE); the
+        instance is not tied to the connection here."""
+        instance, service = asked.get("instance") or {}, asked.get("serviceName", "")
+        ip, port = instance.get("ip", ""), int(instance.get("port", 0))
+        if asked.get("type") == "registerInstance":
+            self.register(port, ip, service, instance.get("clusterName") or "DEFAULT")
+        elif asked.get("type") == "deregisterInstance":
+            self.deregister(port, ip, service)
+        else:
+            return _answer("InstanceResponse", 500, 400, f"unsupported request type {asked.get('type')}")
+        return _answer("InstanceResponse", type=asked["type"])
+
     def _stream(self, requests, context):
         peer = context.peer()
         stream = _Stream(context)
@@ -282,6 +328,7 @@ class JavaGrpcNacos:
                 for message in requests:
                     kind, body = decode(message)
                     self.received.append((peer, kind, body))
+                    self.client_ips.add(client_ip(message))
                     connection.last_active = time.monotonic()
                     if kind == "ConnectionSetupRequest":
                         with self._lock:
@@ -303,6 +350,10 @@ class JavaGrpcNacos:
                 yield stream.outbox.get(timeout=0.05)
             except queue.Empty:
                 continue
+        if stream.dropped:
+            # Java closes the TCP connection; the nearest grpcio can do is end the stream
+            # with an error, which a client reads as a broken stream, not a finished one.
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection closed by the server")
 
     # ------------------------------------------------------------------ life
 
