@@ -119,6 +119,9 @@ pub(super) struct Link {
     trust: ConnectionTrust,
     /// An unconfirmed link was reported since the last confirmed one.
     said_unconfirmed: bool,
+    /// A stream this side ended after answering `ConnectResetRequest`, left for
+    /// the server to close; cancelled when the link connects again.
+    finishing: Option<u32>,
     metrics: PushMetrics,
 }
 
@@ -138,6 +141,7 @@ impl Link {
             requests: 0,
             trust: ConnectionTrust::default(),
             said_unconfirmed: false,
+            finishing: None,
             metrics,
         }
     }
@@ -232,6 +236,9 @@ impl Link {
             // Push is off for a cluster that spreads calls over connections.
             State::Down if self.trust.is_spread() => {}
             State::Down if now_ms >= self.retry_at_ms => {
+                if let Some(stream) = self.finishing.take() {
+                    outbox.grpc_close(stream);
+                }
                 match outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms) {
                     Ok(token) => {
                         self.calls.push((token, Call::Check));
@@ -629,10 +636,15 @@ impl Link {
                 None
             }
             Ok(ServerMessage::Reset { request_id }) => {
-                if let Some(request_id) = request_id {
-                    let _ = outbox.grpc_send(stream, &messages::reset_ack(&request_id));
-                }
-                self.lost(now_ms, "the server asked to reconnect", outbox, metrics);
+                // The answer ends this side of the stream: a cancel right after it
+                // would discard it in Envoy, and Java waits 3 s for it. The server
+                // then closes the connection; what it leaves open is cancelled at
+                // the next connection attempt.
+                let answer = request_id.map(|request_id| messages::reset_ack(&request_id));
+                let _ = outbox.grpc_finish(stream, answer.as_deref());
+                self.finishing = Some(stream);
+                self.trust.cancelled_current();
+                self.closed(now_ms, "the server asked to reconnect", metrics);
                 None
             }
             Ok(ServerMessage::Other(_)) => None,
@@ -734,6 +746,9 @@ impl Link {
 
     /// This VM no longer polls: another one holds the link now.
     pub fn stop(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+        if let Some(stream) = self.finishing.take() {
+            outbox.grpc_close(stream);
+        }
         if let State::Open { stream, .. } = self.state {
             outbox.grpc_close(stream);
             self.trust.cancelled_current();

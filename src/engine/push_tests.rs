@@ -519,17 +519,23 @@ fn a_connect_reset_is_answered_then_the_link_reconnects() {
         ),
         1_000,
     );
-    let (to, answer) = gw.outbox.on_streams.last().unwrap();
-    let answer = wire::decode(answer).unwrap();
+    let (to, answer) = gw.outbox.finished.last().unwrap();
+    let answer = wire::decode(answer.as_deref().unwrap()).unwrap();
     assert_eq!(
         (*to, answer.message_type.as_str()),
         (stream, "ConnectResetResponse"),
-        "Java waits 3 s for this answer"
+        "Java waits 3 s for this answer; it ends the stream's side, so no cancel drops it"
     );
     assert!(String::from_utf8_lossy(&answer.body).contains(r#""requestId":"42""#));
-    assert_eq!(gw.outbox.closed, vec![stream]);
+    assert!(gw.outbox.closed.is_empty(), "not cancelled with the answer");
     gw.tick(1_000);
     assert_eq!(gw.answer_polls(1_000), 1, "polled until it is back");
+    gw.tick(2_100);
+    assert_eq!(
+        gw.outbox.closed,
+        vec![stream],
+        "cancelled when the link connects again"
+    );
 }
 
 #[test]

@@ -102,6 +102,9 @@ class JavaGrpcNacos:
         self.client_ips: set = set()  # the metadata clientIp of every message
         self.events: list = []  # what the server did, for the tests and the log
         self._instances: dict = {}  # (group, name) -> {(ip, port): host}
+        # Test knob, not a Java rule: the next push of a service carries this many bytes
+        # of instance metadata (an oversized push), then pushes are plain again.
+        self.pad_next_push = 0
         self._connections: dict = {}  # peer -> _Connection
         self._pending: dict = {}  # requestId -> threading.Event, answered on a stream
         self._ids = itertools.count(1)
@@ -181,6 +184,10 @@ class JavaGrpcNacos:
         namespace, group, name = key
         while not self._stopped.is_set():
             request_id = str(next(self._ids))
+            info = self._service_info(group, name, clusters)
+            pad, self.pad_next_push = self.pad_next_push, 0
+            if pad:
+                info["hosts"] = [dict(h, metadata={"pad": "x" * pad}) for h in info["hosts"]]
             body = {
                 "requestId": request_id,
                 "headers": {},
@@ -188,7 +195,7 @@ class JavaGrpcNacos:
                 "namespace": namespace,
                 "serviceName": name,
                 "groupName": group,
-                "serviceInfo": self._service_info(group, name, clusters),
+                "serviceInfo": info,
             }
             answered = self._request(connection, "NotifySubscriberRequest", body)
             if answered is None:
@@ -208,7 +215,7 @@ class JavaGrpcNacos:
             return None
         answered = threading.Event()
         self._pending[body["requestId"]] = answered
-        stream.outbox.put(encode(kind, json.dumps(body).encode()))
+        stream.outbox.put(encode(kind, _json(body)))
         return answered
 
     def _drop(self, connection: _Connection, why: str) -> None:
@@ -343,6 +350,7 @@ class JavaGrpcNacos:
             except grpc.RpcError:
                 pass
             stream.ended.set()
+            self.events.append(("stream ended", connection.id, peer))
 
         threading.Thread(target=read, daemon=True).start()
         while stream.alive() and not self._stopped.is_set():
@@ -378,4 +386,9 @@ class JavaGrpcNacos:
 
 def _answer(kind: str, result_code: int = 200, error_code: int = 0, message: str = "", **fields) -> bytes:
     body = {"resultCode": result_code, "errorCode": error_code, "message": message, "success": result_code == 200}
-    return encode(kind, json.dumps(body | fields).encode())
+    return encode(kind, _json(body | fields))
+
+
+def _json(body: dict) -> bytes:
+    """Compact, as Jackson writes it (no blanks after ``:`` and ``,``)."""
+    return json.dumps(body, separators=(",", ":")).encode()
