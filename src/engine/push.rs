@@ -158,6 +158,38 @@ impl Link {
         self.trust.remember(ids.iter().cloned());
     }
 
+    /// The connection this link's open stream is on.
+    pub fn open_connection(&self) -> Option<&str> {
+        match self.state {
+            State::Open { .. } => self.trust.current(),
+            _ => None,
+        }
+    }
+
+    /// Other engines of this VM hold streams on `ids`. If one came onto this
+    /// link's connection after it, the server may push there now (r-nacos
+    /// does): the link is unconfirmed until a push arrives on it.
+    pub fn held_elsewhere(&mut self, ids: &[String], metrics: &mut dyn Metrics) {
+        if !self.trust.held_elsewhere(ids) {
+            return;
+        }
+        let State::Open { confirmed, .. } = &mut self.state else {
+            return;
+        };
+        if *confirmed {
+            *confirmed = false;
+            bump(metrics, self.metrics.failures);
+            self.said_unconfirmed = true;
+            warn!(
+                "nacos-instance-guard: another configuration of this gateway opened a push \
+                 stream on the connection of {}'s; servers that replace a connection's stream \
+                 (r-nacos) push there now, so this one's services are polled until a push \
+                 arrives on it",
+                self.settings.grpc_cluster
+            );
+        }
+    }
+
     /// Whether an open link was lost since the last call: its services may have
     /// changed unheard since, so the engine polls them at once.
     pub fn take_lost(&mut self) -> bool {
@@ -519,15 +551,15 @@ impl Link {
             bump(metrics, self.metrics.reconnects);
         }
         self.was_open = true;
+        let distrusted = self.trust.distrusted(connection_id);
         let confirmed = self.trust.opened(connection_id);
-        if !confirmed {
+        if let Some(why) = distrusted {
             bump(metrics, self.metrics.failures);
             if !self.said_unconfirmed {
                 warn!(
                     "nacos-instance-guard: push stream on {} reuses connection {connection_id}, \
-                     where a stream of this gateway was closed; servers that keep a \
-                     connection's first stream (Java Nacos) would push there, so its services \
-                     stay polled until a push arrives on this one",
+                     {why}; servers that keep a connection's first stream (Java Nacos) would \
+                     push there, so its services stay polled until a push arrives on this one",
                     self.settings.grpc_cluster
                 );
                 self.said_unconfirmed = true;

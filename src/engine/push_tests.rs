@@ -662,6 +662,37 @@ fn a_replaced_configurations_cancelled_connections_are_not_trusted_by_the_next()
 }
 
 #[test]
+fn two_configurations_on_one_connection_trust_neither_link_until_pushed_to() {
+    // A configuration edit: the old root context lives until Envoy drains it,
+    // and the new one's stream lands on the same connection.
+    let mut old = Harness::pushing();
+    let old_stream = old.subscribed();
+    let held = old.engine.open_push_connections();
+    assert_eq!(held, ["1_127.0.0.1:4000"]);
+    let mut new = Harness::pushing();
+    new.engine
+        .push_connections_held_elsewhere(&held, &mut new.metrics);
+    new.subscribed();
+    assert!(
+        new.run(400..5_000) >= 4,
+        "Java pushes to the first stream: polled"
+    );
+    assert_eq!(new.metric("push_failures"), 1);
+
+    // r-nacos moves to the second stream: the first link is unconfirmed too.
+    assert_eq!(old.run(400..5_000), 0, "trusted while alone");
+    old.engine
+        .push_connections_held_elsewhere(&new.engine.open_push_connections(), &mut old.metrics);
+    assert!(
+        old.run(5_000..10_000) >= 4,
+        "polled once a stream came after it"
+    );
+    assert_eq!(old.metric("push_failures"), 1);
+    old.push(old_stream, &notify("3", ONE_HOST), 10_000);
+    assert_eq!(old.run(10_050..20_000), 0, "confirmed by a push on it");
+}
+
+#[test]
 fn a_grpc_cluster_that_spreads_calls_over_connections_turns_push_off() {
     let mut gw = Harness::pushing();
     gw.subscribed();

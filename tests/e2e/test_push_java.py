@@ -12,12 +12,26 @@ from __future__ import annotations
 
 import time
 
+from test_production import WatchedEnvoy
 from test_push import PUSH, PUSH_BOUND_S, last_hit_after, wait_pushed
 
 from testbed.higress import plugin_config, with_rules
 from testbed.java_grpc_nacos import JavaGrpcNacos, JavaRules
 from testbed.traffic import Traffic
 from testbed.waiting import wait_until
+
+HELD_ELSEWHERE = "where another configuration of this gateway holds a stream"
+CANCELLED_HERE = "where a stream of this gateway was closed"
+DRAIN_S = 3
+
+
+class DrainingEnvoy(WatchedEnvoy):
+    """Edited like Higress edits a WasmPlugin, and drains a replaced filter chain in
+    ``DRAIN_S`` (Envoy's default is 600 s, Istio's drainDuration 45 s): the replaced
+    configuration's root context lives until then."""
+
+    def argv(self) -> list:
+        return [*super().argv(), "--drain-time-s", str(DRAIN_S)]
 
 
 def start(bed, clusters: dict, cfg: dict, rules: JavaRules | None = None, envoy_cls=None, **envoy) -> JavaGrpcNacos:
@@ -168,3 +182,80 @@ def test_an_idle_link_is_kept_by_its_health_checks(bed):
     assert time.monotonic() - t0 <= PUSH_BOUND_S + 1
     assert envoy.guard_stat("poll_success") == polls
     assert envoy.guard_stat("push_reconnects", service=None) == reconnects
+
+
+def test_a_stream_reopened_on_the_same_connection_is_not_trusted_until_the_server_heals(bed):
+    """Defect 2: a probe unanswered in time makes the plugin cancel its stream; Envoy keeps
+    the HTTP/2 connection and opens the next stream on it, where Java keeps the first
+    (now dead) stream. The plugin does not trust the new stream and keeps polling; the
+    next change is pushed to the dead stream, the push fails, the server closes the
+    connection, and the link on the next connection is pushed to."""
+    java = start(bed, {"backend-a": "DEFAULT", "backend-b": "DEFAULT"}, plugin_config(PUSH))
+    envoy = bed.envoy
+    bed.wait_ready()
+    wait_pushed(envoy)
+    java.stall_next_health_check_s = 3.0  # nacos.timeoutMs is 2000
+    wait_until(lambda: len(events(java, "setup")) == 2, 20, 0.05, "the stream opened again")
+    first, second = events(java, "setup")
+    assert first[1] == second[1] and second[2] == "first stream kept", java.events
+    wait_until(lambda: CANCELLED_HERE in envoy.log_text(), 5, 0.05, "the new link distrusted")
+    polls = envoy.guard_stat("poll_success")
+    time.sleep(3)
+    assert envoy.guard_stat("poll_success") >= polls + 2, "an unconfirmed link's services stay polled"
+    heal_and_push_again(bed, java, first[1])
+
+
+def heal_and_push_again(bed, java: JavaGrpcNacos, first_connection: str) -> None:
+    """A change pushed to the connection's dead first stream fails, the server closes the
+    connection, and the link on the next one is pushed to: A's deregistration, which
+    only a push can bring (r-nacos, which the polls read, still lists A), then A back."""
+    a = bed.be("backend-a")
+    setups = len(events(java, "setup"))
+    java.deregister(a.port)
+    wait_until(lambda: events(java, "dropped"), 5, 0.05, "the failed push closing the connection")
+    wait_until(lambda: len(events(java, "setup")) > setups, 15, 0.05, "a link on the next connection")
+    last = events(java, "setup")[-1]
+    assert last[1] != first_connection and last[2] == "registered", java.events
+    bed.wait_only({"backend-b"}, timeout=10)
+    java.register(a.port)
+    wait_until(lambda: "backend-a" in {r.body for r in bed.envoy.send(10)}, 10, 0.1, "A pushed back")
+
+
+def test_a_configuration_edit_under_push_closes_the_old_link(bed):
+    """Defect 7 (and 2 where it arises), in real Envoy: after an edit the replaced
+    configuration's root context lives until Envoy has drained it, then closes its link.
+    The new configuration's lease goes to whichever thread ticks first (one worker and
+    the main thread here): on the old link's connection, the new link is not trusted
+    and its services are polled until the server heals; on its own connection it is
+    pushed to at once. Either way a change after the edit reaches the gateway."""
+    java = start(bed, {"backend-a": "DEFAULT", "backend-b": "DEFAULT"}, plugin_config(PUSH), envoy_cls=DrainingEnvoy)
+    envoy = bed.envoy
+    bed.wait_ready()
+    wait_pushed(envoy)
+    envoy.edit_plugin_config(plugin_config(PUSH, {"refreshIntervalMs": 500}))
+    edited = time.monotonic()
+    wait_until(lambda: len(events(java, "setup")) == 2, 15, 0.05, "the new configuration's stream")
+    first, second = events(java, "setup")
+    shared = first[1] == second[1]
+    if shared:
+        assert second[2] == "first stream kept", java.events
+        wait_until(lambda: HELD_ELSEWHERE in envoy.log_text(), 5, 0.05, "the new link distrusted")
+        polls = envoy.guard_stat("poll_success")
+        time.sleep(2)
+        assert envoy.guard_stat("poll_success") >= polls + 3, "an unconfirmed link's services stay polled"
+    # the replaced root context goes after the drain, and closes its link
+    wait_until(lambda: events(java, "stream ended"), DRAIN_S + 10, 0.05, "the old link closed")
+    closed_after = time.monotonic() - edited
+    ended = events(java, "stream ended")
+    print(
+        f"\n[configuration edit] {'one connection' if shared else 'two connections'}; "
+        f"old link closed {closed_after:.1f} s after the edit (drain {DRAIN_S} s)"
+    )
+    assert DRAIN_S - 1 <= closed_after <= DRAIN_S + 10
+    assert [e[1] for e in ended] == [first[1]], "the old configuration's stream, and only it"
+    if shared:
+        heal_and_push_again(bed, java, first[1])
+    else:
+        a = bed.be("backend-a")
+        java.deregister(a.port)
+        bed.wait_only({"backend-b"}, timeout=PUSH_BOUND_S + 1)

@@ -88,6 +88,7 @@ class _Connection:
         _, _, address = peer.partition(":")
         self.id = f"{int(time.time() * 1000)}_{address.replace(':', '_')}"
         self.stream: _Stream | None = None  # the registered stream
+        self.streams: list = []  # every stream opened on it, registered or not
         self.last_active = time.monotonic()
         self.subscribers: list = []  # [(namespace, group, name), clusters]
 
@@ -105,6 +106,8 @@ class JavaGrpcNacos:
         # Test knob, not a Java rule: the next push of a service carries this many bytes
         # of instance metadata (an oversized push), then pushes are plain again.
         self.pad_next_push = 0
+        # Test knob: the next HealthCheckRequest is answered this many seconds late.
+        self.stall_next_health_check_s = 0.0
         self._connections: dict = {}  # peer -> _Connection
         self._pending: dict = {}  # requestId -> threading.Event, answered on a stream
         self._ids = itertools.count(1)
@@ -223,9 +226,10 @@ class JavaGrpcNacos:
             for peer, known in list(self._connections.items()):
                 if known is connection:
                     del self._connections[peer]
-        if connection.stream is not None:
-            connection.stream.dropped = True
-            connection.stream.ended.set()
+        # Java closes the TCP connection: every stream on it ends, registered or not.
+        for stream in connection.streams:
+            stream.dropped = True
+            stream.ended.set()
         self.events.append(("dropped", connection.id, why))
 
     def reset(self, wait_s: float = 3.0) -> list:
@@ -283,6 +287,8 @@ class JavaGrpcNacos:
         connection.last_active = time.monotonic()
         asked = json.loads(body or b"{}")
         if kind == "HealthCheckRequest":
+            stall, self.stall_next_health_check_s = self.stall_next_health_check_s, 0.0
+            time.sleep(stall)
             return _answer("HealthCheckResponse")
         if kind == "SubscribeServiceRequest":
             return self._subscribe(connection, asked)
@@ -329,6 +335,7 @@ class JavaGrpcNacos:
         peer = context.peer()
         stream = _Stream(context)
         connection = self._connection(peer)
+        connection.streams.append(stream)
 
         def read():
             try:
