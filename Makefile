@@ -66,7 +66,7 @@ HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(
 	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench fleet tools clean
+.PHONY: build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench push-spread fleet tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -173,6 +173,10 @@ soak: build $(VENV_STAMP) $(RNACOS)
 bench: build $(VENV_STAMP) $(RNACOS) $(WRK)
 	$(E2E_ENV) $(PYTHON) bench/run.py
 	$(MAKE) --no-print-directory fleet
+
+## push-spread: safety polls with push at 1,000 services, busiest second against the mean, against r-nacos and the Java-semantics server
+push-spread: build $(VENV_STAMP) $(RNACOS)
+	$(E2E_ENV) $(PYTHON) bench/push_spread.py
 
 ## fleet: four gateways (--concurrency 2, 200 services, login) against a three-node r-nacos cluster behind a TCP balancer, polling then push: list calls/s, logins, gRPC connections and subscriptions per node (writes bench/results-fleet.md)
 fleet: build $(VENV_STAMP) $(RNACOS)

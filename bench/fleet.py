@@ -72,7 +72,7 @@ def start_fleet(args, work: Path, cluster: RNacosCluster, backend: Backend, push
         )
         e.start(timeout=60)
         envoys.append(e)
-    regex = r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_success$"
+    regex = r"^wasmcustom\.nacos_guard\.service\.public\.DEFAULT_GROUP\.svc-\d+\.poll_success$"
     for e in envoys:
         wait_until(lambda e=e: sum(v >= 1 for v in e.stats(regex).values()) == args.services, 180, 0.5, "first polls")
         wait_every_worker_routes(e, "/svc-0", "svc-0", timeout=60)

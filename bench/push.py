@@ -74,6 +74,15 @@ def wait_pushed(envoy: Envoy, service: str, timeout: float = 30.0) -> None:
     wait_until(settled, timeout, 0.05, "polling replaced by push")
 
 
+def wait_subscribed(e: Envoy, count: int, timeout: float = 120.0) -> None:
+    """The link is up and each of ``count`` services pushed once (both servers push a
+    connection's first subscription its list), then 5 s for the polls before it to end.
+    Safety polls go on, spread over the interval, so polls never stop for long."""
+    wait_until(lambda: e.guard_stat("push_streams", service=None) == 1, timeout, 0.05, "a push stream")
+    wait_until(lambda: e.guard_stat("pushes", service=None) >= count, timeout, 0.2, f"{count} subscriptions answered")
+    time.sleep(5)
+
+
 def _stamp(text: str) -> float:
     return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f %z").timestamp()
 
@@ -319,22 +328,12 @@ def load_push(args, work: Path, nacos: RNacos, backend) -> dict:
     routes, rules_cfg = scale_routes(count)
     big_cfg = deep_merge(rules_cfg, push_settings())
     e = push_gateway(work, nacos, backend.ports, big_cfg, 1, routes=routes)
-    regex = r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_success$"
+    regex = r"^wasmcustom\.nacos_guard\.service\.public\.DEFAULT_GROUP\.svc-\d+\.poll_success$"
     wait_until(
         lambda: sum(v >= 1 for v in e.stats(regex).values()) == count, 120, 0.1, f"first poll of all {count} services"
     )
     wait_first_snapshot(e, "/svc-0", "svc-0", timeout=60)
-    wait_pushed(e, "svc-0", timeout=120)
-    # every subscription answered: no service is polled for 3 s
-    seen = [(time.monotonic(), sum(e.stats(regex).values()))]
-
-    def settled():
-        now, total = time.monotonic(), sum(e.stats(regex).values())
-        if total != seen[-1][1]:
-            seen.append((now, total))
-        return now - seen[-1][0] >= 3.0
-
-    wait_until(settled, 120, 0.2, f"polling of {count} services replaced by push")
+    wait_subscribed(e, count)
     big = steady_push_window({count: e}, args.push_load_window, {count: count})[count]
     big["registration_s"], big["registration_failed"] = secs, failed
     # the subscriptions hold: a change to the last service arrives by push

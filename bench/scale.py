@@ -97,7 +97,7 @@ def scale_run(
     envoy = gateway(work, nacos.http_port, backend.ports, cfg, concurrency=concurrency, routes=routes)
     sampler = ActiveSampler(envoy)
     t_ready = time.monotonic()
-    regex = r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_success$"
+    regex = r"^wasmcustom\.nacos_guard\.service\.public\.DEFAULT_GROUP\.svc-\d+\.poll_success$"
 
     def all_polled():
         vals = envoy.stats(regex)
@@ -136,7 +136,9 @@ def scale_run(
     o["heap"] = envoy.heap_allocated()
     o["vms"] = int(next(iter(envoy.stats(r"^wasm\.envoy\.wasm\.runtime\.v8\.active$").values()), 0))
     o["pending_overflow"] = envoy.stat(f"{NACOS_STAT}.upstream_rq_pending_overflow")
-    o["poll_failures"] = int(sum(envoy.stats(r"^wasmcustom\.nacos_guard\.service\.svc-\d+\.poll_failure$").values()))
+    o["poll_failures"] = int(
+        sum(envoy.stats(r"^wasmcustom\.nacos_guard\.service\.public\.DEFAULT_GROUP\.svc-\d+\.poll_failure$").values())
+    )
     if full if do_wrk is None else do_wrk:
         if reference is not None:
             o["paired"] = paired_with_reference(args, envoy, reference)

@@ -59,6 +59,9 @@ impl Outbox for Calls {
     fn grpc_send(&mut self, _: u32, _: &[u8]) -> Result<(), String> {
         Ok(())
     }
+    fn grpc_finish(&mut self, _: u32, _: Option<&[u8]>) -> Result<(), String> {
+        Ok(())
+    }
     fn grpc_close(&mut self, _: u32) {}
 }
 

@@ -355,6 +355,20 @@ impl Engine {
         self.links.distrust(ids);
     }
 
+    /// Connections this engine's push streams are open on, for the other engines
+    /// of this VM (`push_connections_held_elsewhere`).
+    pub fn open_push_connections(&self) -> Vec<String> {
+        self.links.open_connections()
+    }
+
+    /// Connections the other engines of this VM hold push streams open on (a
+    /// configuration serving beside this one, or draining after an edit):
+    /// Envoy puts this engine's stream on the same connection, where a server
+    /// pushes to only one of the two.
+    pub fn push_connections_held_elsewhere(&mut self, ids: &[String], metrics: &mut dyn Metrics) {
+        self.links.held_elsewhere(ids, metrics);
+    }
+
     /// A push stream ended; its services are polled until it is back.
     pub fn on_push_closed(&mut self, stream: u32, now_ms: u64, metrics: &mut dyn Metrics) {
         self.links.on_stream_closed(stream, now_ms, metrics);

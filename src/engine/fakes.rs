@@ -27,6 +27,8 @@ pub struct FakeOutbox {
     /// Streams opened (tokens), messages sent on them, streams closed.
     pub opened: Vec<u32>,
     pub on_streams: Vec<(u32, Vec<u8>)>,
+    /// Streams whose side was ended (`grpc_finish`), with their last message.
+    pub finished: Vec<(u32, Option<Vec<u8>>)>,
     pub closed: Vec<u32>,
     next_token: u32,
 }
@@ -72,6 +74,11 @@ impl Outbox for FakeOutbox {
 
     fn grpc_send(&mut self, stream: u32, message: &[u8]) -> Result<(), String> {
         self.on_streams.push((stream, message.to_vec()));
+        Ok(())
+    }
+
+    fn grpc_finish(&mut self, stream: u32, last: Option<&[u8]>) -> Result<(), String> {
+        self.finished.push((stream, last.map(<[u8]>::to_vec)));
         Ok(())
     }
 

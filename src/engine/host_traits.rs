@@ -22,6 +22,9 @@ pub trait Outbox {
     /// Open Nacos's bidirectional stream (`BiRequestStream/requestBiStream`).
     fn grpc_open(&mut self, service: &[u8]) -> Result<u32, String>;
     fn grpc_send(&mut self, stream: u32, message: &[u8]) -> Result<(), String>;
+    /// Send `last` (if any) and end this side of the stream, as one write: unlike
+    /// `grpc_close`, a message already queued is delivered.
+    fn grpc_finish(&mut self, stream: u32, last: Option<&[u8]>) -> Result<(), String>;
     fn grpc_close(&mut self, stream: u32);
 }
 

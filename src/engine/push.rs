@@ -124,6 +124,9 @@ pub(super) struct Link {
     trust: ConnectionTrust,
     /// An unconfirmed link was reported since the last confirmed one.
     said_unconfirmed: bool,
+    /// A stream this side ended after answering `ConnectResetRequest`, left for
+    /// the server to close; cancelled when the link connects again.
+    finishing: Option<u32>,
     metrics: PushMetrics,
 }
 
@@ -143,6 +146,7 @@ impl Link {
             requests: 0,
             trust: ConnectionTrust::default(),
             said_unconfirmed: false,
+            finishing: None,
             metrics,
         }
     }
@@ -157,6 +161,38 @@ impl Link {
     /// this one replaced).
     pub fn distrust(&mut self, ids: &[String]) {
         self.trust.remember(ids.iter().cloned());
+    }
+
+    /// The connection this link's open stream is on.
+    pub fn open_connection(&self) -> Option<&str> {
+        match self.state {
+            State::Open { .. } => self.trust.current(),
+            _ => None,
+        }
+    }
+
+    /// Other engines of this VM hold streams on `ids`. If one came onto this
+    /// link's connection after it, the server may push there now (r-nacos
+    /// does): the link is unconfirmed until a push arrives on it.
+    pub fn held_elsewhere(&mut self, ids: &[String], metrics: &mut dyn Metrics) {
+        if !self.trust.held_elsewhere(ids) {
+            return;
+        }
+        let State::Open { confirmed, .. } = &mut self.state else {
+            return;
+        };
+        if *confirmed {
+            *confirmed = false;
+            bump(metrics, self.metrics.failures);
+            self.said_unconfirmed = true;
+            warn!(
+                "nacos-instance-guard: another configuration of this gateway opened a push \
+                 stream on the connection of {}'s; servers that replace a connection's stream \
+                 (r-nacos) push there now, so this one's services are polled until a push \
+                 arrives on it",
+                self.settings.grpc_cluster
+            );
+        }
     }
 
     /// Whether an open link was lost since the last call: its services may have
@@ -237,6 +273,9 @@ impl Link {
             // Push is off for a cluster that spreads calls over connections.
             State::Down if self.trust.is_spread() => {}
             State::Down if now_ms >= self.retry_at_ms => {
+                if let Some(stream) = self.finishing.take() {
+                    outbox.grpc_close(stream);
+                }
                 match outbox.grpc_call(&self.service, &messages::server_check(), self.timeout_ms) {
                     Ok(token) => {
                         self.calls.push((token, Call::Check));
@@ -520,15 +559,15 @@ impl Link {
             bump(metrics, self.metrics.reconnects);
         }
         self.was_open = true;
+        let distrusted = self.trust.distrusted(connection_id);
         let confirmed = self.trust.opened(connection_id);
-        if !confirmed {
+        if let Some(why) = distrusted {
             bump(metrics, self.metrics.failures);
             if !self.said_unconfirmed {
                 warn!(
                     "nacos-instance-guard: push stream on {} reuses connection {connection_id}, \
-                     where a stream of this gateway was closed; servers that keep a \
-                     connection's first stream (Java Nacos) would push there, so its services \
-                     stay polled until a push arrives on this one",
+                     {why}; servers that keep a connection's first stream (Java Nacos) would \
+                     push there, so its services stay polled until a push arrives on this one",
                     self.settings.grpc_cluster
                 );
                 self.said_unconfirmed = true;
@@ -640,10 +679,15 @@ impl Link {
                 None
             }
             Ok(ServerMessage::Reset { request_id }) => {
-                if let Some(request_id) = request_id {
-                    let _ = outbox.grpc_send(stream, &messages::reset_ack(&request_id));
-                }
-                self.lost(now_ms, "the server asked to reconnect", outbox, metrics);
+                // The answer ends this side of the stream: a cancel right after it
+                // would discard it in Envoy, and Java waits 3 s for it. The server
+                // then closes the connection; what it leaves open is cancelled at
+                // the next connection attempt.
+                let answer = request_id.map(|request_id| messages::reset_ack(&request_id));
+                let _ = outbox.grpc_finish(stream, answer.as_deref());
+                self.finishing = Some(stream);
+                self.trust.cancelled_current();
+                self.closed(now_ms, "the server asked to reconnect", metrics);
                 None
             }
             Ok(ServerMessage::Other(_)) => None,
@@ -745,6 +789,9 @@ impl Link {
 
     /// This VM no longer polls: another one holds the link now.
     pub fn stop(&mut self, outbox: &mut dyn Outbox, metrics: &mut dyn Metrics) {
+        if let Some(stream) = self.finishing.take() {
+            outbox.grpc_close(stream);
+        }
         if let State::Open { stream, .. } = self.state {
             outbox.grpc_close(stream);
             self.trust.cancelled_current();

@@ -105,6 +105,22 @@ impl PushLinks {
             .collect()
     }
 
+    /// Connections this engine's open streams are on.
+    pub fn open_connections(&self) -> Vec<String> {
+        self.by_server
+            .iter()
+            .flatten()
+            .filter_map(|link| link.open_connection().map(str::to_string))
+            .collect()
+    }
+
+    /// Connections other engines of this VM hold streams open on.
+    pub fn held_elsewhere(&mut self, ids: &[String], metrics: &mut dyn Metrics) {
+        for (_, link) in self.links() {
+            link.held_elsewhere(ids, metrics);
+        }
+    }
+
     /// Connections cancelled by another engine of this VM: not trusted here.
     pub fn distrust(&mut self, ids: &[String]) {
         for (_, link) in self.links() {

@@ -519,17 +519,23 @@ fn a_connect_reset_is_answered_then_the_link_reconnects() {
         ),
         1_000,
     );
-    let (to, answer) = gw.outbox.on_streams.last().unwrap();
-    let answer = wire::decode(answer).unwrap();
+    let (to, answer) = gw.outbox.finished.last().unwrap();
+    let answer = wire::decode(answer.as_deref().unwrap()).unwrap();
     assert_eq!(
         (*to, answer.message_type.as_str()),
         (stream, "ConnectResetResponse"),
-        "Java waits 3 s for this answer"
+        "Java waits 3 s for this answer; it ends the stream's side, so no cancel drops it"
     );
     assert!(String::from_utf8_lossy(&answer.body).contains(r#""requestId":"42""#));
-    assert_eq!(gw.outbox.closed, vec![stream]);
+    assert!(gw.outbox.closed.is_empty(), "not cancelled with the answer");
     gw.tick(1_000);
     assert_eq!(gw.answer_polls(1_000), 1, "polled until it is back");
+    gw.tick(2_100);
+    assert_eq!(
+        gw.outbox.closed,
+        vec![stream],
+        "cancelled when the link connects again"
+    );
 }
 
 #[test]
@@ -653,6 +659,37 @@ fn a_replaced_configurations_cancelled_connections_are_not_trusted_by_the_next()
     new.engine.distrust_connections(&cancelled);
     new.subscribed();
     assert!(new.run(400..5_000) >= 4, "polled: the link is unconfirmed");
+}
+
+#[test]
+fn two_configurations_on_one_connection_trust_neither_link_until_pushed_to() {
+    // A configuration edit: the old root context lives until Envoy drains it,
+    // and the new one's stream lands on the same connection.
+    let mut old = Harness::pushing();
+    let old_stream = old.subscribed();
+    let held = old.engine.open_push_connections();
+    assert_eq!(held, ["1_127.0.0.1:4000"]);
+    let mut new = Harness::pushing();
+    new.engine
+        .push_connections_held_elsewhere(&held, &mut new.metrics);
+    new.subscribed();
+    assert!(
+        new.run(400..5_000) >= 4,
+        "Java pushes to the first stream: polled"
+    );
+    assert_eq!(new.metric("push_failures"), 1);
+
+    // r-nacos moves to the second stream: the first link is unconfirmed too.
+    assert_eq!(old.run(400..5_000), 0, "trusted while alone");
+    old.engine
+        .push_connections_held_elsewhere(&new.engine.open_push_connections(), &mut old.metrics);
+    assert!(
+        old.run(5_000..10_000) >= 4,
+        "polled once a stream came after it"
+    );
+    assert_eq!(old.metric("push_failures"), 1);
+    old.push(old_stream, &notify("3", ONE_HOST), 10_000);
+    assert_eq!(old.run(10_050..20_000), 0, "confirmed by a push on it");
 }
 
 #[test]

@@ -16,6 +16,14 @@
 //! confirms at its first push; Java never does, and heals by closing the
 //! connection).
 //!
+//! Nor is a link trusted on a connection where another engine of this VM holds a
+//! stream open: a configuration edit keeps the replaced configuration's root
+//! context, and its link, until Envoy has drained the old filter chain (600 s
+//! by default, Istio's `drainDuration` in Higress), and the new configuration's
+//! stream rides the same connection. Java keeps pushing to the first stream;
+//! r-nacos moves to the second, so the first link, seeing its connection newly
+//! held elsewhere, is unconfirmed too. Each is confirmed by a push on it.
+//!
 //! The same id shows a gRPC cluster of several hosts: each host is its own
 //! connection, so a `ServerCheck` that lands on another host than the link's
 //! first one answers another id. Its unary calls and its stream may then reach
@@ -30,6 +38,8 @@ pub(super) struct ConnectionTrust {
     cancelled: Vec<String>,
     /// The connection of the open stream.
     current: Option<String>,
+    /// Connections another engine of this VM holds a stream open on.
+    held_elsewhere: Vec<String>,
     /// Calls of this link reached more than one connection: push is off.
     spread: bool,
 }
@@ -39,7 +49,35 @@ impl ConnectionTrust {
     /// reach it.
     pub fn opened(&mut self, connection_id: &str) -> bool {
         self.current = Some(connection_id.to_string());
-        !self.cancelled.iter().any(|id| id == connection_id)
+        self.distrusted(connection_id).is_none()
+    }
+
+    /// Why a stream on `connection_id` may not be the one the server pushes to.
+    pub fn distrusted(&self, connection_id: &str) -> Option<&'static str> {
+        if self.cancelled.iter().any(|id| id == connection_id) {
+            Some("where a stream of this gateway was closed")
+        } else if self.held_elsewhere.iter().any(|id| id == connection_id) {
+            Some("where another configuration of this gateway holds a stream")
+        } else {
+            None
+        }
+    }
+
+    /// Other engines of this VM hold streams on `ids` now; whether this link's
+    /// connection is among them and was not before: a stream came after this
+    /// one on its connection.
+    pub fn held_elsewhere(&mut self, ids: &[String]) -> bool {
+        let newly = self
+            .current
+            .as_ref()
+            .is_some_and(|id| ids.contains(id) && !self.held_elsewhere.contains(id));
+        self.held_elsewhere = ids.to_vec();
+        newly
+    }
+
+    /// The connection of the open stream.
+    pub fn current(&self) -> Option<&str> {
+        self.current.as_deref()
     }
 
     /// The plugin cancelled the open stream: its connection, if Envoy keeps
@@ -103,6 +141,28 @@ mod tests {
         assert!(!trust.opened("c1"), "Envoy reused the connection");
         trust.closed_current();
         assert!(trust.opened("c2"), "a new connection");
+    }
+
+    #[test]
+    fn a_connection_another_engine_holds_is_not_trusted_and_a_newcomer_is_noticed() {
+        let mut trust = ConnectionTrust::default();
+        assert!(!trust.held_elsewhere(&["c1".into()]), "no stream yet");
+        assert!(
+            !trust.opened("c1"),
+            "another configuration's stream is there"
+        );
+        assert!(trust.opened("c2"));
+        assert!(
+            !trust.held_elsewhere(&["c1".into()]),
+            "not this link's connection"
+        );
+        assert!(
+            trust.held_elsewhere(&["c1".into(), "c2".into()]),
+            "a stream came after"
+        );
+        assert!(!trust.held_elsewhere(&["c2".into()]), "said once");
+        assert!(!trust.held_elsewhere(&[]));
+        assert!(trust.opened("c2"), "let go");
     }
 
     #[test]

@@ -58,6 +58,11 @@ impl Outbox for HostOutbox {
             .map_err(|status| format!("gRPC send refused by the host: {status:?}"))
     }
 
+    fn grpc_finish(&mut self, stream: u32, last: Option<&[u8]>) -> Result<(), String> {
+        hostcalls::send_grpc_stream_message(stream, last, true)
+            .map_err(|status| format!("gRPC send refused by the host: {status:?}"))
+    }
+
     fn grpc_close(&mut self, stream: u32) {
         // Cancelled, not half-closed: nothing more is wanted from it.
         let _ = hostcalls::cancel_grpc_stream(stream);

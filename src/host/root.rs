@@ -22,6 +22,9 @@ thread_local! {
     /// context that is gone. Envoy's connections belong to the VM's worker
     /// thread, so the next configuration's stream may land on one of them.
     static CANCELLED_CONNECTIONS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The connections each root context of this VM holds a push stream open
+    /// on, by context id, as of its last tick.
+    static OPEN_CONNECTIONS: RefCell<Vec<(u32, Vec<String>)>> = const { RefCell::new(Vec::new()) };
 }
 
 const CAPABILITIES: Capabilities = Capabilities {
@@ -49,6 +52,29 @@ impl GuardRoot {
             let cancelled = vm.engine.cancelled_connections();
             CANCELLED_CONNECTIONS.with(|ids| ids.borrow_mut().extend(cancelled));
         }
+        self.publish_open_connections(Vec::new());
+    }
+
+    /// The connections this root context's streams are open on now.
+    fn publish_open_connections(&self, ids: Vec<String>) {
+        OPEN_CONNECTIONS.with(|all| {
+            let mut all = all.borrow_mut();
+            all.retain(|(context, _)| *context != self.context_id);
+            if !ids.is_empty() {
+                all.push((self.context_id, ids));
+            }
+        });
+    }
+
+    /// The connections the other root contexts of this VM hold streams on.
+    fn open_connections_elsewhere(&self) -> Vec<String> {
+        OPEN_CONNECTIONS.with(|all| {
+            all.borrow()
+                .iter()
+                .filter(|(context, _)| *context != self.context_id)
+                .flat_map(|(_, ids)| ids.iter().cloned())
+                .collect()
+        })
     }
 }
 
@@ -225,10 +251,21 @@ impl RootContext for GuardRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Some(mut vm) = self.vm.as_ref().and_then(|vm| vm.try_borrow_mut().ok()) {
-            let now = vm.read_clock();
-            vm.engine
-                .on_tick(now, &mut HostOutbox, &mut HostMetrics, &mut HostStore);
+        let elsewhere = self.open_connections_elsewhere();
+        let open = self
+            .vm
+            .as_ref()
+            .and_then(|vm| vm.try_borrow_mut().ok())
+            .map(|mut vm| {
+                vm.engine
+                    .push_connections_held_elsewhere(&elsewhere, &mut HostMetrics);
+                let now = vm.read_clock();
+                vm.engine
+                    .on_tick(now, &mut HostOutbox, &mut HostMetrics, &mut HostStore);
+                vm.engine.open_push_connections()
+            });
+        if let Some(open) = open {
+            self.publish_open_connections(open);
         }
     }
 

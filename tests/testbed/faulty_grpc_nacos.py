@@ -57,6 +57,14 @@ def _read_varint(data: bytes, i: int):
             return value, i
 
 
+def client_ip(data: bytes) -> str:
+    """``Payload.metadata.clientIp`` (``Metadata { string clientIp = 8 }``), "" if absent."""
+    for number, value in _fields(data):
+        if number == 2:
+            return dict(_fields(value)).get(8, b"").decode()
+    return ""
+
+
 def decode(data: bytes) -> tuple:
     """``(type, body)`` of a Payload."""
     message_type, body = "", b""

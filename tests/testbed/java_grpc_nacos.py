@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from testbed.faulty_grpc_nacos import decode, encode, serve_nacos_grpc
+from testbed.faulty_grpc_nacos import client_ip, decode, encode, serve_nacos_grpc
 from testbed.waiting import free_port
 
 
@@ -77,6 +77,7 @@ class _Stream:
         self.context = context
         self.outbox: queue.Queue = queue.Queue()
         self.ended = threading.Event()
+        self.dropped = False  # the server closed it, as Java closes the connection
 
     def alive(self) -> bool:
         return not self.ended.is_set() and self.context.is_active()
@@ -87,6 +88,7 @@ class _Connection:
         _, _, address = peer.partition(":")
         self.id = f"{int(time.time() * 1000)}_{address.replace(':', '_')}"
         self.stream: _Stream | None = None  # the registered stream
+        self.streams: list = []  # every stream opened on it, registered or not
         self.last_active = time.monotonic()
         self.subscribers: list = []  # [(namespace, group, name), clusters]
 
@@ -98,8 +100,14 @@ class JavaGrpcNacos:
         self.rules = rules or JavaRules()
         self.port = free_port()
         self.received: list = []  # (peer, type, body) of every message a client sent
+        self.client_ips: set = set()  # the metadata clientIp of every message
         self.events: list = []  # what the server did, for the tests and the log
         self._instances: dict = {}  # (group, name) -> {(ip, port): host}
+        # Test knob, not a Java rule: the next push of a service carries this many bytes
+        # of instance metadata (an oversized push), then pushes are plain again.
+        self.pad_next_push = 0
+        # Test knob: the next HealthCheckRequest is answered this many seconds late.
+        self.stall_next_health_check_s = 0.0
         self._connections: dict = {}  # peer -> _Connection
         self._pending: dict = {}  # requestId -> threading.Event, answered on a stream
         self._ids = itertools.count(1)
@@ -112,7 +120,19 @@ class JavaGrpcNacos:
     # ------------------------------------------------------------------ registry
 
     def register(self, port: int, ip: str = "127.0.0.1", service: str = "demo", cluster: str = "DEFAULT") -> None:
-        host = {"ip": ip, "port": port, "weight": 1.0, "healthy": True, "enabled": True, "clusterName": cluster}
+        group = "DEFAULT_GROUP"
+        host = {
+            "instanceId": f"{ip}#{port}#{cluster}#{group}@@{service}",
+            "ip": ip,
+            "port": port,
+            "weight": 1.0,
+            "healthy": True,
+            "enabled": True,
+            "ephemeral": True,
+            "clusterName": cluster,
+            "serviceName": f"{group}@@{service}",
+            "metadata": {},
+        }
         with self._lock:
             self._instances.setdefault(("DEFAULT_GROUP", service), {})[(ip, port)] = host
         self._changed(service)
@@ -128,7 +148,20 @@ class JavaGrpcNacos:
         if wanted:
             hosts = [h for h in hosts if h["clusterName"] in wanted]
         shown = clusters if self.rules.push_subscriber_clusters else ""
-        return {"name": f"{group}@@{name}", "groupName": group, "clusters": shown, "cacheMillis": 10000, "hosts": hosts}
+        # The bare name and a lastRefTime, as ServiceStorage.getPushData fills them
+        # (naming/…/naming/core/v2/index/ServiceStorage.java): the official client keys
+        # its cache by groupName@@name and drops a list not newer than the one it holds.
+        return {
+            "name": name,
+            "groupName": group,
+            "clusters": shown,
+            "cacheMillis": 10000,
+            "hosts": hosts,
+            "lastRefTime": int(time.time() * 1000),
+            "checksum": "",
+            "allIPs": False,
+            "reachProtectionThreshold": False,
+        }
 
     def _changed(self, service: str) -> None:
         def later():
@@ -154,6 +187,10 @@ class JavaGrpcNacos:
         namespace, group, name = key
         while not self._stopped.is_set():
             request_id = str(next(self._ids))
+            info = self._service_info(group, name, clusters)
+            pad, self.pad_next_push = self.pad_next_push, 0
+            if pad:
+                info["hosts"] = [dict(h, metadata={"pad": "x" * pad}) for h in info["hosts"]]
             body = {
                 "requestId": request_id,
                 "headers": {},
@@ -161,7 +198,7 @@ class JavaGrpcNacos:
                 "namespace": namespace,
                 "serviceName": name,
                 "groupName": group,
-                "serviceInfo": self._service_info(group, name, clusters),
+                "serviceInfo": info,
             }
             answered = self._request(connection, "NotifySubscriberRequest", body)
             if answered is None:
@@ -181,7 +218,7 @@ class JavaGrpcNacos:
             return None
         answered = threading.Event()
         self._pending[body["requestId"]] = answered
-        stream.outbox.put(encode(kind, json.dumps(body).encode()))
+        stream.outbox.put(encode(kind, _json(body)))
         return answered
 
     def _drop(self, connection: _Connection, why: str) -> None:
@@ -189,8 +226,10 @@ class JavaGrpcNacos:
             for peer, known in list(self._connections.items()):
                 if known is connection:
                     del self._connections[peer]
-        if connection.stream is not None:
-            connection.stream.ended.set()
+        # Java closes the TCP connection: every stream on it ends, registered or not.
+        for stream in connection.streams:
+            stream.dropped = True
+            stream.ended.set()
         self.events.append(("dropped", connection.id, why))
 
     def reset(self, wait_s: float = 3.0) -> list:
@@ -237,6 +276,7 @@ class JavaGrpcNacos:
         kind, body = decode(request)
         peer = context.peer()
         self.received.append((peer, kind, body))
+        self.client_ips.add(client_ip(request))
         connection = self._connection(peer)
         if kind == "ServerCheckRequest":
             if self.rules.server_check_is_activity:
@@ -247,9 +287,13 @@ class JavaGrpcNacos:
         connection.last_active = time.monotonic()
         asked = json.loads(body or b"{}")
         if kind == "HealthCheckRequest":
+            stall, self.stall_next_health_check_s = self.stall_next_health_check_s, 0.0
+            time.sleep(stall)
             return _answer("HealthCheckResponse")
         if kind == "SubscribeServiceRequest":
             return self._subscribe(connection, asked)
+        if kind == "InstanceRequest":
+            return self._instance(asked)
         return _answer("ErrorResponse", 500, 500, f"unexpected {kind}")
 
     def _subscribe(self, connection: _Connection, asked: dict) -> bytes:
@@ -272,16 +316,33 @@ class JavaGrpcNacos:
             threading.Thread(target=self._push, args=(connection, key, clusters), daemon=True).start()
         return _answer("SubscribeServiceResponse", serviceInfo=info)
 
+    def _instance(self, asked: dict) -> bytes:
+        """An ephemeral instance (de)registered by a client, as InstanceRequestHandler
+        does (naming/…/naming/remote/rpc/handler/InstanceRequestHandler.java; the types are
+        NamingRemoteConstants.REGISTER_INSTANCE and DE_REGISTER_INSTANCE); the
+        instance is not tied to the connection here."""
+        instance, service = asked.get("instance") or {}, asked.get("serviceName", "")
+        ip, port = instance.get("ip", ""), int(instance.get("port", 0))
+        if asked.get("type") == "registerInstance":
+            self.register(port, ip, service, instance.get("clusterName") or "DEFAULT")
+        elif asked.get("type") == "deregisterInstance":
+            self.deregister(port, ip, service)
+        else:
+            return _answer("InstanceResponse", 500, 400, f"unsupported request type {asked.get('type')}")
+        return _answer("InstanceResponse", type=asked["type"])
+
     def _stream(self, requests, context):
         peer = context.peer()
         stream = _Stream(context)
         connection = self._connection(peer)
+        connection.streams.append(stream)
 
         def read():
             try:
                 for message in requests:
                     kind, body = decode(message)
                     self.received.append((peer, kind, body))
+                    self.client_ips.add(client_ip(message))
                     connection.last_active = time.monotonic()
                     if kind == "ConnectionSetupRequest":
                         with self._lock:
@@ -296,6 +357,7 @@ class JavaGrpcNacos:
             except grpc.RpcError:
                 pass
             stream.ended.set()
+            self.events.append(("stream ended", connection.id, peer))
 
         threading.Thread(target=read, daemon=True).start()
         while stream.alive() and not self._stopped.is_set():
@@ -303,6 +365,10 @@ class JavaGrpcNacos:
                 yield stream.outbox.get(timeout=0.05)
             except queue.Empty:
                 continue
+        if stream.dropped:
+            # Java closes the TCP connection; the nearest grpcio can do is end the stream
+            # with an error, which a client reads as a broken stream, not a finished one.
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection closed by the server")
 
     # ------------------------------------------------------------------ life
 
@@ -327,4 +393,9 @@ class JavaGrpcNacos:
 
 def _answer(kind: str, result_code: int = 200, error_code: int = 0, message: str = "", **fields) -> bytes:
     body = {"resultCode": result_code, "errorCode": error_code, "message": message, "success": result_code == 200}
-    return encode(kind, json.dumps(body | fields).encode())
+    return encode(kind, _json(body | fields))
+
+
+def _json(body: dict) -> bytes:
+    """Compact, as Jackson writes it (no blanks after ``:`` and ``,``)."""
+    return json.dumps(body, separators=(",", ":")).encode()

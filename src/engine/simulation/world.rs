@@ -183,6 +183,9 @@ impl Outbox for SimOutbox {
     fn grpc_send(&mut self, _: u32, _: &[u8]) -> Result<(), String> {
         Err("no gRPC in the simulation".into())
     }
+    fn grpc_finish(&mut self, _: u32, _: Option<&[u8]>) -> Result<(), String> {
+        Err("no gRPC in the simulation".into())
+    }
     fn grpc_close(&mut self, _: u32) {}
 }
 
