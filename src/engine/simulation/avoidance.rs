@@ -11,7 +11,17 @@
 use std::collections::BTreeMap;
 
 use super::invariants::Verdict;
-use crate::pure::routing::avoidance::{max_avoided, POLL_ASK_INTERVAL_MS};
+use crate::pure::routing::avoidance::POLL_ASK_INTERVAL_MS;
+
+/// How many of `usable` instances may be avoided at once, as the README states
+/// it (written here again, not taken from the code it checks): `percent` of
+/// them rounded down, at least one, never all.
+fn max_avoided(usable: usize, percent: u64) -> usize {
+    if usable <= 1 {
+        return 0;
+    }
+    (usable * percent.min(100) as usize / 100).clamp(1, usable - 1)
+}
 
 /// What the gateway's avoidance is configured to do.
 #[derive(Debug, Clone, Copy)]
