@@ -79,6 +79,10 @@ pub struct Failure<'a> {
     /// or trouble for a while) and no clock stepped or stood still.
     pub calm: bool,
     pub usable: &'a [String],
+    /// If it asks for a poll, when that poll is sent by at the latest, all
+    /// going well: the calls in flight answer, the services due before it go
+    /// first, and the poller reads the ask on a tick.
+    pub poll_by: u64,
     /// How much the service's `instance_failures` and `instances_avoided` moved.
     pub failures_delta: u64,
     pub avoided_delta: u64,
@@ -161,7 +165,7 @@ impl AvoidChecks {
             model.last_sure_ask = Some(f.at_gw);
             if f.calm {
                 self.asks += 1;
-                self.polls_due.push((at + self.policy.poll_within, s, at));
+                self.polls_due.push((f.poll_by, s, at));
             }
         }
         if may_ask {

@@ -26,7 +26,7 @@ pub struct Bounds {
 
 impl Bounds {
     /// A tick, at its latest.
-    fn late_tick(&self) -> u64 {
+    pub fn late_tick(&self) -> u64 {
         self.tick + self.tick_jitter
     }
 

@@ -318,6 +318,8 @@ struct Call {
     /// `None` for a login.
     service: Option<usize>,
     sent: u64,
+    /// When its answer (or its timeout) comes.
+    ends: u64,
     token: Option<String>,
     usable: usize,
 }
@@ -1025,6 +1027,19 @@ impl World {
             .usable()
             .map(|(e, _)| e.clone())
             .collect();
+        // The asked poll waits for the calls in flight, and for the other
+        // services (each due before it at most, answering within D), then goes
+        // on the poller's tick (a second one if that tick raced the ask), or
+        // with a token to renew, after a login.
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        let in_flight = self.pending.values().map(|c| c.ends).max().unwrap_or(now);
+        let others = (self.p.services as u64 - 1) * (bounds.max_delay + bounds.late_tick());
+        let login = if self.p.credentials {
+            bounds.max_delay + bounds.late_tick()
+        } else {
+            0
+        };
+        let poll_by = in_flight.max(now) + others + login + 2 * bounds.late_tick() + 2;
         let failure = Failure {
             service: r.service,
             endpoint: &r.endpoint,
@@ -1034,6 +1049,7 @@ impl World {
             same_list: stamp.is_some() && stamp == r.stamp,
             calm: self.calm(r.service, now),
             usable: &usable,
+            poll_by,
             failures_delta: after.0.wrapping_sub(before.0),
             avoided_delta: after.1.wrapping_sub(before.1),
         };
@@ -1312,6 +1328,7 @@ impl World {
                 gen,
                 service: if login { None } else { service },
                 sent: now,
+                ends: now + at,
                 token: access,
                 usable,
             },
