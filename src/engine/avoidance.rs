@@ -117,9 +117,14 @@ impl Engine {
             }
         }
         if asked {
-            if let Some(service) = self.avoidance.services.get_mut(&service_id) {
-                service.polled_for_ms = Some(now_ms);
-            }
+            // Noted even for a service this VM never saw fail before: the
+            // poller's next tick reads its own ask in the log and must not poll
+            // a second time for it.
+            self.avoidance
+                .services
+                .entry(service_id)
+                .or_default()
+                .polled_for_ms = Some(now_ms);
             if self.is_poller() {
                 self.polling.poll_now(target, now_ms);
             }

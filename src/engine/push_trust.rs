@@ -118,11 +118,6 @@ impl ConnectionTrust {
         same
     }
 
-    /// The connection of the open stream, if one is open.
-    pub fn current(&self) -> Option<&str> {
-        self.current.as_deref()
-    }
-
     pub fn is_spread(&self) -> bool {
         self.spread
     }

@@ -26,7 +26,7 @@ pub struct Bounds {
 
 impl Bounds {
     /// A tick, at its latest.
-    fn late_tick(&self) -> u64 {
+    pub fn late_tick(&self) -> u64 {
         self.tick + self.tick_jitter
     }
 
@@ -173,6 +173,9 @@ pub struct Checker {
     latest_taken: BTreeMap<usize, usize>,
     /// (configuration, service) whose last answer was an empty one held back.
     held_empty: BTreeSet<(usize, usize)>,
+    /// Per service: when a failed request may have asked for a poll at once,
+    /// and by when that poll goes.
+    asked: BTreeMap<usize, Vec<(u64, u64)>>,
 }
 
 pub type Verdict = Result<(), String>;
@@ -319,6 +322,53 @@ impl Checker {
         }
     }
 
+    /// A failed request of `service` may have asked for a poll at once at `at`
+    /// (`engine::avoidance`), which goes out within `within`: a poll then may
+    /// come early. (A poll due anyway may go between the ask and the poller's
+    /// tick that reads it; the asked one follows.)
+    pub fn asked(&mut self, service: usize, at: u64, within: u64) {
+        self.asked
+            .entry(service)
+            .or_default()
+            .push((at, at + within));
+    }
+
+    /// Take the oldest ask of `service` whose poll may be the one at `poll`:
+    /// each ask explains one early poll.
+    fn asked_for(&mut self, service: usize, poll: u64) -> bool {
+        let Some(asks) = self.asked.get_mut(&service) else {
+            return false;
+        };
+        asks.retain(|(_, to)| *to >= poll);
+        let Some(index) = asks.iter().position(|(from, _)| *from <= poll) else {
+            return false;
+        };
+        asks.remove(index);
+        true
+    }
+
+    /// Whether some configuration polled `service` from `from` to `to`.
+    pub fn polled_within(&self, service: usize, from: u64, to: u64) -> bool {
+        self.polls
+            .iter()
+            .filter(|((_, s), _)| *s == service)
+            .any(|(_, polls)| polls.iter().rev().any(|t| (from..=to).contains(t)))
+    }
+
+    /// Whether anything disturbed `service` from `from` to `to`: trouble, a
+    /// clock step, or the whole gateway standing still.
+    pub fn disturbed(&self, from: u64, to: u64, service: usize) -> bool {
+        self.troubled(from, to, service)
+            || self.steps(from, to) > 0
+            || self.frozen_within(from, to) > 0
+    }
+
+    /// Whether the gateway clock stepped or the whole gateway stood still
+    /// from `from` to `to`.
+    pub fn clock_moved(&self, from: u64, to: u64) -> bool {
+        self.steps(from, to) > 0 || self.frozen_within(from, to) > 0
+    }
+
     pub fn became_poller(&mut self, vm: usize, at: u64) {
         self.took_over_at.insert(vm, at);
         self.trouble(at, Trouble::Takeover);
@@ -337,12 +387,14 @@ impl Checker {
         let explained = self
             .took_over_at
             .get(&vm)
-            .is_some_and(|t| *t >= last && vm != last_vm);
-        if gap < allowed && !explained && !confirming {
+            .is_some_and(|t| *t >= last && vm != last_vm)
+            || confirming
+            || (gap < allowed && self.asked_for(service, at));
+        if gap < allowed && !explained {
             return Err(format!(
                 "service s{service} (config {gen}) polled by VM {vm} {gap} ms after VM \
-                 {last_vm}'s poll (at least {allowed} unless a lease takeover or an empty \
-                 answer to confirm explains it)"
+                 {last_vm}'s poll (at least {allowed} unless a lease takeover, a failure's \
+                 asked poll or an empty answer to confirm explains it)"
             ));
         }
         Ok(())

@@ -1,8 +1,10 @@
 //! A simulated Nacos: services whose instances register, deregister, change
 //! weight and flip health, and the tokens it handed out. It remembers since when
 //! each instance stopped being usable, which is what the invariants judge by.
+//! Apart from what Nacos lists, an instance's process can be dead: Nacos still
+//! lists it until it learns, and every request routed to it fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::rng::Rng;
 
@@ -26,6 +28,8 @@ pub struct Service {
     stopped: BTreeMap<String, u64>,
     /// When its last instance was deregistered, each time.
     emptied: Vec<u64>,
+    /// Instances whose process is dead, listed or not: their connections fail.
+    dead: BTreeSet<String>,
 }
 
 impl Service {
@@ -41,6 +45,11 @@ impl Service {
     /// plugin then polls once more before it takes the empty list.
     pub fn emptied_since(&self, since: u64) -> bool {
         self.emptied.last().is_some_and(|at| *at >= since)
+    }
+
+    /// Whether a request routed to `endpoint` fails: its process is dead.
+    pub fn is_dead(&self, endpoint: &str) -> bool {
+        self.dead.contains(endpoint)
     }
 
     pub fn usable(&self) -> impl Iterator<Item = (&String, &Host)> {
@@ -163,6 +172,10 @@ impl Registry {
                 }),
             ),
         };
+        if what == "register" {
+            // A new process: whatever died at that address before is gone.
+            service.dead.remove(&endpoint);
+        }
         service.change(&endpoint, new, now);
         (s, format!("{what} s{s} {endpoint} -> {new:?}"))
     }
@@ -177,6 +190,63 @@ impl Registry {
             service.change(endpoint, None, now);
         }
         format!("deregister every instance of s{s}: {endpoints:?}")
+    }
+
+    /// The process of a usable instance of service `s` dies while Nacos still
+    /// lists it; which, if any.
+    pub fn die(&mut self, s: usize, rng: &mut Rng) -> Option<String> {
+        let service = self.services.get_mut(s)?;
+        let alive: Vec<String> = service
+            .usable()
+            .map(|(endpoint, _)| endpoint.clone())
+            .filter(|endpoint| !service.dead.contains(endpoint))
+            .collect();
+        if alive.is_empty() {
+            return None;
+        }
+        let endpoint = alive[rng.below(alive.len() as u64) as usize].clone();
+        service.dead.insert(endpoint.clone());
+        Some(endpoint)
+    }
+
+    /// A dead process of service `s` starts again (the same address); which.
+    pub fn revive(&mut self, s: usize, rng: &mut Rng) -> Option<String> {
+        let service = self.services.get_mut(s)?;
+        let dead: Vec<String> = service.dead.iter().cloned().collect();
+        if dead.is_empty() {
+            return None;
+        }
+        let endpoint = dead[rng.below(dead.len() as u64) as usize].clone();
+        service.dead.remove(&endpoint);
+        Some(endpoint)
+    }
+
+    /// Every dead process starts again.
+    pub fn revive_all(&mut self) {
+        for service in &mut self.services {
+            service.dead.clear();
+        }
+    }
+
+    /// Nacos learns that `endpoint` of service `s` died (its heartbeats stopped,
+    /// or a health check failed): it lists it unhealthy, if it still lists it
+    /// and it is still dead.
+    pub fn learn_dead(&mut self, s: usize, endpoint: &str, now: u64) -> bool {
+        let Some(service) = self.services.get_mut(s) else {
+            return false;
+        };
+        let Some(host) = service.hosts.get(endpoint).copied() else {
+            return false;
+        };
+        if !service.dead.contains(endpoint) || !host.healthy {
+            return false;
+        }
+        let host = Host {
+            healthy: false,
+            ..host
+        };
+        service.change(endpoint, Some(host), now);
+        true
     }
 
     pub fn issue_token(&mut self, ttl_ms: u64, now: u64) -> String {

@@ -4,14 +4,19 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
+use super::avoidance::{AvoidChecks, Failure, Policy};
 use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
 use super::metrics::{usable_gauge, SimMetrics};
 use super::registry::Registry;
 use super::rng::Rng;
 use super::store::{SimStore, View};
-use crate::engine::{Engine, GatewayClock, Outbox, OutgoingCall, RequestAction, RequestHost};
+use crate::engine::ids::{GuardId, Id};
+use crate::engine::{
+    Engine, GatewayClock, Outbox, OutgoingCall, RequestAction, RequestHost, Routed,
+};
 use crate::pure::config::{parse, Capabilities};
 use crate::pure::routing::rules::RequestFacts;
+use crate::pure::routing::upstream_failure::{flags, instance_failed};
 use crate::pure::sharing::lease::Lease;
 use crate::pure::sharing::published::ConfigKeys;
 
@@ -44,6 +49,11 @@ pub struct Params {
     pub steady_at: u64,
     pub end_at: u64,
     pub steady_gap: u64,
+    /// `avoidFailedMs` and `maxAvoidedPercent`, the same in every configuration.
+    pub avoid_ms: u64,
+    pub max_avoided_percent: u64,
+    /// Whether instances die while Nacos lists them (until the steady phase).
+    pub deaths: bool,
 }
 
 impl Params {
@@ -69,7 +79,18 @@ impl Params {
             steady_at: main,
             end_at: main + steady,
             steady_gap: steady_gap.max(steady / 5_000).max(1) + tick / 1000,
+            avoid_ms: 0,
+            max_avoided_percent: 50,
+            deaths: false,
         }
+    }
+
+    /// The avoidance's settings, from a generator of their own: seeds whose
+    /// instances never die run as they did before the avoidance was modelled.
+    fn draw_avoidance(&mut self, side: &mut Rng) {
+        self.deaths = side.chance(700);
+        self.avoid_ms = side.pick(&[30_000, 30_000, 1_000, 3_000, 10_000, 0]);
+        self.max_avoided_percent = side.pick(&[50, 50, 0, 25, 34, 100]);
     }
 
     fn config(&self, max_stale: u64, fail_closed: bool) -> String {
@@ -82,7 +103,7 @@ impl Params {
             .map(|s| format!(r#"{{"_match_route_":["r{s}"],"service":{{"name":"s{s}"}}}}"#))
             .collect();
         format!(
-            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","_rules_":[{}]}}"#,
+            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{},"_rules_":[{}]}}"#,
             self.timeout,
             self.interval,
             if fail_closed {
@@ -90,6 +111,8 @@ impl Params {
             } else {
                 "fail_open"
             },
+            self.avoid_ms,
+            self.max_avoided_percent,
             rules.join(",")
         )
     }
@@ -133,7 +156,60 @@ enum Kind {
     Edit,
     Weather,
     Revoke,
+    /// An instance's process dies while Nacos lists it, or comes back.
+    Death,
+    /// Nacos learns that a dead instance died: it lists it unhealthy.
+    Learn {
+        service: usize,
+        endpoint: String,
+    },
+    /// The response of a request routed to `endpoint` reaches the VM's HTTP
+    /// context, with Envoy's response flags and code details.
+    Response(Box<Response>),
 }
+
+#[derive(Debug)]
+struct Response {
+    vm: usize,
+    engine: u64,
+    service: usize,
+    endpoint: String,
+    routed: Routed,
+    /// The VM's content stamp of the service when it routed the request.
+    stamp: Option<u64>,
+    flags: u64,
+    details: &'static str,
+}
+
+/// What Envoy reports for a request to an instance whose process is dead:
+/// refused (`UF`), refused on every retry (`UF`+`URX`), reset or closed before
+/// the response (`UR`, `UC`), and a cluster with no healthy host (`UH`).
+const DEAD_RESPONSES: [(u64, &str); 5] = [
+    (
+        flags::UPSTREAM_CONNECTION_FAILURE,
+        "upstream_reset_before_response_started{remote_connection_failure}",
+    ),
+    (
+        flags::UPSTREAM_CONNECTION_FAILURE | flags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+        "upstream_reset_before_response_started{remote_connection_failure}",
+    ),
+    (
+        flags::UPSTREAM_REMOTE_RESET,
+        "upstream_reset_before_response_started{remote_reset}",
+    ),
+    (
+        flags::UPSTREAM_CONNECTION_TERMINATION,
+        "upstream_reset_before_response_started{connection_termination}",
+    ),
+    (flags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+];
+
+/// What a live instance may answer that is not a failure of it: its own 503
+/// after retries ran out, and a request timeout.
+const LIVE_RESPONSES: [(u64, &str); 2] = [
+    (flags::UPSTREAM_RETRY_LIMIT_EXCEEDED, "via_upstream"),
+    (flags::UPSTREAM_REQUEST_TIMEOUT, "upstream_response_timeout"),
+];
 
 struct Event {
     at: u64,
@@ -248,6 +324,8 @@ struct Call {
     /// `None` for a login.
     service: Option<usize>,
     sent: u64,
+    /// When its answer (or its timeout) comes.
+    ends: u64,
     token: Option<String>,
     usable: usize,
     listed: usize,
@@ -285,6 +363,10 @@ pub struct World {
     /// `usable_instances` checks due: (when, service, the change it follows).
     gauge_due: Vec<(u64, usize, u64)>,
     pub events: u64,
+    /// Deaths, failed responses and avoidance: their own random numbers, so
+    /// that a seed without deaths runs as it did before they were modelled.
+    side: Rng,
+    avoid: AvoidChecks,
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
 }
@@ -292,7 +374,22 @@ pub struct World {
 impl World {
     pub fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed);
-        let p = Params::draw(&mut rng);
+        let mut p = Params::draw(&mut rng);
+        let mut side = Rng::new(seed ^ 0xa701_d1ed_dead_0001);
+        p.draw_avoidance(&mut side);
+        let tick = (p.interval / 20).clamp(10, 50);
+        let late_tick = tick + tick / 10;
+        let avoid = AvoidChecks::new(
+            p.services,
+            Policy {
+                avoid_ms: p.avoid_ms,
+                max_avoided_percent: p.max_avoided_percent,
+                slack: 2 * late_tick + 2,
+                // Polls go one at a time: the asked one may wait for the
+                // others' answers.
+                poll_within: (p.services as u64 + 1) * p.max_delay + 3 * late_tick + 2,
+            },
+        );
         let registry = Registry::new(p.services, &mut rng);
         let mut world = Self {
             check: Checker::new(p.services),
@@ -318,6 +415,8 @@ impl World {
             changed_at: vec![0; p.services],
             gauge_due: Vec::new(),
             events: 0,
+            side,
+            avoid,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             p,
         };
@@ -341,6 +440,10 @@ impl World {
                 .rng
                 .between(world.p.interval, world.p.steady_at.max(1));
             world.push(at, kind);
+        }
+        if world.p.deaths {
+            let at = world.side.between(world.p.interval, 10 * world.p.interval);
+            world.push(at.min(world.p.steady_at), Kind::Death);
         }
         world.note(format!("params {:?}", world.p));
         world
@@ -402,7 +505,9 @@ impl World {
     fn counting(&self) -> bool {
         let settle = 10 * self.p.interval + 2 * self.p.timeout;
         let calm = self.check.calm_since().saturating_add(settle);
-        self.now >= calm.max(self.p.steady_at + settle)
+        // Every avoidance ended, and each VM ticked since.
+        let quiet = self.avoid.quiet_from() + 2 * settle;
+        self.now >= calm.max(self.p.steady_at + settle).max(quiet)
     }
 
     /// Run to the end; the first broken invariant, with the trace's tail.
@@ -416,6 +521,7 @@ impl World {
             self.step(event)?;
             let credentials = self.p.credentials;
             self.check.deadlines(self.now, credentials)?;
+            self.check_asked_polls()?;
             self.check_gauges()?;
         }
         if self.counting() {
@@ -458,6 +564,11 @@ impl World {
             Kind::Configure { thread, .. } if self.stalled_until[thread] > at => {
                 // A stalled VM runs nothing; its events wait, in order.
                 let until = self.stalled_until[thread];
+                self.push(until, event.kind);
+                Ok(())
+            }
+            Kind::Response(ref r) if self.stalled_until[self.vms[r.vm].thread] > at => {
+                let until = self.stalled_until[self.vms[r.vm].thread];
                 self.push(until, event.kind);
                 Ok(())
             }
@@ -633,6 +744,19 @@ impl World {
                 self.push(next, Kind::Edit);
                 Ok(())
             }
+            Kind::Death => self.death(),
+            Kind::Learn { service, endpoint } => {
+                if self.steady() || !self.registry.learn_dead(service, &endpoint, at) {
+                    return Ok(());
+                }
+                self.note(format!("registry: nacos learns s{service} {endpoint} died"));
+                let bounds = self.configs[self.configs.len() - 1].bounds;
+                self.changed_at[service] = at;
+                self.gauge_due
+                    .push((at + bounds.routed_after_change(), service, at));
+                Ok(())
+            }
+            Kind::Response(response) => self.response(*response),
             Kind::Revoke => {
                 if self.steady() {
                     return Ok(());
@@ -710,8 +834,16 @@ impl World {
             &mut self.metrics,
             &mut self.store,
         );
+        let mut routed = None;
         let outcome = match action {
-            RequestAction::Route { endpoint, .. } => format!("route {endpoint}"),
+            RequestAction::Route {
+                endpoint,
+                routed: pick,
+                ..
+            } => {
+                routed = Some(pick);
+                format!("route {endpoint}")
+            }
             RequestAction::Reject(response) => {
                 let code = if response.body.contains("no_healthy_instance") {
                     "no_healthy_instance"
@@ -730,6 +862,15 @@ impl World {
         ));
         let bounds = self.configs[gen].bounds;
         let now = self.now;
+        let skipped = self.vms[vm]
+            .engine
+            .as_ref()
+            .and_then(|e| e.guards.avoided_of(GuardId::from_index(service)));
+        if let Some(skipped) = skipped {
+            let check = &self.check;
+            let moved = |from: u64| check.clock_moved(from, now);
+            self.avoid.skipped(service, vm, now, skipped, moved)?;
+        }
         match outcome.split_once(' ').unwrap_or((&outcome, "")) {
             ("route", endpoint) => {
                 let listed = &self.registry.services[service];
@@ -738,6 +879,15 @@ impl World {
                 self.check
                     .routed(service, endpoint, (stopped, emptied), now, &bounds)?;
                 self.check.not_stale(service, read_at, &bounds)?;
+                if self.registry.services[service].is_dead(endpoint) {
+                    let noticed = self.avoid.noticed_at(service, endpoint);
+                    let calm = noticed.is_some_and(|t| self.calm(service, t));
+                    self.avoid
+                        .routed_to_dead(service, endpoint, vm, now, calm)?;
+                }
+                if let Some(routed) = routed {
+                    self.answer_request(vm, service, endpoint, routed)?;
+                }
                 if self.counting() {
                     *self
                         .shares
@@ -760,6 +910,192 @@ impl World {
             }
             _ => Err(format!("unexpected outcome {outcome}")),
         }
+    }
+
+    /// An instance dies while Nacos lists it (half the time Nacos learns it
+    /// within 1–20 intervals), or a dead one comes back; from the steady phase
+    /// on, every dead one is back.
+    fn death(&mut self) -> Verdict {
+        let at = self.now;
+        if self.steady() {
+            self.registry.revive_all();
+            self.note("every dead instance is back".into());
+            return Ok(());
+        }
+        let interval = self.p.interval;
+        let service = self.side.below(self.p.services as u64) as usize;
+        if self.side.chance(300) {
+            if let Some(endpoint) = self.registry.revive(service, &mut self.side) {
+                self.note(format!("s{service} {endpoint} is back"));
+            }
+        } else if let Some(endpoint) = self.registry.die(service, &mut self.side) {
+            self.note(format!("s{service} {endpoint} dies, still listed"));
+            if self.side.chance(500) {
+                let learn = at + self.side.between(interval, 20 * interval);
+                self.push(learn, Kind::Learn { service, endpoint });
+            }
+        }
+        let next = at + self.side.between(1, 10) * interval;
+        self.push(next.min(self.p.steady_at), Kind::Death);
+        Ok(())
+    }
+
+    /// A request routed to `endpoint`: if its process is dead, Envoy answers a
+    /// local 503 with an upstream-failure flag a little later; a live instance
+    /// now and then answers with flags that are not its failure.
+    fn answer_request(
+        &mut self,
+        vm: usize,
+        service: usize,
+        endpoint: &str,
+        routed: Routed,
+    ) -> Verdict {
+        let dead = self.registry.services[service].is_dead(endpoint);
+        let (flags, details) = if dead {
+            self.side.pick(&DEAD_RESPONSES)
+        } else if self.p.deaths && self.side.chance(20) {
+            self.side.pick(&LIVE_RESPONSES)
+        } else {
+            return Ok(());
+        };
+        // Refused at once mostly; a connect timeout now and then.
+        let delay = self.side.pick(&[1, 1, 2, 5, 20, 250]);
+        let root = &self.vms[vm];
+        let stamp = root
+            .engine
+            .as_ref()
+            .and_then(|e| e.snapshot_health().get(service).map(|h| h.content_stamp));
+        let response = Response {
+            vm,
+            engine: root.engine_id,
+            service,
+            endpoint: endpoint.to_string(),
+            routed,
+            stamp,
+            flags,
+            details,
+        };
+        self.push(self.now + delay, Kind::Response(Box::new(response)));
+        Ok(())
+    }
+
+    /// Whether the engines' list of service `s` is certainly the registry's
+    /// from `from` to now: no registry change of it for `routed_after_change`
+    /// before, and nothing disturbed it.
+    fn calm(&self, s: usize, since: u64) -> bool {
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        let settled = self.changed_at[s] + bounds.routed_after_change() + 2 * bounds.tick;
+        let window = since.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
+        settled < since && !self.check.disturbed(window, self.now, s)
+    }
+
+    /// The response reaches the VM's HTTP context: as the host does
+    /// (`host::http`, `on_http_response_headers`), it reads the flags and, if
+    /// they say the instance failed, tells the engine.
+    fn response(&mut self, r: Response) -> Verdict {
+        if !self.live(r.vm, r.engine) {
+            // Its root context is gone: the filter chain drained without it.
+            return Ok(());
+        }
+        if r.flags == 0 || !instance_failed(r.flags, Some(r.details)) {
+            return Ok(());
+        }
+        let now = self.now;
+        let failures = format!(
+            "nacos_guard.service.public.DEFAULT_GROUP.s{}.instance_failures",
+            r.service
+        );
+        let avoided = format!(
+            "nacos_guard.service.public.DEFAULT_GROUP.s{}.instances_avoided",
+            r.service
+        );
+        let before = (
+            self.metrics.get(&failures).unwrap_or(0),
+            self.metrics.get(&avoided).unwrap_or(0),
+        );
+        let root = &mut self.vms[r.vm];
+        let now_gw = root.clock_ms;
+        let Some(engine) = &mut root.engine else {
+            return Ok(());
+        };
+        engine.on_routed_failure(
+            r.routed,
+            r.details,
+            now_gw,
+            &mut self.metrics,
+            &mut self.store,
+        );
+        let stamp = engine
+            .snapshot_health()
+            .get(r.service)
+            .map(|h| h.content_stamp);
+        let after = (
+            self.metrics.get(&failures).unwrap_or(0),
+            self.metrics.get(&avoided).unwrap_or(0),
+        );
+        self.note(format!(
+            "VM {} response from s{} {}: {:#x} {} gw={now_gw}",
+            r.vm, r.service, r.endpoint, r.flags, r.details
+        ));
+        let usable: Vec<String> = self.registry.services[r.service]
+            .usable()
+            .map(|(e, _)| e.clone())
+            .collect();
+        // The asked poll waits for the calls in flight, and for the other
+        // services (each due before it at most, answering within D), then goes
+        // on the poller's tick (a second one if that tick raced the ask), or
+        // with a token to renew, after a login.
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        let in_flight = self.pending.values().map(|c| c.ends).max().unwrap_or(now);
+        let others = (self.p.services as u64 - 1) * (bounds.max_delay + bounds.late_tick());
+        let login = if self.p.credentials {
+            bounds.max_delay + bounds.late_tick()
+        } else {
+            0
+        };
+        let poll_by = in_flight.max(now) + others + login + 2 * bounds.late_tick() + 2;
+        let failure = Failure {
+            service: r.service,
+            endpoint: &r.endpoint,
+            at: now,
+            at_gw: now_gw,
+            vm: r.vm,
+            same_list: stamp.is_some() && stamp == r.stamp,
+            calm: self.calm(r.service, now),
+            usable: &usable,
+            poll_by,
+            failures_delta: after.0.wrapping_sub(before.0),
+            avoided_delta: after.1.wrapping_sub(before.1),
+        };
+        let may_ask = self.avoid.failure(&failure)?;
+        self.note(format!(
+            "  failure taken: list unchanged {}, calm {}, failures +{}, avoided +{}, may ask {may_ask}",
+            failure.same_list, failure.calm, failure.failures_delta, failure.avoided_delta
+        ));
+        if may_ask {
+            let within = self.avoid.policy.poll_within;
+            self.check.asked(r.service, now, within);
+        }
+        Ok(())
+    }
+
+    /// Each poll a failure asked for was sent by its deadline, unless something
+    /// disturbed the gateway.
+    fn check_asked_polls(&mut self) -> Verdict {
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        for (service, asked, deadline) in self.avoid.polls_due(self.now) {
+            let window = asked.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
+            if self.check.polled_within(service, asked, deadline)
+                || self.check.disturbed(window, deadline, service)
+            {
+                continue;
+            }
+            return Err(format!(
+                "s{service}: a failed request asked for a poll at {asked}, but none was sent by \
+                 {deadline}"
+            ));
+        }
+        Ok(())
     }
 
     /// The store the next VM callback reads: live, or (racing) as it was before
@@ -814,6 +1150,7 @@ impl World {
                 line = format!("VM {v} configures config {gen}");
             }
             Callback::Tick => {
+                self.avoid.ticked(v, now);
                 vm.clock_ms = vm.clock.now(wall, &mut view);
                 vm.clock_read_at = now;
                 if let Some(engine) = &mut vm.engine {
@@ -1005,6 +1342,7 @@ impl World {
                 gen,
                 service: if login { None } else { service },
                 sent: now,
+                ends: now + at,
                 token: access,
                 usable,
                 listed,
