@@ -124,6 +124,10 @@ pub(super) struct Link {
     trust: ConnectionTrust,
     /// An unconfirmed link was reported since the last confirmed one.
     said_unconfirmed: bool,
+    /// A call of the open link was taken: the server registered its stream.
+    registered: bool,
+    /// `Connection is unregistered` after that was reported.
+    said_unregistered: bool,
     /// A stream this side ended after answering `ConnectResetRequest`, left for
     /// the server to close; cancelled when the link connects again.
     finishing: Option<u32>,
@@ -146,6 +150,8 @@ impl Link {
             requests: 0,
             trust: ConnectionTrust::default(),
             said_unconfirmed: false,
+            registered: false,
+            said_unregistered: false,
             finishing: None,
             metrics,
         }
@@ -449,7 +455,12 @@ impl Link {
                 None
             }
             Call::Probe => {
-                let alive = answer.is_some_and(|body| messages::read_health_check(body).is_ok());
+                let checked = answer.map(messages::read_health_check);
+                let alive = matches!(checked, Some(Ok(())));
+                if let Some(Err(refusal)) = &checked {
+                    self.note_refusal(refusal, metrics);
+                }
+                self.registered |= alive;
                 if let State::Open {
                     alive_at_ms,
                     probing,
@@ -488,11 +499,15 @@ impl Link {
                 None
             }
             Call::Subscribe { index, sent_at_ms } => {
-                let info = answer
-                    .ok_or_else(|| "no answer".to_string())
-                    .and_then(|body| {
-                        messages::read_subscribe_answer(body).map_err(|error| error.to_string())
-                    });
+                let info = match answer.map(messages::read_subscribe_answer) {
+                    Some(Err(refusal)) => {
+                        self.note_refusal(&refusal, metrics);
+                        Err(refusal.to_string())
+                    }
+                    Some(Ok(info)) => Ok(info),
+                    None => Err("no answer".to_string()),
+                };
+                self.registered |= info.is_ok();
                 let safety = self.settings.safety_interval_ms;
                 let subscribed = self.subscriptions.get_mut(index)?;
                 match info {
@@ -540,6 +555,28 @@ impl Link {
         }
     }
 
+    /// A unary call refused. `Connection is unregistered` (301) after a call
+    /// of the same link was taken: one server knows a connection for as long
+    /// as it lives, so the calls reach several servers (a gRPC cluster of
+    /// several hosts under round robin, where the `ServerCheck` ids may agree).
+    fn note_refusal(&mut self, refusal: &messages::PushError, metrics: &mut dyn Metrics) {
+        let unregistered = matches!(refusal, messages::PushError::Refused { code: 301, .. });
+        if !(unregistered && self.registered) {
+            return;
+        }
+        bump(metrics, self.metrics.failures);
+        if !self.said_unregistered {
+            self.said_unregistered = true;
+            warn!(
+                "nacos-instance-guard: the gRPC cluster {} sends this link's calls over more \
+                 than one connection (a server that does not know it answered after another \
+                 registered it); its services are polled whenever the link is down. Give the \
+                 cluster one host (the load balancer's or the domain's address)",
+                self.settings.grpc_cluster
+            );
+        }
+    }
+
     fn open(
         &mut self,
         now_ms: u64,
@@ -559,6 +596,7 @@ impl Link {
             bump(metrics, self.metrics.reconnects);
         }
         self.was_open = true;
+        self.registered = false;
         let distrusted = self.trust.distrusted(connection_id);
         let confirmed = self.trust.opened(connection_id);
         if let Some(why) = distrusted {

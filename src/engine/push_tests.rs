@@ -743,12 +743,42 @@ fn a_spread_seen_after_the_probe_already_lost_the_link_still_turns_push_off() {
         assert_eq!(kind, "ServerCheckRequest");
         gw.grpc_answer(*token, Some(&server_check_on("1_127.0.0.2:5000")), 5_120);
     }
-    assert_eq!(gw.metric("push_failures"), 1, "the spread, counted");
+    assert_eq!(
+        gw.metric("push_failures"),
+        2,
+        "the refusal after registration, and the spread"
+    );
     for now in (5_150..65_000).step_by(50) {
         gw.tick(now);
         gw.answer_polls(now);
         assert!(gw.take_grpc().is_empty(), "push stays off");
     }
+}
+
+#[test]
+fn connection_unregistered_after_the_server_registered_the_stream_is_said_and_counted() {
+    // Three listed nodes under Envoy's round robin: a subscription reached the
+    // stream's node and was taken; the probe reached another node, which does
+    // not know the connection. On one host a registered connection stays
+    // registered while it lives, so this is the calls spreading over servers.
+    let unregistered = payload(
+        "ErrorResponse",
+        r#"{"resultCode":500,"errorCode":301,"message":"Connection is unregistered.","success":false}"#,
+    );
+    let mut gw = Harness::pushing();
+    let stream = gw.subscribed();
+    gw.tick(5_100);
+    for (token, kind) in gw.take_grpc() {
+        let answer = match kind.as_str() {
+            "HealthCheckRequest" => unregistered.clone(),
+            _ => server_check_answer(),
+        };
+        gw.grpc_answer(token, Some(&answer), 5_110);
+    }
+    assert_eq!(gw.outbox.closed, vec![stream], "the link ends");
+    assert_eq!(gw.metric("push_failures"), 1, "said and counted");
+    gw.tick(5_150);
+    assert_eq!(gw.answer_polls(5_150), 1, "polled until a new link is up");
 }
 
 #[test]

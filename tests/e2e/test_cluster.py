@@ -171,9 +171,11 @@ def test_grpc_cluster_of_three_hosts_as_an_operator_writes_it_first(bed):
     # Measured (docs/deploying.md): Envoy opens 3 gRPC connections (one per host, not
     # the one per gateway README promises); the probe's HealthCheck reaches a node that
     # refuses it (301) and ends the link, which reopens until stream and subscription
-    # share a node. The connection-id detection does not fire here (round robin sends
-    # its ServerCheck to the node that answered the first one): one host is the answer.
+    # share a node. The connection ids agree (round robin sends the probe's ServerCheck
+    # to the node that answered the first one); a 301 after a taken call is the sign.
     assert polling, "a gRPC cluster of several hosts leaves the service polled"
+    # A subscription was taken, then a probe refused as unregistered: said once.
+    assert seen["several connections"] == 1, seen
 
 
 def test_nodes_that_disagree_polling_three_nodes_during_churn(bed):
