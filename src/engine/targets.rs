@@ -311,8 +311,8 @@ impl Targets {
                 Some((status, body)) => response::parse_instance_list(api, status, body)?,
                 None => return Err(AnswerError::NoAnswer),
             };
-            bump(metrics, target.metrics.success);
             if target.awaits_confirmation(&set) {
+                bump(metrics, target.metrics.success);
                 info!(
                     "nacos-instance-guard: Nacos answered no instance of service {}, which \
                      listed some: asking again before taking it",
@@ -321,7 +321,7 @@ impl Targets {
                 return Ok(false);
             }
             target.last_good = good_body.map(AnswerDigest::of);
-            return Ok(target.take(Some(set), polled_at_ms, self.writer, publish));
+            Some(set)
         };
         bump(metrics, target.metrics.success);
         Ok(target.take(set, polled_at_ms, self.writer, publish))
