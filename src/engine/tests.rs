@@ -21,6 +21,8 @@ const DEMO: &str = r#"{
 const TWO: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
     {"ip":"10.0.0.2","port":80,"weight":1}]}"#;
 
+const EMPTY: &[u8] = br#"{"hosts":[]}"#;
+
 /// One VM's engine over fake host calls; `push_tests` extends it.
 pub(super) struct Harness {
     pub(super) engine: Engine,
@@ -176,17 +178,16 @@ fn an_empty_list_that_empties_a_service_is_obeyed_once_a_poll_at_once_confirms_i
     // A Nacos node restarted without its data answers `hosts: []` until it has
     // caught up (about 0.3 s with r-nacos); polled through several hosts, that
     // one answer rejected every request for one interval.
-    let empty: &[u8] = br#"{"hosts":[]}"#;
     let mut h = Harness::new(DEMO);
     h.poll(0, Some((200, TWO)));
-    h.poll(1000, Some((200, empty)));
+    h.poll(1000, Some((200, EMPTY)));
     assert!(h.decide("default/demo", 1001, None).ends_with(":80"));
     // The confirming poll goes on the next tick, not an interval later.
     assert_eq!(h.poll(1020, Some((200, TWO))), 1, "polled again at once");
     assert!(h.decide("default/demo", 1021, None).ends_with(":80"));
     // A second empty answer is the truth.
-    h.poll(2020, Some((200, empty)));
-    assert_eq!(h.poll(2040, Some((200, empty))), 1, "polled again at once");
+    h.poll(2020, Some((200, EMPTY)));
+    assert_eq!(h.poll(2040, Some((200, EMPTY))), 1, "polled again at once");
     assert_eq!(
         h.decide("default/demo", 2041, None),
         "reject no_healthy_instance"
@@ -198,8 +199,8 @@ fn an_empty_list_that_empties_a_service_is_obeyed_once_a_poll_at_once_confirms_i
     );
     // Once empty, an empty answer again needs no confirmation, and a list
     // after it is taken at once.
-    assert_eq!(h.poll(2060, Some((200, empty))), 0, "not polled before due");
-    h.poll(3040, Some((200, empty)));
+    assert_eq!(h.poll(2060, Some((200, EMPTY))), 0, "not polled before due");
+    h.poll(3040, Some((200, EMPTY)));
     assert_eq!(h.poll(3060, Some((200, TWO))), 0, "no confirmation asked");
     h.poll(4040, Some((200, TWO)));
     assert!(h.decide("default/demo", 4041, None).ends_with(":80"));
@@ -207,23 +208,22 @@ fn an_empty_list_that_empties_a_service_is_obeyed_once_a_poll_at_once_confirms_i
 
 #[test]
 fn a_failed_confirming_poll_drops_the_empty_answer_and_is_not_retried_at_once() {
-    let empty: &[u8] = br#"{"hosts":[]}"#;
     let mut h = Harness::new(DEMO);
     h.poll(0, Some((200, TWO)));
-    h.poll(1000, Some((200, empty)));
+    h.poll(1000, Some((200, EMPTY)));
     assert_eq!(
         h.poll(1020, Some((500, b"boom"))),
         1,
         "polled again at once"
     );
     assert_eq!(
-        h.poll(1040, Some((200, empty))),
+        h.poll(1040, Some((200, EMPTY))),
         0,
         "next poll at its interval"
     );
     assert!(h.decide("default/demo", 1041, None).ends_with(":80"));
     // The next regular poll's empty answer is held back again.
-    h.poll(2020, Some((200, empty)));
+    h.poll(2020, Some((200, EMPTY)));
     assert!(h.decide("default/demo", 2021, None).ends_with(":80"));
 }
 
@@ -232,11 +232,10 @@ fn the_empty_answer_awaiting_confirmation_is_not_the_one_an_identical_answer_con
     // An answer byte for byte the last good one confirms the snapshot unparsed:
     // the unconfirmed empty answer must not become that last good one, or the
     // confirming empty answer would confirm the old instances.
-    let empty: &[u8] = br#"{"hosts":[]}"#;
     let mut h = Harness::new(DEMO);
     h.poll(0, Some((200, TWO)));
-    h.poll(1000, Some((200, empty)));
-    h.poll(1020, Some((200, empty)));
+    h.poll(1000, Some((200, EMPTY)));
+    h.poll(1020, Some((200, EMPTY)));
     assert_eq!(
         h.decide("default/demo", 1021, None),
         "reject no_healthy_instance"
@@ -423,7 +422,7 @@ fn a_403_on_the_list_logs_in_again_at_once() {
 #[test]
 fn rejections_are_prepared_per_guard() {
     let mut h = Harness::new(DEMO);
-    h.poll(0, Some((200, br#"{"hosts":[]}"#)));
+    h.poll(0, Some((200, EMPTY)));
     let mut request = FakeRequest::on("default/demo");
     let RequestAction::Reject(response) =
         h.engine

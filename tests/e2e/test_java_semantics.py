@@ -13,6 +13,7 @@ the detection comes first and the client must answer it to stay connected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -68,6 +69,20 @@ class Lists:
         return self.seen[-1] if self.seen else None
 
 
+@contextlib.asynccontextmanager
+async def subscribed_client(tmp_path, grpc_port: int, first: list):
+    """The official client subscribed to ``demo``, once its callback got the port list
+    ``first``: yields the client and its ``Lists``, shut down on leaving."""
+    naming = await NacosNamingService.create_naming_service(client_config(tmp_path, grpc_port))
+    try:
+        lists = Lists()
+        await naming.subscribe(SubscribeServiceParam(service_name="demo", subscribe_callback=lists))
+        await until(lambda: lists.last() == first, 5, "the subscription's first list")
+        yield naming, lists
+    finally:
+        await naming.shutdown()
+
+
 def kinds(server: JavaGrpcNacos, kind: str) -> list:
     """``(peer, body)`` of the ``kind`` messages the client sent."""
     return [(peer, json.loads(body or b"{}")) for peer, k, body in server.received if k == kind]
@@ -78,12 +93,8 @@ def test_official_client_subscribes_receives_pushes_and_registers(bed, tmp_path)
     server.register(5001)
 
     async def run():
-        naming = await NacosNamingService.create_naming_service(client_config(tmp_path, server.port))
-        try:
-            lists = Lists()
-            await naming.subscribe(SubscribeServiceParam(service_name="demo", subscribe_callback=lists))
-            # the first subscription of a (connection, service) is pushed its list
-            await until(lambda: lists.last() == [5001], 5, "the first push")
+        # the first subscription of a (connection, service) is pushed its list
+        async with subscribed_client(tmp_path, server.port, [5001]) as (naming, lists):
             server.register(5002)
             await until(lambda: lists.last() == [5001, 5002], 5, "a pushed registration")
             # the client's own registration goes through the server's registry and back
@@ -95,8 +106,6 @@ def test_official_client_subscribes_receives_pushes_and_registers(bed, tmp_path)
             await until(lambda: lists.last() == [5002], 5, "pushed deregistrations")
             # the client listed by subscription, so a list call answers from the pushes
             return lists.seen
-        finally:
-            await naming.shutdown()
 
     seen = asyncio.run(run())
     print(f"\n[official client] lists pushed: {seen}")
@@ -119,16 +128,10 @@ def test_official_client_answers_client_detection_and_stays_connected(bed, tmp_p
     server.register(5001)
 
     async def run():
-        naming = await NacosNamingService.create_naming_service(client_config(tmp_path, server.port))
-        try:
-            lists = Lists()
-            await naming.subscribe(SubscribeServiceParam(service_name="demo", subscribe_callback=lists))
-            await until(lambda: lists.last() == [5001], 5, "the first push")
+        async with subscribed_client(tmp_path, server.port, [5001]) as (_, lists):
             await asyncio.sleep(3 * IDLE_S + 1)  # idle: detections come, and are answered
             server.register(5002)
             await until(lambda: lists.last() == [5001, 5002], 5, "a push after the idle time")
-        finally:
-            await naming.shutdown()
 
     asyncio.run(run())
     detections = [e for e in server.events if e[0] == "detection"]
@@ -179,18 +182,12 @@ def test_official_client_reconnects_when_the_server_drops_its_connection(bed, tm
     server.register(6001, service="other")
 
     async def run():
-        naming = await NacosNamingService.create_naming_service(client_config(tmp_path, server.port))
-        try:
-            lists = Lists()
-            await naming.subscribe(SubscribeServiceParam(service_name="demo", subscribe_callback=lists))
-            await until(lambda: lists.last() == [5001], 5, "the first push")
+        async with subscribed_client(tmp_path, server.port, [5001]) as (naming, _):
             await asyncio.to_thread(server.reset, 0.5)
             await until(lambda: len(kinds(server, "ConnectionSetupRequest")) == 2, 10, "a new connection set up")
             other = Lists()
             await naming.subscribe(SubscribeServiceParam(service_name="other", subscribe_callback=other))
             await until(lambda: other.last() == [6001], 5, "the first push on the new connection")
-        finally:
-            await naming.shutdown()
 
     asyncio.run(run())
     peers = [peer for peer, _ in kinds(server, "ConnectionSetupRequest")]
@@ -206,14 +203,8 @@ def test_official_client_against_rnacos(bed, tmp_path):
     nacos.register(5001)
 
     async def run():
-        naming = await NacosNamingService.create_naming_service(client_config(tmp_path, nacos.grpc_port))
-        try:
-            lists = Lists()
-            await naming.subscribe(SubscribeServiceParam(service_name="demo", subscribe_callback=lists))
-            await until(lambda: lists.last() == [5001], 5, "the subscription's list")
+        async with subscribed_client(tmp_path, nacos.grpc_port, [5001]) as (_, lists):
             nacos.register(5002)
             await until(lambda: lists.last() == [5001, 5002], 5, "a pushed registration")
-        finally:
-            await naming.shutdown()
 
     asyncio.run(run())
