@@ -1,6 +1,7 @@
 //! What `guardNacosRoutes` costs at its bound (issue 24, defect 4): a new
-//! poller's first tick, which takes every service in the learned list, and a
-//! request that learns one more service when the list is nearly full:
+//! poller's first tick, which takes every service in the learned list, a
+//! request that learns one more service when the list is nearly full, and the
+//! tick that lists it:
 //! `cargo bench --no-default-features --bench learned`. The shared data, the
 //! outbox and the metrics are the smallest that do what Envoy's do.
 
@@ -113,12 +114,23 @@ fn host(index: usize) -> String {
     format!("svc-{index}.DEFAULT-GROUP.public.nacos")
 }
 
+/// The key of the learned list: named by the `guardNacosRoutes` settings, it
+/// is found where an engine writes it after learning a service.
+fn learned_key(config: &PluginConfig) -> Option<String> {
+    let mut store = Store::default();
+    let mut engine = engine(config, &mut store, 3);
+    let mut request = ToCluster(format!("outbound|8080||{}", host(0)));
+    engine.on_request(NOW_MS, &mut request, &mut NoMetrics, &mut store);
+    engine.on_tick(NOW_MS, &mut Calls::default(), &mut NoMetrics, &mut store);
+    store.0.into_keys().find(|key| key.ends_with(".learned"))
+}
+
 /// Shared data holding a learned list of `count` services.
-fn store_with(count: usize) -> Store {
+fn store_with(key: &str, count: usize) -> Store {
     let mut store = Store::default();
     let hosts: Vec<String> = (0..count).map(host).collect();
-    let key = ConfigKeys::new(CONFIG.as_bytes()).learned();
-    store.set(&key, &encode_learned(&hosts), None);
+    store.set(key, &encode_learned(&hosts), None);
+    store.set(&format!("{key}.count"), count.to_string().as_bytes(), None);
     store
 }
 
@@ -141,7 +153,11 @@ fn benches(c: &mut Criterion) {
         eprintln!("the benchmark's configuration does not parse");
         return;
     };
-    let full = store_with(SERVICES);
+    let Some(key) = learned_key(&config) else {
+        eprintln!("no engine wrote the learned list");
+        return;
+    };
+    let full = store_with(&key, SERVICES);
     let mut group = c.benchmark_group("guardNacosRoutes at 10,000 services");
     group.sample_size(10);
     group.bench_function(
@@ -169,7 +185,7 @@ fn benches(c: &mut Criterion) {
             )
         },
     );
-    let nearly_full = store_with(SERVICES - 1);
+    let nearly_full = store_with(&key, SERVICES - 1);
     group.bench_function("a request learns the 10,000th service", |b| {
         b.iter_batched(
             || {
@@ -184,6 +200,47 @@ fn benches(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // Where the list is written now: the learning VM's next tick, once for all
+    // it learned since the last.
+    group.bench_function(
+        "a follower's tick lists the 10,000th service it learned",
+        |b| {
+            b.iter_batched(
+                || {
+                    let mut store = nearly_full.clone();
+                    let mut poller = engine(&config, &mut store, 5);
+                    poller.on_tick(
+                        NOW_MS - 20,
+                        &mut Calls::default(),
+                        &mut NoMetrics,
+                        &mut store,
+                    );
+                    poller.on_tick(
+                        NOW_MS - 10,
+                        &mut Calls::default(),
+                        &mut NoMetrics,
+                        &mut store,
+                    );
+                    let mut follower = engine(&config, &mut store, 9);
+                    follower.on_tick(
+                        NOW_MS - 10,
+                        &mut Calls::default(),
+                        &mut NoMetrics,
+                        &mut store,
+                    );
+                    let mut request = ToCluster(format!("outbound|8080||{}", host(SERVICES)));
+                    follower.on_request(NOW_MS, &mut request, &mut NoMetrics, &mut store);
+                    (follower, store)
+                },
+                |(mut follower, mut store)| {
+                    follower.on_tick(NOW_MS, &mut Calls::default(), &mut NoMetrics, &mut store);
+                    assert!(!follower.is_poller());
+                    black_box(store.0.len())
+                },
+                BatchSize::PerIteration,
+            )
+        },
+    );
     group.finish();
 }
 

@@ -40,8 +40,12 @@ def main() -> None:
     # The poller renews the lease and writes the heartbeat on its ticks: they cost more.
     ticks = [vm.fuel_by_export.get("proxy_on_tick", 0) for vm in gw.vms]
     heir = gw.vms[0] if ticks[0] < ticks[1] else gw.vms[1]
-    lease = next(key for key in gw.p.shared if key.endswith(".lease"))
-    learned = lease.removesuffix(".lease") + ".learned"
+    # The list's key is named by the guardNacosRoutes settings: found where the
+    # plugin writes it once a request learned a service and its VM ticked.
+    gw.backend_cluster = "outbound|8080||svc-0.DEFAULT-GROUP.public.nacos"
+    gw.request(vm=0)
+    gw.vms[0].call("proxy_on_tick", gw.vms[0].ROOT_ID)
+    learned = next(key for key in gw.p.shared if key.endswith(".learned"))
     hosts = "\n".join(f"svc-{i}.DEFAULT-GROUP.public.nacos" for i in range(count)).encode()
     gw.p.next_cas += 1
     gw.p.shared[learned] = (hosts, gw.p.next_cas)

@@ -146,6 +146,8 @@ pub type Interleaved = Box<dyn FnOnce(&mut FakeStore)>;
 pub struct FakeStore {
     entries: BTreeMap<String, (Vec<u8>, u32)>,
     pub writes: usize,
+    /// Bytes of values read and written, for what a step costs in shared data.
+    pub bytes_moved: std::cell::Cell<usize>,
     /// Refuse this many compare-and-swap writes to keys containing the text, as
     /// another VM writing first would.
     pub contend: Option<(&'static str, usize)>,
@@ -172,12 +174,16 @@ impl FakeStore {
 impl SharedStore for FakeStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.entries.get(key) {
-            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            Some((value, cas)) => {
+                self.bytes_moved.set(self.bytes_moved.get() + value.len());
+                (Some(value.clone()), Some(*cas))
+            }
             None => (None, None),
         }
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.bytes_moved.set(self.bytes_moved.get() + value.len());
         if self
             .before_write
             .as_ref()

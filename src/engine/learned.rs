@@ -72,10 +72,14 @@ pub(super) struct LearnedServices {
     by_host: WordMap<String, TargetId>,
     /// The learned state of each target, by its index (`None`: configured).
     by_target: Vec<Option<Learned>>,
-    /// Services this VM learned that the shared list may lack (an addition lost
-    /// to contention, or erased by another VM's first write of the list): added
-    /// again on each tick until the poller's heartbeat carries the service.
-    unlisted: Vec<(String, TargetId)>,
+    /// Services this VM learned that the shared list may lack (not announced
+    /// yet, an addition lost to contention, or erased by another VM's first
+    /// write of the list): added on each tick until the poller's heartbeat
+    /// carries the service.
+    unlisted: Vec<Unlisted>,
+    /// Services this VM's requests learned since its last tick announced them:
+    /// they take places under `maxServices` the shared count does not show yet.
+    unannounced: usize,
     /// Learned services not idling, which is what `maxServices` bounds.
     active: usize,
     full_reported: bool,
@@ -102,6 +106,7 @@ impl LearnedServices {
             by_host: WordMap::default(),
             by_target: Vec::new(),
             unlisted: Vec::new(),
+            unannounced: 0,
             active: 0,
             full_reported: false,
             metrics,
@@ -216,14 +221,24 @@ impl LearnedServices {
             .map(|learned| learned.host.as_str())
     }
 
-    /// The services that may still be missing from the shared list, with their
-    /// targets; taken, to be handed back with `keep_unlisted` if still missing.
-    pub fn take_unlisted(&mut self) -> Vec<(String, TargetId)> {
+    /// The services that may still be missing from the shared list; taken, to
+    /// be handed back with `keep_unlisted` if still missing.
+    pub fn take_unlisted(&mut self) -> Vec<Unlisted> {
+        self.unannounced = 0;
         std::mem::take(&mut self.unlisted)
     }
 
-    pub fn keep_unlisted(&mut self, host: String, target: TargetId) {
-        self.unlisted.push((host, target));
+    pub fn keep_unlisted(&mut self, unlisted: Unlisted) {
+        self.unlisted.push(unlisted);
+    }
+
+    /// Whether a request may learn one more service, with `listed` services in
+    /// the shared list as its last writer counted and those this VM learned
+    /// since its last tick. Its tick's announcement is what the bound holds
+    /// to; this spares a request that finds the bound reached a service that
+    /// would be refused a tick later.
+    pub fn has_room_beside(&self, listed: usize) -> bool {
+        listed.saturating_add(self.unannounced) < self.settings.max_services
     }
 
     /// Whether this VM may learn one more service when no shared list bounds
@@ -300,7 +315,12 @@ impl LearnedServices {
             metrics.record(gauge, u64::try_from(self.by_host.len()).unwrap_or(u64::MAX));
         }
         if !listed {
-            self.unlisted.push((host.to_string(), target));
+            self.unannounced += 1;
+            self.unlisted.push(Unlisted {
+                host: host.to_string(),
+                target,
+                once: false,
+            });
         }
         let Some(cluster) = cluster else {
             return;
@@ -335,16 +355,23 @@ impl LearnedServices {
         due
     }
 
-    /// The host to add to the list again after a request found the snapshot of
-    /// `target` not fresh: the poller may have let it idle and unlisted it. At
-    /// most once a second per service.
-    pub fn relist_after_request(&mut self, target: TargetId, now_ms: u64) -> Option<&str> {
-        let learned = self.state_mut(target)?;
+    /// After a request found the snapshot of `target` not fresh, add it to the
+    /// list again on the next tick: the poller may have let it idle and
+    /// unlisted it. At most once a second per service.
+    pub fn relist_after_request(&mut self, target: TargetId, now_ms: u64) {
+        let Some(learned) = self.state_mut(target) else {
+            return;
+        };
         if now_ms < learned.relisted_ms.saturating_add(1_000) {
-            return None;
+            return;
         }
         learned.relisted_ms = now_ms;
-        Some(learned.host.as_str())
+        let host = learned.host.clone();
+        self.unlisted.push(Unlisted {
+            host,
+            target,
+            once: true,
+        });
     }
 
     /// As the poller: pause polling each learned service no VM has routed a
@@ -403,6 +430,15 @@ impl LearnedServices {
         }
         changes
     }
+}
+
+/// A service this VM learned that the shared list may lack.
+pub(super) struct Unlisted {
+    pub host: String,
+    pub target: TargetId,
+    /// Added once, on the next tick: a request brought it back from idling,
+    /// and the poller's heartbeat may still carry it from before.
+    pub once: bool,
 }
 
 /// Learned services that stopped or started idling on one idle check.

@@ -3,6 +3,8 @@
 //! formats, not the engine: it answers "poll or follow", "is this still mine to
 //! publish", and hands back what others published; the engine applies it.
 
+use std::collections::HashSet;
+
 use log::info;
 
 use super::host_traits::SharedStore;
@@ -222,24 +224,42 @@ impl Sharing {
         Some(published::decode_learned(&bytes.unwrap_or_default()))
     }
 
-    /// Add `cluster` to the learned list unless it holds `max` already.
+    /// Add `hosts` to the learned list while it holds fewer than `max`, in one
+    /// write however many they are: what became of each, in their order. A VM
+    /// announces on its tick what its requests learned since the last one, so a
+    /// request never reads or writes the list, whose size grows with the bound.
     pub fn announce_learned(
         &self,
-        cluster: &str,
+        hosts: &[&str],
         max: usize,
         store: &mut dyn SharedStore,
-    ) -> Announced {
+    ) -> Vec<Announced> {
+        if hosts.is_empty() {
+            return Vec::new();
+        }
         let key = self.keys.learned();
         for _ in 0..ANNOUNCE_ATTEMPTS {
             let (bytes, cas) = store.get(&key);
-            let mut clusters = published::decode_learned(&bytes.unwrap_or_default());
-            if clusters.iter().any(|known| known == cluster) {
-                return Announced::Listed;
+            let mut listed = published::decode_learned(&bytes.unwrap_or_default());
+            let already = listed.len();
+            let mut known: HashSet<String> = listed.iter().cloned().collect();
+            let outcomes: Vec<Announced> = hosts
+                .iter()
+                .map(|host| {
+                    if known.contains(*host) {
+                        Announced::Listed
+                    } else if listed.len() >= max {
+                        Announced::Full
+                    } else {
+                        known.insert((*host).to_string());
+                        listed.push((*host).to_string());
+                        Announced::Listed
+                    }
+                })
+                .collect();
+            if listed.len() == already {
+                return outcomes;
             }
-            if clusters.len() >= max {
-                return Announced::Full;
-            }
-            clusters.push(cluster.to_string());
             // An absent key is written whatever the CAS, so the list is seeded
             // empty first and added to by compare-and-swap. A VM that read the key
             // absent just before can still land its seed over an addition: what
@@ -250,11 +270,29 @@ impl Sharing {
                 store.set(&key, b"", None);
                 continue;
             }
-            if store.set(&key, &published::encode_learned(&clusters), cas) {
-                return Announced::Listed;
+            if store.set(&key, &published::encode_learned(&listed), cas) {
+                self.count_listed(listed.len(), store);
+                return outcomes;
             }
         }
-        Announced::Contended
+        vec![Announced::Contended; hosts.len()]
+    }
+
+    /// How many services the learned list holds, as its last writer counted:
+    /// a small value a request can read to refuse a service the bound has no
+    /// room for, where reading the list itself would cost its whole size.
+    pub fn listed_count(&self, store: &dyn SharedStore) -> usize {
+        let count = store.get(&self.keys.learned_count()).0;
+        published::decode_number(count.as_deref())
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn count_listed(&self, count: usize, store: &mut dyn SharedStore) {
+        store.set(
+            &self.keys.learned_count(),
+            count.to_string().as_bytes(),
+            None,
+        );
     }
 
     /// Take `hosts` off the learned list (they idle: their places are free), in
@@ -264,7 +302,7 @@ impl Sharing {
             return;
         }
         let key = self.keys.learned();
-        let leaving: std::collections::HashSet<&str> = hosts.iter().map(String::as_str).collect();
+        let leaving: HashSet<&str> = hosts.iter().map(String::as_str).collect();
         for _ in 0..ANNOUNCE_ATTEMPTS {
             let (bytes, cas) = store.get(&key);
             let mut listed = published::decode_learned(&bytes.unwrap_or_default());
@@ -274,6 +312,7 @@ impl Sharing {
                 return;
             }
             if store.set(&key, &published::encode_learned(&listed), cas) {
+                self.count_listed(listed.len(), store);
                 return;
             }
         }

@@ -9,7 +9,7 @@ use super::following;
 use super::guards::{Applies, RequestHost};
 use super::host_traits::{Metrics, Outbox, SharedStore};
 use super::ids::{GuardId, Id, ServerId, TargetId};
-use super::learned::Lookup;
+use super::learned::{Lookup, Unlisted};
 use super::polling::PollParts;
 use super::push::Heard;
 use super::sharing::Announced;
@@ -87,23 +87,20 @@ impl Engine {
         };
         sharing.touch(t.heartbeat_id(), now_ms, store);
         // A snapshot that is not fresh may be one the poller let idle and took
-        // off the list, which this request brings back.
+        // off the list, which this request brings back on the next tick.
         if !fresh && follower {
-            let max = learned.max_services();
-            if let Some(host) = learned.relist_after_request(target, now_ms) {
-                if sharing.announce_learned(host, max, store) == Announced::Full {
-                    learned.refuse_learned(target, metrics);
-                    return None;
-                }
-            }
+            learned.relist_after_request(target, now_ms);
         }
         Some(guard)
     }
 
     /// Guard the service of `host` by `settings`; `cluster`: the request's
-    /// cluster that found it, and the poller hears of it through the learned
-    /// list; `None`: the list named it. A list that other VMs kept writing is no
-    /// reason to refuse: the service is guarded and listed again on the next ticks.
+    /// cluster that found it, and the VM's next tick adds it to the learned
+    /// list, where the poller hears of it; `None`: the list named it. A request
+    /// reads only the list's count, unless that says the bound is reached: then
+    /// the list itself says whether it holds the service already. A list that
+    /// other VMs kept writing is no reason to refuse: the service is guarded and
+    /// listed on the next ticks.
     pub(super) fn learn(
         &mut self,
         host: &str,
@@ -115,13 +112,15 @@ impl Engine {
     ) -> Option<GuardId> {
         let learned = self.learned.as_mut()?;
         let max = learned.max_services();
-        let announced = match (&self.sharing, cluster) {
-            (Some(sharing), Some(_)) => sharing.announce_learned(host, max, store),
-            (Some(_), None) => Announced::Listed,
-            (None, _) if learned.has_room() => Announced::Listed,
-            (None, _) => Announced::Full,
+        let admitted = match (&self.sharing, cluster) {
+            (Some(sharing), Some(_)) => {
+                learned.has_room_beside(sharing.listed_count(store))
+                    || sharing.announce_learned(&[host], max, store) != [Announced::Full]
+            }
+            (Some(_), None) => true,
+            (None, _) => learned.has_room(),
         };
-        if announced == Announced::Full {
+        if !admitted {
             learned.refuse(cluster.unwrap_or(host), now_ms, metrics);
             return None;
         }
@@ -131,8 +130,7 @@ impl Engine {
             self.polling.add(interval_ms);
             self.set_next_answer_due(target);
         }
-        // A follower's addition may yet be erased; the poller keeps its own listed.
-        let listed = announced == Announced::Listed && (cluster.is_none() || self.is_poller());
+        let listed = cluster.is_none();
         let (learned, service) = (self.learned.as_mut()?, self.targets.get(target)?.service());
         let ids = (guard, target);
         learned.learned(host, cluster, service, ids, now_ms, listed, metrics);
@@ -160,24 +158,25 @@ impl Engine {
             return;
         };
         // From now on the poller keeps what it polls listed, on every change of
-        // the list; what it learned as a follower is listed once more now.
+        // the list; what it learned since its last tick, or as a follower, is
+        // listed now.
         let max = learned.max_services();
-        for (host, target) in learned.take_unlisted() {
-            if sharing.announce_learned(&host, max, store) == Announced::Full {
-                learned.refuse_learned(target, metrics);
+        let pending = learned.take_unlisted();
+        let hosts: Vec<&str> = pending.iter().map(|u| u.host.as_str()).collect();
+        let outcomes = sharing.announce_learned(&hosts, max, store);
+        for (unlisted, outcome) in pending.iter().zip(outcomes) {
+            if outcome == Announced::Full {
+                learned.refuse_learned(unlisted.target, metrics);
             }
         }
         if let Some(listed) = sharing.read_learned(store) {
             let listed_set: std::collections::HashSet<&str> =
                 listed.iter().map(String::as_str).collect();
-            let lost: Vec<String> = learned
+            let lost: Vec<&str> = learned
                 .active_hosts()
                 .filter(|host| !listed_set.contains(host))
-                .map(str::to_string)
                 .collect();
-            for host in &lost {
-                sharing.announce_learned(host, max, store);
-            }
+            sharing.announce_learned(&lost, max, store);
             let mut taken = 0;
             for entry in &listed {
                 let Some(learned) = self.learned.as_mut() else {
@@ -202,33 +201,42 @@ impl Engine {
         let changes = learned.check_idle(now_ms, &self.targets, |id| sharing.touched_at(id, store));
         sharing.unlist_learned(&changes.paused, store);
         let max = learned.max_services();
-        for (host, target) in changes.resumed {
-            if sharing.announce_learned(&host, max, store) == Announced::Full {
-                learned.refuse_learned(target, metrics);
+        let hosts: Vec<&str> = changes
+            .resumed
+            .iter()
+            .map(|(host, _)| host.as_str())
+            .collect();
+        let outcomes = sharing.announce_learned(&hosts, max, store);
+        for ((_, target), outcome) in changes.resumed.iter().zip(outcomes) {
+            if outcome == Announced::Full {
+                learned.refuse_learned(*target, metrics);
             } else {
-                self.polling.due_now(&[target], now_ms);
+                self.polling.due_now(&[*target], now_ms);
             }
         }
     }
 
-    /// As a follower: list again each service this VM learned that the poller
-    /// does not poll yet, in case its addition was lost or erased.
+    /// As a follower: list each service this VM learned that the poller does
+    /// not poll yet, in one write, and again on later ticks in case its
+    /// addition was lost or erased.
     pub(super) fn keep_listed(&mut self, metrics: &mut dyn Metrics, store: &mut dyn SharedStore) {
         let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) else {
             return;
         };
         let max = learned.max_services();
-        for (host, target) in learned.take_unlisted() {
-            if self
-                .targets
-                .get(target)
-                .is_some_and(|t| t.polled_by_poller())
-            {
-                continue;
-            }
-            match sharing.announce_learned(&host, max, store) {
-                Announced::Full => learned.refuse_learned(target, metrics),
-                Announced::Listed | Announced::Contended => learned.keep_unlisted(host, target),
+        let targets = &self.targets;
+        let pending: Vec<Unlisted> = learned
+            .take_unlisted()
+            .into_iter()
+            .filter(|u| u.once || !targets.get(u.target).is_some_and(|t| t.polled_by_poller()))
+            .collect();
+        let hosts: Vec<&str> = pending.iter().map(|u| u.host.as_str()).collect();
+        let outcomes = sharing.announce_learned(&hosts, max, store);
+        for (unlisted, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Announced::Full => learned.refuse_learned(unlisted.target, metrics),
+                Announced::Listed if unlisted.once => {}
+                Announced::Listed | Announced::Contended => learned.keep_unlisted(unlisted),
             }
         }
     }
