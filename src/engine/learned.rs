@@ -596,6 +596,22 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_service_is_looked_at_once_per_eighth_of_idle_ms_not_on_every_tick() {
+        let mut metrics = FakeMetrics::default();
+        let mut services = learned(&mut metrics);
+        let mut targets = Targets::default();
+        learn(&mut services, &mut targets, ORDERS, 0);
+        let reads = std::cell::Cell::new(0);
+        for now in (0..8_000).step_by(20) {
+            services.check_idle(now, &targets, |_| {
+                reads.set(reads.get() + 1);
+                Some(now)
+            });
+        }
+        assert_eq!(reads.get(), 8, "at 0, 1000, ..., 7000 ms of 8,000 ms idle");
+    }
+
+    #[test]
     fn a_service_without_requests_for_idle_ms_pauses_and_traffic_resumes_it() {
         let mut metrics = FakeMetrics::default();
         let mut services = learned(&mut metrics);

@@ -569,3 +569,25 @@ fn a_configuration_guards_something_only_with_a_service_or_learning() {
     ));
     assert!(guards(r#"{"nacos":{"cluster":"c"},"guardNacosRoutes":{}}"#));
 }
+
+#[test]
+fn a_vm_without_shared_data_holds_learned_services_to_the_bound_itself() {
+    let mut vm =
+        Harness::new(r#"{"nacos":{"cluster":"nacos"},"guardNacosRoutes":{"maxServices":1}}"#);
+    let mut send = |vm: &mut Harness, cluster: &'static str| {
+        let mut request = FakeRequest::to("r", cluster);
+        outcome(
+            vm.engine
+                .on_request(0, &mut request, &mut vm.metrics, &mut vm.store),
+        )
+    };
+    assert_eq!(
+        send(&mut vm, "outbound|8080||orders.DEFAULT-GROUP.public.nacos"),
+        "pass"
+    );
+    assert_eq!(
+        send(&mut vm, "outbound|8080||shop.DEFAULT-GROUP.public.nacos"),
+        "ignore"
+    );
+    assert_eq!(vm.metrics.get("nacos_guard.learned_services_refused"), 1);
+}
