@@ -574,7 +574,7 @@ fn a_configuration_guards_something_only_with_a_service_or_learning() {
 fn a_vm_without_shared_data_holds_learned_services_to_the_bound_itself() {
     let mut vm =
         Harness::new(r#"{"nacos":{"cluster":"nacos"},"guardNacosRoutes":{"maxServices":1}}"#);
-    let mut send = |vm: &mut Harness, cluster: &'static str| {
+    let send = |vm: &mut Harness, cluster: &'static str| {
         let mut request = FakeRequest::to("r", cluster);
         outcome(
             vm.engine

@@ -106,6 +106,8 @@ pub struct GoodAnswer {
     pub sent: u64,
     pub received: u64,
     pub usable: usize,
+    /// The usable instances' address numbers, as a mask (`Service::usable_mask`).
+    pub usable_mask: u64,
     /// Instances listed, usable or not.
     pub listed: usize,
     /// Received by the VM holding the lease, which publishes it.
@@ -717,6 +719,35 @@ impl Checker {
     }
 
     /// A request of `service` rejected `no_healthy_instance`.
+    /// A request pinned to the instance numbered `pin` (`10.0.<s>.<pin>`) of
+    /// `service` routed elsewhere or rejected `instance_deregistered` by a VM
+    /// of `gen` configured at `configured`: some good answer it may still go
+    /// by must lack that instance as usable (the pin wins whenever the VM's
+    /// list has it, avoided or not).
+    pub fn pin_passed_over(
+        &self,
+        service: usize,
+        pin: u64,
+        (gen, configured): (usize, u64),
+        now: u64,
+        b: &Bounds,
+    ) -> Verdict {
+        let floor = self.latest_heard(service, gen, configured, now, b);
+        let bit = 1u64 << (pin % 64);
+        let lacking = self.good[service].iter().any(|a| {
+            a.usable_mask & bit == 0
+                && a.received <= now
+                && floor.is_none_or(|floor| a.sent >= floor)
+        });
+        if lacking {
+            return Ok(());
+        }
+        Err(format!(
+            "s{service} passed over its pin 10.0.{service}.{pin}, but every good answer since \
+             the one sent at {floor:?} lists it usable"
+        ))
+    }
+
     pub fn no_healthy(
         &self,
         service: usize,

@@ -55,9 +55,11 @@ impl Metrics for SimMetrics {
     }
 }
 
-/// The `usable_instances` gauge of simulated service `s<service>`.
-pub fn usable_gauge(service: usize) -> String {
-    format!("nacos_guard.service.public.DEFAULT_GROUP.s{service}.usable_instances")
+/// The `usable_instances` gauge of simulated service `s<service>`, of the view
+/// its filter gives (`View::gauge_segment`), if it has one.
+pub fn usable_gauge(service: usize, view: Option<&str>) -> String {
+    let view = view.map_or(String::new(), |v| format!("view.{v}."));
+    format!("nacos_guard.service.public.DEFAULT_GROUP.s{service}.{view}usable_instances")
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod metrics;
 mod registry;
 mod rng;
 mod store;
+mod views;
 mod world;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -7,23 +7,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::rng::Rng;
+use super::views::{cluster_of, first_version, View, VERSIONS};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Host {
     pub weight: f64,
     pub healthy: bool,
     pub enabled: bool,
-}
-
-impl Host {
-    pub fn usable(&self) -> bool {
-        self.healthy && self.enabled && self.weight > 0.0
-    }
+    /// Its `version` metadata.
+    pub version: &'static str,
 }
 
 #[derive(Default)]
 pub struct Service {
     pub hosts: BTreeMap<String, Host>,
+    /// What the guard of this service routes to beyond health (its filters).
+    pub view: View,
+    /// Answers reach the protection threshold: Nacos lists every instance
+    /// healthy, so health is unknown and the guard routes by the rest.
+    protected: bool,
     /// Endpoint → when it stopped being usable (absent while usable).
     stopped: BTreeMap<String, u64>,
     /// When its last instance was deregistered, each time.
@@ -33,9 +35,24 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether the guard may route to `endpoint`: listed enabled and weighted,
+    /// healthy unless the protection threshold hides health, and in its view.
+    fn usable_host(&self, endpoint: &str, host: &Host) -> bool {
+        host.enabled
+            && host.weight > 0.0
+            && (host.healthy || self.protected)
+            && self.view.admits(endpoint, host.version)
+    }
+
+    fn is_usable(&self, endpoint: &str) -> bool {
+        self.hosts
+            .get(endpoint)
+            .is_some_and(|host| self.usable_host(endpoint, host))
+    }
+
     /// `None` while `endpoint` is usable; else since when it is not (0: never was).
     pub fn unusable_since(&self, endpoint: &str) -> Option<u64> {
-        if self.hosts.get(endpoint).is_some_and(Host::usable) {
+        if self.is_usable(endpoint) {
             return None;
         }
         Some(self.stopped.get(endpoint).copied().unwrap_or(0))
@@ -53,25 +70,49 @@ impl Service {
     }
 
     pub fn usable(&self) -> impl Iterator<Item = (&String, &Host)> {
-        self.hosts.iter().filter(|(_, host)| host.usable())
+        self.hosts
+            .iter()
+            .filter(|(endpoint, host)| self.usable_host(endpoint, host))
     }
 
     fn change(&mut self, endpoint: &str, host: Option<Host>, now: u64) {
-        let was = self.hosts.get(endpoint).is_some_and(Host::usable);
+        let was = self.is_usable(endpoint);
         match host {
             Some(host) => self.hosts.insert(endpoint.to_string(), host),
             None => self.hosts.remove(endpoint),
         };
-        let is = self.hosts.get(endpoint).is_some_and(Host::usable);
+        self.note_usable(endpoint, was, now);
+        if host.is_none() && self.hosts.is_empty() {
+            self.emptied.push(now);
+        }
+    }
+
+    fn note_usable(&mut self, endpoint: &str, was: bool, now: u64) {
+        let is = self.is_usable(endpoint);
         if was && !is {
             self.stopped.insert(endpoint.to_string(), now);
         }
         if is {
             self.stopped.remove(endpoint);
         }
-        if host.is_none() && self.hosts.is_empty() {
-            self.emptied.push(now);
+    }
+
+    /// The service's answers reach the protection threshold, or leave it: the
+    /// unhealthy instances are usable while they do.
+    pub fn set_protected(&mut self, protected: bool, now: u64) {
+        let endpoints: Vec<String> = self.hosts.keys().cloned().collect();
+        let was: Vec<bool> = endpoints.iter().map(|e| self.is_usable(e)).collect();
+        self.protected = protected;
+        for (endpoint, was) in endpoints.iter().zip(was) {
+            self.note_usable(endpoint, was, now);
         }
+    }
+
+    /// The usable instances as a mask of their address numbers.
+    pub fn usable_mask(&self) -> u64 {
+        self.usable()
+            .map(|(endpoint, _)| 1u64 << (super::views::endpoint_number(endpoint) % 64))
+            .fold(0, |mask, bit| mask | bit)
     }
 
     /// The v1 list answer, hosts in a stable order so that the same instances
@@ -82,15 +123,31 @@ impl Service {
             .iter()
             .map(|(endpoint, host)| {
                 let (ip, port) = endpoint.split_once(':').unwrap_or((endpoint, "80"));
+                let described = if self.view.described {
+                    format!(
+                        r#","clusterName":"{}","metadata":{{"version":"{}"}}"#,
+                        cluster_of(endpoint),
+                        host.version
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    r#"{{"ip":"{ip}","port":{port},"weight":{},"healthy":{},"enabled":{}}}"#,
-                    host.weight, host.healthy, host.enabled
+                    r#"{{"ip":"{ip}","port":{port},"weight":{},"healthy":{},"enabled":{}{described}}}"#,
+                    host.weight,
+                    host.healthy || self.protected,
+                    host.enabled
                 )
             })
             .collect();
         let ref_time = ref_time.map_or(String::new(), |t| format!(r#","lastRefTime":{t}"#));
+        let protection = if self.protected {
+            r#","reachProtectionThreshold":true"#
+        } else {
+            ""
+        };
         format!(
-            r#"{{"name":"{name}","hosts":[{}]{ref_time}}}"#,
+            r#"{{"name":"{name}","hosts":[{}]{ref_time}{protection}}}"#,
             hosts.join(",")
         )
         .into_bytes()
@@ -118,12 +175,14 @@ impl Registry {
         };
         for (s, service) in registry.services.iter_mut().enumerate() {
             for n in 1..=rng.between(0, 4) {
+                let endpoint = format!("10.0.{s}.{n}:80");
                 let host = Host {
                     weight: rng.pick(&WEIGHTS[1..]),
                     healthy: !rng.chance(100),
                     enabled: true,
+                    version: first_version(&endpoint),
                 };
-                service.change(&format!("10.0.{s}.{n}:80"), Some(host), 0);
+                service.change(&endpoint, Some(host), 0);
             }
         }
         registry
@@ -147,6 +206,7 @@ impl Registry {
                     weight: rng.pick(&WEIGHTS[1..]),
                     healthy: true,
                     enabled: true,
+                    version: first_version(&endpoint),
                 }),
             ),
             (Some(_), 0 | 1) => ("deregister", None),
@@ -178,6 +238,33 @@ impl Registry {
         }
         service.change(&endpoint, new, now);
         (s, format!("{what} s{s} {endpoint} -> {new:?}"))
+    }
+
+    /// The views the guards of the services route by.
+    pub fn set_views(&mut self, views: &[View]) {
+        for (service, view) in self.services.iter_mut().zip(views) {
+            service.view = view.clone();
+            service.stopped.clear();
+        }
+    }
+
+    /// From a generator of its own: service `s`'s answers reach the protection
+    /// threshold or leave it, or an instance's `version` changes; what it did.
+    pub fn relabel(&mut self, rng: &mut Rng, now: u64) -> (usize, String) {
+        let s = rng.below(self.services.len() as u64) as usize;
+        let service = &mut self.services[s];
+        if rng.chance(300) {
+            let protected = !service.protected;
+            service.set_protected(protected, now);
+            return (s, format!("s{s} protection threshold reached: {protected}"));
+        }
+        let endpoint = format!("10.0.{s}.{}:80", rng.between(1, 6));
+        let Some(host) = service.hosts.get(&endpoint).copied() else {
+            return (s, format!("s{s} {endpoint} not listed: no metadata change"));
+        };
+        let version = VERSIONS[usize::from(host.version == VERSIONS[0])];
+        service.change(&endpoint, Some(Host { version, ..host }), now);
+        (s, format!("s{s} {endpoint} metadata version {version}"))
     }
 
     /// Deregister every instance of service `s` at `now`; says what it did.

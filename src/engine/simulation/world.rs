@@ -10,6 +10,7 @@ use super::metrics::{usable_gauge, SimMetrics};
 use super::registry::Registry;
 use super::rng::Rng;
 use super::store::{SimStore, View};
+use super::views::{self, Views};
 use crate::engine::ids::{GuardId, Id};
 use crate::engine::{
     Engine, GatewayClock, Outbox, OutgoingCall, RequestAction, RequestHost, Routed,
@@ -54,6 +55,8 @@ pub struct Params {
     pub max_avoided_percent: u64,
     /// Whether instances die while Nacos lists them (until the steady phase).
     pub deaths: bool,
+    /// Filters, pins and the protection threshold.
+    pub views: Views,
 }
 
 impl Params {
@@ -82,6 +85,7 @@ impl Params {
             avoid_ms: 0,
             max_avoided_percent: 50,
             deaths: false,
+            views: Views::default(),
         }
     }
 
@@ -100,10 +104,18 @@ impl Params {
             ""
         };
         let rules: Vec<String> = (0..self.services)
-            .map(|s| format!(r#"{{"_match_route_":["r{s}"],"service":{{"name":"s{s}"}}}}"#))
+            .map(|s| {
+                let view = self
+                    .views
+                    .per_service
+                    .get(s)
+                    .map_or(String::new(), views::View::service_fields);
+                format!(r#"{{"_match_route_":["r{s}"],"service":{{"name":"s{s}"{view}}}}}"#)
+            })
             .collect();
+        let pins = self.views.global_fields();
         format!(
-            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{},"_rules_":[{}]}}"#,
+            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{}{pins},"_rules_":[{}]}}"#,
             self.timeout,
             self.interval,
             if fail_closed {
@@ -158,6 +170,9 @@ enum Kind {
     Revoke,
     /// An instance's process dies while Nacos lists it, or comes back.
     Death,
+    /// A service reaches the protection threshold or leaves it, or an
+    /// instance's metadata changes.
+    Relabel,
     /// Nacos learns that a dead instance died: it lists it unhealthy.
     Learn {
         service: usize,
@@ -265,11 +280,18 @@ impl Outbox for SimOutbox {
     fn grpc_close(&mut self, _: u32) {}
 }
 
-struct Request(String);
+struct Request {
+    route: String,
+    /// The instance the pin header names, if any.
+    pin: Option<String>,
+}
+
+/// The configuration's `pinHeader`, the default.
+const PIN_HEADER: &str = "x-nacos-instance";
 
 impl RequestFacts for Request {
     fn route_name(&mut self) -> Option<&str> {
-        Some(&self.0)
+        Some(&self.route)
     }
     fn authority(&mut self) -> Option<&str> {
         None
@@ -280,8 +302,8 @@ impl RequestFacts for Request {
 }
 
 impl RequestHost for Request {
-    fn header(&mut self, _: &str) -> Option<String> {
-        None
+    fn header(&mut self, name: &str) -> Option<String> {
+        self.pin.clone().filter(|_| name == PIN_HEADER)
     }
     fn upstream_hosts(&mut self) -> Option<&crate::pure::routing::upstream_hosts::RoutableHosts> {
         None
@@ -316,8 +338,9 @@ struct Config {
     fail_closed: bool,
 }
 
-/// A scripted answer, its delay, and the instances it lists (usable, all).
-type Scripted = (Option<(u16, Vec<u8>)>, u64, (usize, usize));
+/// A scripted answer, its delay, and the instances it lists (usable, all, and
+/// the usable ones' address numbers as a mask).
+type Scripted = (Option<(u16, Vec<u8>)>, u64, (usize, usize, u64));
 
 struct Call {
     gen: usize,
@@ -329,6 +352,7 @@ struct Call {
     token: Option<String>,
     usable: usize,
     listed: usize,
+    usable_mask: u64,
 }
 
 pub struct World {
@@ -366,6 +390,8 @@ pub struct World {
     /// Deaths, failed responses and avoidance: their own random numbers, so
     /// that a seed without deaths runs as it did before they were modelled.
     side: Rng,
+    /// Draws what filters, pins and the protection threshold do.
+    views_rng: Rng,
     avoid: AvoidChecks,
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
@@ -377,6 +403,8 @@ impl World {
         let mut p = Params::draw(&mut rng);
         let mut side = Rng::new(seed ^ 0xa701_d1ed_dead_0001);
         p.draw_avoidance(&mut side);
+        let mut views_rng = Rng::new(seed ^ 0x7173_f11e_7e25_0002);
+        p.views = Views::draw(p.services, &mut views_rng);
         let tick = (p.interval / 20).clamp(10, 50);
         let late_tick = tick + tick / 10;
         let avoid = AvoidChecks::new(
@@ -390,7 +418,8 @@ impl World {
                 poll_within: (p.services as u64 + 1) * p.max_delay + 3 * late_tick + 2,
             },
         );
-        let registry = Registry::new(p.services, &mut rng);
+        let mut registry = Registry::new(p.services, &mut rng);
+        registry.set_views(&p.views.per_service);
         let mut world = Self {
             check: Checker::new(p.services),
             rng,
@@ -416,6 +445,7 @@ impl World {
             gauge_due: Vec::new(),
             events: 0,
             side,
+            views_rng,
             avoid,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             p,
@@ -444,6 +474,12 @@ impl World {
         if world.p.deaths {
             let at = world.side.between(world.p.interval, 10 * world.p.interval);
             world.push(at.min(world.p.steady_at), Kind::Death);
+        }
+        if world.p.views.relabels {
+            let at = world
+                .views_rng
+                .between(world.p.interval, world.p.steady_at.max(1));
+            world.push(at, Kind::Relabel);
         }
         world.note(format!("params {:?}", world.p));
         world
@@ -549,7 +585,9 @@ impl World {
             if self.changed_at[service] != changed {
                 continue;
             }
-            let gauge = self.metrics.get(&usable_gauge(service));
+            let view = self.p.views.per_service.get(service);
+            let segment = view.and_then(views::View::gauge_segment);
+            let gauge = self.metrics.get(&usable_gauge(service, segment.as_deref()));
             let listed = self.registry.services[service].usable().count();
             self.check
                 .usable_gauge(service, (changed, now), (gauge, listed), &bounds)?;
@@ -745,6 +783,20 @@ impl World {
                 Ok(())
             }
             Kind::Death => self.death(),
+            Kind::Relabel => {
+                if self.steady() {
+                    return Ok(());
+                }
+                let (service, what) = self.registry.relabel(&mut self.views_rng, at);
+                self.note(format!("registry: {what}"));
+                let bounds = self.configs[self.configs.len() - 1].bounds;
+                self.changed_at[service] = at;
+                self.gauge_due
+                    .push((at + bounds.routed_after_change(), service, at));
+                let next = at + self.views_rng.between(1, 8 * interval);
+                self.push(next, Kind::Relabel);
+                Ok(())
+            }
             Kind::Learn { service, endpoint } => {
                 if self.steady() || !self.registry.learn_dead(service, &endpoint, at) {
                     return Ok(());
@@ -818,6 +870,15 @@ impl World {
         }
         let vm = running[self.rng.below(running.len() as u64) as usize];
         let service = self.rng.below(self.p.services as u64) as usize;
+        // Not in the steady phase: a pin moves the weighted rotation, whose
+        // shares that phase counts.
+        let pinned = if self.steady() {
+            0
+        } else {
+            self.p.views.pinned
+        };
+        let pin = (pinned > 0 && self.views_rng.chance(pinned))
+            .then(|| format!("10.0.{service}.{}:80", self.views_rng.between(1, 6)));
         let Vm {
             engine,
             clock_ms,
@@ -828,12 +889,11 @@ impl World {
         } = &mut self.vms[vm];
         let (gen, configured, now_gw, read_at) = (*gen, *configured_at, *clock_ms, *clock_read_at);
         let Some(engine) = engine else { return Ok(()) };
-        let action = engine.on_request(
-            now_gw,
-            &mut Request(format!("r{service}")),
-            &mut self.metrics,
-            &mut self.store,
-        );
+        let mut request = Request {
+            route: format!("r{service}"),
+            pin: pin.clone(),
+        };
+        let action = engine.on_request(now_gw, &mut request, &mut self.metrics, &mut self.store);
         let mut routed = None;
         let outcome = match action {
             RequestAction::Route {
@@ -847,6 +907,8 @@ impl World {
             RequestAction::Reject(response) => {
                 let code = if response.body.contains("no_healthy_instance") {
                     "no_healthy_instance"
+                } else if response.body.contains("instance_deregistered") {
+                    "instance_deregistered"
                 } else if response.body.contains("registry_unavailable") {
                     "registry_unavailable"
                 } else {
@@ -857,8 +919,11 @@ impl World {
             RequestAction::PassThrough => "pass".to_string(),
             RequestAction::Ignore => "ignore".to_string(),
         };
+        let pinned_to = pin
+            .as_deref()
+            .map_or(String::new(), |p| format!(" pinned {p}"));
         self.note(format!(
-            "VM {vm} request s{service} gw={now_gw} -> {outcome}"
+            "VM {vm} request s{service}{pinned_to} gw={now_gw} -> {outcome}"
         ));
         let bounds = self.configs[gen].bounds;
         let now = self.now;
@@ -879,7 +944,19 @@ impl World {
                 self.check
                     .routed(service, endpoint, (stopped, emptied), now, &bounds)?;
                 self.check.not_stale(service, read_at, &bounds)?;
-                if self.registry.services[service].is_dead(endpoint) {
+                if let Some(pin) = pin.as_deref().filter(|pin| *pin != endpoint) {
+                    if self.p.views.reject_deregistered {
+                        return Err(format!(
+                            "a request pinned to {pin} routed to {endpoint}, with onDeregistered reject"
+                        ));
+                    }
+                    let n = views::endpoint_number(pin);
+                    self.check
+                        .pin_passed_over(service, n, (gen, configured), now, &bounds)?;
+                }
+                // A client may pin an instance the VM avoids: the pin wins.
+                let pinned_here = pin.as_deref() == Some(endpoint);
+                if self.registry.services[service].is_dead(endpoint) && !pinned_here {
                     let noticed = self.avoid.noticed_at(service, endpoint);
                     let calm = noticed.is_some_and(|t| self.calm(service, t));
                     self.avoid
@@ -900,6 +977,15 @@ impl World {
                 self.check.not_stale(service, read_at, &bounds)?;
                 self.check
                     .no_healthy(service, gen, configured, now, &bounds)
+            }
+            ("reject", "instance_deregistered") => {
+                let Some(pin) = pin.as_deref().filter(|_| self.p.views.reject_deregistered) else {
+                    return Err("rejected instance_deregistered, unpinned or with reroute".into());
+                };
+                self.check.not_stale(service, read_at, &bounds)?;
+                let n = views::endpoint_number(pin);
+                self.check
+                    .pin_passed_over(service, n, (gen, configured), now, &bounds)
             }
             ("reject", "registry_unavailable") | ("pass", _) => {
                 let policy_ok = (outcome == "pass") != self.configs[gen].fail_closed;
@@ -1286,7 +1372,7 @@ impl World {
             Profile::Flaky => self.rng.chance(250),
             Profile::Outage | Profile::Forbidden => true,
         };
-        let (answer, at, (usable, listed)) = if login {
+        let (answer, at, (usable, listed, usable_mask)) = if login {
             let holder = self.holds_lease(v);
             self.check.login_sent(gen, v, gw, holder)?;
             // Under Forbidden the login itself mostly works: the account lacks
@@ -1298,7 +1384,7 @@ impl World {
                 let ttl_ms = self.p.ttl_s * 1000;
                 let token = self.registry.issue_token(ttl_ms, now);
                 let body = format!(r#"{{"accessToken":"{token}","tokenTtl":{}}}"#, self.p.ttl_s);
-                (Some((200, body.into_bytes())), delay, (0, 0))
+                (Some((200, body.into_bytes())), delay, (0, 0, 0))
             }
         } else {
             let s = service.ok_or_else(|| format!("a list call names no service: {path}"))?;
@@ -1307,13 +1393,17 @@ impl World {
                 && (self.profile == Profile::Forbidden
                     || !self.registry.accepts(access.as_deref(), now))
             {
-                (Some((403, b"forbidden".to_vec())), delay, (0, 0))
+                (Some((403, b"forbidden".to_vec())), delay, (0, 0, 0))
             } else if fault {
                 self.fault_answer(delay)
             } else {
                 let ref_time = self.p.ref_time.then_some(now);
                 let service = &self.registry.services[s];
-                let counts = (service.usable().count(), service.hosts.len());
+                let counts = (
+                    service.usable().count(),
+                    service.hosts.len(),
+                    service.usable_mask(),
+                );
                 (
                     Some((200, service.body(&format!("s{s}"), ref_time))),
                     delay,
@@ -1346,6 +1436,7 @@ impl World {
                 token: access,
                 usable,
                 listed,
+                usable_mask,
             },
         );
         self.push(
@@ -1363,18 +1454,18 @@ impl World {
 
     fn fault_answer(&mut self, delay: u64) -> Scripted {
         match self.rng.below(8) {
-            0 => (Some((500, b"boom".to_vec())), delay, (0, 0)),
-            1 => (Some((403, b"forbidden".to_vec())), delay, (0, 0)),
-            2 => (Some((404, Vec::new())), delay, (0, 0)),
-            3 => (Some((410, Vec::new())), delay, (0, 0)),
-            4 => (Some((503, Vec::new())), delay, (0, 0)),
+            0 => (Some((500, b"boom".to_vec())), delay, (0, 0, 0)),
+            1 => (Some((403, b"forbidden".to_vec())), delay, (0, 0, 0)),
+            2 => (Some((404, Vec::new())), delay, (0, 0, 0)),
+            3 => (Some((410, Vec::new())), delay, (0, 0, 0)),
+            4 => (Some((503, Vec::new())), delay, (0, 0, 0)),
             5 => (
                 Some((200, br#"{"hosts":[{"ip":"10.0."#.to_vec())),
                 delay,
-                (0, 0),
+                (0, 0, 0),
             ),
             // No answer at all: Envoy gives up at the call's timeout.
-            _ => (None, self.p.timeout, (0, 0)),
+            _ => (None, self.p.timeout, (0, 0, 0)),
         }
     }
 
@@ -1410,6 +1501,7 @@ impl World {
                             sent: call.sent,
                             received: self.now,
                             usable: call.usable,
+                            usable_mask: call.usable_mask,
                             listed: call.listed,
                             published,
                             vm: v,
