@@ -43,6 +43,10 @@ enum Known {
     },
 }
 
+/// How often a follower looks again for the services it saw listed, until the
+/// poller's heartbeat carries them.
+const RELIST_CHECK_MS: u64 = 1_000;
+
 /// How long a refused service is left alone before a request tries again.
 const REFUSED_RETRY_MS: u64 = 1_000;
 
@@ -77,6 +81,9 @@ pub(super) struct LearnedServices {
     /// write of the list): added on each tick until the poller's heartbeat
     /// carries the service.
     unlisted: Vec<Unlisted>,
+    /// When a follower next looks for the services it saw listed and the
+    /// poller's heartbeat does not carry yet.
+    relist_check_at_ms: u64,
     /// Services this VM's requests learned since its last tick announced them:
     /// they take places under `maxServices` the shared count does not show yet.
     unannounced: usize,
@@ -107,6 +114,7 @@ impl LearnedServices {
             by_target: Vec::new(),
             unlisted: Vec::new(),
             unannounced: 0,
+            relist_check_at_ms: 0,
             active: 0,
             full_reported: false,
             metrics,
@@ -232,6 +240,16 @@ impl LearnedServices {
         self.unlisted.push(unlisted);
     }
 
+    /// Whether a follower looks at `now_ms` for the services it saw listed
+    /// (reading the list costs its whole size): once a second.
+    pub fn relist_check_due(&mut self, now_ms: u64) -> bool {
+        if now_ms < self.relist_check_at_ms {
+            return false;
+        }
+        self.relist_check_at_ms = now_ms.saturating_add(RELIST_CHECK_MS);
+        true
+    }
+
     /// Whether a request may learn one more service, with `listed` services in
     /// the shared list as its last writer counted and those this VM learned
     /// since its last tick. Its tick's announcement is what the bound holds
@@ -320,6 +338,7 @@ impl LearnedServices {
                 host: host.to_string(),
                 target,
                 once: false,
+                seen_listed: false,
             });
         }
         let Some(cluster) = cluster else {
@@ -371,6 +390,7 @@ impl LearnedServices {
             host,
             target,
             once: true,
+            seen_listed: false,
         });
     }
 
@@ -439,6 +459,9 @@ pub(super) struct Unlisted {
     /// Added once, on the next tick: a request brought it back from idling,
     /// and the poller's heartbeat may still carry it from before.
     pub once: bool,
+    /// An announcement found it listed: it is looked for again only once a
+    /// second (`RELIST_CHECK_MS`), in case another VM's first write erased it.
+    pub seen_listed: bool,
 }
 
 /// Learned services that stopped or started idling on one idle check.

@@ -455,3 +455,31 @@ fn a_request_that_learns_a_service_moves_no_more_shared_data_for_a_longer_list()
         "bytes of shared data the learning request moved"
     );
 }
+
+/// A follower looks for what it saw listed once a second until the poller's
+/// heartbeat carries it, not on each of its 20 ticks a second: the list is
+/// read whole, and holds up to 10,000 services.
+#[test]
+fn a_follower_waiting_for_the_poller_reads_the_list_once_a_second() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":5000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let follower = followers(&gateway)[0];
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    gateway.tick(follower, 20);
+    let (key, _) = gateway.store.ending_with(".learned").unwrap();
+    let many: Vec<String> = (0..4_000)
+        .map(|n| format!("svc-{n}.DEFAULT-GROUP.public.nacos"))
+        .chain([ORDERS_HOST.to_string()])
+        .collect();
+    let encoded = crate::pure::sharing::published::encode_learned(&many);
+    gateway.store.set(&key, &encoded, None);
+    gateway.store.bytes_moved.set(0);
+    // The poller stalls: its heartbeat never carries orders.
+    run(&mut gateway, &[follower], 40..2_040);
+    let reads = gateway.store.bytes_moved.get() / encoded.len();
+    assert!((1..=2).contains(&reads), "{reads} reads of the list in 2 s");
+}

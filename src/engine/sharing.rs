@@ -240,26 +240,21 @@ impl Sharing {
         let key = self.keys.learned();
         for _ in 0..ANNOUNCE_ATTEMPTS {
             let (bytes, cas) = store.get(&key);
-            let mut listed = published::decode_learned(&bytes.unwrap_or_default());
-            let already = listed.len();
-            let mut known: HashSet<String> = listed.iter().cloned().collect();
-            let outcomes: Vec<Announced> = hosts
+            let appended = published::append_learned(&bytes.unwrap_or_default(), hosts, max);
+            let outcomes = appended
+                .listed
                 .iter()
-                .map(|host| {
-                    if known.contains(*host) {
+                .map(|listed| {
+                    if *listed {
                         Announced::Listed
-                    } else if listed.len() >= max {
-                        Announced::Full
                     } else {
-                        known.insert((*host).to_string());
-                        listed.push((*host).to_string());
-                        Announced::Listed
+                        Announced::Full
                     }
                 })
                 .collect();
-            if listed.len() == already {
+            let Some(bytes) = appended.bytes else {
                 return outcomes;
-            }
+            };
             // An absent key is written whatever the CAS, so the list is seeded
             // empty first and added to by compare-and-swap. A VM that read the key
             // absent just before can still land its seed over an addition: what
@@ -270,8 +265,8 @@ impl Sharing {
                 store.set(&key, b"", None);
                 continue;
             }
-            if store.set(&key, &published::encode_learned(&listed), cas) {
-                self.count_listed(listed.len(), store);
+            if store.set(&key, &bytes, cas) {
+                self.count_listed(appended.count, store);
                 return outcomes;
             }
         }

@@ -217,26 +217,43 @@ impl Engine {
     }
 
     /// As a follower: list each service this VM learned that the poller does
-    /// not poll yet, in one write, and again on later ticks in case its
+    /// not poll yet, in one write, and look again once a second in case its
     /// addition was lost or erased.
-    pub(super) fn keep_listed(&mut self, metrics: &mut dyn Metrics, store: &mut dyn SharedStore) {
+    pub(super) fn keep_listed(
+        &mut self,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
         let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) else {
             return;
         };
         let max = learned.max_services();
         let targets = &self.targets;
-        let pending: Vec<Unlisted> = learned
+        let (seen, new): (Vec<Unlisted>, Vec<Unlisted>) = learned
             .take_unlisted()
             .into_iter()
             .filter(|u| u.once || !targets.get(u.target).is_some_and(|t| t.polled_by_poller()))
-            .collect();
+            .partition(|u| u.seen_listed);
+        let pending = if seen.is_empty() || !learned.relist_check_due(now_ms) {
+            for unlisted in seen {
+                learned.keep_unlisted(unlisted);
+            }
+            new
+        } else {
+            seen.into_iter().chain(new).collect()
+        };
         let hosts: Vec<&str> = pending.iter().map(|u| u.host.as_str()).collect();
         let outcomes = sharing.announce_learned(&hosts, max, store);
-        for (unlisted, outcome) in pending.into_iter().zip(outcomes) {
+        for (mut unlisted, outcome) in pending.into_iter().zip(outcomes) {
             match outcome {
                 Announced::Full => learned.refuse_learned(unlisted.target, metrics),
                 Announced::Listed if unlisted.once => {}
-                Announced::Listed | Announced::Contended => learned.keep_unlisted(unlisted),
+                Announced::Listed => {
+                    unlisted.seen_listed = true;
+                    learned.keep_unlisted(unlisted);
+                }
+                Announced::Contended => learned.keep_unlisted(unlisted),
             }
         }
     }

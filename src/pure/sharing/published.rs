@@ -32,6 +32,79 @@ pub fn decode_learned(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// What adding hosts to an encoded learned list gives.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Per host asked for: whether the list holds it now (`false`: no room).
+    pub listed: Vec<bool>,
+    /// The list with the hosts added, if any was.
+    pub bytes: Option<Vec<u8>>,
+    /// How many hosts the list then holds.
+    pub count: usize,
+}
+
+/// Add `hosts` to the encoded learned list `list` while it holds fewer than
+/// `max`. One pass over the bytes, comparing lines without decoding them: a
+/// VM adds what it learned to a list of up to 10,000 services on its tick.
+pub fn append_learned(list: &[u8], hosts: &[&str], max: usize) -> Appended {
+    let mut listed = vec![false; hosts.len()];
+    let mut count = 0;
+    let lines = list
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty());
+    if hosts.len() <= 16 {
+        for line in lines {
+            count += 1;
+            for (found, host) in listed.iter_mut().zip(hosts) {
+                *found |= line == host.as_bytes();
+            }
+        }
+    } else {
+        let wanted: std::collections::HashMap<&[u8], Vec<usize>> =
+            hosts
+                .iter()
+                .enumerate()
+                .fold(Default::default(), |mut map, (i, host)| {
+                    map.entry(host.as_bytes()).or_insert_with(Vec::new).push(i);
+                    map
+                });
+        for line in lines {
+            count += 1;
+            for i in wanted.get(line).into_iter().flatten() {
+                if let Some(found) = listed.get_mut(*i) {
+                    *found = true;
+                }
+            }
+        }
+    }
+    let mut bytes = list.to_vec();
+    let mut added: Vec<&str> = Vec::new();
+    for (found, host) in listed.iter_mut().zip(hosts) {
+        if *found {
+            continue;
+        }
+        if added.contains(host) {
+            *found = true;
+            continue;
+        }
+        if count >= max {
+            continue;
+        }
+        if !bytes.is_empty() {
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(host.as_bytes());
+        added.push(host);
+        count += 1;
+        *found = true;
+    }
+    Appended {
+        listed,
+        bytes: (!added.is_empty()).then_some(bytes),
+        count,
+    }
+}
+
 /// Keys of one configuration. The lease and the heartbeat are read on most
 /// ticks of every VM, so their names are made once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +438,53 @@ mod tests {
     use super::*;
     use crate::pure::registry::instance::instance;
     use crate::testing::test;
+
+    #[test]
+    fn hosts_are_appended_to_the_encoded_list_once_and_within_the_bound() {
+        let list = encode_learned(&["a.G.public.nacos".into(), "b.G.public.nacos".into()]);
+        let asked = [
+            "b.G.public.nacos",
+            "c.G.public.nacos",
+            "c.G.public.nacos",
+            "d.G.public.nacos",
+        ];
+        let appended = append_learned(&list, &asked, 3);
+        assert_eq!(
+            appended.listed,
+            [true, true, true, false],
+            "d finds no room"
+        );
+        assert_eq!(appended.count, 3);
+        let bytes = appended.bytes.unwrap();
+        assert_eq!(
+            decode_learned(&bytes),
+            ["a.G.public.nacos", "b.G.public.nacos", "c.G.public.nacos"]
+        );
+        let again = append_learned(&bytes, &asked[..3], 3);
+        assert_eq!(
+            (again.listed, again.bytes, again.count),
+            (vec![true; 3], None, 3)
+        );
+        let first = append_learned(b"", &["a.G.public.nacos"], 3);
+        assert_eq!(first.bytes.unwrap(), b"a.G.public.nacos");
+    }
+
+    #[test]
+    fn many_hosts_at_once_are_found_and_added_as_a_few_are() {
+        let listed: Vec<String> = (0..40).map(|n| format!("s{n}.G.public.nacos")).collect();
+        let list = encode_learned(&listed);
+        // 30 hosts (looked up by hash, past 16), 10 of them listed, one twice.
+        let mut asked: Vec<String> = (30..60).map(|n| format!("s{n}.G.public.nacos")).collect();
+        asked.push(asked[15].clone());
+        let asked: Vec<&str> = asked.iter().map(String::as_str).collect();
+        let many = append_learned(&list, &asked, 1_000);
+        assert!(many.listed.iter().all(|listed| *listed));
+        assert_eq!(many.count, 60);
+        let expected: Vec<String> = (0..60).map(|n| format!("s{n}.G.public.nacos")).collect();
+        assert_eq!(decode_learned(&many.bytes.unwrap()), expected);
+        let few = append_learned(&list, &asked[8..14], 1_000);
+        assert_eq!(few.count, 44, "s38, s39 listed; s40-s43 four more");
+    }
 
     #[test]
     fn key_names_stay_those_every_release_shares() {
