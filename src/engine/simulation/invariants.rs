@@ -175,6 +175,12 @@ pub struct Checker {
     latest_taken: BTreeMap<usize, usize>,
     /// (configuration, service) whose last answer was an empty one held back.
     held_empty: BTreeSet<(usize, usize)>,
+    /// Per empty answer the poller held back: its service, when it came, and
+    /// by when the poll confirming it goes (`confirm_within` later).
+    confirms: Vec<(usize, u64, u64)>,
+    /// How long the confirming poll may take to go: the calls in flight
+    /// answer, the other services go, and the poller ticks.
+    pub confirm_within: u64,
     /// Per service: when a failed request may have asked for a poll at once,
     /// and by when that poll goes.
     asked: BTreeMap<usize, Vec<(u64, u64)>>,
@@ -536,6 +542,10 @@ impl Checker {
             .or(self.latest_taken.get(&service));
         if answer.listed == 0 && taken.is_some_and(|n| *n > 0) && self.held_empty.insert(key) {
             self.confirming.insert(key);
+            if answer.published {
+                let deadline = answer.received + self.confirm_within;
+                self.confirms.push((service, answer.received, deadline));
+            }
             answer.published = false;
             self.good[service].push(answer);
             return;
@@ -553,6 +563,17 @@ impl Checker {
             .map_or(answer.sent, |(_, s)| answer.sent.max(*s));
         newest.push((answer.received, sent));
         self.good[service].push(answer);
+    }
+
+    /// The empty answers held back whose confirming poll was due by `now`:
+    /// (service, when the answer came, the deadline).
+    pub fn confirms_due(&mut self, now: u64) -> Vec<(usize, u64, u64)> {
+        let (due, later) = self
+            .confirms
+            .iter()
+            .partition(|(_, _, deadline)| *deadline <= now);
+        self.confirms = later;
+        due
     }
 
     /// A list call of `service` failed: an empty answer held back is dropped.

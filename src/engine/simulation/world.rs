@@ -419,9 +419,14 @@ impl World {
             },
         );
         let mut registry = Registry::new(p.services, &mut rng);
+        let mut check = Checker::new(p.services);
+        // The confirming poll goes on the poller's next tick, or from the answer
+        // callback itself; a login first if the token is due.
+        let login = if p.credentials { p.max_delay + late_tick } else { 0 };
+        check.confirm_within = late_tick + 2 + login;
         registry.set_views(&p.views.per_service);
         let mut world = Self {
-            check: Checker::new(p.services),
+            check,
             rng,
             now: 0,
             wall_offset: 36_000_000,
@@ -558,6 +563,7 @@ impl World {
             let credentials = self.p.credentials;
             self.check.deadlines(self.now, credentials)?;
             self.check_asked_polls()?;
+            self.check_confirming_polls()?;
             self.check_gauges()?;
         }
         if self.counting() {
@@ -1167,6 +1173,25 @@ impl World {
 
     /// Each poll a failure asked for was sent by its deadline, unless something
     /// disturbed the gateway.
+    /// An empty answer the poller held back is confirmed by a poll sent at
+    /// once (`Targets::awaits_confirmation`), unless something disturbed it.
+    fn check_confirming_polls(&mut self) -> Verdict {
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        for (service, held, deadline) in self.check.confirms_due(self.now) {
+            let window = held.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
+            if self.check.polled_within(service, held, deadline)
+                || self.check.disturbed(window, deadline, service)
+            {
+                continue;
+            }
+            return Err(format!(
+                "s{service}: an empty answer came at {held} and was held back, but no poll \
+                 confirming it was sent by {deadline}"
+            ));
+        }
+        Ok(())
+    }
+
     fn check_asked_polls(&mut self) -> Verdict {
         let bounds = self.configs[self.configs.len() - 1].bounds;
         for (service, asked, deadline) in self.avoid.polls_due(self.now) {
