@@ -4,6 +4,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
+#[path = "push.rs"]
+mod push;
+
 use super::avoidance::{AvoidChecks, Failure, Policy};
 use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
 use super::metrics::{usable_gauge, SimMetrics};
@@ -54,6 +57,8 @@ pub struct Params {
     pub max_avoided_percent: u64,
     /// Whether instances die while Nacos lists them (until the steady phase).
     pub deaths: bool,
+    /// `nacos.push`, in a fraction of seeds (`push::PushParams`).
+    pub push: Option<push::PushParams>,
 }
 
 impl Params {
@@ -82,6 +87,7 @@ impl Params {
             avoid_ms: 0,
             max_avoided_percent: 50,
             deaths: false,
+            push: None,
         }
     }
 
@@ -102,8 +108,12 @@ impl Params {
         let rules: Vec<String> = (0..self.services)
             .map(|s| format!(r#"{{"_match_route_":["r{s}"],"service":{{"name":"s{s}"}}}}"#))
             .collect();
+        let push = self
+            .push
+            .as_ref()
+            .map_or(String::new(), push::PushParams::json);
         format!(
-            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{},"_rules_":[{}]}}"#,
+            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}{push}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{},"_rules_":[{}]}}"#,
             self.timeout,
             self.interval,
             if fail_closed {
@@ -166,6 +176,8 @@ enum Kind {
     /// The response of a request routed to `endpoint` reaches the VM's HTTP
     /// context, with Envoy's response flags and code details.
     Response(Box<Response>),
+    /// The gRPC server and its messages (`push`).
+    Push(push::Event),
 }
 
 #[derive(Debug)]
@@ -238,6 +250,7 @@ impl Ord for Event {
 struct SimOutbox {
     next: u32,
     sent: Vec<(u32, bool, String)>,
+    grpc: Vec<push::Sent>,
 }
 
 impl Outbox for SimOutbox {
@@ -249,20 +262,30 @@ impl Outbox for SimOutbox {
         Ok(self.next)
     }
 
-    // The simulated registry is polled only: configurations here never push.
-    fn grpc_call(&mut self, _: &[u8], _: &[u8], _: u64) -> Result<u32, String> {
-        Err("no gRPC in the simulation".into())
+    // Tokens share one counter with HTTP calls, as Envoy's do.
+    fn grpc_call(&mut self, _: &[u8], message: &[u8], _: u64) -> Result<u32, String> {
+        self.next += 1;
+        self.grpc
+            .push(push::Sent::Call(self.next, message.to_vec()));
+        Ok(self.next)
     }
     fn grpc_open(&mut self, _: &[u8]) -> Result<u32, String> {
-        Err("no gRPC in the simulation".into())
+        self.next += 1;
+        self.grpc.push(push::Sent::Open(self.next));
+        Ok(self.next)
     }
-    fn grpc_send(&mut self, _: u32, _: &[u8]) -> Result<(), String> {
-        Err("no gRPC in the simulation".into())
+    fn grpc_send(&mut self, stream: u32, message: &[u8]) -> Result<(), String> {
+        self.grpc.push(push::Sent::Send(stream, message.to_vec()));
+        Ok(())
     }
-    fn grpc_finish(&mut self, _: u32, _: Option<&[u8]>) -> Result<(), String> {
-        Err("no gRPC in the simulation".into())
+    fn grpc_finish(&mut self, stream: u32, last: Option<&[u8]>) -> Result<(), String> {
+        self.grpc
+            .push(push::Sent::Finish(stream, last.map(<[u8]>::to_vec)));
+        Ok(())
     }
-    fn grpc_close(&mut self, _: u32) {}
+    fn grpc_close(&mut self, stream: u32) {
+        self.grpc.push(push::Sent::Close(stream));
+    }
 }
 
 struct Request(String);
@@ -369,6 +392,7 @@ pub struct World {
     avoid: AvoidChecks,
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
+    push: push::Model,
 }
 
 impl World {
@@ -391,6 +415,8 @@ impl World {
             },
         );
         let registry = Registry::new(p.services, &mut rng);
+        let push = push::Model::new(seed, p.interval, p.services);
+        p.push = push.params.clone();
         let mut world = Self {
             check: Checker::new(p.services),
             rng,
@@ -418,6 +444,7 @@ impl World {
             side,
             avoid,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
+            push,
             p,
         };
         world.add_config(world.p.max_stale, world.p.fail_closed);
@@ -463,6 +490,10 @@ impl World {
                 max_stale,
                 tick,
                 tick_jitter: tick / 10,
+                push_extra: self.p.push.as_ref().map_or(0, |push| {
+                    push.safety + self.p.services as u64 * self.p.max_delay
+                }),
+                probe_window: self.p.push.as_ref().map_or(0, |_| 5_000 + self.p.timeout),
             },
         });
     }
@@ -519,6 +550,7 @@ impl World {
             self.now = event.at;
             self.events += 1;
             self.step(event)?;
+            self.push_step()?;
             let credentials = self.p.credentials;
             self.check.deadlines(self.now, credentials)?;
             self.check_asked_polls()?;
@@ -572,6 +604,17 @@ impl World {
                 self.push(until, event.kind);
                 Ok(())
             }
+            Kind::Push(ref e)
+                if e.vm()
+                    .is_some_and(|vm| self.stalled_until[self.vms[vm].thread] > at) =>
+            {
+                let until = e
+                    .vm()
+                    .map_or(at, |vm| self.stalled_until[self.vms[vm].thread]);
+                self.push(until, event.kind);
+                Ok(())
+            }
+            Kind::Push(e) => self.push_event(e),
             Kind::Tick { vm, .. } | Kind::Answer { vm, .. }
                 if self.stalled_until[self.vms[vm].thread] > at =>
             {
@@ -687,7 +730,8 @@ impl World {
                 self.note(format!("wall clock steps {step} ms"));
                 let gen = self.configs.len() - 1;
                 let bounds = self.configs[gen].bounds;
-                self.check.jump(at, gen, self.p.services, &bounds);
+                let polled = self.push_polled_services();
+                self.check.jump(at, gen, &polled, &bounds);
                 let next = at + self.rng.between(5, 40) * interval;
                 self.push(next, Kind::Jump);
                 Ok(())
@@ -786,6 +830,14 @@ impl World {
                 root.retire_at = now + linger;
             }
         }
+        // A root context that goes at once closes its push links (`host::root`).
+        let gone: Vec<usize> = (0..self.vms.len())
+            .filter(|v| self.vms[*v].thread == thread && self.vms[*v].retire_at == now)
+            .collect();
+        for v in gone {
+            // Its answers, if any, find no live root: nothing to check.
+            let _ = self.push_retire(v);
+        }
         let id = self.rng.next_u64() | 1;
         self.vms.push(Vm {
             thread,
@@ -878,6 +930,7 @@ impl World {
                 let emptied = stopped.is_some_and(|at| listed.emptied_since(at));
                 self.check
                     .routed(service, endpoint, (stopped, emptied), now, &bounds)?;
+                self.push_routed(service, endpoint)?;
                 self.check.not_stale(service, read_at, &bounds)?;
                 if self.registry.services[service].is_dead(endpoint) {
                     let noticed = self.avoid.noticed_at(service, endpoint);
@@ -1132,6 +1185,7 @@ impl World {
                 )
                 .map_err(|e| format!("config {gen} refused: {e}"))?;
                 let mut engine = Engine::new(&parsed, &mut self.metrics, engine_seed);
+                engine.distrust_connections(self.push.cancelled(vm.thread));
                 engine.share(
                     ConfigKeys::new(config.raw.as_bytes()),
                     vm.id,
@@ -1234,7 +1288,8 @@ impl World {
         for (token, login, path) in sent {
             self.dispatch(v, gen, engine_id, token, login, &path)?;
         }
-        Ok(())
+        let grpc = std::mem::take(&mut self.vms[v].outbox.grpc);
+        self.push_sent(v, engine_id, grpc)
     }
 
     fn leases(&self) -> Vec<Option<Lease>> {
@@ -1302,6 +1357,7 @@ impl World {
             }
         } else {
             let s = service.ok_or_else(|| format!("a list call names no service: {path}"))?;
+            self.push_polled(v, gen, s)?;
             self.check.poll(gen, s, v, now, &bounds)?;
             if self.p.credentials
                 && (self.profile == Profile::Forbidden
