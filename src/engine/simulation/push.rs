@@ -203,6 +203,8 @@ pub struct Model {
     /// Per service: since when the poller's link did not stand for its polls,
     /// and its last poll by the current configuration.
     polled_since: Vec<Option<u64>>,
+    /// Per service: since when the poller's link stands for its polls.
+    standing_since: Vec<Option<u64>>,
     last_poll: Vec<u64>,
     /// Per service: the last two polls no ask or lost link explains.
     last_safety: Vec<[u64; 2]>,
@@ -226,6 +228,7 @@ impl Model {
             taken: vec![Vec::new(); services],
             seen_change: vec![0; services],
             polled_since: vec![None; services],
+            standing_since: vec![None; services],
             last_poll: vec![0; services],
             last_safety: vec![[0; 2]; services],
             ..Self::default()
@@ -328,7 +331,16 @@ impl World {
         } else {
             self.push.rng().between(1, delay)
         };
-        let flaky = self.profile == Profile::Flaky && self.push.rng().chance(100);
+        // A call that outlasts `timeoutMs` (Envoy then fails it): now and then
+        // before the steady phase, more while Nacos is flaky. A probe that
+        // times out so makes the plugin cancel a stream on a connection that
+        // stays, where its next stream is not the first.
+        let per_mille = if self.profile == Profile::Flaky {
+            100
+        } else {
+            20
+        };
+        let flaky = !self.steady() && self.push.rng().chance(per_mille);
         // A `ServerCheck` with no link open is a connection attempt, answered
         // or not (with one open, it is the probe's companion).
         let attempt = request.message_type == "ServerCheckRequest"
@@ -1038,9 +1050,31 @@ impl World {
             + 2 * bounds.late_tick()
             + login
             + 2;
+        let safety = self.push.params.as_ref().map_or(0, |p| p.safety);
         for s in 0..self.p.services {
             let stands = link.is_some_and(|l| self.stands(l, s, bounds.late_tick()));
-            if poller.is_none() || stands {
+            if poller.is_some() && stands {
+                // The safety poll: due at most Q after the last poll (a poll the
+                // engine was asked for comes no earlier than the safety poll it
+                // leaves due) or the subscription, then on the poll schedule.
+                self.push.polled_since[s] = None;
+                let subscribed = link
+                    .and_then(|l| l.subscribed.get(&s).copied())
+                    .unwrap_or(now);
+                let since = *self.push.standing_since[s].get_or_insert(now);
+                let from = since.max(subscribed).max(self.push.last_poll[s]);
+                let window =
+                    from.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
+                if now > from + safety + within && !self.check.disturbed(window, now, s) {
+                    return Err(format!(
+                        "s{s}: its push link stands for its polls, but no safety poll went \
+                         from {from} to {now} (bound Q {safety} + {within})"
+                    ));
+                }
+                continue;
+            }
+            self.push.standing_since[s] = None;
+            if poller.is_none() {
                 self.push.polled_since[s] = None;
                 continue;
             }
