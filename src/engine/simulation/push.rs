@@ -181,6 +181,8 @@ struct Link {
 #[derive(Default)]
 pub struct Model {
     pub params: Option<PushParams>,
+    /// The server's own random numbers; kept only with push, and drawn from
+    /// only then (`rng()`), so a seed without push runs as before.
     rng: Option<Rng>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
@@ -200,11 +202,11 @@ pub struct Model {
     taken: Vec<Vec<(u64, u64)>>,
     /// Per service: the registry change last pushed.
     seen_change: Vec<u64>,
-    /// Per service: since when the poller's link did not stand for its polls,
-    /// and its last poll by the current configuration.
+    /// Per service: since when the poller's link did not stand for its polls.
     polled_since: Vec<Option<u64>>,
     /// Per service: since when the poller's link stands for its polls.
     standing_since: Vec<Option<u64>>,
+    /// Per service: its last poll by the current configuration.
     last_poll: Vec<u64>,
     /// Per service: the last two polls no ask or lost link explains.
     last_safety: Vec<[u64; 2]>,
@@ -240,6 +242,8 @@ impl Model {
         self.cancelled.get(&thread).map_or(&[], Vec::as_slice)
     }
 
+    /// Only push seeds reach the server, where `rng` is set; the fallback
+    /// keeps this total without an `expect`.
     fn rng(&mut self) -> &mut Rng {
         self.rng.get_or_insert_with(|| Rng::new(0))
     }
