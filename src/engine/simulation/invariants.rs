@@ -22,6 +22,12 @@ pub struct Bounds {
     /// Tick period and the most a tick comes late.
     pub tick: u64,
     pub tick_jitter: u64,
+    /// With push (`push::PushParams`), what a missed push adds to the bounds:
+    /// the safety interval and the other services' answers; 0 without push.
+    pub push_extra: u64,
+    /// With push, how long a link whose server went quiet still stands for
+    /// polls (a probe interval and its timeout); 0 without push.
+    pub probe_window: u64,
 }
 
 impl Bounds {
@@ -34,8 +40,14 @@ impl Bounds {
     /// the next poll is sent within an interval of the last one (or when the
     /// last answer came, if later) and a tick, its answer takes `max_delay`, the
     /// poller publishes on its next tick and a follower adopts on its next.
+    /// With push, a change whose push was dropped waits for the service's
+    /// safety poll: `push_extra` more.
     pub fn routed_after_change(&self) -> u64 {
-        self.interval.max(self.max_delay) + self.late_tick() + self.max_delay + 2 * self.late_tick()
+        self.interval.max(self.max_delay)
+            + self.late_tick()
+            + self.max_delay
+            + 2 * self.late_tick()
+            + self.push_extra
     }
 
     /// What an empty list replacing instances adds: the plugin polls again on
@@ -55,6 +67,8 @@ impl Bounds {
             + self.interval / 2
             + self.max_stale
             + 2 * self.late_tick()
+            + self.push_extra
+            + self.probe_window
     }
 
     /// How long past the newest good answer Nacos gave (by when its poll was sent)
@@ -166,6 +180,8 @@ pub struct Checker {
     resume: Vec<(u64, usize, usize, u64)>,
     /// Per (configuration, service): every poll's time.
     polls: BTreeMap<(usize, usize), Vec<u64>>,
+    /// Per (configuration, service): when a list came over push.
+    pushed_at: BTreeMap<(usize, usize), Vec<u64>>,
     /// (configuration, service) whose last answer listed nothing after one
     /// that listed some: its next poll may come at once, to confirm it.
     confirming: BTreeSet<(usize, usize)>,
@@ -174,13 +190,17 @@ pub struct Checker {
     taken_listed: BTreeMap<(usize, usize), usize>,
     latest_taken: BTreeMap<usize, usize>,
     /// (configuration, service) whose last answer was an empty one held back.
-    held_empty: BTreeSet<(usize, usize)>,
+    /// The VM holding it: a poller that took over holds its own.
+    held_empty: BTreeMap<(usize, usize), usize>,
     /// Per empty answer the poller held back: its service, when it came, and
     /// by when the poll confirming it goes (`confirm_within` later).
     confirms: Vec<(usize, u64, u64)>,
-    /// How long the confirming poll may take to go: the calls in flight
-    /// answer, the other services go, and the poller ticks.
+    /// How long the confirming poll may take to go: the poller's next tick,
+    /// and a login if its token is due.
     pub confirm_within: u64,
+    /// Per service: until when a push link stood for its polls, as last
+    /// known: the link confirms what is due, and a push is the confirmation.
+    link_stands_until: BTreeMap<usize, u64>,
     /// Per service: when a failed request may have asked for a poll at once,
     /// and by when that poll goes.
     asked: BTreeMap<usize, Vec<(u64, u64)>>,
@@ -268,9 +288,10 @@ impl Checker {
     }
 
     /// A clock step at `at`: every service of configuration `gen` polls again soon.
-    pub fn jump(&mut self, at: u64, gen: usize, services: usize, bounds: &Bounds) {
+    /// With push, only `services` whose polls no link stands for.
+    pub fn jump(&mut self, at: u64, gen: usize, services: &[usize], bounds: &Bounds) {
         self.jumps.push(at);
-        for service in 0..services {
+        for &service in services {
             self.resume
                 .push((at + bounds.resume_after_jump(), gen, service, at));
         }
@@ -281,10 +302,12 @@ impl Checker {
         let due: Vec<_> = self.resume.iter().copied().filter(|d| d.0 <= now).collect();
         self.resume.retain(|d| d.0 > now);
         for (deadline, gen, service, jumped) in due {
-            let polled = self
-                .polls
-                .get(&(gen, service))
-                .is_some_and(|polls| polls.iter().rev().any(|t| *t > jumped && *t <= deadline));
+            // A list the server gave over push after the step does as well.
+            let polled = [&self.polls, &self.pushed_at].iter().any(|times| {
+                times
+                    .get(&(gen, service))
+                    .is_some_and(|t| t.iter().rev().any(|t| *t > jumped && *t <= deadline))
+            });
             let excused = self.trouble.iter().any(|(start, end, what)| {
                 let from = if credentials && *what == Trouble::Login {
                     jumped.saturating_sub(60_000)
@@ -412,9 +435,13 @@ impl Checker {
     pub fn snapshot_health(&mut self, engine: u64, vm: usize, health: Vec<Health>) -> Verdict {
         if let Some(before) = self.health.get(&engine) {
             for (s, (old, new)) in before.iter().zip(&health).enumerate() {
-                if new.content_stamp < old.content_stamp
-                    || new.confirmed_at_ms < old.confirmed_at_ms
-                {
+                // Back to older content only as the engine's rule allows it
+                // (`Targets::adopt_health`): the poller's, confirmed by a poll
+                // sent after ours was taken (a configuration that lingered
+                // past an edit, a subscription's answer stamped when sent).
+                let back = new.content_stamp < old.content_stamp
+                    && new.confirmed_at_ms <= old.content_stamp;
+                if back || new.confirmed_at_ms < old.confirmed_at_ms {
                     return Err(format!(
                         "VM {vm} moved service s{s} back from {old:?} to {new:?}"
                     ));
@@ -540,7 +567,8 @@ impl Checker {
             .taken_listed
             .get(&key)
             .or(self.latest_taken.get(&service));
-        if answer.listed == 0 && taken.is_some_and(|n| *n > 0) && self.held_empty.insert(key) {
+        let holding = self.held_empty.insert(key, answer.vm) == Some(answer.vm);
+        if answer.listed == 0 && taken.is_some_and(|n| *n > 0) && !holding {
             self.confirming.insert(key);
             if answer.published {
                 let deadline = answer.received + self.confirm_within;
@@ -551,6 +579,11 @@ impl Checker {
             return;
         }
         self.held_empty.remove(&key);
+        self.took(service, answer);
+    }
+
+    fn took(&mut self, service: usize, answer: GoodAnswer) {
+        let key = (answer.gen, service);
         self.taken_listed.insert(key, answer.listed);
         self.latest_taken.insert(service, answer.listed);
         if answer.published {
@@ -565,6 +598,13 @@ impl Checker {
         self.good[service].push(answer);
     }
 
+    /// Whether a push link stood for the polls of `service` at `at`.
+    pub fn link_stood(&self, service: usize, at: u64) -> bool {
+        self.link_stands_until
+            .get(&service)
+            .is_some_and(|until| *until >= at)
+    }
+
     /// The empty answers held back whose confirming poll was due by `now`:
     /// (service, when the answer came, the deadline).
     pub fn confirms_due(&mut self, now: u64) -> Vec<(usize, u64, u64)> {
@@ -574,6 +614,43 @@ impl Checker {
             .partition(|(_, _, deadline)| *deadline <= now);
         self.confirms = later;
         due
+    }
+
+    /// A list the server gave over push (a subscription's answer or a push)
+    /// that some VM took: taken at once, empty or not (`Targets::take_pushed`).
+    pub fn pushed(&mut self, service: usize, answer: GoodAnswer) {
+        let at = self.pushed_at.entry((answer.gen, service)).or_default();
+        at.push(answer.received);
+        self.held_empty.remove(&(answer.gen, service));
+        self.took(service, answer);
+    }
+
+    /// A live link stands for answers of `service` (`DuePoll::Confirm`) until
+    /// `until`: as fresh, by the registry's timeline, as an answer sent then.
+    pub fn link_alive(&mut self, service: usize, until: u64, now: u64) {
+        let stands = self.link_stands_until.entry(service).or_default();
+        *stands = (*stands).max(until);
+        let newest = &mut self.newest_sent[service];
+        let sent = newest.last().map_or(until, |(_, s)| until.max(*s));
+        newest.push((now, sent));
+    }
+
+    /// A push link of configuration `gen` was lost: the plugin polls each of
+    /// `services` at once.
+    pub fn link_lost(&mut self, gen: usize, services: usize) {
+        for service in 0..services {
+            self.confirming.insert((gen, service));
+        }
+    }
+
+    /// Whether the next poll of `service` by `gen` may come at once: an empty
+    /// answer to confirm, a lost link, or a failure's ask.
+    pub fn early_poll_explained(&self, gen: usize, service: usize, at: u64) -> bool {
+        self.confirming.contains(&(gen, service))
+            || self
+                .asked
+                .get(&service)
+                .is_some_and(|asks| asks.iter().any(|(from, to)| *from <= at && at <= *to))
     }
 
     /// A list call of `service` failed: an empty answer held back is dropped.

@@ -4,6 +4,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
+#[path = "push.rs"]
+mod push;
+
 use super::avoidance::{AvoidChecks, Failure, Policy};
 use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
 use super::metrics::{usable_gauge, SimMetrics};
@@ -57,6 +60,8 @@ pub struct Params {
     pub deaths: bool,
     /// Filters, pins and the protection threshold.
     pub views: Views,
+    /// `nacos.push`, in a fraction of seeds (`push::PushParams`).
+    pub push: Option<push::PushParams>,
 }
 
 impl Params {
@@ -86,6 +91,7 @@ impl Params {
             max_avoided_percent: 50,
             deaths: false,
             views: Views::default(),
+            push: None,
         }
     }
 
@@ -114,8 +120,12 @@ impl Params {
             })
             .collect();
         let pins = self.views.global_fields();
+        let push = self
+            .push
+            .as_ref()
+            .map_or(String::new(), push::PushParams::json);
         format!(
-            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{}{pins},"_rules_":[{}]}}"#,
+            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}{push}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{}{pins},"_rules_":[{}]}}"#,
             self.timeout,
             self.interval,
             if fail_closed {
@@ -181,6 +191,8 @@ enum Kind {
     /// The response of a request routed to `endpoint` reaches the VM's HTTP
     /// context, with Envoy's response flags and code details.
     Response(Box<Response>),
+    /// The gRPC server and its messages (`push`).
+    Push(push::Event),
 }
 
 #[derive(Debug)]
@@ -253,6 +265,7 @@ impl Ord for Event {
 struct SimOutbox {
     next: u32,
     sent: Vec<(u32, bool, String)>,
+    grpc: Vec<push::Sent>,
 }
 
 impl Outbox for SimOutbox {
@@ -264,20 +277,30 @@ impl Outbox for SimOutbox {
         Ok(self.next)
     }
 
-    // The simulated registry is polled only: configurations here never push.
-    fn grpc_call(&mut self, _: &[u8], _: &[u8], _: u64) -> Result<u32, String> {
-        Err("no gRPC in the simulation".into())
+    // Tokens share one counter with HTTP calls, as Envoy's do.
+    fn grpc_call(&mut self, _: &[u8], message: &[u8], _: u64) -> Result<u32, String> {
+        self.next += 1;
+        self.grpc
+            .push(push::Sent::Call(self.next, message.to_vec()));
+        Ok(self.next)
     }
     fn grpc_open(&mut self, _: &[u8]) -> Result<u32, String> {
-        Err("no gRPC in the simulation".into())
+        self.next += 1;
+        self.grpc.push(push::Sent::Open(self.next));
+        Ok(self.next)
     }
-    fn grpc_send(&mut self, _: u32, _: &[u8]) -> Result<(), String> {
-        Err("no gRPC in the simulation".into())
+    fn grpc_send(&mut self, stream: u32, message: &[u8]) -> Result<(), String> {
+        self.grpc.push(push::Sent::Send(stream, message.to_vec()));
+        Ok(())
     }
-    fn grpc_finish(&mut self, _: u32, _: Option<&[u8]>) -> Result<(), String> {
-        Err("no gRPC in the simulation".into())
+    fn grpc_finish(&mut self, stream: u32, last: Option<&[u8]>) -> Result<(), String> {
+        self.grpc
+            .push(push::Sent::Finish(stream, last.map(<[u8]>::to_vec)));
+        Ok(())
     }
-    fn grpc_close(&mut self, _: u32) {}
+    fn grpc_close(&mut self, stream: u32) {
+        self.grpc.push(push::Sent::Close(stream));
+    }
 }
 
 struct Request {
@@ -395,6 +418,7 @@ pub struct World {
     avoid: AvoidChecks,
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
+    push: push::Model,
 }
 
 impl World {
@@ -415,11 +439,7 @@ impl World {
                 slack: 2 * late_tick + 2,
                 // Polls go one at a time: the asked one may wait for the
                 // others' answers.
-                // The poller reads the ask on its next tick (or the one after,
-                // on a racing view), and a poll of the service in flight
-                // answers first (seeds 1-1999 pass; with every other
-                // service's answer added, as before, too loose to catch much).
-                poll_within: p.max_delay + 3 * late_tick + 2,
+                poll_within: (p.services as u64 + 1) * p.max_delay + 3 * late_tick + 2,
             },
         );
         let mut registry = Registry::new(p.services, &mut rng);
@@ -433,6 +453,8 @@ impl World {
         };
         check.confirm_within = late_tick + 2 + login;
         registry.set_views(&p.views.per_service);
+        let push = push::Model::new(seed, p.interval, p.services);
+        p.push = push.params.clone();
         let mut world = Self {
             check,
             rng,
@@ -461,6 +483,7 @@ impl World {
             views_rng,
             avoid,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
+            push,
             p,
         };
         world.add_config(world.p.max_stale, world.p.fail_closed);
@@ -512,6 +535,10 @@ impl World {
                 max_stale,
                 tick,
                 tick_jitter: tick / 10,
+                push_extra: self.p.push.as_ref().map_or(0, |push| {
+                    push.safety + self.p.services as u64 * self.p.max_delay
+                }),
+                probe_window: self.p.push.as_ref().map_or(0, |_| 5_000 + self.p.timeout),
             },
         });
     }
@@ -568,6 +595,7 @@ impl World {
             self.now = event.at;
             self.events += 1;
             self.step(event)?;
+            self.push_step()?;
             let credentials = self.p.credentials;
             self.check.deadlines(self.now, credentials)?;
             self.check_asked_polls()?;
@@ -624,6 +652,17 @@ impl World {
                 self.push(until, event.kind);
                 Ok(())
             }
+            Kind::Push(ref e)
+                if e.vm()
+                    .is_some_and(|vm| self.stalled_until[self.vms[vm].thread] > at) =>
+            {
+                let until = e
+                    .vm()
+                    .map_or(at, |vm| self.stalled_until[self.vms[vm].thread]);
+                self.push(until, event.kind);
+                Ok(())
+            }
+            Kind::Push(e) => self.push_event(e),
             Kind::Tick { vm, .. } | Kind::Answer { vm, .. }
                 if self.stalled_until[self.vms[vm].thread] > at =>
             {
@@ -739,7 +778,8 @@ impl World {
                 self.note(format!("wall clock steps {step} ms"));
                 let gen = self.configs.len() - 1;
                 let bounds = self.configs[gen].bounds;
-                self.check.jump(at, gen, self.p.services, &bounds);
+                let polled = self.push_polled_services();
+                self.check.jump(at, gen, &polled, &bounds);
                 let next = at + self.rng.between(5, 40) * interval;
                 self.push(next, Kind::Jump);
                 Ok(())
@@ -852,6 +892,14 @@ impl World {
                 root.retire_at = now + linger;
             }
         }
+        // A root context that goes at once closes its push links (`host::root`).
+        let gone: Vec<usize> = (0..self.vms.len())
+            .filter(|v| self.vms[*v].thread == thread && self.vms[*v].retire_at == now)
+            .collect();
+        for v in gone {
+            // Its answers, if any, find no live root: nothing to check.
+            let _ = self.push_retire(v);
+        }
         let id = self.rng.next_u64() | 1;
         self.vms.push(Vm {
             thread,
@@ -957,6 +1005,7 @@ impl World {
                 let emptied = stopped.is_some_and(|at| listed.emptied_since(at));
                 self.check
                     .routed(service, endpoint, (stopped, emptied), now, &bounds)?;
+                self.push_routed(service, endpoint)?;
                 self.check.not_stale(service, read_at, &bounds)?;
                 if let Some(pin) = pin.as_deref().filter(|pin| *pin != endpoint) {
                     if self.p.views.reject_deregistered {
@@ -1185,8 +1234,11 @@ impl World {
         let bounds = self.configs[self.configs.len() - 1].bounds;
         for (service, held, deadline) in self.check.confirms_due(self.now) {
             let window = held.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
+            // With a push link standing, what is due is confirmed by the link,
+            // and a push, taken at once, is what settles the list.
             if self.check.polled_within(service, held, deadline)
                 || self.check.disturbed(window, deadline, service)
+                || self.check.link_stood(service, held)
             {
                 continue;
             }
@@ -1251,6 +1303,7 @@ impl World {
                 )
                 .map_err(|e| format!("config {gen} refused: {e}"))?;
                 let mut engine = Engine::new(&parsed, &mut self.metrics, engine_seed);
+                engine.distrust_connections(self.push.cancelled(vm.thread));
                 engine.share(
                     ConfigKeys::new(config.raw.as_bytes()),
                     vm.id,
@@ -1353,7 +1406,8 @@ impl World {
         for (token, login, path) in sent {
             self.dispatch(v, gen, engine_id, token, login, &path)?;
         }
-        Ok(())
+        let grpc = std::mem::take(&mut self.vms[v].outbox.grpc);
+        self.push_sent(v, engine_id, grpc)
     }
 
     fn leases(&self) -> Vec<Option<Lease>> {
@@ -1421,6 +1475,7 @@ impl World {
             }
         } else {
             let s = service.ok_or_else(|| format!("a list call names no service: {path}"))?;
+            self.push_polled(v, gen, s)?;
             self.check.poll(gen, s, v, now, &bounds)?;
             if self.p.credentials
                 && (self.profile == Profile::Forbidden
