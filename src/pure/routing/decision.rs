@@ -545,6 +545,61 @@ mod tests {
     }
 
     #[test]
+    fn vms_started_at_different_places_send_their_first_requests_to_different_instances() {
+        // Every VM builds from the same list at once: if all started at the same
+        // place, each one's first request would hit the same instance.
+        let list = InstanceSet {
+            instances: (1..=4)
+                .map(|i| instance(&format!("10.0.0.{i}:80"), 1.0))
+                .collect(),
+            protection_reached: false,
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.accept(list, 0);
+        let firsts: std::collections::BTreeSet<String> = (0..4)
+            .map(|start| {
+                let mut candidates = Candidates::starting_at(start);
+                assert!(candidates.refresh(&snapshot, &InstanceFilter::default()));
+                routed_to(&mut candidates, RequestView::default())
+            })
+            .collect();
+        assert_eq!(firsts.len(), 4, "{firsts:?}");
+    }
+
+    #[test]
+    fn instances_that_stay_in_a_changing_list_keep_their_turn() {
+        // One request per list while an instance comes and goes: each change
+        // carries every stayer's place over, so the stayers still share evenly.
+        let stayers = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let mut snapshot = Snapshot::default();
+        let mut candidates = Candidates::default();
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for round in 0..300u64 {
+            let mut instances: Vec<_> = stayers.iter().map(|e| instance(e, 1.0)).collect();
+            if round % 2 == 1 {
+                instances.insert(0, instance("10.0.0.9:80", 1.0));
+            }
+            snapshot.accept(
+                InstanceSet {
+                    instances,
+                    protection_reached: false,
+                },
+                round,
+            );
+            assert!(candidates.refresh(&snapshot, &InstanceFilter::default()));
+            *counts
+                .entry(routed_to(&mut candidates, RequestView::default()))
+                .or_default() += 1;
+        }
+        let shares: Vec<usize> = stayers
+            .iter()
+            .map(|e| counts.get(*e).copied().unwrap_or(0))
+            .collect();
+        let spread = shares.iter().max().unwrap() - shares.iter().min().unwrap();
+        assert!(spread <= 2, "{counts:?}");
+    }
+
+    #[test]
     fn reject_codes_are_stable() {
         let codes: Vec<&str> = RejectCode::ALL.iter().map(|code| code.as_str()).collect();
         assert_eq!(

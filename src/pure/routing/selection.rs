@@ -60,14 +60,6 @@ impl WeightedRoundRobin {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.weights.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.weights.is_empty()
-    }
-
     /// Index of the next candidate; `None` when no candidate has weight.
     pub fn pick(&mut self) -> Option<usize> {
         self.pick_where(|_| true)

@@ -276,6 +276,22 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_with_a_stamp_that_is_not_plain_matches_only_its_own_bytes() {
+        // A stamp with an escape cannot be checked in place: the digest keeps the
+        // whole body, and a changed host of the same length must not pass as
+        // unchanged (it would keep routing to the host that left).
+        let odd = RNACOS_FIRST.replace(
+            "\"checksum\":\"1795983932100\"",
+            "\"checksum\":\"17959839\\\"100\"",
+        );
+        let last = AnswerDigest::of(odd.as_bytes());
+        assert!(last.matches(odd.as_bytes()), "the same bytes again");
+        let moved = odd.replace("10.0.0.1", "10.0.0.2");
+        assert_eq!(moved.len(), odd.len());
+        assert!(!last.matches(moved.as_bytes()), "a host changed");
+    }
+
+    #[test]
     fn a_changed_host_changes_the_digest() {
         let changes = [
             ("\"ip\":\"10.0.0.3\"", "\"ip\":\"10.0.0.4\""),
