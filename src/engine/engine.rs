@@ -166,7 +166,7 @@ impl Engine {
             Role::Follow => {
                 self.links.stop(outbox, metrics);
                 self.follow(store, metrics);
-                self.keep_listed(metrics, store);
+                self.keep_listed(now_ms, metrics, store);
                 return;
             }
             // A new poller starts from what the last one published, token included.

@@ -73,6 +73,27 @@ impl Engine {
                 let cluster = Some(cluster.to_string());
                 self.learn(&host, cluster.as_deref(), *settings, now_ms, metrics, store)?
             }
+            // Refused when it was listed again: no other VM may ever list it,
+            // so its own requests ask for a place (a second apart).
+            Lookup::Relist {
+                guard,
+                target,
+                host,
+            } => {
+                let sharing = self.sharing.as_ref()?;
+                match sharing.announce_learned(&host, learned.max_services(), store) {
+                    Announced::Full => {
+                        learned.still_refused(metrics);
+                        return None;
+                    }
+                    Announced::Listed => learned.take_back(target),
+                    Announced::Contended => {
+                        learned.take_back(target);
+                        learned.keep_unlisted(host, target);
+                    }
+                }
+                guard
+            }
         };
         let target = self.guards.target_of(guard)?;
         let t = self.targets.get(target)?;
@@ -212,18 +233,26 @@ impl Engine {
     }
 
     /// As a follower: list again each service this VM learned that the poller
-    /// does not poll yet, in case its addition was lost or erased.
-    pub(super) fn keep_listed(&mut self, metrics: &mut dyn Metrics, store: &mut dyn SharedStore) {
+    /// does not poll yet, in case its addition was lost or erased. One without
+    /// a request here for `idleMs` is left off: the poller may have taken it
+    /// off for idling (its heartbeat, unchanged since, may never say it polled
+    /// it), and a request lists it again (`relist_after_request`).
+    pub(super) fn keep_listed(
+        &mut self,
+        now_ms: u64,
+        metrics: &mut dyn Metrics,
+        store: &mut dyn SharedStore,
+    ) {
         let (Some(learned), Some(sharing)) = (self.learned.as_mut(), &self.sharing) else {
             return;
         };
         let max = learned.max_services();
         for (host, target) in learned.take_unlisted() {
-            if self
+            let polled = self
                 .targets
                 .get(target)
-                .is_some_and(|t| t.polled_by_poller())
-            {
+                .is_some_and(|t| t.polled_by_poller());
+            if polled || learned.idle_here(target, now_ms) {
                 continue;
             }
             match sharing.announce_learned(&host, max, store) {
