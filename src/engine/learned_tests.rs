@@ -468,3 +468,35 @@ fn a_follower_stops_listing_a_service_idle_on_it() {
     run(&mut gateway, &[0, 1], 2_000..8_000);
     assert!(listed(&gateway).is_empty(), "idle shop is off the list");
 }
+
+/// Found by the simulator (seed 23 of 1–100 with learned services): the poller
+/// refused shop on a request while the list was full, then took shop from the
+/// list when another VM listed it; its next request to shop learned it again,
+/// with a second guard of the same target that only a change of shop's content
+/// would have filled: `no_healthy_instance` for every request until then.
+#[test]
+fn a_service_refused_then_taken_from_the_list_routes_its_requests() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1,"idleMs":2000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    let now = run(&mut gateway, &[0, 1], 20..1_000);
+    assert_eq!(
+        gateway.send(poller, now, FakeRequest::to("r", SHOP)),
+        "ignore"
+    );
+    // Nobody asks for orders past idleMs: its place frees, and the follower's
+    // request lists shop, which the poller takes from the list.
+    let now = run(&mut gateway, &[0, 1], 1_000..6_000);
+    assert!(listed(&gateway).is_empty(), "idle orders is off the list");
+    gateway.send(follower, now, FakeRequest::to("r", SHOP));
+    let now = run(&mut gateway, &[0, 1], 6_000..8_000);
+    assert_eq!(
+        gateway.send(poller, now, FakeRequest::to("r", SHOP)),
+        "10.0.0.1:80"
+    );
+}

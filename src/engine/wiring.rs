@@ -162,7 +162,9 @@ impl Engine {
                 sharing.touch(t.heartbeat_id(), now_ms, store);
             }
         }
-        if following::start_from_stored(&mut self.targets, target, store) {
+        // A target this VM polls already (it took the service from the list
+        // after refusing a request to it) has content the new guard lacks.
+        if following::start_from_stored(&mut self.targets, target, store) || !added {
             self.refresh_guards(target, metrics);
         }
         Some(guard)
