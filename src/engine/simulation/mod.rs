@@ -17,6 +17,7 @@
 
 mod avoidance;
 mod invariants;
+mod learned;
 mod metrics;
 mod registry;
 mod rng;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use super::avoidance::{AvoidChecks, Failure, Policy};
 use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
+use super::learned::{self, LearnedChecks, LearnedSettings, BURST_MS};
 use super::metrics::{usable_gauge, SimMetrics};
 use super::registry::Registry;
 use super::rng::Rng;
@@ -23,10 +24,14 @@ use crate::pure::sharing::published::ConfigKeys;
 const TRACE_LINES: usize = 200;
 const MAX_REQUESTS: u64 = 20_000;
 /// How long, at most, an edited configuration's old root contexts serve on, in
-/// intervals. 0 for now: at 3, 12 of seeds 1000-1599 fail (no_healthy_instance
-/// after the poller announced a listing; snapshots whose content stamp moves
-/// back), not yet told apart as plugin bugs or too tight invariants.
-const LINGER_INTERVALS: u64 = 0;
+/// intervals, as Envoy drains the old filter chains. At 3, before this was
+/// turned on, 33 of seeds 1000-1599 failed: one engine defect (a poller's list
+/// older than another configuration's stored one reached none of its
+/// followers, fixed in `sharing::publish_content`) and checks that took one
+/// configuration alive at a time (an asked poll explained one early poll for
+/// the gateway, not one per configuration; a configuration's start list; one
+/// login trouble for all; a follower going back to its poller's older list).
+const LINGER_INTERVALS: u64 = 3;
 
 /// One run's shape, drawn from its seed.
 #[derive(Debug, Clone)]
@@ -54,6 +59,8 @@ pub struct Params {
     pub max_avoided_percent: u64,
     /// Whether instances die while Nacos lists them (until the steady phase).
     pub deaths: bool,
+    /// `guardNacosRoutes`: the services are learned from requests' clusters.
+    pub learned: Option<LearnedSettings>,
 }
 
 impl Params {
@@ -82,6 +89,7 @@ impl Params {
             avoid_ms: 0,
             max_avoided_percent: 50,
             deaths: false,
+            learned: None,
         }
     }
 
@@ -100,10 +108,14 @@ impl Params {
             ""
         };
         let rules: Vec<String> = (0..self.services)
+            .filter(|_| self.learned.is_none())
             .map(|s| format!(r#"{{"_match_route_":["r{s}"],"service":{{"name":"s{s}"}}}}"#))
             .collect();
+        let learned = self
+            .learned
+            .map_or(String::new(), |l| format!(",{}", l.json()));
         format!(
-            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{},"_rules_":[{}]}}"#,
+            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{}{learned},"_rules_":[{}]}}"#,
             self.timeout,
             self.interval,
             if fail_closed {
@@ -166,6 +178,14 @@ enum Kind {
     /// The response of a request routed to `endpoint` reaches the VM's HTTP
     /// context, with Envoy's response flags and code details.
     Response(Box<Response>),
+    /// A request of a learned service on one root context (its first ones).
+    LearnedRequest {
+        vm: usize,
+        engine: u64,
+        service: usize,
+    },
+    /// A learned service's traffic stops for a while.
+    Quiet,
 }
 
 #[derive(Debug)]
@@ -265,7 +285,8 @@ impl Outbox for SimOutbox {
     fn grpc_close(&mut self, _: u32) {}
 }
 
-struct Request(String);
+/// A request's route, and with learned services the cluster it goes to.
+struct Request(String, Option<String>);
 
 impl RequestFacts for Request {
     fn route_name(&mut self) -> Option<&str> {
@@ -275,7 +296,7 @@ impl RequestFacts for Request {
         None
     }
     fn cluster_name(&mut self) -> Option<&str> {
-        None
+        self.1.as_deref()
     }
 }
 
@@ -369,6 +390,11 @@ pub struct World {
     avoid: AvoidChecks,
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
+    /// Learned services: their checks, their own random numbers, and until
+    /// when a burst of first requests contends for shared data.
+    learned: Option<LearnedChecks>,
+    learn_rng: Rng,
+    contended_until: u64,
 }
 
 impl World {
@@ -377,6 +403,14 @@ impl World {
         let mut p = Params::draw(&mut rng);
         let mut side = Rng::new(seed ^ 0xa701_d1ed_dead_0001);
         p.draw_avoidance(&mut side);
+        p.learned = LearnedSettings::draw(seed, p.services);
+        if p.learned.is_some() {
+            // Deaths are checked per guard index, which learning reorders.
+            p.deaths = false;
+        }
+        let learned = p
+            .learned
+            .map(|l| LearnedChecks::new(l, p.services, p.credentials));
         let tick = (p.interval / 20).clamp(10, 50);
         let late_tick = tick + tick / 10;
         let avoid = AvoidChecks::new(
@@ -418,6 +452,9 @@ impl World {
             side,
             avoid,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
+            learned,
+            learn_rng: Rng::new(seed ^ 0x1ea7_4ed5_e7c1_0002),
+            contended_until: 0,
             p,
         };
         world.add_config(world.p.max_stale, world.p.fail_closed);
@@ -444,6 +481,12 @@ impl World {
         if world.p.deaths {
             let at = world.side.between(world.p.interval, 10 * world.p.interval);
             world.push(at.min(world.p.steady_at), Kind::Death);
+        }
+        if world.learned.is_some() {
+            let at = world
+                .learn_rng
+                .between(world.p.interval, 10 * world.p.interval);
+            world.push(at.min(world.p.steady_at), Kind::Quiet);
         }
         world.note(format!("params {:?}", world.p));
         world
@@ -523,6 +566,7 @@ impl World {
             self.check.deadlines(self.now, credentials)?;
             self.check_asked_polls()?;
             self.check_gauges()?;
+            self.check_learned_polls()?;
         }
         if self.counting() {
             // The registry has been still since the steady phase began.
@@ -533,6 +577,19 @@ impl World {
             self.check_gauges()?;
         }
         self.check_shares()
+    }
+
+    /// Invariant 17: each poll a learned service's request called for was sent.
+    fn check_learned_polls(&mut self) -> Verdict {
+        let Some(learned) = &mut self.learned else {
+            return Ok(());
+        };
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        let lease_ms = self.p.interval * crate::engine::sharing::LEASE_INTERVALS;
+        let check = &self.check;
+        learned.deadlines(self.now, &bounds, lease_ms, |from, to, service| {
+            check.disturbed_apart_from_edits(from, to, service)
+        })
     }
 
     /// The `usable_instances` checks due by now, each unless the service changed
@@ -548,6 +605,12 @@ impl World {
         for (_, service, changed) in due {
             if self.changed_at[service] != changed {
                 continue;
+            }
+            let newest = self.configs.len() - 1;
+            if let Some(learned) = &self.learned {
+                if !learned.gauge_applies((newest, service), changed, now, &bounds) {
+                    continue;
+                }
             }
             let gauge = self.metrics.get(&usable_gauge(service));
             let listed = self.registry.services[service].usable().count();
@@ -572,6 +635,11 @@ impl World {
                 self.push(until, event.kind);
                 Ok(())
             }
+            Kind::LearnedRequest { vm, .. } if self.stalled_until[self.vms[vm].thread] > at => {
+                let until = self.stalled_until[self.vms[vm].thread];
+                self.push(until, event.kind);
+                Ok(())
+            }
             Kind::Tick { vm, .. } | Kind::Answer { vm, .. }
                 if self.stalled_until[self.vms[vm].thread] > at =>
             {
@@ -585,7 +653,31 @@ impl World {
                 linger,
             } => {
                 let vm = self.start_root(thread, linger);
-                self.vm_callback(vm, Callback::Configure(gen))
+                self.vm_callback(vm, Callback::Configure(gen))?;
+                self.learned_burst(vm);
+                Ok(())
+            }
+            Kind::LearnedRequest {
+                vm,
+                engine,
+                service,
+            } => {
+                if !self.live(vm, engine) {
+                    return Ok(());
+                }
+                self.request_on(vm, service)
+            }
+            Kind::Quiet => {
+                if self.steady() {
+                    return Ok(());
+                }
+                let Some(learned) = &mut self.learned else {
+                    return Ok(());
+                };
+                let (next, what) = learned.quiet(&mut self.learn_rng, at, interval);
+                self.note(what);
+                self.push(next.min(self.p.steady_at), Kind::Quiet);
+                Ok(())
             }
             Kind::Tick { vm, engine } => {
                 if !self.live(vm, engine) {
@@ -687,7 +779,14 @@ impl World {
                 self.note(format!("wall clock steps {step} ms"));
                 let gen = self.configs.len() - 1;
                 let bounds = self.configs[gen].bounds;
-                self.check.jump(at, gen, self.p.services, &bounds);
+                let services: Vec<usize> = (0..self.p.services)
+                    .filter(|s| {
+                        self.learned
+                            .as_ref()
+                            .is_none_or(|l| l.busy_through_jump(self.same_as(gen), *s, at, &bounds))
+                    })
+                    .collect();
+                self.check.jump(at, gen, &services, &bounds);
                 let next = at + self.rng.between(5, 40) * interval;
                 self.push(next, Kind::Jump);
                 Ok(())
@@ -717,6 +816,7 @@ impl World {
                 let fail_closed = self.rng.chance(500);
                 self.add_config(max_stale, fail_closed);
                 let gen = self.configs.len() - 1;
+                self.check.configuration_starts(gen);
                 let settle = 2 * (interval / 20).clamp(10, 50) + 10;
                 // Each thread's old root context serves on for 0 to
                 // LINGER_INTERVALS intervals.
@@ -771,6 +871,17 @@ impl World {
         }
     }
 
+    /// The first configuration identical to `gen`: an edit back to it reuses
+    /// its shared-data keys (lease, learned list), so the learned checks take
+    /// the two for one.
+    fn same_as(&self, gen: usize) -> usize {
+        let raw = &self.configs[gen].raw;
+        self.configs
+            .iter()
+            .position(|c| &c.raw == raw)
+            .unwrap_or(gen)
+    }
+
     /// Whether root context `vm` still runs, with engine `engine`.
     fn live(&self, vm: usize, engine: u64) -> bool {
         let root = &self.vms[vm];
@@ -781,9 +892,14 @@ impl World {
     /// per root context); the thread's current one lingers `linger` ms more.
     fn start_root(&mut self, thread: usize, linger: u64) -> usize {
         let now = self.now;
-        for root in &mut self.vms {
+        for v in 0..self.vms.len() {
+            let root = &self.vms[v];
             if root.thread == thread && root.retire_at == u64::MAX {
-                root.retire_at = now + linger;
+                let gen = self.same_as(root.gen);
+                self.vms[v].retire_at = now + linger;
+                if let Some(learned) = &mut self.learned {
+                    learned.retired(gen, now + linger);
+                }
             }
         }
         let id = self.rng.next_u64() | 1;
@@ -818,6 +934,56 @@ impl World {
         }
         let vm = running[self.rng.below(running.len() as u64) as usize];
         let service = self.rng.below(self.p.services as u64) as usize;
+        if let Some(learned) = &self.learned {
+            if learned.quiet_until[service] > self.now {
+                return Ok(());
+            }
+        }
+        self.request_on(vm, service)
+    }
+
+    /// Every service's first request on root context `vm`, just configured,
+    /// within a few milliseconds: what every worker gets at start-up and after
+    /// an edit (whose new configuration starts with an empty learned list),
+    /// while the others' writes contend for shared data.
+    fn learned_burst(&mut self, vm: usize) {
+        if self.learned.is_none() {
+            return;
+        }
+        self.contended_until = self.now + BURST_MS;
+        let engine = self.vms[vm].engine_id;
+        for service in 0..self.p.services {
+            let at = self.now + self.learn_rng.below(4);
+            self.push(
+                at,
+                Kind::LearnedRequest {
+                    vm,
+                    engine,
+                    service,
+                },
+            );
+        }
+    }
+
+    /// The store a learned request's callback sees: racing another VM's
+    /// callback of the same moment, and contended in a burst.
+    fn learned_view(&mut self, vm: usize) -> (Option<SimStore>, Option<(Rng, u64)>) {
+        let Some(learned) = &self.learned else {
+            return (None, None);
+        };
+        let per_mille = learned.settings.contention;
+        let stale = self.racing_view(vm);
+        self.before_last = Some((vm, self.now, self.store.clone()));
+        let contention = (self.now <= self.contended_until)
+            .then(|| (Rng::new(self.learn_rng.next_u64()), per_mille));
+        (stale, contention)
+    }
+
+    fn request_on(&mut self, vm: usize, service: usize) -> Verdict {
+        let (stale, contention) = self.learned_view(vm);
+        let refused_key = "nacos_guard.learned_services_refused";
+        let refused_before = self.metrics.get(refused_key).unwrap_or(0);
+        let cluster = self.learned.as_ref().map(|_| learned::cluster(service));
         let Vm {
             engine,
             clock_ms,
@@ -828,12 +994,17 @@ impl World {
         } = &mut self.vms[vm];
         let (gen, configured, now_gw, read_at) = (*gen, *configured_at, *clock_ms, *clock_read_at);
         let Some(engine) = engine else { return Ok(()) };
+        let mut view = View::new(&mut self.store, stale.as_ref());
+        if let Some((rng, per_mille)) = contention {
+            view = view.contended(rng, per_mille);
+        }
         let action = engine.on_request(
             now_gw,
-            &mut Request(format!("r{service}")),
+            &mut Request(format!("r{service}"), cluster),
             &mut self.metrics,
-            &mut self.store,
+            &mut view,
         );
+        let beaten = view.beaten;
         let mut routed = None;
         let outcome = match action {
             RequestAction::Route {
@@ -857,14 +1028,50 @@ impl World {
             RequestAction::PassThrough => "pass".to_string(),
             RequestAction::Ignore => "ignore".to_string(),
         };
+        let race = if stale.is_some() { " (stale view)" } else { "" };
+        let beaten = if beaten > 0 {
+            format!(" ({beaten} CAS beaten)")
+        } else {
+            String::new()
+        };
         self.note(format!(
-            "VM {vm} request s{service} gw={now_gw} -> {outcome}"
+            "VM {vm} request s{service} gw={now_gw} -> {outcome}{race}{beaten}"
         ));
         let bounds = self.configs[gen].bounds;
         let now = self.now;
+        let same = self.same_as(gen);
+        // A learned service's first request on a VM starts it from the stored
+        // list, whatever the VM's last clock reading.
+        let heard_by = if self.learned.is_some() { now } else { read_at };
+        if let Some(learned) = &mut self.learned {
+            // A service that may have idled since its last request is
+            // trouble for it until it is polled again and followed.
+            if let Some(from) = learned.idled_before(service, now, &bounds) {
+                let until = now + learned.relearned_within(&bounds) + bounds.routed_after_change();
+                self.check
+                    .trouble_until(from, until, Trouble::Idle(service));
+            }
+            let refused = self
+                .metrics
+                .get(refused_key)
+                .unwrap_or(0)
+                .wrapping_sub(refused_before);
+            let ignored = outcome == "ignore";
+            let since = now.saturating_sub(learned.may_hold_place(&bounds));
+            let held = self.check.stalled_or_stepped(since, now);
+            let first = learned.first_guarded(gen, service, ignored, now);
+            learned.request(same, service, now, (ignored, refused, held), &bounds)?;
+            if first {
+                self.check.learned_service_starts(gen, service);
+            }
+            if ignored {
+                return Ok(());
+            }
+        }
         let skipped = self.vms[vm]
             .engine
             .as_ref()
+            .filter(|_| self.learned.is_none())
             .and_then(|e| e.guards.avoided_of(GuardId::from_index(service)));
         if let Some(skipped) = skipped {
             let check = &self.check;
@@ -878,7 +1085,8 @@ impl World {
                 let emptied = stopped.is_some_and(|at| listed.emptied_since(at));
                 self.check
                     .routed(service, endpoint, (stopped, emptied), now, &bounds)?;
-                self.check.not_stale(service, read_at, &bounds)?;
+                self.check
+                    .not_stale(service, (read_at, heard_by), &bounds)?;
                 if self.registry.services[service].is_dead(endpoint) {
                     let noticed = self.avoid.noticed_at(service, endpoint);
                     let calm = noticed.is_some_and(|t| self.calm(service, t));
@@ -897,7 +1105,8 @@ impl World {
                 Ok(())
             }
             ("reject", "no_healthy_instance") => {
-                self.check.not_stale(service, read_at, &bounds)?;
+                self.check
+                    .not_stale(service, (read_at, heard_by), &bounds)?;
                 self.check
                     .no_healthy(service, gen, configured, now, &bounds)
             }
@@ -1108,6 +1317,13 @@ impl World {
     fn vm_callback(&mut self, v: usize, callback: Callback) -> Verdict {
         let stale = self.racing_view(v);
         let racing = stale.is_some();
+        let contention = match &self.learned {
+            Some(learned) if self.now <= self.contended_until => Some((
+                Rng::new(self.learn_rng.next_u64()),
+                learned.settings.contention,
+            )),
+            _ => None,
+        };
         // Keep the store as it was, in case the next callback races this one.
         self.before_last = Some((v, self.now, self.store.clone()));
         let leases_before: Vec<Option<Lease>> = self.leases();
@@ -1118,6 +1334,9 @@ impl World {
         let ticked = matches!(callback, Callback::Tick);
         let configured = matches!(callback, Callback::Configure(_));
         let mut view = View::new(&mut self.store, stale.as_ref());
+        if let Some((rng, per_mille)) = contention {
+            view = view.contended(rng, per_mille);
+        }
         let mut line = String::new();
         // What the followers can hear of is what the poller wrote into its heartbeat.
         let mut wrote_heartbeat = false;
@@ -1184,7 +1403,13 @@ impl World {
         let became = is_poller && !vm.poller;
         vm.poller = is_poller;
         let (gw, gen, engine_id) = (vm.clock_ms, vm.gen, vm.engine_id);
-        let health = vm.engine.as_ref().map(Engine::snapshot_health);
+        let health = match &self.learned {
+            Some(_) => vm
+                .engine
+                .as_ref()
+                .map(|e| learned::health_by_service(e, self.p.services)),
+            None => vm.engine.as_ref().map(Engine::snapshot_health),
+        };
         if configured || ticked {
             // Envoy ticks every period, a little late at times.
             let next = now + period + self.rng.below(period / 10 + 1);
@@ -1217,6 +1442,10 @@ impl World {
         }
         if became {
             self.check.became_poller(v, now);
+            let same = self.same_as(gen);
+            if let Some(learned) = &mut self.learned {
+                learned.became_poller(same, now);
+            }
         }
         if ticked && is_poller && wrote_heartbeat {
             self.check.poller_ticked(v, now);
@@ -1303,6 +1532,11 @@ impl World {
         } else {
             let s = service.ok_or_else(|| format!("a list call names no service: {path}"))?;
             self.check.poll(gen, s, v, now, &bounds)?;
+            let same = self.same_as(gen);
+            if let Some(learned) = &mut self.learned {
+                learned.polled(same, s, now);
+                learned.bound_kept(same, now, &bounds)?;
+            }
             if self.p.credentials
                 && (self.profile == Profile::Forbidden
                     || !self.registry.accepts(access.as_deref(), now))
@@ -1330,7 +1564,7 @@ impl World {
                     self.check
                         .trouble_until(now, now + at, Trouble::ListFailed(s))
                 }
-                _ => self.check.login_failing(now),
+                _ => self.check.login_failing(gen, now),
             }
         }
         let status = answer
@@ -1396,7 +1630,7 @@ impl World {
                     Some((token, self.p.ttl_s))
                 });
                 if grant.is_some() {
-                    self.check.login_works(self.now);
+                    self.check.login_works(call.gen, self.now);
                 }
                 self.check.login_answered(call.gen, v, gw, grant);
             }
