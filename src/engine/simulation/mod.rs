@@ -96,8 +96,12 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, keep_going: bool) {
 /// 2707 (a follower reading the store as it was just before that heartbeat).
 /// Seed 33: a poller that asked for a poll for its own failed request polled
 /// twice, the asked poll going from an answer callback and its next tick
-/// polling again (`Engine::on_instance_failure` notes the ask now).
-const REGRESSIONS: &[u64] = &[1085, 1144, 1165, 1311, 1415, 4702, 2707, 33];
+/// polling again (`Engine::on_instance_failure` notes the ask now). Seed 1208,
+/// with an edit's old root contexts lingering: a poller's list older than the
+/// other configuration's stored one reached none of its followers, which kept
+/// a deregistered instance (`sharing::publish_content` keeps it under its
+/// writer's key now; with that reverted, 1208 and 1167 of 1000-1599 fail).
+const REGRESSIONS: &[u64] = &[1085, 1144, 1165, 1311, 1415, 4702, 2707, 33, 1208];
 
 /// The number in environment variable `name`, or `default`.
 fn env_number(name: &str, default: u64) -> u64 {
