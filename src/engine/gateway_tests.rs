@@ -813,3 +813,53 @@ fn learned_services_are_bounded_and_ambiguous_names_are_not_guessed() {
         "ignore"
     );
 }
+
+#[test]
+fn a_pollers_answer_older_than_another_configurations_list_reaches_its_followers() {
+    // Found by the simulator once an edit's old root contexts linger (seed 1093
+    // of 1000-1599): configuration A's poll, sent before B's, answered after
+    // B had stored a newer list. The stored content is one per question and
+    // only a newer one replaces it, so A's list was stored nowhere, while A's
+    // heartbeat announced it: A's followers took the confirmation and kept
+    // their old list, confirmed fresh, for as long as Nacos's list stayed the
+    // same (here 10.0.0.1, deregistered, for good).
+    let a = global("");
+    let b = global(r#","maxStaleMs":20000"#);
+    let mut gateway = Gateway::new(&a, 2, Nacos::List(hosts(&FOUR[..1])));
+    let mut wall = 0;
+    while wall < 3_000 {
+        gateway.tick_all(wall);
+        wall += 20;
+    }
+    gateway.add_vm(&b);
+    let b_poller = 2;
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    let (a_poller, late_call, sent_at) = gateway.stall_poller_with_a_call_out(wall + 20);
+    assert!(a_poller < b_poller, "A's poller holds the call");
+    gateway.nacos = Nacos::List(hosts(&FOUR[..2]));
+    wall = until_it_polls(&mut gateway, b_poller, sent_at + 20);
+    gateway.nacos = Nacos::List(hosts(&FOUR[1..2]));
+    let now = gateway.tick(a_poller, wall);
+    let moved = hosts(&FOUR[1..2]);
+    let Vm { engine, outbox, .. } = &mut gateway.vms[a_poller];
+    engine.on_answer(
+        late_call.token,
+        Some((200, &moved)),
+        now,
+        outbox,
+        &mut gateway.metrics,
+        &mut gateway.store,
+    );
+    let a_follower = 1 - a_poller;
+    let mut routed = std::collections::BTreeSet::new();
+    let (settled, end) = (wall + 3_000, wall + 10_000);
+    while wall < end {
+        let now = gateway.tick_all(wall);
+        let endpoint = gateway.request(a_follower, now, "r");
+        if wall >= settled {
+            routed.insert(endpoint);
+        }
+        wall += 20;
+    }
+    assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.2:80"]);
+}

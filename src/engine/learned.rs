@@ -28,6 +28,13 @@ pub(super) enum Lookup {
         host: String,
         settings: Box<GuardSettings>,
     },
+    /// A learned service refused when it was listed again, due to ask the list
+    /// once more: its guard and target, and the host to list.
+    Relist {
+        guard: GuardId,
+        target: TargetId,
+        host: String,
+    },
 }
 
 /// What this VM knows a cluster name to be.
@@ -60,6 +67,9 @@ struct Learned {
     /// Refused after it was learned: the list was full when it came back from
     /// idling, or when this VM listed it again.
     refused: bool,
+    /// While refused: when a request asks the list for a place again. Idle
+    /// services free places, and no other VM may ever list this one.
+    retry_at_ms: u64,
     /// When the poller next reads when it last carried a request.
     next_idle_check_ms: u64,
     /// When this VM last said it carried a request.
@@ -156,7 +166,9 @@ impl LearnedServices {
                     },
                     None => match self.read(host) {
                         new @ Lookup::New { .. } => return new,
-                        Lookup::Guarded(_) | Lookup::LeftAlone => Known::NotNacos,
+                        Lookup::Guarded(_) | Lookup::LeftAlone | Lookup::Relist { .. } => {
+                            Known::NotNacos
+                        }
                     },
                 };
                 self.by_cluster.insert(cluster.to_string(), known);
@@ -165,7 +177,16 @@ impl LearnedServices {
         };
         match known {
             Known::Guarded(guard, target) => {
-                if self.state(target).is_some_and(|l| l.refused) {
+                if let Some(learned) = self.state_mut(target).filter(|l| l.refused) {
+                    if now_ms >= learned.retry_at_ms {
+                        learned.retry_at_ms = now_ms.saturating_add(REFUSED_RETRY_MS);
+                        let host = learned.host.clone();
+                        return Lookup::Relist {
+                            guard,
+                            target,
+                            host,
+                        };
+                    }
                     bump(metrics, self.metrics.refused);
                     return Lookup::LeftAlone;
                 }
@@ -193,11 +214,26 @@ impl LearnedServices {
         else {
             return Lookup::LeftAlone;
         };
+        let guard = learned.guard;
+        self.take_back(target);
+        Lookup::Guarded(guard)
+    }
+
+    /// The refused service of `target` has its place on the list now.
+    pub fn take_back(&mut self, target: TargetId) {
+        let Some(learned) = self.state_mut(target) else {
+            return;
+        };
         if learned.refused {
             learned.refused = false;
-            self.active += usize::from(learned.active);
+            let active = learned.active;
+            self.active += usize::from(active);
         }
-        Lookup::Guarded(learned.guard)
+    }
+
+    /// A request to the refused service of `target` found the list still full.
+    pub fn still_refused(&mut self, metrics: &mut dyn Metrics) {
+        bump(metrics, self.metrics.refused);
     }
 
     /// The service `host` stands for, read from the name alone.
@@ -322,6 +358,7 @@ impl LearnedServices {
                 guard,
                 active: true,
                 refused: false,
+                retry_at_ms: 0,
                 next_idle_check_ms: now_ms,
                 touched_ms: if cluster.is_some() { now_ms } else { 0 },
                 relisted_ms: now_ms,
@@ -350,6 +387,13 @@ impl LearnedServices {
             "nacos-instance-guard: guarding service {} (group {}, namespace {}) learned from {cluster}",
             service.name, service.group, service.namespace_id
         );
+    }
+
+    /// Whether this VM carried no request to `target` for `idleMs`.
+    pub fn idle_here(&self, target: TargetId, now_ms: u64) -> bool {
+        self.state(target).is_some_and(|learned| {
+            now_ms.saturating_sub(learned.touched_ms) > self.settings.idle_ms
+        })
     }
 
     /// A learned service that idles is not polled.

@@ -483,3 +483,93 @@ fn a_follower_waiting_for_the_poller_reads_the_list_once_a_second() {
     let reads = gateway.store.bytes_moved.get() / encoded.len();
     assert!((1..=2).contains(&reads), "{reads} reads of the list in 2 s");
 }
+
+/// Found by the simulator (seeds 23 and 48 of 1–60 with learned services): a
+/// service its VM found no room for when listing it again stayed refused on
+/// that VM once the list had room, unless another VM listed it; with every VM
+/// in that state, the service was left alone for good.
+#[test]
+fn a_service_refused_when_listed_again_is_taken_once_the_list_has_room() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1,"idleMs":2000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.store.contend = Some(("learned", 8));
+    gateway.send(follower, 0, FakeRequest::to("r", SHOP));
+    gateway.send(poller, 0, FakeRequest::to("r", ORDERS));
+    let now = run(&mut gateway, &[0, 1], 20..2_000);
+    assert_eq!(
+        gateway.send(follower, now, FakeRequest::to("r", SHOP)),
+        "ignore"
+    );
+    // Nobody asks for orders past idleMs: the poller takes it off the list.
+    run(&mut gateway, &[0, 1], 2_000..6_000);
+    assert!(listed(&gateway).is_empty(), "idle orders is off the list");
+    let mut outcome = String::new();
+    for second in 6..10 {
+        let now = run(&mut gateway, &[0, 1], second * 1_000..(second + 1) * 1_000);
+        outcome = gateway.send(follower, now, FakeRequest::to("r", SHOP));
+    }
+    assert_eq!(listed(&gateway), [SHOP_HOST]);
+    assert_eq!(outcome, "10.0.0.1:80");
+}
+
+/// Found by the simulator (seed 37 of 1–100 with learned services): a follower
+/// lists what it learned again on each tick until the poller's heartbeat
+/// carries it, but it reads the heartbeat only when that changes; learned after
+/// the poller's last change (here Nacos refuses every call, so none comes), the
+/// service went back on the list at each of its ticks, even once the poller had
+/// taken it off for idling, and held its place under `maxServices` while idle.
+#[test]
+fn a_follower_stops_listing_a_service_idle_on_it() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1,"idleMs":2000"#),
+        2,
+        Nacos::Status(403),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.send(poller, 0, FakeRequest::to("r", SHOP));
+    let now = run(&mut gateway, &[0, 1], 20..1_000);
+    gateway.send(follower, now, FakeRequest::to("r", SHOP));
+    run(&mut gateway, &[0, 1], 1_000..2_000);
+    assert_eq!(listed(&gateway), [SHOP_HOST]);
+    // Nobody asks for shop past idleMs: the poller takes it off the list, for good.
+    run(&mut gateway, &[0, 1], 2_000..8_000);
+    assert!(listed(&gateway).is_empty(), "idle shop is off the list");
+}
+
+/// Found by the simulator (seed 23 of 1–100 with learned services): the poller
+/// refused shop on a request while the list was full, then took shop from the
+/// list when another VM listed it; its next request to shop learned it again,
+/// with a second guard of the same target that only a change of shop's content
+/// would have filled: `no_healthy_instance` for every request until then.
+#[test]
+fn a_service_refused_then_taken_from_the_list_routes_its_requests() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1,"idleMs":2000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    let now = run(&mut gateway, &[0, 1], 20..1_000);
+    assert_eq!(
+        gateway.send(poller, now, FakeRequest::to("r", SHOP)),
+        "ignore"
+    );
+    // Nobody asks for orders past idleMs: its place frees, and the follower's
+    // request lists shop, which the poller takes from the list.
+    let now = run(&mut gateway, &[0, 1], 1_000..6_000);
+    assert!(listed(&gateway).is_empty(), "idle orders is off the list");
+    gateway.send(follower, now, FakeRequest::to("r", SHOP));
+    let now = run(&mut gateway, &[0, 1], 6_000..8_000);
+    assert_eq!(
+        gateway.send(poller, now, FakeRequest::to("r", SHOP)),
+        "10.0.0.1:80"
+    );
+}

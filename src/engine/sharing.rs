@@ -361,7 +361,13 @@ pub fn publish_content(
     };
     let (stored, cas) = store.get(keys.content());
     let header = stored.as_deref().and_then(published::content_header);
-    if header.is_some_and(|(stored_stamp, _)| stored_stamp >= stamp) {
+    if let Some((stored_stamp, other)) = header.filter(|(s, _)| *s >= stamp) {
+        // Another configuration stored a newer list (its poll went later):
+        // this one's followers are told of this list all the same, so it is
+        // kept under this writer's key, where they look for it.
+        if other != writer && stored_stamp > stamp {
+            store.set(&keys.kept(writer), &bytes, None);
+        }
         return;
     }
     if let (Some((_, other)), Some(stored)) = (header, &stored) {

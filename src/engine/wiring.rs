@@ -73,6 +73,36 @@ impl Engine {
                 let cluster = Some(cluster.to_string());
                 self.learn(&host, cluster.as_deref(), *settings, now_ms, metrics, store)?
             }
+            // Refused when it was listed again: no other VM may ever list it,
+            // so its own requests ask for a place (a second apart).
+            Lookup::Relist {
+                guard,
+                target,
+                host,
+            } => {
+                // The list itself says whether it holds the service already or
+                // has room: once a second per refused service.
+                let sharing = self.sharing.as_ref()?;
+                let max = learned.max_services();
+                let outcome = sharing.announce_learned(&[host.as_str()], max, store);
+                match outcome.first() {
+                    Some(Announced::Listed) => learned.take_back(target),
+                    Some(Announced::Contended) => {
+                        learned.take_back(target);
+                        learned.keep_unlisted(Unlisted {
+                            host,
+                            target,
+                            once: false,
+                            seen_listed: false,
+                        });
+                    }
+                    Some(Announced::Full) | None => {
+                        learned.still_refused(metrics);
+                        return None;
+                    }
+                }
+                guard
+            }
         };
         let target = self.guards.target_of(guard)?;
         let t = self.targets.get(target)?;
@@ -139,7 +169,9 @@ impl Engine {
                 sharing.touch(t.heartbeat_id(), now_ms, store);
             }
         }
-        if following::start_from_stored(&mut self.targets, target, store) {
+        // A target this VM polls already (it took the service from the list
+        // after refusing a request to it) has content the new guard lacks.
+        if following::start_from_stored(&mut self.targets, target, store) || !added {
             self.refresh_guards(target, metrics);
         }
         Some(guard)
@@ -218,7 +250,10 @@ impl Engine {
 
     /// As a follower: list each service this VM learned that the poller does
     /// not poll yet, in one write, and look again once a second in case its
-    /// addition was lost or erased.
+    /// addition was lost or erased. One without a request here for `idleMs` is
+    /// left off: the poller may have taken it off for idling (its heartbeat,
+    /// unchanged since, may never say it polled it), and a request lists it
+    /// again (`relist_after_request`).
     pub(super) fn keep_listed(
         &mut self,
         now_ms: u64,
@@ -230,10 +265,13 @@ impl Engine {
         };
         let max = learned.max_services();
         let targets = &self.targets;
-        let (seen, new): (Vec<Unlisted>, Vec<Unlisted>) = learned
-            .take_unlisted()
+        let taken = learned.take_unlisted();
+        let (seen, new): (Vec<Unlisted>, Vec<Unlisted>) = taken
             .into_iter()
-            .filter(|u| u.once || !targets.get(u.target).is_some_and(|t| t.polled_by_poller()))
+            .filter(|u| {
+                let polled = targets.get(u.target).is_some_and(|t| t.polled_by_poller());
+                u.once || !(polled || learned.idle_here(u.target, now_ms))
+            })
             .partition(|u| u.seen_listed);
         let pending = if seen.is_empty() || !learned.relist_check_due(now_ms) {
             for unlisted in seen {

@@ -111,6 +111,8 @@ pub enum Trouble {
     Stall,
     Edit,
     Takeover,
+    /// A learned service may idle (no request for `idleMs`): not polled.
+    Idle(usize),
 }
 
 /// A good list answer, as the invariants need it.
@@ -159,8 +161,10 @@ fn backoff(streak: u32) -> u64 {
 pub struct Checker {
     /// What disturbed the gateway, from when to when.
     trouble: Vec<(u64, u64, Trouble)>,
-    /// The failed login whose trouble lasts until a login succeeds.
-    open_login: Option<usize>,
+    /// Per configuration: the failed login whose trouble lasts until one of
+    /// that configuration succeeds (each logs in for itself while an edit's
+    /// old root contexts linger).
+    open_login: BTreeMap<usize, usize>,
     /// When every VM was stopped at once.
     frozen: Vec<(u64, u64)>,
     /// Published answers whose poller has not ticked since: (VM, service, index).
@@ -189,6 +193,12 @@ pub struct Checker {
     /// poller took; and per service, by the last any took.
     taken_listed: BTreeMap<(usize, usize), usize>,
     latest_taken: BTreeMap<usize, usize>,
+    /// Per (configuration, service): what `latest_taken` was when the
+    /// configuration started, the list its VMs start from (a learned service:
+    /// when it was first guarded). Another configuration still alive may take
+    /// newer lists after that, which this one's poller does not adopt: it polls
+    /// for itself.
+    start_listed: BTreeMap<(usize, usize), usize>,
     /// (configuration, service) whose last answer was an empty one held back.
     /// The VM holding it: a poller that took over holds its own.
     held_empty: BTreeMap<(usize, usize), usize>,
@@ -202,8 +212,8 @@ pub struct Checker {
     /// known: the link confirms what is due, and a push is the confirmation.
     link_stands_until: BTreeMap<usize, u64>,
     /// Per service: when a failed request may have asked for a poll at once,
-    /// and by when that poll goes.
-    asked: BTreeMap<usize, Vec<(u64, u64)>>,
+    /// by when that poll goes, and the configurations whose poll it explained.
+    asked: BTreeMap<usize, Vec<(u64, u64, BTreeSet<usize>)>>,
 }
 
 pub type Verdict = Result<(), String>;
@@ -226,15 +236,15 @@ impl Checker {
     }
 
     /// A login failed at `at`: trouble until one succeeds.
-    pub fn login_failing(&mut self, at: u64) {
-        if self.open_login.is_none() {
-            self.open_login = Some(self.trouble.len());
+    pub fn login_failing(&mut self, gen: usize, at: u64) {
+        if let std::collections::btree_map::Entry::Vacant(open) = self.open_login.entry(gen) {
+            open.insert(self.trouble.len());
             self.trouble.push((at, u64::MAX, Trouble::Login));
         }
     }
 
-    pub fn login_works(&mut self, at: u64) {
-        if let Some(index) = self.open_login.take() {
+    pub fn login_works(&mut self, gen: usize, at: u64) {
+        if let Some(index) = self.open_login.remove(&gen) {
             if let Some(entry) = self.trouble.get_mut(index) {
                 entry.1 = at;
             }
@@ -274,10 +284,43 @@ impl Checker {
             *start <= to
                 && *end >= from
                 && match what {
-                    Trouble::ListFailed(s) => *s == service,
+                    Trouble::ListFailed(s) | Trouble::Idle(s) => *s == service,
                     _ => true,
                 }
         })
+    }
+
+    /// Whether learned `service` may have idled from `from` to `to`: polling
+    /// it resumes at once when a request comes back.
+    fn idled(&self, service: usize, from: u64, to: u64) -> bool {
+        self.trouble.iter().any(|(start, end, what)| {
+            *what == Trouble::Idle(service) && *start <= to && *end >= from
+        })
+    }
+
+    /// Whether a VM stalled, the gateway clock stepped or the gateway stood
+    /// still from `from` to `to`: what delays the poller's own checks.
+    pub fn stalled_or_stepped(&self, from: u64, to: u64) -> bool {
+        let stalled = self
+            .trouble
+            .iter()
+            .any(|(start, end, what)| *what == Trouble::Stall && *start <= to && *end >= from);
+        stalled || self.clock_moved(from, to)
+    }
+
+    /// `disturbed`, but an edit or a lease takeover is none: learning a
+    /// service must go on across them (the learned checks judge those apart).
+    pub fn disturbed_apart_from_edits(&self, from: u64, to: u64, service: usize) -> bool {
+        let troubled = self.trouble.iter().rev().any(|(start, end, what)| {
+            *start <= to
+                && *end >= from
+                && match what {
+                    Trouble::ListFailed(_) | Trouble::Login | Trouble::Stall => true,
+                    Trouble::Idle(s) => *s == service,
+                    Trouble::Edit | Trouble::Takeover => false,
+                }
+        });
+        troubled || self.steps(from, to) > 0 || self.frozen_within(from, to) > 0
     }
 
     fn steps(&self, from: u64, to: u64) -> u64 {
@@ -314,7 +357,9 @@ impl Checker {
                 } else {
                     jumped.saturating_sub(deadline - jumped)
                 };
-                *start <= deadline && *end >= from && !matches!(what, Trouble::ListFailed(_))
+                *start <= deadline
+                    && *end >= from
+                    && !matches!(what, Trouble::ListFailed(_) | Trouble::Idle(_))
             });
             if !polled && !excused {
                 return Err(format!(
@@ -361,20 +406,26 @@ impl Checker {
         self.asked
             .entry(service)
             .or_default()
-            .push((at, at + within));
+            .push((at, at + within, BTreeSet::new()));
     }
 
-    /// Take the oldest ask of `service` whose poll may be the one at `poll`:
-    /// each ask explains one early poll.
-    fn asked_for(&mut self, service: usize, poll: u64) -> bool {
+    /// Take the oldest ask of `service` whose poll may be the one configuration
+    /// `gen` sent at `poll`: each ask explains one early poll per configuration.
+    /// The ask is shared by the gateway (`engine::avoidance`'s log), and while
+    /// an edit's old root contexts linger each configuration's poller polls
+    /// for its own snapshot.
+    fn asked_for(&mut self, gen: usize, service: usize, poll: u64) -> bool {
         let Some(asks) = self.asked.get_mut(&service) else {
             return false;
         };
-        asks.retain(|(_, to)| *to >= poll);
-        let Some(index) = asks.iter().position(|(from, _)| *from <= poll) else {
+        asks.retain(|(_, to, _)| *to >= poll);
+        let Some(ask) = asks
+            .iter_mut()
+            .find(|(from, _, used)| *from <= poll && !used.contains(&gen))
+        else {
             return false;
         };
-        asks.remove(index);
+        ask.2.insert(gen);
         true
     }
 
@@ -420,7 +471,8 @@ impl Checker {
             .get(&vm)
             .is_some_and(|t| *t >= last && vm != last_vm)
             || confirming
-            || (gap < allowed && self.asked_for(service, at));
+            || self.idled(service, last, at)
+            || (gap < allowed && self.asked_for(gen, service, at));
         if gap < allowed && !explained {
             return Err(format!(
                 "service s{service} (config {gen}) polled by VM {vm} {gap} ms after VM \
@@ -438,7 +490,9 @@ impl Checker {
                 // Back to older content only as the engine's rule allows it
                 // (`Targets::adopt_health`): the poller's, confirmed by a poll
                 // sent after ours was taken (a configuration that lingered
-                // past an edit, a subscription's answer stamped when sent).
+                // past an edit, a subscription's answer stamped when sent; the
+                // newer list was another configuration's, which Nacos no
+                // longer gives: issue 24, defect 5).
                 let back = new.content_stamp < old.content_stamp
                     && new.confirmed_at_ms <= old.content_stamp;
                 if back || new.confirmed_at_ms < old.confirmed_at_ms {
@@ -563,12 +617,28 @@ impl Checker {
         // configuration's poller holds its own; a new one starts from what the
         // others took.
         let key = (answer.gen, service);
-        let taken = self
-            .taken_listed
-            .get(&key)
-            .or(self.latest_taken.get(&service));
-        let holding = self.held_empty.insert(key, answer.vm) == Some(answer.vm);
-        if answer.listed == 0 && taken.is_some_and(|n| *n > 0) && !holding {
+        let own = self.taken_listed.get(&key).copied();
+        let start = self.start_listed.get(&key).is_some_and(|n| *n > 0);
+        let latest = self.latest_taken.get(&service).copied();
+        // Before its poller took an answer of its own, a configuration's list
+        // is the one it started from, or one it followed since from another
+        // configuration still alive. An empty answer may be confirmed at once
+        // if either listed instances; it is held (neither taken nor published)
+        // when the list it replaces certainly had some. The VM holding it: a
+        // poller that took over holds its own.
+        let (may_replace, replaces) = match own {
+            Some(n) => (n > 0, n > 0),
+            None => (
+                start || latest.is_some_and(|n| n > 0),
+                start && latest != Some(0),
+            ),
+        };
+        let held_by = self.held_empty.get(&key).copied();
+        if answer.listed == 0 && may_replace && held_by.is_none() {
+            self.confirming.insert(key);
+        }
+        if answer.listed == 0 && replaces && held_by != Some(answer.vm) {
+            self.held_empty.insert(key, answer.vm);
             self.confirming.insert(key);
             if answer.published {
                 let deadline = answer.received + self.confirm_within;
@@ -647,10 +717,29 @@ impl Checker {
     /// answer to confirm, a lost link, or a failure's ask.
     pub fn early_poll_explained(&self, gen: usize, service: usize, at: u64) -> bool {
         self.confirming.contains(&(gen, service))
-            || self
-                .asked
-                .get(&service)
-                .is_some_and(|asks| asks.iter().any(|(from, to)| *from <= at && at <= *to))
+            || self.asked.get(&service).is_some_and(|asks| {
+                asks.iter()
+                    .any(|(from, to, used)| *from <= at && at <= *to && !used.contains(&gen))
+            })
+    }
+
+    /// Configuration `gen` starts now: its VMs start from the lists taken so far.
+    pub fn configuration_starts(&mut self, gen: usize) {
+        for (service, listed) in &self.latest_taken {
+            self.start_listed.insert((gen, *service), *listed);
+        }
+    }
+
+    /// A VM of configuration `gen` guards learned `service` for the first
+    /// time: it starts from the stored list, the one taken last, and its poller
+    /// (this VM, or the next to read the learned list) does the same.
+    pub fn learned_service_starts(&mut self, gen: usize, service: usize) {
+        if self.taken_listed.contains_key(&(gen, service)) {
+            return;
+        }
+        if let Some(listed) = self.latest_taken.get(&service) {
+            self.start_listed.insert((gen, service), *listed);
+        }
     }
 
     /// A list call of `service` failed: an empty answer held back is dropped.
@@ -745,11 +834,19 @@ impl Checker {
     /// plugin published (`Bounds::stale_by` after the newest good answer any VM
     /// took; clock steps and whole-gateway stops count as the gateway clock
     /// counts them).
-    pub fn not_stale(&self, service: usize, read_at: u64, b: &Bounds) -> Verdict {
+    /// `heard_by`: answers received until then count, `read_at` for a service
+    /// the VM followed before, the request's own time for one it learns on it
+    /// (it starts from the stored list then).
+    pub fn not_stale(
+        &self,
+        service: usize,
+        (read_at, heard_by): (u64, u64),
+        b: &Bounds,
+    ) -> Verdict {
         // Answers are kept in the order they came: the newest sent among those
-        // received by `read_at` is the running maximum at the last of them.
+        // received by `heard_by` is the running maximum at the last of them.
         let newest_sent = &self.newest_sent[service];
-        let taken = newest_sent.partition_point(|(received, _)| *received <= read_at);
+        let taken = newest_sent.partition_point(|(received, _)| *received <= heard_by);
         let newest = taken.checked_sub(1).map(|last| newest_sent[last].1);
         let Some(sent) = newest else {
             return Err(format!(

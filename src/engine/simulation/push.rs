@@ -237,6 +237,13 @@ impl Model {
         }
     }
 
+    /// The same seed's model with push off.
+    pub fn without_push(mut self) -> Self {
+        self.params = None;
+        self.rng = None;
+        self
+    }
+
     /// Connections cancelled on `thread`, for a new root context there.
     pub fn cancelled(&self, thread: usize) -> &[String] {
         self.cancelled.get(&thread).map_or(&[], Vec::as_slice)

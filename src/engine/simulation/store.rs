@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::rng::Rng;
 use crate::engine::SharedStore;
 
 #[derive(Clone, Default)]
@@ -51,6 +52,12 @@ pub struct View<'a> {
     pub live: &'a mut SimStore,
     pub stale: Option<&'a SimStore>,
     pub written: BTreeSet<String>,
+    /// Other workers writing at the same moment (a burst): per mille of this
+    /// callback's compare-and-swap writes another worker's write beats, landing
+    /// between this one's read and its write.
+    pub contention: Option<(Rng, u64)>,
+    /// Compare-and-swap writes lost that way.
+    pub beaten: u64,
 }
 
 impl<'a> View<'a> {
@@ -59,7 +66,14 @@ impl<'a> View<'a> {
             live,
             stale,
             written: BTreeSet::new(),
+            contention: None,
+            beaten: 0,
         }
+    }
+
+    pub fn contended(mut self, rng: Rng, per_mille: u64) -> Self {
+        self.contention = Some((rng, per_mille));
+        self
     }
 }
 
@@ -73,6 +87,16 @@ impl SharedStore for View<'_> {
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         self.written.insert(key.to_string());
+        if let (Some((rng, per_mille)), Some(_)) = (&mut self.contention, cas) {
+            if let Some(current) = self.live.value(key).map(<[u8]>::to_vec) {
+                if rng.chance(*per_mille) {
+                    // Another worker's write of the key lands first; its content
+                    // does not matter here, only that the token read is spent.
+                    self.live.set(key, &current, None);
+                    self.beaten += 1;
+                }
+            }
+        }
         self.live.set(key, value, cas)
     }
 }

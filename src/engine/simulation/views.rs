@@ -114,6 +114,11 @@ impl Views {
         }
     }
 
+    /// Whether this seed draws any of it.
+    pub fn drawn(&self) -> bool {
+        self.per_service.iter().any(|view| view.described)
+    }
+
     /// The configuration's global fields for pins.
     pub fn global_fields(&self) -> &'static str {
         if self.reject_deregistered {

@@ -9,6 +9,7 @@ mod push;
 
 use super::avoidance::{AvoidChecks, Failure, Policy};
 use super::invariants::{Bounds, Checker, GoodAnswer, Trouble, Verdict};
+use super::learned::{self, LearnedChecks, LearnedSettings, BURST_MS};
 use super::metrics::{usable_gauge, SimMetrics};
 use super::registry::Registry;
 use super::rng::Rng;
@@ -27,10 +28,14 @@ use crate::pure::sharing::published::ConfigKeys;
 const TRACE_LINES: usize = 200;
 const MAX_REQUESTS: u64 = 20_000;
 /// How long, at most, an edited configuration's old root contexts serve on, in
-/// intervals. 0 for now: at 3, 12 of seeds 1000-1599 fail (no_healthy_instance
-/// after the poller announced a listing; snapshots whose content stamp moves
-/// back), not yet told apart as plugin bugs or too tight invariants.
-const LINGER_INTERVALS: u64 = 0;
+/// intervals, as Envoy drains the old filter chains. At 3, before this was
+/// turned on, 33 of seeds 1000-1599 failed: one engine defect (a poller's list
+/// older than another configuration's stored one reached none of its
+/// followers, fixed in `sharing::publish_content`) and checks that took one
+/// configuration alive at a time (an asked poll explained one early poll for
+/// the gateway, not one per configuration; a configuration's start list; one
+/// login trouble for all; a follower going back to its poller's older list).
+const LINGER_INTERVALS: u64 = 3;
 
 /// One run's shape, drawn from its seed.
 #[derive(Debug, Clone)]
@@ -62,6 +67,8 @@ pub struct Params {
     pub views: Views,
     /// `nacos.push`, in a fraction of seeds (`push::PushParams`).
     pub push: Option<push::PushParams>,
+    /// `guardNacosRoutes`: the services are learned from requests' clusters.
+    pub learned: Option<LearnedSettings>,
 }
 
 impl Params {
@@ -92,6 +99,7 @@ impl Params {
             deaths: false,
             views: Views::default(),
             push: None,
+            learned: None,
         }
     }
 
@@ -110,6 +118,7 @@ impl Params {
             ""
         };
         let rules: Vec<String> = (0..self.services)
+            .filter(|_| self.learned.is_none())
             .map(|s| {
                 let view = self
                     .views
@@ -124,8 +133,11 @@ impl Params {
             .push
             .as_ref()
             .map_or(String::new(), push::PushParams::json);
+        let learned = self
+            .learned
+            .map_or(String::new(), |l| format!(",{}", l.json()));
         format!(
-            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}{push}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{}{pins},"_rules_":[{}]}}"#,
+            r#"{{"nacos":{{"cluster":"nacos","timeoutMs":{}{credentials}{push}}},"refreshIntervalMs":{},"maxStaleMs":{max_stale},"onStale":"{}","avoidFailedMs":{},"maxAvoidedPercent":{}{pins}{learned},"_rules_":[{}]}}"#,
             self.timeout,
             self.interval,
             if fail_closed {
@@ -193,6 +205,14 @@ enum Kind {
     Response(Box<Response>),
     /// The gRPC server and its messages (`push`).
     Push(push::Event),
+    /// A request of a learned service on one root context (its first ones).
+    LearnedRequest {
+        vm: usize,
+        engine: u64,
+        service: usize,
+    },
+    /// A learned service's traffic stops for a while.
+    Quiet,
 }
 
 #[derive(Debug)]
@@ -303,10 +323,12 @@ impl Outbox for SimOutbox {
     }
 }
 
+/// A request's route, the instance its pin header names if any, and with
+/// learned services the cluster it goes to.
 struct Request {
     route: String,
-    /// The instance the pin header names, if any.
     pin: Option<String>,
+    cluster: Option<String>,
 }
 
 /// The configuration's `pinHeader`, the default.
@@ -320,7 +342,7 @@ impl RequestFacts for Request {
         None
     }
     fn cluster_name(&mut self) -> Option<&str> {
-        None
+        self.cluster.as_deref()
     }
 }
 
@@ -419,6 +441,11 @@ pub struct World {
     /// Trace every tick (`SIM_VERBOSE`), not only those that did something.
     verbose: bool,
     push: push::Model,
+    /// Learned services: their checks, their own random numbers, and until
+    /// when a burst of first requests contends for shared data.
+    learned: Option<LearnedChecks>,
+    learn_rng: Rng,
+    contended_until: u64,
 }
 
 impl World {
@@ -427,8 +454,23 @@ impl World {
         let mut p = Params::draw(&mut rng);
         let mut side = Rng::new(seed ^ 0xa701_d1ed_dead_0001);
         p.draw_avoidance(&mut side);
+        p.learned = LearnedSettings::draw(seed, p.services);
+        if p.learned.is_some() {
+            // Deaths are checked per guard index, which learning reorders.
+            p.deaths = false;
+        }
+        let learned = p
+            .learned
+            .map(|l| LearnedChecks::new(l, p.services, p.credentials));
         let mut views_rng = Rng::new(seed ^ 0x7173_f11e_7e25_0002);
         p.views = Views::draw(p.services, &mut views_rng);
+        if p.learned.is_some() {
+            // Filters and pins belong to rules, and learned services have none.
+            p.views = Views {
+                per_service: vec![views::View::default(); p.services],
+                ..Views::default()
+            };
+        }
         let tick = (p.interval / 20).clamp(10, 50);
         let late_tick = tick + tick / 10;
         let avoid = AvoidChecks::new(
@@ -453,7 +495,12 @@ impl World {
         };
         check.confirm_within = late_tick + 2 + login;
         registry.set_views(&p.views.per_service);
-        let push = push::Model::new(seed, p.interval, p.services);
+        let mut push = push::Model::new(seed, p.interval, p.services);
+        if p.learned.is_some() {
+            // The push model subscribes the configured services; learned ones
+            // are modelled on polls alone.
+            push = push.without_push();
+        }
         p.push = push.params.clone();
         let mut world = Self {
             check,
@@ -484,6 +531,9 @@ impl World {
             avoid,
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             push,
+            learned,
+            learn_rng: Rng::new(seed ^ 0x1ea7_4ed5_e7c1_0002),
+            contended_until: 0,
             p,
         };
         world.add_config(world.p.max_stale, world.p.fail_closed);
@@ -516,6 +566,12 @@ impl World {
                 .views_rng
                 .between(world.p.interval, world.p.steady_at.max(1));
             world.push(at, Kind::Relabel);
+        }
+        if world.learned.is_some() {
+            let at = world
+                .learn_rng
+                .between(world.p.interval, 10 * world.p.interval);
+            world.push(at.min(world.p.steady_at), Kind::Quiet);
         }
         world.note(format!("params {:?}", world.p));
         world
@@ -601,6 +657,7 @@ impl World {
             self.check_asked_polls()?;
             self.check_confirming_polls()?;
             self.check_gauges()?;
+            self.check_learned_polls()?;
         }
         if self.counting() {
             // The registry has been still since the steady phase began.
@@ -611,6 +668,19 @@ impl World {
             self.check_gauges()?;
         }
         self.check_shares()
+    }
+
+    /// Invariant 17: each poll a learned service's request called for was sent.
+    fn check_learned_polls(&mut self) -> Verdict {
+        let Some(learned) = &mut self.learned else {
+            return Ok(());
+        };
+        let bounds = self.configs[self.configs.len() - 1].bounds;
+        let lease_ms = self.p.interval * crate::engine::sharing::LEASE_INTERVALS;
+        let check = &self.check;
+        learned.deadlines(self.now, &bounds, lease_ms, |from, to, service| {
+            check.disturbed_apart_from_edits(from, to, service)
+        })
     }
 
     /// The `usable_instances` checks due by now, each unless the service changed
@@ -626,6 +696,12 @@ impl World {
         for (_, service, changed) in due {
             if self.changed_at[service] != changed {
                 continue;
+            }
+            let newest = self.configs.len() - 1;
+            if let Some(learned) = &self.learned {
+                if !learned.gauge_applies((newest, service), changed, now, &bounds) {
+                    continue;
+                }
             }
             let view = self.p.views.per_service.get(service);
             let segment = view.and_then(views::View::gauge_segment);
@@ -663,6 +739,11 @@ impl World {
                 Ok(())
             }
             Kind::Push(e) => self.push_event(e),
+            Kind::LearnedRequest { vm, .. } if self.stalled_until[self.vms[vm].thread] > at => {
+                let until = self.stalled_until[self.vms[vm].thread];
+                self.push(until, event.kind);
+                Ok(())
+            }
             Kind::Tick { vm, .. } | Kind::Answer { vm, .. }
                 if self.stalled_until[self.vms[vm].thread] > at =>
             {
@@ -676,7 +757,31 @@ impl World {
                 linger,
             } => {
                 let vm = self.start_root(thread, linger);
-                self.vm_callback(vm, Callback::Configure(gen))
+                self.vm_callback(vm, Callback::Configure(gen))?;
+                self.learned_burst(vm);
+                Ok(())
+            }
+            Kind::LearnedRequest {
+                vm,
+                engine,
+                service,
+            } => {
+                if !self.live(vm, engine) {
+                    return Ok(());
+                }
+                self.request_on(vm, service)
+            }
+            Kind::Quiet => {
+                if self.steady() {
+                    return Ok(());
+                }
+                let Some(learned) = &mut self.learned else {
+                    return Ok(());
+                };
+                let (next, what) = learned.quiet(&mut self.learn_rng, at, interval);
+                self.note(what);
+                self.push(next.min(self.p.steady_at), Kind::Quiet);
+                Ok(())
             }
             Kind::Tick { vm, engine } => {
                 if !self.live(vm, engine) {
@@ -778,8 +883,16 @@ impl World {
                 self.note(format!("wall clock steps {step} ms"));
                 let gen = self.configs.len() - 1;
                 let bounds = self.configs[gen].bounds;
-                let polled = self.push_polled_services();
-                self.check.jump(at, gen, &polled, &bounds);
+                let services: Vec<usize> = self
+                    .push_polled_services()
+                    .into_iter()
+                    .filter(|s| {
+                        self.learned
+                            .as_ref()
+                            .is_none_or(|l| l.busy_through_jump(self.same_as(gen), *s, at, &bounds))
+                    })
+                    .collect();
+                self.check.jump(at, gen, &services, &bounds);
                 let next = at + self.rng.between(5, 40) * interval;
                 self.push(next, Kind::Jump);
                 Ok(())
@@ -809,11 +922,22 @@ impl World {
                 let fail_closed = self.rng.chance(500);
                 self.add_config(max_stale, fail_closed);
                 let gen = self.configs.len() - 1;
+                self.check.configuration_starts(gen);
                 let settle = 2 * (interval / 20).clamp(10, 50) + 10;
                 // Each thread's old root context serves on for 0 to
                 // LINGER_INTERVALS intervals.
+                // The push model's checks, and the pins', take one
+                // configuration at a time: with push or views the old root
+                // contexts go at once (drawn all the same, so that the seed's
+                // other draws stay as they were).
+                let linger_limit = if self.p.push.is_some() || self.p.views.drawn() {
+                    0
+                } else {
+                    LINGER_INTERVALS
+                };
                 let lingers: Vec<u64> = (0..self.p.vms)
                     .map(|_| self.rng.between(0, LINGER_INTERVALS * interval))
+                    .map(|drawn| drawn * linger_limit / LINGER_INTERVALS)
                     .collect();
                 let longest = lingers.iter().copied().max().unwrap_or(0);
                 // The old configuration winds down as its root contexts go (its
@@ -877,6 +1001,17 @@ impl World {
         }
     }
 
+    /// The first configuration identical to `gen`: an edit back to it reuses
+    /// its shared-data keys (lease, learned list), so the learned checks take
+    /// the two for one.
+    fn same_as(&self, gen: usize) -> usize {
+        let raw = &self.configs[gen].raw;
+        self.configs
+            .iter()
+            .position(|c| &c.raw == raw)
+            .unwrap_or(gen)
+    }
+
     /// Whether root context `vm` still runs, with engine `engine`.
     fn live(&self, vm: usize, engine: u64) -> bool {
         let root = &self.vms[vm];
@@ -887,9 +1022,14 @@ impl World {
     /// per root context); the thread's current one lingers `linger` ms more.
     fn start_root(&mut self, thread: usize, linger: u64) -> usize {
         let now = self.now;
-        for root in &mut self.vms {
+        for v in 0..self.vms.len() {
+            let root = &self.vms[v];
             if root.thread == thread && root.retire_at == u64::MAX {
-                root.retire_at = now + linger;
+                let gen = self.same_as(root.gen);
+                self.vms[v].retire_at = now + linger;
+                if let Some(learned) = &mut self.learned {
+                    learned.retired(gen, now + linger);
+                }
             }
         }
         // A root context that goes at once closes its push links (`host::root`).
@@ -932,6 +1072,56 @@ impl World {
         }
         let vm = running[self.rng.below(running.len() as u64) as usize];
         let service = self.rng.below(self.p.services as u64) as usize;
+        if let Some(learned) = &self.learned {
+            if learned.quiet_until[service] > self.now {
+                return Ok(());
+            }
+        }
+        self.request_on(vm, service)
+    }
+
+    /// Every service's first request on root context `vm`, just configured,
+    /// within a few milliseconds: what every worker gets at start-up and after
+    /// an edit (whose new configuration starts with an empty learned list),
+    /// while the others' writes contend for shared data.
+    fn learned_burst(&mut self, vm: usize) {
+        if self.learned.is_none() {
+            return;
+        }
+        self.contended_until = self.now + BURST_MS;
+        let engine = self.vms[vm].engine_id;
+        for service in 0..self.p.services {
+            let at = self.now + self.learn_rng.below(4);
+            self.push(
+                at,
+                Kind::LearnedRequest {
+                    vm,
+                    engine,
+                    service,
+                },
+            );
+        }
+    }
+
+    /// The store a learned request's callback sees: racing another VM's
+    /// callback of the same moment, and contended in a burst.
+    fn learned_view(&mut self, vm: usize) -> (Option<SimStore>, Option<(Rng, u64)>) {
+        let Some(learned) = &self.learned else {
+            return (None, None);
+        };
+        let per_mille = learned.settings.contention;
+        let stale = self.racing_view(vm);
+        self.before_last = Some((vm, self.now, self.store.clone()));
+        let contention = (self.now <= self.contended_until)
+            .then(|| (Rng::new(self.learn_rng.next_u64()), per_mille));
+        (stale, contention)
+    }
+
+    fn request_on(&mut self, vm: usize, service: usize) -> Verdict {
+        let (stale, contention) = self.learned_view(vm);
+        let refused_key = "nacos_guard.learned_services_refused";
+        let refused_before = self.metrics.get(refused_key).unwrap_or(0);
+        let cluster = self.learned.as_ref().map(|_| learned::cluster(service));
         // Not in the steady phase: a pin moves the weighted rotation, whose
         // shares that phase counts.
         let pinned = if self.steady() {
@@ -951,11 +1141,17 @@ impl World {
         } = &mut self.vms[vm];
         let (gen, configured, now_gw, read_at) = (*gen, *configured_at, *clock_ms, *clock_read_at);
         let Some(engine) = engine else { return Ok(()) };
+        let mut view = View::new(&mut self.store, stale.as_ref());
+        if let Some((rng, per_mille)) = contention {
+            view = view.contended(rng, per_mille);
+        }
         let mut request = Request {
             route: format!("r{service}"),
             pin: pin.clone(),
+            cluster,
         };
-        let action = engine.on_request(now_gw, &mut request, &mut self.metrics, &mut self.store);
+        let action = engine.on_request(now_gw, &mut request, &mut self.metrics, &mut view);
+        let beaten = view.beaten;
         let mut routed = None;
         let outcome = match action {
             RequestAction::Route {
@@ -984,14 +1180,50 @@ impl World {
         let pinned_to = pin
             .as_deref()
             .map_or(String::new(), |p| format!(" pinned {p}"));
+        let race = if stale.is_some() { " (stale view)" } else { "" };
+        let beaten = if beaten > 0 {
+            format!(" ({beaten} CAS beaten)")
+        } else {
+            String::new()
+        };
         self.note(format!(
-            "VM {vm} request s{service}{pinned_to} gw={now_gw} -> {outcome}"
+            "VM {vm} request s{service}{pinned_to} gw={now_gw} -> {outcome}{race}{beaten}"
         ));
         let bounds = self.configs[gen].bounds;
         let now = self.now;
+        let same = self.same_as(gen);
+        // A learned service's first request on a VM starts it from the stored
+        // list, whatever the VM's last clock reading.
+        let heard_by = if self.learned.is_some() { now } else { read_at };
+        if let Some(learned) = &mut self.learned {
+            // A service that may have idled since its last request is
+            // trouble for it until it is polled again and followed.
+            if let Some(from) = learned.idled_before(service, now, &bounds) {
+                let until = now + learned.relearned_within(&bounds) + bounds.routed_after_change();
+                self.check
+                    .trouble_until(from, until, Trouble::Idle(service));
+            }
+            let refused = self
+                .metrics
+                .get(refused_key)
+                .unwrap_or(0)
+                .wrapping_sub(refused_before);
+            let ignored = outcome == "ignore";
+            let since = now.saturating_sub(learned.may_hold_place(&bounds));
+            let held = self.check.stalled_or_stepped(since, now);
+            let first = learned.first_guarded(gen, service, ignored, now);
+            learned.request(same, service, now, (ignored, refused, held), &bounds)?;
+            if first {
+                self.check.learned_service_starts(gen, service);
+            }
+            if ignored {
+                return Ok(());
+            }
+        }
         let skipped = self.vms[vm]
             .engine
             .as_ref()
+            .filter(|_| self.learned.is_none())
             .and_then(|e| e.guards.avoided_of(GuardId::from_index(service)));
         if let Some(skipped) = skipped {
             let check = &self.check;
@@ -1006,7 +1238,8 @@ impl World {
                 self.check
                     .routed(service, endpoint, (stopped, emptied), now, &bounds)?;
                 self.push_routed(service, endpoint)?;
-                self.check.not_stale(service, read_at, &bounds)?;
+                self.check
+                    .not_stale(service, (read_at, heard_by), &bounds)?;
                 if let Some(pin) = pin.as_deref().filter(|pin| *pin != endpoint) {
                     if self.p.views.reject_deregistered {
                         return Err(format!(
@@ -1037,7 +1270,8 @@ impl World {
                 Ok(())
             }
             ("reject", "no_healthy_instance") => {
-                self.check.not_stale(service, read_at, &bounds)?;
+                self.check
+                    .not_stale(service, (read_at, heard_by), &bounds)?;
                 self.check
                     .no_healthy(service, gen, configured, now, &bounds)
             }
@@ -1045,7 +1279,8 @@ impl World {
                 let Some(pin) = pin.as_deref().filter(|_| self.p.views.reject_deregistered) else {
                     return Err("rejected instance_deregistered, unpinned or with reroute".into());
                 };
-                self.check.not_stale(service, read_at, &bounds)?;
+                self.check
+                    .not_stale(service, (read_at, heard_by), &bounds)?;
                 let n = views::endpoint_number(pin);
                 self.check
                     .pin_passed_over(service, n, (gen, configured), now, &bounds)
@@ -1279,6 +1514,13 @@ impl World {
     fn vm_callback(&mut self, v: usize, callback: Callback) -> Verdict {
         let stale = self.racing_view(v);
         let racing = stale.is_some();
+        let contention = match &self.learned {
+            Some(learned) if self.now <= self.contended_until => Some((
+                Rng::new(self.learn_rng.next_u64()),
+                learned.settings.contention,
+            )),
+            _ => None,
+        };
         // Keep the store as it was, in case the next callback races this one.
         self.before_last = Some((v, self.now, self.store.clone()));
         let leases_before: Vec<Option<Lease>> = self.leases();
@@ -1289,6 +1531,9 @@ impl World {
         let ticked = matches!(callback, Callback::Tick);
         let configured = matches!(callback, Callback::Configure(_));
         let mut view = View::new(&mut self.store, stale.as_ref());
+        if let Some((rng, per_mille)) = contention {
+            view = view.contended(rng, per_mille);
+        }
         let mut line = String::new();
         // What the followers can hear of is what the poller wrote into its heartbeat.
         let mut wrote_heartbeat = false;
@@ -1356,7 +1601,13 @@ impl World {
         let became = is_poller && !vm.poller;
         vm.poller = is_poller;
         let (gw, gen, engine_id) = (vm.clock_ms, vm.gen, vm.engine_id);
-        let health = vm.engine.as_ref().map(Engine::snapshot_health);
+        let health = match &self.learned {
+            Some(_) => vm
+                .engine
+                .as_ref()
+                .map(|e| learned::health_by_service(e, self.p.services)),
+            None => vm.engine.as_ref().map(Engine::snapshot_health),
+        };
         if configured || ticked {
             // Envoy ticks every period, a little late at times.
             let next = now + period + self.rng.below(period / 10 + 1);
@@ -1389,6 +1640,10 @@ impl World {
         }
         if became {
             self.check.became_poller(v, now);
+            let same = self.same_as(gen);
+            if let Some(learned) = &mut self.learned {
+                learned.became_poller(same, now);
+            }
         }
         if ticked && is_poller && wrote_heartbeat {
             self.check.poller_ticked(v, now);
@@ -1477,6 +1732,11 @@ impl World {
             let s = service.ok_or_else(|| format!("a list call names no service: {path}"))?;
             self.push_polled(v, gen, s)?;
             self.check.poll(gen, s, v, now, &bounds)?;
+            let same = self.same_as(gen);
+            if let Some(learned) = &mut self.learned {
+                learned.polled(same, s, now);
+                learned.bound_kept(same, now, &bounds)?;
+            }
             if self.p.credentials
                 && (self.profile == Profile::Forbidden
                     || !self.registry.accepts(access.as_deref(), now))
@@ -1508,7 +1768,7 @@ impl World {
                     self.check
                         .trouble_until(now, now + at, Trouble::ListFailed(s))
                 }
-                _ => self.check.login_failing(now),
+                _ => self.check.login_failing(gen, now),
             }
         }
         let status = answer
@@ -1575,7 +1835,7 @@ impl World {
                     Some((token, self.p.ttl_s))
                 });
                 if grant.is_some() {
-                    self.check.login_works(self.now);
+                    self.check.login_works(call.gen, self.now);
                 }
                 self.check.login_answered(call.gen, v, gw, grant);
             }
