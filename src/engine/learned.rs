@@ -67,6 +67,9 @@ struct Learned {
     /// Refused after it was learned: the list was full when it came back from
     /// idling, or when this VM listed it again.
     refused: bool,
+    /// Learned from a request and not yet on the list: not polled until the
+    /// VM's tick lists it, so that `maxServices` holds for what is polled.
+    pending: bool,
     /// While refused: when a request asks the list for a place again. Idle
     /// services free places, and no other VM may ever list this one.
     retry_at_ms: u64,
@@ -91,12 +94,12 @@ pub(super) struct LearnedServices {
     /// write of the list): added on each tick until the poller's heartbeat
     /// carries the service.
     unlisted: Vec<Unlisted>,
+    /// The shared list changed since the poller last took idle services off
+    /// it again.
+    list_moved: bool,
     /// When a follower next looks for the services it saw listed and the
     /// poller's heartbeat does not carry yet.
     relist_check_at_ms: u64,
-    /// Services this VM's requests learned since its last tick announced them:
-    /// they take places under `maxServices` the shared count does not show yet.
-    unannounced: usize,
     /// Learned services not idling, which is what `maxServices` bounds.
     active: usize,
     full_reported: bool,
@@ -123,8 +126,8 @@ impl LearnedServices {
             by_host: WordMap::default(),
             by_target: Vec::new(),
             unlisted: Vec::new(),
-            unannounced: 0,
             relist_check_at_ms: 0,
+            list_moved: false,
             active: 0,
             full_reported: false,
             metrics,
@@ -224,6 +227,7 @@ impl LearnedServices {
         let Some(learned) = self.state_mut(target) else {
             return;
         };
+        learned.pending = false;
         if learned.refused {
             learned.refused = false;
             let active = learned.active;
@@ -268,12 +272,16 @@ impl LearnedServices {
     /// The services that may still be missing from the shared list; taken, to
     /// be handed back with `keep_unlisted` if still missing.
     pub fn take_unlisted(&mut self) -> Vec<Unlisted> {
-        self.unannounced = 0;
         std::mem::take(&mut self.unlisted)
     }
 
     pub fn keep_unlisted(&mut self, unlisted: Unlisted) {
         self.unlisted.push(unlisted);
+    }
+
+    /// As the poller: the shared list changed (read on this tick).
+    pub fn list_moved(&mut self) {
+        self.list_moved = true;
     }
 
     /// Whether a follower looks at `now_ms` for the services it saw listed
@@ -284,15 +292,6 @@ impl LearnedServices {
         }
         self.relist_check_at_ms = now_ms.saturating_add(RELIST_CHECK_MS);
         true
-    }
-
-    /// Whether a request may learn one more service, with `listed` services in
-    /// the shared list as its last writer counted and those this VM learned
-    /// since its last tick. Its tick's announcement is what the bound holds
-    /// to; this spares a request that finds the bound reached a service that
-    /// would be refused a tick later.
-    pub fn has_room_beside(&self, listed: usize) -> bool {
-        listed.saturating_add(self.unannounced) < self.settings.max_services
     }
 
     /// Whether this VM may learn one more service when no shared list bounds
@@ -358,6 +357,7 @@ impl LearnedServices {
                 guard,
                 active: true,
                 refused: false,
+                pending: !listed,
                 retry_at_ms: 0,
                 next_idle_check_ms: now_ms,
                 touched_ms: if cluster.is_some() { now_ms } else { 0 },
@@ -370,7 +370,6 @@ impl LearnedServices {
             metrics.record(gauge, u64::try_from(self.by_host.len()).unwrap_or(u64::MAX));
         }
         if !listed {
-            self.unannounced += 1;
             self.unlisted.push(Unlisted {
                 host: host.to_string(),
                 target,
@@ -399,7 +398,7 @@ impl LearnedServices {
     /// A learned service that idles is not polled.
     pub fn is_paused(&self, target: TargetId) -> bool {
         self.state(target)
-            .is_some_and(|learned| !learned.active || learned.refused)
+            .is_some_and(|learned| !learned.active || learned.refused || learned.pending)
     }
 
     /// A request went to `target` at `now_ms`: whether to tell the poller now.
@@ -450,11 +449,15 @@ impl LearnedServices {
     ) -> IdleChanges {
         let idle_ms = self.settings.idle_ms;
         let mut changes = IdleChanges::default();
+        // Once the list moved, every idle service is looked at now: a
+        // follower's late relisting may have put one back.
+        let list_moved = std::mem::take(&mut self.list_moved);
         for (index, slot) in self.by_target.iter_mut().enumerate() {
             let Some(learned) = slot else {
                 continue;
             };
-            if now_ms < learned.next_idle_check_ms || learned.refused {
+            let due = now_ms >= learned.next_idle_check_ms || list_moved && !learned.active;
+            if !due || learned.refused {
                 continue;
             }
             let id = TargetId::from_index(index);
@@ -466,6 +469,9 @@ impl LearnedServices {
             if learned.active && !active {
                 changes.paused.push(learned.host.clone());
                 self.active -= 1;
+            }
+            if !learned.active && !active && list_moved {
+                changes.still_idle.push(learned.host.clone());
             }
             if !learned.active && active {
                 changes.resumed.push((learned.host.clone(), id));
@@ -513,6 +519,11 @@ pub(super) struct Unlisted {
 pub(super) struct IdleChanges {
     /// Their slots free: taken off the shared list.
     pub paused: Vec<String>,
+    /// Idle before and still, looked at because the list moved: taken off
+    /// it again, should a follower's late relisting have put one back (a
+    /// request just before the poller found it idle, on a clock a little
+    /// behind the poller's).
+    pub still_idle: Vec<String>,
     /// Listed again; refused if the list filled meanwhile.
     pub resumed: Vec<(String, TargetId)>,
 }

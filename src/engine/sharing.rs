@@ -225,9 +225,7 @@ impl Sharing {
     }
 
     /// Add `hosts` to the learned list while it holds fewer than `max`, in one
-    /// write however many they are: what became of each, in their order. A VM
-    /// announces on its tick what its requests learned since the last one, so a
-    /// request never reads or writes the list, whose size grows with the bound.
+    /// write however many they are: what became of each, in their order.
     pub fn announce_learned(
         &self,
         hosts: &[&str],
@@ -266,28 +264,10 @@ impl Sharing {
                 continue;
             }
             if store.set(&key, &bytes, cas) {
-                self.count_listed(appended.count, store);
                 return outcomes;
             }
         }
         vec![Announced::Contended; hosts.len()]
-    }
-
-    /// How many services the learned list holds, as its last writer counted:
-    /// a small value a request can read to refuse a service the bound has no
-    /// room for, where reading the list itself would cost its whole size.
-    pub fn listed_count(&self, store: &dyn SharedStore) -> usize {
-        let count = store.get(&self.keys.learned_count()).0;
-        published::decode_number(count.as_deref())
-            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
-    }
-
-    fn count_listed(&self, count: usize, store: &mut dyn SharedStore) {
-        store.set(
-            &self.keys.learned_count(),
-            count.to_string().as_bytes(),
-            None,
-        );
     }
 
     /// Take `hosts` off the learned list (they idle: their places are free), in
@@ -307,7 +287,6 @@ impl Sharing {
                 return;
             }
             if store.set(&key, &published::encode_learned(&listed), cas) {
-                self.count_listed(listed.len(), store);
                 return;
             }
         }

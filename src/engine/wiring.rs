@@ -125,12 +125,12 @@ impl Engine {
     }
 
     /// Guard the service of `host` by `settings`; `cluster`: the request's
-    /// cluster that found it, and the VM's next tick adds it to the learned
-    /// list, where the poller hears of it; `None`: the list named it. A request
-    /// reads only the list's count, unless that says the bound is reached: then
-    /// the list itself says whether it holds the service already. A list that
-    /// other VMs kept writing is no reason to refuse: the service is guarded and
-    /// listed on the next ticks.
+    /// cluster that found it, added to the learned list now (one pass over the
+    /// list's bytes) if it has room, where the poller hears of it; `None`: the
+    /// list named it. The poller polls it once its own tick found it listed, so
+    /// that `maxServices` holds for what is polled. A list that other VMs kept
+    /// writing is no reason to refuse: the service is guarded and listed on the
+    /// next ticks.
     pub(super) fn learn(
         &mut self,
         host: &str,
@@ -144,8 +144,7 @@ impl Engine {
         let max = learned.max_services();
         let admitted = match (&self.sharing, cluster) {
             (Some(sharing), Some(_)) => {
-                learned.has_room_beside(sharing.listed_count(store))
-                    || sharing.announce_learned(&[host], max, store) != [Announced::Full]
+                sharing.announce_learned(&[host], max, store) != [Announced::Full]
             }
             (Some(_), None) => true,
             (None, _) => learned.has_room(),
@@ -160,7 +159,7 @@ impl Engine {
             self.polling.add(interval_ms);
             self.set_next_answer_due(target);
         }
-        let listed = cluster.is_none();
+        let listed = cluster.is_none() || self.sharing.is_none();
         let (learned, service) = (self.learned.as_mut()?, self.targets.get(target)?.service());
         let ids = (guard, target);
         learned.learned(host, cluster, service, ids, now_ms, listed, metrics);
@@ -196,12 +195,18 @@ impl Engine {
         let pending = learned.take_unlisted();
         let hosts: Vec<&str> = pending.iter().map(|u| u.host.as_str()).collect();
         let outcomes = sharing.announce_learned(&hosts, max, store);
-        for (unlisted, outcome) in pending.iter().zip(outcomes) {
-            if outcome == Announced::Full {
-                learned.refuse_learned(unlisted.target, metrics);
+        for (unlisted, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Announced::Full => learned.refuse_learned(unlisted.target, metrics),
+                // Polled from now on, when its schedule says (at once for a
+                // new one).
+                Announced::Listed => learned.take_back(unlisted.target),
+                // Polled once the list holds it: tried again on the next tick.
+                Announced::Contended => learned.keep_unlisted(unlisted),
             }
         }
         if let Some(listed) = sharing.read_learned(store) {
+            learned.list_moved();
             let listed_set: std::collections::HashSet<&str> =
                 listed.iter().map(String::as_str).collect();
             let lost: Vec<&str> = learned
@@ -231,7 +236,9 @@ impl Engine {
             return;
         };
         let changes = learned.check_idle(now_ms, &self.targets, |id| sharing.touched_at(id, store));
-        sharing.unlist_learned(&changes.paused, store);
+        let mut leaving = changes.paused;
+        leaving.extend(changes.still_idle);
+        sharing.unlist_learned(&leaving, store);
         let max = learned.max_services();
         let hosts: Vec<&str> = changes
             .resumed

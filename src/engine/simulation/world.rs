@@ -1471,9 +1471,15 @@ impl World {
             let window = held.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
             // With a push link standing, what is due is confirmed by the link,
             // and a push, taken at once, is what settles the list.
+            // A learned service that may idle by then is not polled at all.
+            let may_idle = self
+                .learned
+                .as_ref()
+                .is_some_and(|l| l.idled_before(service, deadline, &bounds).is_some());
             if self.check.polled_within(service, held, deadline)
                 || self.check.disturbed(window, deadline, service)
                 || self.check.link_stood(service, held)
+                || may_idle
             {
                 continue;
             }

@@ -165,11 +165,6 @@ impl ConfigKeys {
             .unwrap_or_else(|| format!("{}.learned", self.prefix))
     }
 
-    /// How many services the learned list holds, beside it.
-    pub fn learned_count(&self) -> String {
-        format!("{}.count", self.learned())
-    }
-
     /// When a learned service (`ServiceKeys::id`) last carried a request, by any
     /// VM of any configuration: a fact about the service, kept once however many
     /// configurations come and go.
