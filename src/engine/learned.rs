@@ -67,8 +67,8 @@ struct Learned {
     /// Refused after it was learned: the list was full when it came back from
     /// idling, or when this VM listed it again.
     refused: bool,
-    /// Learned from a request and not yet on the list: not polled until the
-    /// VM's tick lists it, so that `maxServices` holds for what is polled.
+    /// Learned from a request and not yet found listed by this VM's tick: not
+    /// polled until then, so that `maxServices` holds for what is polled.
     pending: bool,
     /// While refused: when a request asks the list for a place again. Idle
     /// services free places, and no other VM may ever list this one.
@@ -89,10 +89,10 @@ pub(super) struct LearnedServices {
     by_host: WordMap<String, TargetId>,
     /// The learned state of each target, by its index (`None`: configured).
     by_target: Vec<Option<Learned>>,
-    /// Services this VM learned that the shared list may lack (not announced
-    /// yet, an addition lost to contention, or erased by another VM's first
-    /// write of the list): added on each tick until the poller's heartbeat
-    /// carries the service.
+    /// Services this VM learned that the shared list may lack (an addition
+    /// lost to contention, or erased by another VM's first write of the list):
+    /// added again on its ticks until the poller's heartbeat carries the
+    /// service (the poller's own: until its tick found them listed).
     unlisted: Vec<Unlisted>,
     /// The shared list changed since the poller last took idle services off
     /// it again.
