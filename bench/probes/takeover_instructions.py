@@ -77,11 +77,14 @@ def main() -> None:
     if gw.p.stats.get("nacos_guard.learned_services", 0) != count:
         raise SystemExit(f"the heir guards {gw.p.stats.get('nacos_guard.learned_services')} services, not {count}")
     next_tick = tick_fuel(heir)
-    print(f"{count} learned services: the request that learns the last one {learning_request / 1e3:.1f} k Wasm instructions")
-    print(f"{count} learned services: the follower's next tick, which looks for it {listing_tick / 1e6:.2f} M Wasm instructions")
-    print(f"{count} learned services: the tick after {follower_tick / 1e3:.1f} k Wasm instructions")
-    print(f"{count} learned services: the takeover tick (the costliest of 20 s) {spent / 1e6:.1f} M Wasm instructions")
-    print(f"{count} learned services: the new poller's next tick {next_tick / 1e6:.2f} M Wasm instructions")
+    for what, figure in (
+        ("the request that learns the last one", f"{learning_request / 1e3:.1f} k"),
+        ("the follower's next tick, which looks for it", f"{listing_tick / 1e6:.2f} M"),
+        ("the tick after", f"{follower_tick / 1e3:.1f} k"),
+        ("the takeover tick (the costliest of 20 s)", f"{spent / 1e6:.1f} M"),
+        ("the new poller's next tick", f"{next_tick / 1e6:.2f} M"),
+    ):
+        print(f"{count} learned services: {what} {figure} Wasm instructions")
 
 
 if __name__ == "__main__":
