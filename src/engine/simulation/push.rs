@@ -460,6 +460,29 @@ impl World {
         );
     }
 
+    /// The poller `v` took a list of service `s` over push (a subscription's
+    /// answer or a push), built at `built`'s time: a list taken ends a refusal
+    /// streak (`Targets::take_list`), and counts as a good answer.
+    fn took_pushed(&mut self, v: usize, s: usize, built: (u64, usize, usize, u64)) {
+        let (sent, usable, listed, usable_mask) = built;
+        let gen = self.vms[v].gen;
+        self.check.served(gen, v, s);
+        self.check.pushed(
+            s,
+            GoodAnswer {
+                gen,
+                sent,
+                received: self.now,
+                usable,
+                usable_mask,
+                listed,
+                published: true,
+                vm: v,
+                announced: None,
+            },
+        );
+    }
+
     /// Now, and the usable and listed instances of service `s` (and the
     /// usable ones' address numbers as a mask).
     fn built(&self, s: usize) -> (u64, usize, usize, u64) {
@@ -809,24 +832,7 @@ impl World {
                 link.subscribed.insert(s, now);
                 link.proven = true;
                 let (first, alive_at) = (link.first, link.alive_at);
-                let (sent, usable, listed, usable_mask) = built;
-                let gen = self.vms[v].gen;
-                // A list taken ends a refusal streak (`Targets::take_list`).
-                self.check.served(gen, v, s);
-                self.check.pushed(
-                    s,
-                    GoodAnswer {
-                        gen,
-                        sent,
-                        received: now,
-                        usable,
-                        usable_mask,
-                        listed,
-                        published: true,
-                        vm: v,
-                        announced: None,
-                    },
-                );
+                self.took_pushed(v, s, built);
                 if first {
                     let until = alive_at + PROBE_INTERVAL_MS + self.p.timeout;
                     self.check.link_alive(s, until, now);
@@ -884,33 +890,15 @@ impl World {
             // A push only reaches a connection's first stream: it confirms it.
             link.first = true;
         }
-        if let (Some((s, (sent, usable, listed, usable_mask))), true, true) =
-            (service, ours, leading)
-        {
+        if let (Some((s, built)), true, true) = (service, ours, leading) {
             let after = self.metrics.get(pushes).unwrap_or(0);
             if after != before + 1 {
                 return Err(format!(
                     "VM {v}: a push of s{s} on its link moved pushes from {before} to {after}"
                 ));
             }
-            let now = self.now;
-            self.push.taken[s].push((sent, now));
-            let gen = self.vms[v].gen;
-            self.check.served(gen, v, s);
-            self.check.pushed(
-                s,
-                GoodAnswer {
-                    gen,
-                    sent,
-                    received: now,
-                    usable,
-                    usable_mask,
-                    listed,
-                    published: true,
-                    vm: v,
-                    announced: None,
-                },
-            );
+            self.push.taken[s].push((built.0, self.now));
+            self.took_pushed(v, s, built);
         }
         let sent = std::mem::take(&mut self.vms[v].outbox.grpc);
         self.push_sent(v, engine_id, sent)?;
