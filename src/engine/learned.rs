@@ -222,7 +222,8 @@ impl LearnedServices {
         Lookup::Guarded(guard)
     }
 
-    /// The refused service of `target` has its place on the list now.
+    /// The service of `target` has its place on the list now: no longer
+    /// refused, nor waiting for its VM's tick to find it listed.
     pub fn take_back(&mut self, target: TargetId) {
         let Some(learned) = self.state_mut(target) else {
             return;
