@@ -193,6 +193,12 @@ pub struct Checker {
     /// poller took; and per service, by the last any took.
     taken_listed: BTreeMap<(usize, usize), usize>,
     latest_taken: BTreeMap<usize, usize>,
+    /// Per (configuration, service): the VM that took its last answer, and
+    /// instances listed by the last answer its followers were told of. A poller
+    /// that goes between taking an answer and announcing it leaves the one
+    /// that takes over holding the announced list, not the taken one.
+    taken_by: BTreeMap<(usize, usize), usize>,
+    announced_listed: BTreeMap<(usize, usize), usize>,
     /// Per (configuration, service): what `latest_taken` was when the
     /// configuration started, the list its VMs start from (a learned service:
     /// when it was first guarded). Another configuration still alive may take
@@ -626,7 +632,10 @@ impl Checker {
         // if either listed instances; it is held (neither taken nor published)
         // when the list it replaces certainly had some. The VM holding it: a
         // poller that took over holds its own.
+        let new_poller = self.taken_by.get(&key).is_some_and(|vm| *vm != answer.vm);
+        let told = self.announced_listed.get(&key).map_or(start, |n| *n > 0);
         let (may_replace, replaces) = match own {
+            Some(n) if new_poller => (n > 0 || told, n > 0 && told),
             Some(n) => (n > 0, n > 0),
             None => (
                 start || latest.is_some_and(|n| n > 0),
@@ -655,6 +664,7 @@ impl Checker {
     fn took(&mut self, service: usize, answer: GoodAnswer) {
         let key = (answer.gen, service);
         self.taken_listed.insert(key, answer.listed);
+        self.taken_by.insert(key, answer.vm);
         self.latest_taken.insert(service, answer.listed);
         if answer.published {
             let index = self.good[service].len();
@@ -750,13 +760,14 @@ impl Checker {
     /// VM `vm` ticked at `at`, still the poller, and wrote its heartbeat: that
     /// now carries what it took since it last wrote it.
     pub fn poller_ticked(&mut self, vm: usize, at: u64) {
-        let good = &mut self.good;
+        let (good, told) = (&mut self.good, &mut self.announced_listed);
         self.unannounced.retain(|(who, service, index)| {
             if *who != vm {
                 return true;
             }
             if let Some(answer) = good[*service].get_mut(*index) {
                 answer.announced = Some(at);
+                told.insert((answer.gen, *service), answer.listed);
             }
             false
         });
