@@ -154,6 +154,16 @@ impl Service {
     }
 }
 
+/// A flap of one instance, to undo: what it was before, and what the flap
+/// made it (`None`: nothing to undo).
+#[derive(Debug, Clone, Default)]
+pub struct Flap {
+    pub service: usize,
+    pub endpoint: String,
+    before: Option<Host>,
+    during: Option<Host>,
+}
+
 pub struct Registry {
     pub services: Vec<Service>,
     /// Token → when Nacos stops accepting it (simulation time).
@@ -265,6 +275,79 @@ impl Registry {
         let version = VERSIONS[usize::from(host.version == VERSIONS[0])];
         service.change(&endpoint, Some(Host { version, ..host }), now);
         (s, format!("s{s} {endpoint} metadata version {version}"))
+    }
+
+    /// A brief flap of a service: an instance registers that deregisters soon
+    /// after (`blip`), or a healthy one turns unhealthy and back (a missed
+    /// health check). What it did, and the undoing ([`Registry::settle`]).
+    pub fn flap(&mut self, rng: &mut Rng, now: u64) -> (String, Flap) {
+        let s = rng.below(self.services.len() as u64) as usize;
+        let service = &mut self.services[s];
+        let healthy: Vec<String> = service
+            .hosts
+            .iter()
+            .filter(|(_, host)| host.healthy)
+            .map(|(endpoint, _)| endpoint.clone())
+            .collect();
+        if healthy.is_empty() || rng.chance(800) {
+            return self.blip(s, now);
+        }
+        let endpoint = healthy[rng.below(healthy.len() as u64) as usize].clone();
+        let Some(host) = service.hosts.get(&endpoint).copied() else {
+            return (String::new(), Flap::default());
+        };
+        let during = Host {
+            healthy: false,
+            ..host
+        };
+        service.change(&endpoint, Some(during), now);
+        let what = format!("s{s} {endpoint} flaps to {during:?}");
+        let undo = Flap {
+            service: s,
+            endpoint,
+            before: Some(host),
+            during: Some(during),
+        };
+        (what, undo)
+    }
+
+    /// An instance of service `s` registers that deregisters soon after (a
+    /// process that crashes on start): churn uses addresses 1 to 6, 7 is the
+    /// flaps' own. What it did, and the undoing.
+    fn blip(&mut self, s: usize, now: u64) -> (String, Flap) {
+        let Some(service) = self.services.get_mut(s) else {
+            return (String::new(), Flap::default());
+        };
+        let endpoint = format!("10.0.{s}.7:80");
+        let during = Host {
+            weight: 1.0,
+            healthy: true,
+            enabled: true,
+            version: first_version(&endpoint),
+        };
+        let before = service.hosts.get(&endpoint).copied();
+        service.change(&endpoint, Some(during), now);
+        let what = format!("s{s} {endpoint} flaps to {during:?}");
+        let undo = Flap {
+            service: s,
+            endpoint,
+            before,
+            during: Some(during),
+        };
+        (what, undo)
+    }
+
+    /// Undo `flap` at `now` unless a later change of its instance came first;
+    /// whether it did.
+    pub fn settle(&mut self, flap: &Flap, now: u64) -> bool {
+        let Some(service) = self.services.get_mut(flap.service) else {
+            return false;
+        };
+        if flap.during.is_none() || service.hosts.get(&flap.endpoint).copied() != flap.during {
+            return false;
+        }
+        service.change(&flap.endpoint, flap.before, now);
+        true
     }
 
     /// Deregister every instance of service `s` at `now`; says what it did.
