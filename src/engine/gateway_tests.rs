@@ -550,6 +550,42 @@ fn a_follower_takes_the_list_its_poller_started_from_whoever_wrote_it() {
 }
 
 #[test]
+fn a_root_context_loaded_again_does_not_keep_a_list_its_poller_never_stored() {
+    // Found by the simulator with flaps and VM reloads (seed 1359 with
+    // SIM_FLAPS=1). Configuration B's poller started from A's list and Nacos
+    // confirmed it unchanged, so nothing of B's own was stored. A, still
+    // alive, polled during a flap and stored a list with an instance that was
+    // up for a moment. A root context of B loaded again then started from that
+    // list, and B's later polls, unchanged, left it nothing to go back to: it
+    // routed to the flapped instance for good.
+    let (a, b) = (global(""), global(r#","maxStaleMs":20000"#));
+    let mut gateway = Gateway::new(&a, 1, Nacos::List(hosts(&FOUR[..1])));
+    let a_poller = 0;
+    let mut wall = until_it_polls(&mut gateway, a_poller, 0);
+    gateway.add_vm(&b);
+    let b_poller = 1;
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..2]));
+    wall = until_it_polls(&mut gateway, a_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..1]));
+    // A's root context goes: it ticks no more.
+    gateway.add_vm(&b);
+    let reloaded = 2;
+    let mut routed = std::collections::BTreeSet::new();
+    let (settled, end) = (wall + 3_000, wall + 10_000);
+    while wall < end {
+        gateway.tick(b_poller, wall);
+        let now = gateway.tick(reloaded, wall);
+        let endpoint = gateway.request(reloaded, now, "r");
+        if wall >= settled {
+            routed.insert(endpoint);
+        }
+        wall += 20;
+    }
+    assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.1:80"]);
+}
+
+#[test]
 fn a_heartbeat_left_by_an_identical_configuration_does_not_bring_back_its_list() {
     // Found by the simulator (seed 91) while fixing the test above: an edit back
     // to an earlier configuration reuses its keys, and its new poller read the

@@ -357,6 +357,28 @@ pub fn publish_content(
     store.set(keys.content(), &bytes, cas);
 }
 
+/// Content configuration `writer`'s poller confirmed though another
+/// configuration stored it: once the stored content is another one (a flap
+/// only that configuration saw), keep it under `writer`'s key, where its
+/// followers look; whether it had to.
+pub fn keep_if_written_over(
+    keys: &ServiceKeys,
+    writer: u64,
+    stamp: u64,
+    set: &InstanceSet,
+    store: &mut dyn SharedStore,
+) -> bool {
+    let (stored, _) = store.get(keys.content());
+    let header = stored.as_deref().and_then(published::content_header);
+    if header.is_some_and(|(stored_stamp, _)| stored_stamp == stamp) {
+        return false;
+    }
+    if let Some(bytes) = published::encode_content(stamp, writer, set) {
+        store.set(&keys.kept(writer), &bytes, None);
+    }
+    true
+}
+
 pub fn publish_confirmed(keys: &ServiceKeys, confirmed_at_ms: u64, store: &mut dyn SharedStore) {
     store.set(
         keys.confirmed(),

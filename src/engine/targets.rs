@@ -46,6 +46,10 @@ pub(super) struct Target {
     /// An empty answer would have emptied the snapshot: taken only if the
     /// poll sent at once after it says so too.
     empty_unconfirmed: bool,
+    /// The content is one another configuration stored: once that one stores
+    /// newer, this configuration's followers find it nowhere unless its
+    /// poller keeps it for them.
+    inherited: bool,
 }
 
 impl Target {
@@ -126,10 +130,15 @@ impl Target {
             None => self.snapshot.accept_same(stamp_ms),
         };
         if let Some(store) = publish {
-            if changed {
+            if changed || self.inherited {
                 if let Some(set) = self.snapshot.instances() {
                     let stamp = self.snapshot.content_stamp();
-                    sharing::publish_content(&self.keys, writer, stamp, set, store);
+                    if changed {
+                        sharing::publish_content(&self.keys, writer, stamp, set, store);
+                        self.inherited = false;
+                    } else if sharing::keep_if_written_over(&self.keys, writer, stamp, set, store) {
+                        self.inherited = false;
+                    }
                 }
             }
             sharing::publish_confirmed(&self.keys, stamp_ms, store);
@@ -225,6 +234,7 @@ impl Targets {
                     },
                     metrics: PollMetrics::define(metrics, &settings.service),
                     empty_unconfirmed: false,
+                    inherited: false,
                 });
                 if let Some(target) = self.table.get(id) {
                     self.by_heartbeat_id.insert(target.keys.id(), id);
@@ -468,9 +478,11 @@ impl Targets {
         let Some(stored) = sharing::read_announced(&target.keys, writer, announced, store) else {
             return false;
         };
+        let inherited = stored.writer != writer;
         if !target.snapshot.follow_content(stored.set, stored.stamp) {
             return false;
         }
+        target.inherited = inherited;
         target.last_good = None;
         true
     }
@@ -485,9 +497,11 @@ impl Targets {
         let Some(stored) = sharing::read_content(&target.keys, store) else {
             return false;
         };
+        let inherited = stored.writer != self.writer;
         if !target.snapshot.adopt_content(stored.set, stored.stamp) {
             return false;
         }
+        target.inherited = inherited;
         target.last_good = None;
         if let Some(confirmed_at_ms) = sharing::read_confirmed(&target.keys, store) {
             let mut health = target.snapshot.health();
