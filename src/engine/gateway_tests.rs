@@ -586,6 +586,37 @@ fn a_root_context_loaded_again_does_not_keep_a_list_its_poller_never_stored() {
 }
 
 #[test]
+fn a_list_whose_write_other_vms_beat_is_written_again() {
+    // Found by the simulator with VM reloads (seed 1520 with SIM_FLAPS=1): the
+    // poller's compare-and-swap write of a changed list lost to other workers'
+    // writes of the key, and nothing wrote it again while Nacos stayed the
+    // same. Followers waited for the list the heartbeat named, and a root
+    // context that started meanwhile took the old, empty one, rejecting
+    // requests to a service with an instance.
+    let mut gateway = Gateway::new(&global(""), 2, Nacos::List(hosts(&[])));
+    let mut wall = 0;
+    while wall < 2_000 {
+        gateway.tick_all(wall);
+        wall += 20;
+    }
+    gateway.nacos = Nacos::List(hosts(&FOUR[..1]));
+    gateway.store.contend = Some(("guard.service.", 8));
+    while wall < 4_000 {
+        gateway.tick_all(wall);
+        wall += 20;
+    }
+    gateway.add_vm(&global(""));
+    let mut now = 0;
+    while wall < 6_000 {
+        now = gateway.tick_all(wall);
+        wall += 20;
+    }
+    for vm in 0..3 {
+        assert_eq!(gateway.request(vm, now, "r"), "10.0.0.1:80", "VM {vm}");
+    }
+}
+
+#[test]
 fn a_heartbeat_left_by_an_identical_configuration_does_not_bring_back_its_list() {
     // Found by the simulator (seed 91) while fixing the test above: an edit back
     // to an earlier configuration reuses its keys, and its new poller read the

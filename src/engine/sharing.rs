@@ -16,7 +16,8 @@ use crate::pure::sharing::published::{
     self, ConfigKeys, PublishedToken, ServiceKeys, StoredContent,
 };
 
-/// Compare-and-swap attempts at adding a learned service.
+/// Compare-and-swap attempts at adding a learned service, or at storing a
+/// service's content.
 const ANNOUNCE_ATTEMPTS: usize = 8;
 
 /// The lease lives this many of the shortest refresh intervals.
@@ -328,33 +329,40 @@ impl Sharing {
 /// stored is newer (another poller's, or another configuration's);
 /// compare-and-swap, so two writers cannot both win. Another configuration's
 /// content it replaces is first kept for that configuration's followers.
+/// Whether it is stored; `false`: other writes beat it every time, and it is
+/// to be written again.
 pub fn publish_content(
     keys: &ServiceKeys,
     writer: u64,
     stamp: u64,
     set: &InstanceSet,
     store: &mut dyn SharedStore,
-) {
+) -> bool {
     let Some(bytes) = published::encode_content(stamp, writer, set) else {
-        return;
+        return true;
     };
-    let (stored, cas) = store.get(keys.content());
-    let header = stored.as_deref().and_then(published::content_header);
-    if let Some((stored_stamp, other)) = header.filter(|(s, _)| *s >= stamp) {
-        // Another configuration stored a newer list (its poll went later):
-        // this one's followers are told of this list all the same, so it is
-        // kept under this writer's key, where they look for it.
-        if other != writer && stored_stamp > stamp {
-            store.set(&keys.kept(writer), &bytes, None);
+    for _ in 0..ANNOUNCE_ATTEMPTS {
+        let (stored, cas) = store.get(keys.content());
+        let header = stored.as_deref().and_then(published::content_header);
+        if let Some((stored_stamp, other)) = header.filter(|(s, _)| *s >= stamp) {
+            // Another configuration stored a newer list (its poll went later):
+            // this one's followers are told of this list all the same, so it is
+            // kept under this writer's key, where they look for it.
+            if other != writer && stored_stamp > stamp {
+                store.set(&keys.kept(writer), &bytes, None);
+            }
+            return true;
         }
-        return;
-    }
-    if let (Some((_, other)), Some(stored)) = (header, &stored) {
-        if other != writer {
-            store.set(&keys.kept(other), stored, None);
+        if let (Some((_, other)), Some(stored)) = (header, &stored) {
+            if other != writer {
+                store.set(&keys.kept(other), stored, None);
+            }
+        }
+        if store.set(keys.content(), &bytes, cas) {
+            return true;
         }
     }
-    store.set(keys.content(), &bytes, cas);
+    false
 }
 
 /// Content configuration `writer`'s poller confirmed though another

@@ -50,6 +50,9 @@ pub(super) struct Target {
     /// newer, this configuration's followers find it nowhere unless its
     /// poller keeps it for them.
     inherited: bool,
+    /// Its content's write lost to others every time: written on its next
+    /// answer, changed or not.
+    unpublished: bool,
 }
 
 impl Target {
@@ -130,11 +133,13 @@ impl Target {
             None => self.snapshot.accept_same(stamp_ms),
         };
         if let Some(store) = publish {
-            if changed || self.inherited {
+            if changed || self.unpublished || self.inherited {
                 if let Some(set) = self.snapshot.instances() {
                     let stamp = self.snapshot.content_stamp();
-                    if changed {
-                        sharing::publish_content(&self.keys, writer, stamp, set, store);
+                    if changed || self.unpublished {
+                        let stored =
+                            sharing::publish_content(&self.keys, writer, stamp, set, store);
+                        self.unpublished = !stored;
                         self.inherited = false;
                     } else if sharing::keep_if_written_over(&self.keys, writer, stamp, set, store) {
                         self.inherited = false;
@@ -235,6 +240,7 @@ impl Targets {
                     metrics: PollMetrics::define(metrics, &settings.service),
                     empty_unconfirmed: false,
                     inherited: false,
+                    unpublished: false,
                 });
                 if let Some(target) = self.table.get(id) {
                     self.by_heartbeat_id.insert(target.keys.id(), id);
