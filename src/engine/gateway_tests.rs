@@ -586,6 +586,42 @@ fn a_root_context_loaded_again_does_not_keep_a_list_its_poller_never_stored() {
 }
 
 #[test]
+fn a_new_root_context_does_not_take_one_configurations_confirmation_for_anothers_list() {
+    // Found by the simulator with VM reloads (seed 1042 with SIM_FLAPS=1): the
+    // confirmation is stored once per question, whichever configuration's
+    // poller confirmed its own list. A root context loaded again started from
+    // another configuration's list of a flap, long over, with this
+    // configuration's later confirmation of its own list, took the flap's list
+    // for fresh and routed to the flapped instance.
+    let (a, b) = (
+        global(r#","maxStaleMs":0"#),
+        global(r#","maxStaleMs":20000"#),
+    );
+    let mut gateway = Gateway::new(&a, 1, Nacos::List(hosts(&FOUR[..1])));
+    let a_poller = 0;
+    let mut wall = until_it_polls(&mut gateway, a_poller, 0);
+    gateway.add_vm(&b);
+    let b_poller = 1;
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..2]));
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..1]));
+    // B's root context goes; A's poller confirms its list for 5 s more.
+    let mut now = 0;
+    let end = wall + 5_000;
+    while wall < end {
+        now = gateway.tick(a_poller, wall);
+        wall += 20;
+    }
+    gateway.add_vm(&a);
+    let reloaded = 2;
+    let routed: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| gateway.request(reloaded, now, "r"))
+        .collect();
+    assert!(!routed.contains("10.0.0.2:80"), "{routed:?}");
+}
+
+#[test]
 fn a_list_whose_write_other_vms_beat_is_written_again() {
     // Found by the simulator with VM reloads (seed 1520 with SIM_FLAPS=1): the
     // poller's compare-and-swap write of a changed list lost to other workers'

@@ -387,12 +387,15 @@ pub fn keep_if_written_over(
     true
 }
 
-pub fn publish_confirmed(keys: &ServiceKeys, confirmed_at_ms: u64, store: &mut dyn SharedStore) {
-    store.set(
-        keys.confirmed(),
-        confirmed_at_ms.to_string().as_bytes(),
-        None,
-    );
+/// When the poll that confirmed the list of digest `digest` went.
+pub fn publish_confirmed(
+    keys: &ServiceKeys,
+    digest: u64,
+    confirmed_at_ms: u64,
+    store: &mut dyn SharedStore,
+) {
+    let confirmation = published::encode_confirmation(digest, confirmed_at_ms);
+    store.set(keys.confirmed(), confirmation.as_bytes(), None);
 }
 
 /// A service's stored content, whichever configuration wrote it.
@@ -424,8 +427,29 @@ fn decode(store: &dyn SharedStore, key: &str) -> Option<StoredContent> {
         .and_then(published::decode_content)
 }
 
-pub fn read_confirmed(keys: &ServiceKeys, store: &dyn SharedStore) -> Option<u64> {
-    published::decode_number(store.get(keys.confirmed()).0.as_deref())
+/// What a new root context of configuration `writer` starts from: the newest
+/// stored content, with the stored confirmation if that confirms its list; else
+/// `writer`'s own kept content if the confirmation is of that (another
+/// configuration stored a list of a flap since); else the newest, confirmed by
+/// nothing later than its own poll.
+pub fn read_start(
+    keys: &ServiceKeys,
+    writer: u64,
+    store: &dyn SharedStore,
+) -> Option<(StoredContent, Option<u64>)> {
+    let newest = read_content(keys, store)?;
+    let confirmation = published::decode_confirmation(store.get(keys.confirmed()).0.as_deref());
+    let Some((digest, confirmed_at_ms)) = confirmation else {
+        return Some((newest, None));
+    };
+    let confirms = |content: &StoredContent| published::list_digest(&content.set) == Some(digest);
+    if confirms(&newest) {
+        return Some((newest, Some(confirmed_at_ms)));
+    }
+    match decode(store, &keys.kept(writer)).filter(confirms) {
+        Some(own) => Some((own, Some(confirmed_at_ms))),
+        None => Some((newest, None)),
+    }
 }
 
 #[cfg(test)]

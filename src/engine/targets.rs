@@ -18,7 +18,7 @@ use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::nacos::ApiVersion;
 use crate::pure::registry::instance::InstanceSet;
 use crate::pure::registry::snapshot::{Freshness, Health, Snapshot, StaleLimits};
-use crate::pure::sharing::published::ServiceKeys;
+use crate::pure::sharing::published::{self, ServiceKeys};
 
 /// One service on one server, polled on its own.
 pub(super) struct Target {
@@ -53,6 +53,9 @@ pub(super) struct Target {
     /// Its content's write lost to others every time: written on its next
     /// answer, changed or not.
     unpublished: bool,
+    /// The digest of its list, and the content stamp it was taken at: what a
+    /// confirmation names, computed once per content.
+    digest: Option<(u64, u64)>,
 }
 
 impl Target {
@@ -111,6 +114,19 @@ impl Target {
         self.empty_unconfirmed
     }
 
+    /// The digest of its list, which a confirmation names.
+    fn list_digest(&mut self) -> Option<u64> {
+        let stamp = self.snapshot.content_stamp();
+        if let Some((at, digest)) = self.digest {
+            if at == stamp {
+                return Some(digest);
+            }
+        }
+        let digest = published::list_digest(self.snapshot.instances()?)?;
+        self.digest = Some((stamp, digest));
+        Some(digest)
+    }
+
     /// Take a good list, published to the store as configuration `writer`'s.
     fn take(
         &mut self,
@@ -146,7 +162,9 @@ impl Target {
                     }
                 }
             }
-            sharing::publish_confirmed(&self.keys, stamp_ms, store);
+            if let Some(digest) = self.list_digest() {
+                sharing::publish_confirmed(&self.keys, digest, stamp_ms, store);
+            }
         }
         changed
     }
@@ -241,6 +259,7 @@ impl Targets {
                     empty_unconfirmed: false,
                     inherited: false,
                     unpublished: false,
+                    digest: None,
                 });
                 if let Some(target) = self.table.get(id) {
                     self.by_heartbeat_id.insert(target.keys.id(), id);
@@ -393,7 +412,9 @@ impl Targets {
         };
         target.snapshot.accept_same(now_ms);
         if let Some(store) = publish {
-            sharing::publish_confirmed(&target.keys, now_ms, store);
+            if let Some(digest) = target.list_digest() {
+                sharing::publish_confirmed(&target.keys, digest, now_ms, store);
+            }
         }
     }
 
@@ -493,25 +514,27 @@ impl Targets {
         true
     }
 
-    /// Start `id` from the newest stored content, whichever configuration wrote
-    /// it, and its confirmation: a new root context serves at once. Whether it
-    /// took any.
+    /// Start `id` from stored content and its confirmation: a new root context
+    /// serves at once. The content last confirmed, if this configuration or
+    /// the one that stored it confirmed it; else the newest stored, whichever
+    /// configuration wrote it, as of its own poll. Whether it took any.
     pub fn start_from_stored(&mut self, id: TargetId, store: &dyn SharedStore) -> bool {
         let Some(target) = self.table.get_mut(id) else {
             return false;
         };
-        let Some(stored) = sharing::read_content(&target.keys, store) else {
+        let Some((stored, confirmed_at_ms)) = sharing::read_start(&target.keys, self.writer, store)
+        else {
             return false;
         };
-        let inherited = stored.writer != self.writer;
-        if !target.snapshot.adopt_content(stored.set, stored.stamp) {
+        let (inherited, stamp) = (stored.writer != self.writer, stored.stamp);
+        if !target.snapshot.adopt_content(stored.set, stamp) {
             return false;
         }
         target.inherited = inherited;
         target.last_good = None;
-        if let Some(confirmed_at_ms) = sharing::read_confirmed(&target.keys, store) {
+        if let Some(confirmed_at_ms) = confirmed_at_ms {
             let mut health = target.snapshot.health();
-            health.confirmed_at_ms = confirmed_at_ms.max(stored.stamp);
+            health.confirmed_at_ms = confirmed_at_ms.max(stamp);
             health.failing_since_ms = None;
             target.snapshot.adopt_health(health);
         }

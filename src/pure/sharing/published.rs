@@ -241,22 +241,35 @@ pub struct StoredContent {
 /// 32-bit, flags one byte of 0 or 1.
 pub fn encode_content(stamp: u64, writer: u64, set: &InstanceSet) -> Option<Vec<u8>> {
     let mut bytes = format!("{stamp} {writer:x}\n").into_bytes();
+    encode_list(&mut bytes, set)?;
+    Some(bytes)
+}
+
+/// A digest of a list as it is stored: the same list has the same digest
+/// whichever configuration polled it, and when.
+pub fn list_digest(set: &InstanceSet) -> Option<u64> {
+    let mut bytes = Vec::new();
+    encode_list(&mut bytes, set)?;
+    Some(stable_hash(&bytes))
+}
+
+fn encode_list(bytes: &mut Vec<u8>, set: &InstanceSet) -> Option<()> {
     bytes.push(FORMAT);
     bytes.push(u8::from(set.protection_reached));
-    put_len(&mut bytes, set.instances.len())?;
+    put_len(bytes, set.instances.len())?;
     for instance in &set.instances {
-        put_str(&mut bytes, &instance.endpoint)?;
+        put_str(bytes, &instance.endpoint)?;
         bytes.extend_from_slice(&instance.weight.to_bits().to_le_bytes());
         bytes.push(u8::from(instance.healthy));
         bytes.push(u8::from(instance.enabled));
-        put_str(&mut bytes, &instance.cluster)?;
-        put_len(&mut bytes, instance.metadata.len())?;
+        put_str(bytes, &instance.cluster)?;
+        put_len(bytes, instance.metadata.len())?;
         for (key, value) in &instance.metadata {
-            put_str(&mut bytes, key)?;
-            put_str(&mut bytes, value)?;
+            put_str(bytes, key)?;
+            put_str(bytes, value)?;
         }
     }
-    Some(bytes)
+    Some(())
 }
 
 /// The stamp and the writer of stored content.
@@ -422,6 +435,23 @@ impl PublishedToken {
             expires_at_ms,
         })
     }
+}
+
+/// A service's confirmation: `<confirmed at> <list digest>`, the list it
+/// confirms named, since the key is one per question and the content stored
+/// beside it may be another configuration's.
+pub fn encode_confirmation(digest: u64, confirmed_at_ms: u64) -> String {
+    format!("{confirmed_at_ms} {digest:x}")
+}
+
+/// (list digest, confirmed at) of a confirmation; `None` for anything else,
+/// the bare number of versions before 0.3 among them.
+pub fn decode_confirmation(bytes: Option<&[u8]>) -> Option<(u64, u64)> {
+    let (confirmed, digest) = std::str::from_utf8(bytes?).ok()?.split_once(' ')?;
+    Some((
+        u64::from_str_radix(digest, 16).ok()?,
+        confirmed.parse().ok()?,
+    ))
 }
 
 pub fn decode_number(bytes: Option<&[u8]>) -> Option<u64> {
@@ -631,5 +661,30 @@ mod tests {
         );
         assert_eq!(decode_number(Some(b"17")), Some(17));
         assert_eq!(decode_number(Some(b"x")), None);
+    }
+
+    #[test]
+    fn a_confirmation_names_the_list_it_confirms() {
+        let bytes = encode_confirmation(0xbeef, 36_048_982);
+        assert_eq!(
+            decode_confirmation(Some(bytes.as_bytes())),
+            Some((0xbeef, 36_048_982))
+        );
+        assert_eq!(decode_confirmation(Some(b"36048982")), None);
+        assert_eq!(decode_confirmation(Some(b"1 x")), None);
+        assert_eq!(decode_confirmation(None), None);
+    }
+
+    #[test]
+    fn equal_lists_have_one_digest_whoever_stored_them() {
+        let (set, mut other) = (rich_set(), rich_set());
+        assert_eq!(list_digest(&set), list_digest(&other));
+        other.instances[0].healthy = !other.instances[0].healthy;
+        assert_ne!(list_digest(&set), list_digest(&other));
+        let stored = encode_content(7, 1, &set).unwrap();
+        let again = encode_content(9, 2, &set).unwrap();
+        let list =
+            |bytes: &[u8]| bytes[bytes.iter().position(|b| *b == b'\n').unwrap() + 1..].to_vec();
+        assert_eq!(list(&stored), list(&again));
     }
 }
