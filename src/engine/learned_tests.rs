@@ -557,3 +557,43 @@ fn an_idle_service_listed_again_late_is_taken_off_again() {
     run(&mut gateway, &[0, 1], 6_000..9_000);
     assert!(listed(&gateway).is_empty(), "{:?}", listed(&gateway));
 }
+
+/// The shared-data bytes a request that learns a new service moves on a
+/// follower and on the poller, with `listed` services on the list already.
+fn learning_request_bytes(listed: usize) -> [usize; 2] {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":5000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    run(&mut gateway, &[0, 1], 20..100);
+    let (key, _) = gateway.store.ending_with(".learned").unwrap();
+    let many: Vec<String> = (0..listed)
+        .map(|n| format!("svc-{n}.DEFAULT-GROUP.public.nacos"))
+        .chain([ORDERS_HOST.to_string()])
+        .collect();
+    let encoded = crate::pure::sharing::published::encode_learned(&many);
+    gateway.store.set(&key, &encoded, None);
+    // The poller takes them all (they idle later, not now).
+    let now = run(&mut gateway, &[0, 1], 100..200);
+    assert_eq!(listed_in(&gateway.store).len(), listed + 1);
+    [(follower, SHOP), (poller, PAY)].map(|(vm, cluster)| {
+        gateway.store.bytes_moved.set(0);
+        gateway.send(vm, now, FakeRequest::to("r", cluster));
+        gateway.store.bytes_moved.get()
+    })
+}
+
+const PAY: &str = "outbound|8080||pay.DEFAULT-GROUP.public.nacos";
+
+/// Issue 24, defect 4: a request that learns a service moved the whole list
+/// (read, then written back with the service added), whatever its length.
+#[test]
+fn a_request_that_learns_a_service_moves_the_same_bytes_whatever_the_list_holds() {
+    let (few, many) = (learning_request_bytes(10), learning_request_bytes(4_000));
+    assert!(few[0] > 0 && few[1] > 0, "{few:?}");
+    assert_eq!(few, many, "follower, poller: 10 listed, then 4,000");
+}
