@@ -374,6 +374,8 @@ fn a_service_the_list_has_no_room_for_when_listed_again_is_left_alone() {
     gateway.store.contend = Some(("learned", 8));
     gateway.send(follower, 0, FakeRequest::to("r", SHOP));
     gateway.send(poller, 0, FakeRequest::to("r", ORDERS));
+    // Handed in to the poller, which lists it on its tick.
+    gateway.tick(poller, 10);
     assert_eq!(listed(&gateway), [ORDERS_HOST]);
     let now = run(&mut gateway, &[0, 1], 20..2_000);
     assert_eq!(
@@ -429,6 +431,21 @@ fn a_follower_waiting_for_the_poller_reads_the_list_once_a_second() {
     let follower = followers(&gateway)[0];
     gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
     gateway.tick(follower, 20);
+    // Handed in to the poller: while it waits there, the list is not read.
+    gateway.store.bytes_moved.set(0);
+    run(&mut gateway, &[follower], 40..1_040);
+    assert!(gateway.store.bytes_moved.get() < 1_000, "the inbox only");
+    // The poller takes it into the list (as its tick would, written here).
+    let (inbox_key, inbox) = gateway.store.ending_with(".learned.inbox").unwrap();
+    let mut inbox = crate::pure::sharing::published::Inbox::decode(&inbox).unwrap();
+    assert_eq!((inbox.handed, inbox.taken), (1, 0));
+    inbox.taken = 1;
+    gateway.store.set(&inbox_key, &inbox.encode(), None);
+    gateway.store.set(
+        &inbox_key.replace(".inbox", ""),
+        ORDERS_HOST.as_bytes(),
+        None,
+    );
     let (key, _) = gateway.store.ending_with(".learned").unwrap();
     let many: Vec<String> = (0..4_000)
         .map(|n| format!("svc-{n}.DEFAULT-GROUP.public.nacos"))
@@ -437,8 +454,9 @@ fn a_follower_waiting_for_the_poller_reads_the_list_once_a_second() {
     let encoded = crate::pure::sharing::published::encode_learned(&many);
     gateway.store.set(&key, &encoded, None);
     gateway.store.bytes_moved.set(0);
-    // The poller stalls: its heartbeat never carries orders.
-    run(&mut gateway, &[follower], 40..2_040);
+    // The poller stalls: its heartbeat never carries orders (its lease, renewed
+    // at 0, runs until 3,000).
+    run(&mut gateway, &[follower], 1_040..2_980);
     let reads = gateway.store.bytes_moved.get() / encoded.len();
     assert!((1..=2).contains(&reads), "{reads} reads of the list in 2 s");
 }
