@@ -615,3 +615,36 @@ fn a_request_that_learns_a_service_moves_the_same_bytes_whatever_the_list_holds(
     assert!(few[0] > 0 && few[1] > 0, "{few:?}");
     assert_eq!(few, many, "follower, poller: 10 listed, then 4,000");
 }
+
+/// Found by the simulator (seed 3350 of 3000-3999, maxServices 1): a follower
+/// whose request lost every compare-and-swap left the service to the poller
+/// as soon as the poller's heartbeat carried it, but the poller had it only as
+/// a service it refused (the list was full): the follower guarded it on
+/// content nobody polled, never refused.
+#[test]
+fn a_follower_refuses_what_the_poller_has_only_refused() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.store.contend = Some(("learned", 15));
+    gateway.send(follower, 0, FakeRequest::to("r", SHOP));
+    gateway.send(poller, 0, FakeRequest::to("r", SHOP));
+    gateway.send(poller, 0, FakeRequest::to("r", ORDERS));
+    // The poller lists orders and refuses shop; its heartbeat carries both.
+    gateway.tick(poller, 10);
+    assert_eq!(listed(&gateway), [ORDERS_HOST]);
+    let now = run(&mut gateway, &[0, 1], 20..2_000);
+    let refused = gateway.metrics.get("nacos_guard.learned_services_refused");
+    assert_eq!(
+        gateway.send(follower, now, FakeRequest::to("r", SHOP)),
+        "ignore"
+    );
+    assert_eq!(
+        gateway.metrics.get("nacos_guard.learned_services_refused"),
+        refused + 1
+    );
+}

@@ -282,7 +282,8 @@ impl Engine {
 
     /// As a follower: list each service this VM learned that the poller does
     /// not poll yet, in one write, and look again once a second in case its
-    /// addition was lost or erased. One without a request here for `idleMs` is
+    /// addition was lost or erased. A service is left to the poller once this
+    /// VM found it listed and the poller's heartbeat carries it. One without a request here for `idleMs` is
     /// left off: the poller may have taken it off for idling (its heartbeat,
     /// unchanged since, may never say it polled it), and a request lists it
     /// again (`relist_after_request`).
@@ -301,7 +302,11 @@ impl Engine {
         let (seen, new): (Vec<Unlisted>, Vec<Unlisted>) = taken
             .into_iter()
             .filter(|u| {
-                let polled = targets.get(u.target).is_some_and(|t| t.polled_by_poller());
+                // The poller's heartbeat carries every service it has, refused
+                // ones too: only one this VM found listed itself is left to it.
+                let polled = targets.get(u.target).is_some_and(|t| t.polled_by_poller())
+                    && u.seen_listed
+                    && u.handed.is_none();
                 u.once || !(polled || learned.idle_here(u.target, now_ms))
             })
             .partition(|u| u.seen_listed);
