@@ -1,7 +1,8 @@
 //! What `guardNacosRoutes` costs at its bound (issue 24, defect 4): a new
 //! poller's first tick, which takes every service in the learned list, a
 //! request that learns one more service when the list is nearly full, and the
-//! learning VM's next tick, which looks for it in the list:
+//! learning VM's next tick, and the poller's next tick, which takes what the
+//! request handed in into the list:
 //! `cargo bench --no-default-features --bench learned`. The shared data, the
 //! outbox and the metrics are the smallest that do what Envoy's do.
 
@@ -121,7 +122,11 @@ fn learned_key(config: &PluginConfig) -> Option<String> {
     let mut engine = engine(config, &mut store, 3);
     let mut request = ToCluster(format!("outbound|8080||{}", host(0)));
     engine.on_request(NOW_MS, &mut request, &mut NoMetrics, &mut store);
-    engine.on_tick(NOW_MS, &mut Calls::default(), &mut NoMetrics, &mut store);
+    // The first tick seeds the lease, the second takes it and lists what the
+    // request handed in.
+    for now in [NOW_MS, NOW_MS + 10] {
+        engine.on_tick(now, &mut Calls::default(), &mut NoMetrics, &mut store);
+    }
     store.0.into_keys().find(|key| key.ends_with(".learned"))
 }
 
@@ -233,6 +238,32 @@ fn benches(c: &mut Criterion) {
                 |(mut follower, mut store)| {
                     follower.on_tick(NOW_MS, &mut Calls::default(), &mut NoMetrics, &mut store);
                     assert!(!follower.is_poller());
+                    black_box(store.0.len())
+                },
+                BatchSize::PerIteration,
+            )
+        },
+    );
+    // The poller's next tick takes what a follower's request handed in into
+    // the list: the list's bytes move here, once per tick, not per request.
+    group.bench_function(
+        "the poller's next tick lists the 10,000th service a request handed in",
+        |b| {
+            b.iter_batched(
+                || {
+                    let mut store = nearly_full.clone();
+                    let mut poller = engine(&config, &mut store, 5);
+                    for now in [NOW_MS - 20, NOW_MS - 10] {
+                        poller.on_tick(now, &mut Calls::default(), &mut NoMetrics, &mut store);
+                    }
+                    let mut follower = engine(&config, &mut store, 9);
+                    let mut request = ToCluster(format!("outbound|8080||{}", host(SERVICES)));
+                    follower.on_request(NOW_MS, &mut request, &mut NoMetrics, &mut store);
+                    (poller, store)
+                },
+                |(mut poller, mut store)| {
+                    poller.on_tick(NOW_MS, &mut Calls::default(), &mut NoMetrics, &mut store);
+                    assert!(poller.is_poller());
                     black_box(store.0.len())
                 },
                 BatchSize::PerIteration,

@@ -280,6 +280,16 @@ impl LearnedServices {
         self.unlisted.push(unlisted);
     }
 
+    /// The service of `target`, just learned, was handed in to the poller
+    /// under inbox number `number`: its VM looks for it in the list only once
+    /// the poller took that number.
+    pub fn handed_in(&mut self, target: TargetId, number: u64) {
+        if let Some(unlisted) = self.unlisted.iter_mut().find(|u| u.target == target) {
+            unlisted.seen_listed = true;
+            unlisted.handed = Some(number);
+        }
+    }
+
     /// As the poller: the shared list changed (read on this tick).
     pub fn list_moved(&mut self) {
         self.list_moved = true;
@@ -376,6 +386,7 @@ impl LearnedServices {
                 target,
                 once: false,
                 seen_listed: false,
+                handed: None,
             });
         }
         let Some(cluster) = cluster else {
@@ -435,6 +446,7 @@ impl LearnedServices {
             target,
             once: true,
             seen_listed: false,
+            handed: None,
         });
     }
 
@@ -510,9 +522,13 @@ pub(super) struct Unlisted {
     /// Added once, on the next tick: a request brought it back from idling,
     /// and the poller's heartbeat may still carry it from before.
     pub once: bool,
-    /// An announcement found it listed: it is looked for again only once a
-    /// second (`RELIST_CHECK_MS`), in case another VM's first write erased it.
+    /// An announcement found it listed, or it was handed in to the poller: it
+    /// is looked for again only once a second (`RELIST_CHECK_MS`), in case
+    /// another VM's first write erased it.
     pub seen_listed: bool,
+    /// Handed in to the poller under this inbox number: looked for in the
+    /// list only once the poller took that number.
+    pub handed: Option<u64>,
 }
 
 /// Learned services that stopped or started idling on one idle check.

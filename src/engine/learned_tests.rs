@@ -374,6 +374,8 @@ fn a_service_the_list_has_no_room_for_when_listed_again_is_left_alone() {
     gateway.store.contend = Some(("learned", 8));
     gateway.send(follower, 0, FakeRequest::to("r", SHOP));
     gateway.send(poller, 0, FakeRequest::to("r", ORDERS));
+    // Handed in to the poller, which lists it on its tick.
+    gateway.tick(poller, 10);
     assert_eq!(listed(&gateway), [ORDERS_HOST]);
     let now = run(&mut gateway, &[0, 1], 20..2_000);
     assert_eq!(
@@ -429,6 +431,21 @@ fn a_follower_waiting_for_the_poller_reads_the_list_once_a_second() {
     let follower = followers(&gateway)[0];
     gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
     gateway.tick(follower, 20);
+    // Handed in to the poller: while it waits there, the list is not read.
+    gateway.store.bytes_moved.set(0);
+    run(&mut gateway, &[follower], 40..1_040);
+    assert!(gateway.store.bytes_moved.get() < 1_000, "the inbox only");
+    // The poller takes it into the list (as its tick would, written here).
+    let (inbox_key, inbox) = gateway.store.ending_with(".learned.inbox").unwrap();
+    let mut inbox = crate::pure::sharing::published::Inbox::decode(&inbox).unwrap();
+    assert_eq!((inbox.handed, inbox.taken), (1, 0));
+    inbox.taken = 1;
+    gateway.store.set(&inbox_key, &inbox.encode(), None);
+    gateway.store.set(
+        &inbox_key.replace(".inbox", ""),
+        ORDERS_HOST.as_bytes(),
+        None,
+    );
     let (key, _) = gateway.store.ending_with(".learned").unwrap();
     let many: Vec<String> = (0..4_000)
         .map(|n| format!("svc-{n}.DEFAULT-GROUP.public.nacos"))
@@ -437,8 +454,9 @@ fn a_follower_waiting_for_the_poller_reads_the_list_once_a_second() {
     let encoded = crate::pure::sharing::published::encode_learned(&many);
     gateway.store.set(&key, &encoded, None);
     gateway.store.bytes_moved.set(0);
-    // The poller stalls: its heartbeat never carries orders.
-    run(&mut gateway, &[follower], 40..2_040);
+    // The poller stalls: its heartbeat never carries orders (its lease, renewed
+    // at 0, runs until 3,000).
+    run(&mut gateway, &[follower], 1_040..2_980);
     let reads = gateway.store.bytes_moved.get() / encoded.len();
     assert!((1..=2).contains(&reads), "{reads} reads of the list in 2 s");
 }
@@ -556,4 +574,77 @@ fn an_idle_service_listed_again_late_is_taken_off_again() {
     gateway.store.set(&key, SHOP_HOST.as_bytes(), None);
     run(&mut gateway, &[0, 1], 6_000..9_000);
     assert!(listed(&gateway).is_empty(), "{:?}", listed(&gateway));
+}
+
+/// The shared-data bytes a request that learns a new service moves on a
+/// follower and on the poller, with `listed` services on the list already.
+fn learning_request_bytes(listed: usize) -> [usize; 2] {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":5000"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    run(&mut gateway, &[0, 1], 20..100);
+    let (key, _) = gateway.store.ending_with(".learned").unwrap();
+    let many: Vec<String> = (0..listed)
+        .map(|n| format!("svc-{n}.DEFAULT-GROUP.public.nacos"))
+        .chain([ORDERS_HOST.to_string()])
+        .collect();
+    let encoded = crate::pure::sharing::published::encode_learned(&many);
+    gateway.store.set(&key, &encoded, None);
+    // The poller takes them all (they idle later, not now).
+    let now = run(&mut gateway, &[0, 1], 100..200);
+    assert_eq!(listed_in(&gateway.store).len(), listed + 1);
+    [(follower, SHOP), (poller, PAY)].map(|(vm, cluster)| {
+        gateway.store.bytes_moved.set(0);
+        gateway.send(vm, now, FakeRequest::to("r", cluster));
+        gateway.store.bytes_moved.get()
+    })
+}
+
+const PAY: &str = "outbound|8080||pay.DEFAULT-GROUP.public.nacos";
+
+/// Issue 24, defect 4: a request that learns a service moved the whole list
+/// (read, then written back with the service added), whatever its length.
+#[test]
+fn a_request_that_learns_a_service_moves_the_same_bytes_whatever_the_list_holds() {
+    let (few, many) = (learning_request_bytes(10), learning_request_bytes(4_000));
+    assert!(few[0] > 0 && few[1] > 0, "{few:?}");
+    assert_eq!(few, many, "follower, poller: 10 listed, then 4,000");
+}
+
+/// Found by the simulator (seed 3350 of 3000-3999, maxServices 1): a follower
+/// whose request lost every compare-and-swap left the service to the poller
+/// as soon as the poller's heartbeat carried it, but the poller had it only as
+/// a service it refused (the list was full): the follower guarded it on
+/// content nobody polled, never refused.
+#[test]
+fn a_follower_refuses_what_the_poller_has_only_refused() {
+    let mut gateway = Gateway::new(
+        &learning(r#""maxServices":1"#),
+        2,
+        Nacos::List(hosts(&FOUR[..1])),
+    );
+    gateway.tick_all(0);
+    let (poller, follower) = (poller(&gateway), followers(&gateway)[0]);
+    gateway.store.contend = Some(("learned", 15));
+    gateway.send(follower, 0, FakeRequest::to("r", SHOP));
+    gateway.send(poller, 0, FakeRequest::to("r", SHOP));
+    gateway.send(poller, 0, FakeRequest::to("r", ORDERS));
+    // The poller lists orders and refuses shop; its heartbeat carries both.
+    gateway.tick(poller, 10);
+    assert_eq!(listed(&gateway), [ORDERS_HOST]);
+    let now = run(&mut gateway, &[0, 1], 20..2_000);
+    let refused = gateway.metrics.get("nacos_guard.learned_services_refused");
+    assert_eq!(
+        gateway.send(follower, now, FakeRequest::to("r", SHOP)),
+        "ignore"
+    );
+    assert_eq!(
+        gateway.metrics.get("nacos_guard.learned_services_refused"),
+        refused + 1
+    );
 }

@@ -3,6 +3,7 @@
 //! formats, not the engine: it answers "poll or follow", "is this still mine to
 //! publish", and hands back what others published; the engine applies it.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 
 use log::info;
@@ -13,7 +14,7 @@ use crate::pure::registry::instance::InstanceSet;
 use crate::pure::registry::snapshot::Health;
 use crate::pure::sharing::lease::{self, Lease, LeaseStep};
 use crate::pure::sharing::published::{
-    self, ConfigKeys, PublishedToken, ServiceKeys, StoredContent,
+    self, ConfigKeys, Inbox, PublishedToken, ServiceKeys, StoredContent,
 };
 
 /// Compare-and-swap attempts at adding a learned service, or at storing a
@@ -32,6 +33,23 @@ pub enum Announced {
     /// Other VMs wrote the list every time: try again later.
     Contended,
 }
+
+/// What became of handing a learned service to the poller through the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// Under this number: the poller's next tick lists it.
+    At(u64),
+    /// The list and the inbox hold `maxServices` (the list may hold this one).
+    Full,
+    /// Other VMs wrote the inbox every time, or it is full: list it on a tick.
+    Contended,
+}
+
+/// How long the poller waits for a host handed in under a number it found
+/// taken but not yet written (its VM between its two writes) before it goes
+/// on without it: the VM that handed it in looks for it once a second, and
+/// lists it itself once the poller went past it.
+const HANDED_WAIT_MS: u64 = 1_000;
 
 /// What this VM does on this tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +82,11 @@ pub struct Sharing {
     /// Confirmations alone are rewritten at most this often.
     heartbeat_period_ms: u64,
     learned_seen: Option<u32>,
+    /// How many services the learned list held when this VM last read or
+    /// wrote it.
+    listed_len: Cell<Option<usize>>,
+    /// The inbox number the poller waits for, and since when.
+    handed_wait: Option<(u64, u64)>,
 }
 
 impl Sharing {
@@ -85,6 +108,8 @@ impl Sharing {
             heartbeat_at_ms: 0,
             heartbeat_period_ms,
             learned_seen: None,
+            listed_len: Cell::new(None),
+            handed_wait: None,
         }
     }
 
@@ -222,7 +247,186 @@ impl Sharing {
             return None;
         }
         self.learned_seen = cas;
-        Some(published::decode_learned(&bytes.unwrap_or_default()))
+        let listed = published::decode_learned(&bytes.unwrap_or_default());
+        self.listed_len.set(Some(listed.len()));
+        Some(listed)
+    }
+
+    fn read_inbox(&self, store: &dyn SharedStore) -> (Inbox, Option<u32>) {
+        let (bytes, cas) = store.get(&self.keys.inbox());
+        let inbox = bytes.as_deref().and_then(Inbox::decode).unwrap_or_default();
+        (inbox, cas)
+    }
+
+    /// Hand `host` to the poller, which lists it on its next tick: one
+    /// compare-and-swap of the inbox's few bytes and one write of the host,
+    /// whatever the list holds. Refused once the list and what waits in the
+    /// inbox hold `max`.
+    pub fn hand_in(&self, host: &str, max: usize, store: &mut dyn SharedStore) -> Handed {
+        let places = published::inbox_places(max);
+        let key = self.keys.inbox();
+        for _ in 0..ANNOUNCE_ATTEMPTS {
+            let (inbox, cas) = self.read_inbox(store);
+            // Seeded first, as the list is: an absent key is written whatever
+            // the compare-and-swap token. A seed landing over another VM's
+            // number gives that number twice (below).
+            if cas.is_none() {
+                store.set(&key, &Inbox::default().encode(), None);
+                continue;
+            }
+            // Another VM may have handed it in already: the few places that
+            // wait say so.
+            let waiting = self.waiting_hosts(&inbox, places, store);
+            if let Some((number, _)) = waiting.iter().find(|(_, h)| h == host) {
+                return Handed::At(*number);
+            }
+            let max = u64::try_from(max).unwrap_or(u64::MAX);
+            if inbox.listed.saturating_add(inbox.waiting()) >= max {
+                return Handed::Full;
+            }
+            if inbox.waiting() >= places {
+                return Handed::Contended;
+            }
+            let number = inbox.handed;
+            let next = Inbox {
+                handed: number.saturating_add(1),
+                ..inbox
+            };
+            if store.set(&key, &next.encode(), cas) {
+                // Two VMs that both seeded the inbox may both hold this number:
+                // the second leaves the first's host in place, and lists its
+                // own on its next tick.
+                if self.handed_at(number, places, store).is_some() {
+                    return Handed::Contended;
+                }
+                let place = self.keys.handed(number, places);
+                store.set(&place, &published::encode_handed(number, host), None);
+                return Handed::At(number);
+            }
+        }
+        Handed::Contended
+    }
+
+    /// The host handed in under `number`, if its place holds it still.
+    fn handed_at(&self, number: u64, places: u64, store: &dyn SharedStore) -> Option<String> {
+        store
+            .get(&self.keys.handed(number, places))
+            .0
+            .as_deref()
+            .and_then(published::decode_handed)
+            .filter(|(handed, _)| *handed == number)
+            .map(|(_, host)| host)
+    }
+
+    /// The hosts waiting in the inbox (written, not yet taken), by number.
+    fn waiting_hosts(
+        &self,
+        inbox: &Inbox,
+        places: u64,
+        store: &dyn SharedStore,
+    ) -> Vec<(u64, String)> {
+        let from = inbox.taken.max(inbox.handed.saturating_sub(places));
+        (from..inbox.handed)
+            .filter_map(|number| Some((number, self.handed_at(number, places, store)?)))
+            .collect()
+    }
+
+    /// The first inbox number the poller has not taken yet.
+    pub fn inbox_taken(&self, store: &dyn SharedStore) -> u64 {
+        self.read_inbox(store).0.taken
+    }
+
+    /// As the poller: take what was handed in into the list (while it holds
+    /// fewer than `max` with what still waits), one read per host and one
+    /// write of the list. A number taken but not yet written is waited for
+    /// on the next ticks, for a second at most. The first number not taken.
+    pub fn take_inbox(&mut self, now_ms: u64, max: usize, store: &mut dyn SharedStore) -> u64 {
+        let places = published::inbox_places(max);
+        let (inbox, _) = self.read_inbox(store);
+        // More than `places` behind, a place was written over: those are gone.
+        let mut taken = inbox.taken.max(inbox.handed.saturating_sub(places));
+        let mut hosts = Vec::new();
+        while taken < inbox.handed {
+            match (self.handed_at(taken, places, store), self.handed_wait) {
+                (Some(host), _) => hosts.push(host),
+                (None, Some((number, since))) if number == taken => {
+                    if now_ms < since.saturating_add(HANDED_WAIT_MS) {
+                        break;
+                    }
+                }
+                (None, _) => {
+                    self.handed_wait = Some((taken, now_ms));
+                    break;
+                }
+            }
+            taken += 1;
+        }
+        if taken == inbox.taken {
+            return taken;
+        }
+        let waiting = usize::try_from(inbox.handed - taken).unwrap_or(usize::MAX);
+        let room = max.saturating_sub(waiting);
+        let key = self.keys.learned();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        for _ in 0..ANNOUNCE_ATTEMPTS {
+            let (bytes, cas) = store.get(&key);
+            if cas.is_none() {
+                store.set(&key, b"", None);
+                continue;
+            }
+            let appended = published::append_learned(&bytes.unwrap_or_default(), &hosts, room);
+            if let Some(bytes) = appended.bytes {
+                if !store.set(&key, &bytes, cas) {
+                    continue;
+                }
+            }
+            self.listed_len.set(Some(appended.count));
+            self.settle_inbox(Some(taken), store);
+            return taken;
+        }
+        inbox.taken
+    }
+
+    /// As the poller: say in the inbox how many services the list holds (as
+    /// this VM last read or wrote it) and, with `taken`, how far the inbox was
+    /// taken into the list.
+    pub fn settle_inbox(&self, taken: Option<u64>, store: &mut dyn SharedStore) {
+        let Some(listed) = self.listed_len.get() else {
+            return;
+        };
+        let listed = u64::try_from(listed).unwrap_or(u64::MAX);
+        let key = self.keys.inbox();
+        for _ in 0..ANNOUNCE_ATTEMPTS {
+            let (inbox, cas) = self.read_inbox(store);
+            let next = Inbox {
+                taken: inbox.taken.max(taken.unwrap_or(0)).min(inbox.handed),
+                listed,
+                ..inbox
+            };
+            if cas.is_none() || next == inbox || store.set(&key, &next.encode(), cas) {
+                return;
+            }
+        }
+    }
+
+    /// After another VM than the poller added to the list: the inbox counts
+    /// at least what the list holds.
+    fn raise_listed(&self, count: usize, store: &mut dyn SharedStore) {
+        let count = u64::try_from(count).unwrap_or(u64::MAX);
+        let key = self.keys.inbox();
+        for _ in 0..ANNOUNCE_ATTEMPTS {
+            let (inbox, cas) = self.read_inbox(store);
+            if cas.is_none() || inbox.listed >= count {
+                return;
+            }
+            let next = Inbox {
+                listed: count,
+                ..inbox
+            };
+            if store.set(&key, &next.encode(), cas) {
+                return;
+            }
+        }
     }
 
     /// Add `hosts` to the learned list while it holds fewer than `max`, in one
@@ -237,12 +441,23 @@ impl Sharing {
             return Vec::new();
         }
         let key = self.keys.learned();
+        // What waits in the inbox has its places already: it is listed first
+        // (the poller's next tick finds it listed).
+        let (inbox, _) = self.read_inbox(store);
+        let places = published::inbox_places(max);
+        let waiting = self.waiting_hosts(&inbox, places, store);
+        let asked: Vec<&str> = waiting
+            .iter()
+            .map(|(_, host)| host.as_str())
+            .chain(hosts.iter().copied())
+            .collect();
         for _ in 0..ANNOUNCE_ATTEMPTS {
             let (bytes, cas) = store.get(&key);
-            let appended = published::append_learned(&bytes.unwrap_or_default(), hosts, max);
+            let appended = published::append_learned(&bytes.unwrap_or_default(), &asked, max);
             let outcomes = appended
                 .listed
                 .iter()
+                .skip(waiting.len())
                 .map(|listed| {
                     if *listed {
                         Announced::Listed
@@ -252,6 +467,7 @@ impl Sharing {
                 })
                 .collect();
             let Some(bytes) = appended.bytes else {
+                self.listed_len.set(Some(appended.count));
                 return outcomes;
             };
             // An absent key is written whatever the CAS, so the list is seeded
@@ -265,6 +481,10 @@ impl Sharing {
                 continue;
             }
             if store.set(&key, &bytes, cas) {
+                self.listed_len.set(Some(appended.count));
+                if !self.leading {
+                    self.raise_listed(appended.count, store);
+                }
                 return outcomes;
             }
         }
@@ -288,6 +508,7 @@ impl Sharing {
                 return;
             }
             if store.set(&key, &published::encode_learned(&listed), cas) {
+                self.listed_len.set(Some(listed.len()));
                 return;
             }
         }
@@ -579,6 +800,54 @@ mod tests {
         assert!(a.still_leading(2_000, &store));
         // ...and read afresh from then on.
         assert!(!a.still_leading(2_010, &store));
+    }
+
+    #[test]
+    fn hosts_handed_in_are_listed_by_whichever_vm_polls_once_each() {
+        let mut store = FakeStore::default();
+        let (a, b, mut poller) = (sharing(1), sharing(2), sharing(3));
+        let learned = |store: &FakeStore| {
+            published::decode_learned(&store.get(&ConfigKeys::new(b"{}").learned()).0.unwrap())
+        };
+        assert_eq!(a.hand_in("x", 2, &mut store), Handed::At(0));
+        assert_eq!(b.hand_in("x", 2, &mut store), Handed::At(0), "once");
+        assert_eq!(b.hand_in("y", 2, &mut store), Handed::At(1));
+        assert_eq!(a.hand_in("z", 2, &mut store), Handed::Full);
+        assert_eq!(poller.take_inbox(0, 2, &mut store), 2);
+        assert_eq!(learned(&store), ["x", "y"]);
+        assert_eq!(a.hand_in("x", 2, &mut store), Handed::Full, "the list says");
+        assert_eq!(
+            a.announce_learned(&["x"], 2, &mut store),
+            [Announced::Listed]
+        );
+        // A new poller goes on from where the last one stopped.
+        let mut heir = sharing(4);
+        poller.unlist_learned(&["x".to_string()], &mut store);
+        poller.settle_inbox(None, &mut store);
+        assert_eq!(a.hand_in("z", 2, &mut store), Handed::At(2));
+        assert_eq!(heir.take_inbox(10, 2, &mut store), 3);
+        assert_eq!(learned(&store), ["y", "z"]);
+    }
+
+    #[test]
+    fn a_number_whose_host_never_came_holds_the_inbox_for_a_second_at_most() {
+        let mut store = FakeStore::default();
+        let (a, mut poller) = (sharing(1), sharing(3));
+        let keys = ConfigKeys::new(b"{}");
+        assert_eq!(a.hand_in("x", 4, &mut store), Handed::At(0));
+        // Its VM took number 1 and stopped before it wrote the host.
+        let taken = Inbox {
+            handed: 2,
+            taken: 0,
+            listed: 0,
+        };
+        store.set(&keys.inbox(), &taken.encode(), None);
+        assert_eq!(a.hand_in("y", 4, &mut store), Handed::At(2));
+        assert_eq!(poller.take_inbox(0, 4, &mut store), 1, "x; waits for 1");
+        assert_eq!(poller.take_inbox(999, 4, &mut store), 1);
+        assert_eq!(poller.take_inbox(1_000, 4, &mut store), 3, "y");
+        let listed = published::decode_learned(&store.get(&keys.learned()).0.unwrap());
+        assert_eq!(listed, ["x", "y"]);
     }
 
     #[test]

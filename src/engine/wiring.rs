@@ -12,7 +12,7 @@ use super::ids::{GuardId, Id, ServerId, TargetId};
 use super::learned::{Lookup, Unlisted};
 use super::polling::PollParts;
 use super::push::Heard;
-use super::sharing::Announced;
+use super::sharing::{Announced, Handed};
 use crate::pure::config::{GuardSettings, Scope};
 use crate::pure::registry::snapshot::Freshness;
 use log::info;
@@ -94,6 +94,7 @@ impl Engine {
                             target,
                             once: false,
                             seen_listed: false,
+                            handed: None,
                         });
                     }
                     Some(Announced::Full) | None => {
@@ -125,10 +126,13 @@ impl Engine {
     }
 
     /// Guard the service of `host` by `settings`; `cluster`: the request's
-    /// cluster that found it, added to the learned list now (one pass over the
-    /// list's bytes) if it has room, where the poller hears of it; `None`: the
-    /// list named it. The poller polls it once its own tick found it listed, so
-    /// that `maxServices` holds for what is polled. A list that other VMs kept
+    /// cluster that found it, handed in to the poller now (a few small values,
+    /// whatever the list holds) if the list and the inbox have room, and
+    /// listed by the poller's next tick; `None`: the list named it. Where the
+    /// list and the inbox seem full, the list itself says whether it holds the
+    /// service already or has room (one pass over its bytes, at the bound
+    /// only). The poller polls it once its own tick found it listed, so that
+    /// `maxServices` holds for what is polled. A list that other VMs kept
     /// writing is no reason to refuse: the service is guarded and listed on the
     /// next ticks.
     pub(super) fn learn(
@@ -142,10 +146,16 @@ impl Engine {
     ) -> Option<GuardId> {
         let learned = self.learned.as_mut()?;
         let max = learned.max_services();
+        let mut handed = None;
         let admitted = match (&self.sharing, cluster) {
-            (Some(sharing), Some(_)) => {
-                sharing.announce_learned(&[host], max, store) != [Announced::Full]
-            }
+            (Some(sharing), Some(_)) => match sharing.hand_in(host, max, store) {
+                Handed::At(number) => {
+                    handed = Some(number);
+                    true
+                }
+                Handed::Contended => true,
+                Handed::Full => sharing.announce_learned(&[host], max, store) != [Announced::Full],
+            },
             (Some(_), None) => true,
             (None, _) => learned.has_room(),
         };
@@ -163,6 +173,9 @@ impl Engine {
         let (learned, service) = (self.learned.as_mut()?, self.targets.get(target)?.service());
         let ids = (guard, target);
         learned.learned(host, cluster, service, ids, now_ms, listed, metrics);
+        if let Some(number) = handed {
+            learned.handed_in(target, number);
+        }
         if cluster.is_some() {
             if let (Some(sharing), Some(t)) = (&self.sharing, self.targets.get(target)) {
                 sharing.touch(t.heartbeat_id(), now_ms, store);
@@ -188,11 +201,19 @@ impl Engine {
         let (Some(learned), Some(sharing)) = (self.learned.as_mut(), self.sharing.as_mut()) else {
             return;
         };
+        // What requests handed in since the last tick goes on the list first.
+        let max = learned.max_services();
+        let taken = sharing.take_inbox(now_ms, max, store);
         // From now on the poller keeps what it polls listed, on every change of
         // the list; what it learned since its last tick, or as a follower, is
-        // listed now.
-        let max = learned.max_services();
-        let pending = learned.take_unlisted();
+        // listed now, unless it still waits in the inbox.
+        let (waiting, pending): (Vec<Unlisted>, Vec<Unlisted>) = learned
+            .take_unlisted()
+            .into_iter()
+            .partition(|u| u.handed.is_some_and(|number| number >= taken));
+        for unlisted in waiting {
+            learned.keep_unlisted(unlisted);
+        }
         let hosts: Vec<&str> = pending.iter().map(|u| u.host.as_str()).collect();
         let outcomes = sharing.announce_learned(&hosts, max, store);
         for (unlisted, outcome) in pending.into_iter().zip(outcomes) {
@@ -229,6 +250,10 @@ impl Engine {
             }
         }
         self.check_idle(now_ms, metrics, store);
+        // Requests find the list's length in the inbox.
+        if let Some(sharing) = &self.sharing {
+            sharing.settle_inbox(None, store);
+        }
     }
 
     fn check_idle(&mut self, now_ms: u64, metrics: &mut dyn Metrics, store: &mut dyn SharedStore) {
@@ -257,7 +282,8 @@ impl Engine {
 
     /// As a follower: list each service this VM learned that the poller does
     /// not poll yet, in one write, and look again once a second in case its
-    /// addition was lost or erased. One without a request here for `idleMs` is
+    /// addition was lost or erased. A service is left to the poller once this
+    /// VM found it listed and the poller's heartbeat carries it. One without a request here for `idleMs` is
     /// left off: the poller may have taken it off for idling (its heartbeat,
     /// unchanged since, may never say it polled it), and a request lists it
     /// again (`relist_after_request`).
@@ -276,7 +302,11 @@ impl Engine {
         let (seen, new): (Vec<Unlisted>, Vec<Unlisted>) = taken
             .into_iter()
             .filter(|u| {
-                let polled = targets.get(u.target).is_some_and(|t| t.polled_by_poller());
+                // The poller's heartbeat carries every service it has, refused
+                // ones too: only one this VM found listed itself is left to it.
+                let polled = targets.get(u.target).is_some_and(|t| t.polled_by_poller())
+                    && u.seen_listed
+                    && u.handed.is_none();
                 u.once || !(polled || learned.idle_here(u.target, now_ms))
             })
             .partition(|u| u.seen_listed);
@@ -286,7 +316,18 @@ impl Engine {
             }
             new
         } else {
-            seen.into_iter().chain(new).collect()
+            // What still waits in the inbox is the poller's to list.
+            let taken = sharing.inbox_taken(store);
+            let (waiting, due): (Vec<Unlisted>, Vec<Unlisted>) = seen
+                .into_iter()
+                .partition(|u| u.handed.is_some_and(|number| number >= taken));
+            for unlisted in waiting {
+                learned.keep_unlisted(unlisted);
+            }
+            due.into_iter()
+                .map(|u| Unlisted { handed: None, ..u })
+                .chain(new)
+                .collect()
         };
         let hosts: Vec<&str> = pending.iter().map(|u| u.host.as_str()).collect();
         let outcomes = sharing.announce_learned(&hosts, max, store);

@@ -105,6 +105,73 @@ pub fn append_learned(list: &[u8], hosts: &[&str], max: usize) -> Appended {
     }
 }
 
+/// The learned list's inbox, one small value beside the list: a request that
+/// learns a service takes the next number (`handed`) by compare-and-swap and
+/// writes its host under that number (`ConfigKeys::inbox`), so that it costs
+/// the same whatever the list holds; the poller's tick takes what was handed
+/// in (`taken`, the first number not yet taken) into the list, and says how
+/// many services the list holds (`listed`). A request is refused once
+/// `listed` and what waits in the inbox reach `maxServices`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inbox {
+    pub handed: u64,
+    pub taken: u64,
+    pub listed: u64,
+}
+
+impl Inbox {
+    /// Hosts handed in and not yet taken into the list.
+    pub fn waiting(&self) -> u64 {
+        self.handed.saturating_sub(self.taken)
+    }
+
+    /// The three numbers, 64-bit little-endian: 24 bytes whatever they are.
+    pub fn encode(&self) -> Vec<u8> {
+        [self.handed, self.taken, self.listed]
+            .iter()
+            .flat_map(|n| n.to_le_bytes())
+            .collect()
+    }
+
+    /// `None` for anything but exactly what [`Self::encode`] writes.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut reader = Reader(bytes);
+        let inbox = Self {
+            handed: reader.u64()?,
+            taken: reader.u64()?,
+            listed: reader.u64()?,
+        };
+        reader.end()?;
+        Some(inbox)
+    }
+}
+
+/// How many places the inbox has: its keys are reused, number modulo this, so
+/// that they are a few whatever comes and goes, and at most this many hosts
+/// wait in it between two ticks of the poller (more are listed by their VMs'
+/// ticks, as after a lost compare-and-swap).
+pub fn inbox_places(max_services: usize) -> u64 {
+    u64::try_from(max_services.clamp(1, INBOX_PLACES)).unwrap_or(1)
+}
+
+const INBOX_PLACES: usize = 16;
+
+/// A host handed in under number `number`: the number (64-bit little-endian),
+/// so that the poller tells it from what an earlier round left in the same
+/// place, then the host.
+pub fn encode_handed(number: u64, host: &str) -> Vec<u8> {
+    let mut bytes = number.to_le_bytes().to_vec();
+    bytes.extend_from_slice(host.as_bytes());
+    bytes
+}
+
+pub fn decode_handed(bytes: &[u8]) -> Option<(u64, String)> {
+    let (number, host) = bytes.split_at_checked(8)?;
+    let number = u64::from_le_bytes(number.try_into().ok()?);
+    let host = std::str::from_utf8(host).ok()?;
+    (!host.is_empty()).then(|| (number, host.to_string()))
+}
+
 /// Keys of one configuration. The lease and the heartbeat are read on most
 /// ticks of every VM, so their names are made once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +230,16 @@ impl ConfigKeys {
         self.learned
             .clone()
             .unwrap_or_else(|| format!("{}.learned", self.prefix))
+    }
+
+    /// The learned list's inbox (`Inbox`).
+    pub fn inbox(&self) -> String {
+        format!("{}.inbox", self.learned())
+    }
+
+    /// The place of the inbox where the host handed in under `number` is.
+    pub fn handed(&self, number: u64, places: u64) -> String {
+        format!("{}.inbox.{}", self.learned(), number % places.max(1))
     }
 
     /// When a learned service (`ServiceKeys::id`) last carried a request, by any
@@ -509,6 +586,30 @@ mod tests {
         assert_eq!(decode_learned(&many.bytes.unwrap()), expected);
         let few = append_learned(&list, &asked[8..14], 1_000);
         assert_eq!(few.count, 44, "s38, s39 listed; s40-s43 four more");
+    }
+
+    #[test]
+    fn the_inbox_and_what_it_holds_round_trip() {
+        let inbox = Inbox {
+            handed: 12,
+            taken: 9,
+            listed: 40,
+        };
+        assert_eq!(Inbox::decode(&inbox.encode()), Some(inbox));
+        assert_eq!(inbox.waiting(), 3);
+        let bytes = inbox.encode();
+        assert_eq!(bytes.len(), 24);
+        assert_eq!(Inbox::decode(&bytes[..23]), None);
+        assert_eq!(Inbox::decode(&[bytes.clone(), vec![0]].concat()), None);
+        let handed = encode_handed(7, "a.G.public.nacos");
+        assert_eq!(decode_handed(&handed), Some((7, "a.G.public.nacos".into())));
+        assert_eq!(decode_handed(&encode_handed(7, "")), None);
+        assert_eq!(decode_handed(b"short"), None);
+        assert_eq!((inbox_places(1), inbox_places(10_000)), (1, 16));
+        let keys = ConfigKeys::new(b"{}");
+        assert_eq!(keys.handed(3, 2), keys.handed(5, 2), "places are reused");
+        assert_ne!(keys.handed(3, 2), keys.handed(4, 2));
+        assert!(!keys.inbox().ends_with(".learned"));
     }
 
     #[test]
