@@ -242,7 +242,12 @@ impl LearnedChecks {
         (ignored, refused, held): (bool, u64, bool),
         b: &Bounds,
     ) -> Result<(), String> {
-        let full = held || self.may_be_full(service, now, b);
+        // A poller gone at once (a VM loaded again) takes idle services off
+        // the list no more until another VM takes its lease.
+        let lease = b.interval * crate::engine::sharing::LEASE_INTERVALS;
+        let since = now.saturating_sub(self.may_hold_place(b));
+        let unkept = self.root_gone(gen, since, now, lease);
+        let full = held || unkept || self.may_be_full(service, now, b);
         let first = !self.last_request.contains_key(&(gen, service));
         if let Some(from) = self.idled_before(service, now, b) {
             self.idle_spans.push((service, from, now));
@@ -331,11 +336,17 @@ impl LearnedChecks {
             .takeovers
             .get(&gen)
             .is_some_and(|t| t.iter().skip(1).any(|at| *at >= from && *at <= to));
-        let retired = self.retired.get(&gen).is_some_and(|r| {
+        takeover || self.root_gone(gen, from, to, lease_ms)
+    }
+
+    /// Whether a root context of configuration `gen` went from `from` to `to`
+    /// or within a lease's life before: the poller perhaps, whose lease then
+    /// still stands and nobody keeps the list.
+    fn root_gone(&self, gen: usize, from: u64, to: u64, lease_ms: u64) -> bool {
+        self.retired.get(&gen).is_some_and(|r| {
             r.iter()
                 .any(|at| *at <= to && at.saturating_add(lease_ms) >= from)
-        });
-        takeover || retired
+        })
     }
 
     /// Invariant 17's deadlines that passed by `now`: each poll a request called
