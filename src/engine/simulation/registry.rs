@@ -282,7 +282,14 @@ impl Registry {
     /// health check). What it did, and the undoing ([`Registry::settle`]).
     pub fn flap(&mut self, rng: &mut Rng, now: u64) -> (String, Flap) {
         let s = rng.below(self.services.len() as u64) as usize;
-        let service = &mut self.services[s];
+        self.flap_of(rng, s, now)
+    }
+
+    /// A brief flap of service `s`, as [`Registry::flap`].
+    pub fn flap_of(&mut self, rng: &mut Rng, s: usize, now: u64) -> (String, Flap) {
+        let Some(service) = self.services.get_mut(s) else {
+            return (String::new(), Flap::default());
+        };
         let healthy: Vec<String> = service
             .hosts
             .iter()
