@@ -964,3 +964,45 @@ fn a_pollers_answer_older_than_another_configurations_list_reaches_its_followers
     }
     assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.2:80"]);
 }
+
+#[test]
+fn a_late_answer_does_not_write_its_confirmation_over_a_newer_one() {
+    // Found by the simulator with flaps at polls (seed 283 with SIM_FLAPS=1):
+    // the confirmation, one per question, was written by whichever poller's
+    // answer came last, not by the poll that went last. Configuration A's
+    // poller, its answer slow, confirmed its old list over B's later answer
+    // that 10.0.0.1 had gone, and a root context of A loaded then started from
+    // the old list, confirmed, and routed to the deregistered instance.
+    let a = global("");
+    let b = global(r#","maxStaleMs":20000"#);
+    let mut gateway = Gateway::new(&a, 2, Nacos::List(hosts(&FOUR[..2])));
+    let mut wall = 0;
+    while wall < 3_000 {
+        gateway.tick_all(wall);
+        wall += 20;
+    }
+    gateway.add_vm(&b);
+    let b_poller = 2;
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    let (a_poller, late_call, sent_at) = gateway.stall_poller_with_a_call_out(wall + 20);
+    assert!(a_poller < b_poller, "A's poller holds the call");
+    gateway.nacos = Nacos::List(hosts(&FOUR[1..2]));
+    wall = until_it_polls(&mut gateway, b_poller, sent_at + 20);
+    let now = gateway.tick(a_poller, wall);
+    let as_it_was = hosts(&FOUR[..2]);
+    let Vm { engine, outbox, .. } = &mut gateway.vms[a_poller];
+    engine.on_answer(
+        late_call.token,
+        Some((200, &as_it_was)),
+        now,
+        outbox,
+        &mut gateway.metrics,
+        &mut gateway.store,
+    );
+    gateway.add_vm(&a);
+    let reloaded = 3;
+    let routed: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| gateway.request(reloaded, now, "r"))
+        .collect();
+    assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.2:80"]);
+}

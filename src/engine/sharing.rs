@@ -608,7 +608,10 @@ pub fn keep_if_written_over(
     true
 }
 
-/// When the poll that confirmed the list of digest `digest` went.
+/// When the poll that confirmed the list of digest `digest` went, unless a
+/// poll that went later confirmed a list already: answers come in any order
+/// (another configuration's poller, a slow answer), and the last to come is
+/// not the newest word of Nacos.
 pub fn publish_confirmed(
     keys: &ServiceKeys,
     digest: u64,
@@ -616,7 +619,16 @@ pub fn publish_confirmed(
     store: &mut dyn SharedStore,
 ) {
     let confirmation = published::encode_confirmation(digest, confirmed_at_ms);
-    store.set(keys.confirmed(), confirmation.as_bytes(), None);
+    for _ in 0..ANNOUNCE_ATTEMPTS {
+        let (stored, cas) = store.get(keys.confirmed());
+        let stored = published::decode_confirmation(stored.as_deref());
+        if stored.is_some_and(|(_, stored_at)| stored_at > confirmed_at_ms) {
+            return;
+        }
+        if store.set(keys.confirmed(), confirmation.as_bytes(), cas) {
+            return;
+        }
+    }
 }
 
 /// A service's stored content, whichever configuration wrote it.
