@@ -205,6 +205,9 @@ pub struct Checker {
     /// newer lists after that, which this one's poller does not adopt: it polls
     /// for itself.
     start_listed: BTreeMap<(usize, usize), usize>,
+    /// Per VM and service, the instances listed in the list that VM started
+    /// from (a VM loaded again starts later than its configuration).
+    vm_start_listed: BTreeMap<(usize, usize), usize>,
     /// (configuration, service) whose last answer was an empty one held back.
     /// The VM holding it: a poller that took over holds its own.
     held_empty: BTreeMap<(usize, usize), usize>,
@@ -634,13 +637,25 @@ impl Checker {
         // poller that took over holds its own.
         let new_poller = self.taken_by.get(&key).is_some_and(|vm| *vm != answer.vm);
         let told = self.announced_listed.get(&key).map_or(start, |n| *n > 0);
+        // A VM loaded again started from the stored list, perhaps another
+        // configuration's newer one, which it keeps until its poller confirms
+        // a later poll: as poller it may hold that list.
+        let vm_start = self
+            .vm_start_listed
+            .get(&(answer.vm, service))
+            .is_some_and(|n| *n > 0);
         let (may_replace, replaces) = match own {
-            Some(n) if new_poller => (n > 0 || told, n > 0 && told),
+            Some(n) if new_poller => (n > 0 || told || vm_start, n > 0 && told),
             Some(n) => (n > 0, n > 0),
-            None => (
-                start || latest.is_some_and(|n| n > 0),
-                start && latest != Some(0),
-            ),
+            // A poller never follows another configuration's list: until its
+            // configuration took an answer, it holds the one it started from.
+            None => match self.vm_start_listed.get(&(answer.vm, service)) {
+                Some(n) => (start || vm_start || latest.is_some_and(|n| n > 0), *n > 0),
+                None => (
+                    start || latest.is_some_and(|n| n > 0),
+                    start && latest != Some(0),
+                ),
+            },
         };
         let held_by = self.held_empty.get(&key).copied();
         if answer.listed == 0 && may_replace && held_by.is_none() {
@@ -740,6 +755,13 @@ impl Checker {
         }
     }
 
+    /// VM `vm` starts now: from the lists taken so far.
+    pub fn vm_starts(&mut self, vm: usize) {
+        for (service, listed) in &self.latest_taken {
+            self.vm_start_listed.insert((vm, *service), *listed);
+        }
+    }
+
     /// A VM of configuration `gen` guards learned `service` for the first
     /// time: it starts from the stored list, the one taken last, and its poller
     /// (this VM, or the next to read the learned list) does the same.
@@ -781,11 +803,18 @@ impl Checker {
         configured: u64,
         by: u64,
     ) -> impl Iterator<Item = &GoodAnswer> {
+        // A root context of a configuration whose poller announced lists
+        // already (a VM loaded again) follows that poller from its first tick:
+        // another configuration's answer it started from may leave at once.
+        let own_before = self.good[service]
+            .iter()
+            .any(|a| a.gen == gen && a.announced.is_some_and(|at| at < configured));
         self.good[service].iter().filter(move |a| {
             // Followers read the heartbeat (written on the poller's tick); a new
             // root context reads the confirmation published with the answer.
             let announced = a.gen == gen && a.announced.is_some_and(|at| at <= by);
-            a.published && (announced || a.received < configured)
+            let started_from = a.received < configured && (a.gen == gen || !own_before);
+            a.published && (announced || started_from)
         })
     }
 

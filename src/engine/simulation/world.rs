@@ -804,6 +804,7 @@ impl World {
                 linger,
             } => {
                 let vm = self.start_root(thread, linger);
+                self.check.vm_starts(vm);
                 self.vm_callback(vm, Callback::Configure(gen))?;
                 self.learned_burst(vm);
                 Ok(())
