@@ -755,10 +755,13 @@ impl Checker {
         }
     }
 
-    /// VM `vm` starts now: from the lists taken so far.
-    pub fn vm_starts(&mut self, vm: usize) {
+    /// VM `vm` starts now from the lists taken so far: every service's, or
+    /// one learned service's on its first request there.
+    pub fn vm_starts(&mut self, vm: usize, only: Option<usize>) {
         for (service, listed) in &self.latest_taken {
-            self.vm_start_listed.insert((vm, *service), *listed);
+            if only.is_none_or(|s| s == *service) {
+                self.vm_start_listed.insert((vm, *service), *listed);
+            }
         }
     }
 

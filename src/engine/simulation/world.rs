@@ -2,7 +2,7 @@
 //! registry, and a seeded scheduler that interleaves their events.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 #[path = "push.rs"]
 mod push;
@@ -477,6 +477,8 @@ pub struct World {
     learn_rng: Rng,
     contended_until: u64,
     flap_rng: Rng,
+    /// (VM, learned service) each VM guarded a request of.
+    vm_learned: BTreeSet<(usize, usize)>,
 }
 
 impl World {
@@ -570,6 +572,7 @@ impl World {
             learned,
             learn_rng: Rng::new(seed ^ 0x1ea7_4ed5_e7c1_0002),
             contended_until: 0,
+            vm_learned: BTreeSet::new(),
             flap_rng,
             p,
         };
@@ -804,7 +807,11 @@ impl World {
                 linger,
             } => {
                 let vm = self.start_root(thread, linger);
-                self.check.vm_starts(vm);
+                // A VM loaded again starts later than its configuration. (A
+                // learned service starts on the VM's first request of it.)
+                if self.learned.is_none() {
+                    self.check.vm_starts(vm, None);
+                }
                 self.vm_callback(vm, Callback::Configure(gen))?;
                 self.learned_burst(vm);
                 Ok(())
@@ -1363,6 +1370,9 @@ impl World {
             learned.request(same, service, now, (ignored, refused, held), &bounds)?;
             if first {
                 self.check.learned_service_starts(gen, service);
+            }
+            if !ignored && self.vm_learned.insert((vm, service)) {
+                self.check.vm_starts(vm, Some(service));
             }
             if ignored {
                 return Ok(());
