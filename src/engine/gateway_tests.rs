@@ -551,9 +551,9 @@ fn a_follower_takes_the_list_its_poller_started_from_whoever_wrote_it() {
 
 #[test]
 fn a_root_context_loaded_again_does_not_keep_a_list_its_poller_never_stored() {
-    // Found by the simulator with flaps and VM reloads (seed 1359 with
-    // SIM_FLAPS=1). Configuration B's poller started from A's list and Nacos
-    // confirmed it unchanged, so nothing of B's own was stored. A, still
+    // Found by the simulator with flaps and VM reloads (seed 1359, the flaps
+    // model as it first ran). Configuration B's poller started from A's list
+    // and Nacos confirmed it unchanged, so nothing of B's own was stored. A, still
     // alive, polled during a flap and stored a list with an instance that was
     // up for a moment. A root context of B loaded again then started from that
     // list, and B's later polls, unchanged, left it nothing to go back to: it
@@ -587,7 +587,8 @@ fn a_root_context_loaded_again_does_not_keep_a_list_its_poller_never_stored() {
 
 #[test]
 fn a_new_root_context_does_not_take_one_configurations_confirmation_for_anothers_list() {
-    // Found by the simulator with VM reloads (seed 1042 with SIM_FLAPS=1): the
+    // Found by the simulator with VM reloads (seed 1042, the flaps model as it
+    // first ran): the
     // confirmation is stored once per question, whichever configuration's
     // poller confirmed its own list. A root context loaded again started from
     // another configuration's list of a flap, long over, with this
@@ -623,7 +624,8 @@ fn a_new_root_context_does_not_take_one_configurations_confirmation_for_anothers
 
 #[test]
 fn a_list_whose_write_other_vms_beat_is_written_again() {
-    // Found by the simulator with VM reloads (seed 1520 with SIM_FLAPS=1): the
+    // Found by the simulator with VM reloads (seed 1520, the flaps model as it
+    // first ran): the
     // poller's compare-and-swap write of a changed list lost to other workers'
     // writes of the key, and nothing wrote it again while Nacos stayed the
     // same. Followers waited for the list the heartbeat named, and a root
@@ -967,7 +969,7 @@ fn a_pollers_answer_older_than_another_configurations_list_reaches_its_followers
 
 #[test]
 fn a_late_answer_does_not_write_its_confirmation_over_a_newer_one() {
-    // Found by the simulator with flaps at polls (seed 283 with SIM_FLAPS=1):
+    // Found by the simulator with flaps at polls (seed 283):
     // the confirmation, one per question, was written by whichever poller's
     // answer came last, not by the poll that went last. Configuration A's
     // poller, its answer slow, confirmed its old list over B's later answer
