@@ -620,6 +620,13 @@ impl Checker {
 
     /// A good list answer some VM took.
     pub fn answer(&mut self, service: usize, mut answer: GoodAnswer) {
+        if !answer.published {
+            // A VM that no longer holds the lease drops the answer
+            // (`Engine::on_answer`): its configuration's list stays, and an
+            // empty answer held for a second poll stays held.
+            self.record(service, answer);
+            return;
+        }
         // The plugin's rule for an empty list (`Targets::awaits_confirmation`):
         // one that replaces instances is held back, and the next answer, polled
         // at once, decides. A held answer is neither taken nor published. Each
@@ -685,6 +692,11 @@ impl Checker {
             let index = self.good[service].len();
             self.unannounced.push((answer.vm, service, index));
         }
+        self.record(service, answer);
+    }
+
+    /// Keep a good answer, and Nacos's newest word as of its coming.
+    fn record(&mut self, service: usize, answer: GoodAnswer) {
         let newest = &mut self.newest_sent[service];
         let sent = newest
             .last()
