@@ -1008,3 +1008,40 @@ fn a_late_answer_does_not_write_its_confirmation_over_a_newer_one() {
         .collect();
     assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.2:80"]);
 }
+
+#[test]
+fn a_new_configuration_starts_from_the_list_nacos_confirmed_last_not_a_gone_ones_flap() {
+    // Found by the simulator with flaps at polls (seed 1493): configuration A's
+    // poll caught an instance that was up for a moment, and A's root context
+    // went before it polled again. The flap's list stayed the newest stored
+    // content, since B, whose list Nacos kept confirming, had no change to
+    // write. A new configuration started from the flap's list and routed to
+    // the instance Nacos had long let go.
+    let (a, b, c) = (
+        global(""),
+        global(r#","maxStaleMs":20000"#),
+        global(r#","maxStaleMs":25000"#),
+    );
+    let mut gateway = Gateway::new(&a, 1, Nacos::List(hosts(&FOUR[..1])));
+    let a_poller = 0;
+    let mut wall = until_it_polls(&mut gateway, a_poller, 0);
+    gateway.add_vm(&b);
+    let b_poller = 1;
+    wall = until_it_polls(&mut gateway, b_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..2]));
+    wall = until_it_polls(&mut gateway, a_poller, wall);
+    gateway.nacos = Nacos::List(hosts(&FOUR[..1]));
+    // A's root context goes; B's poller confirms its list for 3 s more.
+    let mut now = 0;
+    let end = wall + 3_000;
+    while wall < end {
+        now = gateway.tick(b_poller, wall);
+        wall += 20;
+    }
+    gateway.add_vm(&c);
+    let started = 2;
+    let routed: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| gateway.request(started, now, "r"))
+        .collect();
+    assert_eq!(routed.into_iter().collect::<Vec<_>>(), ["10.0.0.1:80"]);
+}

@@ -616,13 +616,14 @@ pub fn publish_confirmed(
     keys: &ServiceKeys,
     digest: u64,
     confirmed_at_ms: u64,
+    writer: u64,
     store: &mut dyn SharedStore,
 ) {
-    let confirmation = published::encode_confirmation(digest, confirmed_at_ms);
+    let confirmation = published::encode_confirmation(digest, confirmed_at_ms, writer);
     for _ in 0..ANNOUNCE_ATTEMPTS {
         let (stored, cas) = store.get(keys.confirmed());
         let stored = published::decode_confirmation(stored.as_deref());
-        if stored.is_some_and(|(_, stored_at)| stored_at > confirmed_at_ms) {
+        if stored.is_some_and(|stored| stored.confirmed_at_ms > confirmed_at_ms) {
             return;
         }
         if store.set(keys.confirmed(), confirmation.as_bytes(), cas) {
@@ -661,10 +662,13 @@ fn decode(store: &dyn SharedStore, key: &str) -> Option<StoredContent> {
 }
 
 /// What a new root context of configuration `writer` starts from: the newest
-/// stored content, with the stored confirmation if that confirms its list; else
-/// `writer`'s own kept content if the confirmation is of that (another
-/// configuration stored a list of a flap since); else the newest, confirmed by
-/// nothing later than its own poll.
+/// stored content, with the stored confirmation if that confirms its list;
+/// else the list the confirmation names, kept under the key of the
+/// configuration that confirmed it, if that poll went after the newest content
+/// was polled (the newest is then a list Nacos denied since: a flap that only
+/// a configuration now gone saw); else `writer`'s own kept content if the
+/// confirmation is of that; else the newest, confirmed by nothing later than
+/// its own poll.
 pub fn read_start(
     keys: &ServiceKeys,
     writer: u64,
@@ -672,15 +676,22 @@ pub fn read_start(
 ) -> Option<(StoredContent, Option<u64>)> {
     let newest = read_content(keys, store)?;
     let confirmation = published::decode_confirmation(store.get(keys.confirmed()).0.as_deref());
-    let Some((digest, confirmed_at_ms)) = confirmation else {
+    let Some(confirmation) = confirmation else {
         return Some((newest, None));
     };
-    let confirms = |content: &StoredContent| published::list_digest(&content.set) == Some(digest);
+    let confirmed_at = Some(confirmation.confirmed_at_ms);
+    let confirms =
+        |content: &StoredContent| published::list_digest(&content.set) == Some(confirmation.digest);
     if confirms(&newest) {
-        return Some((newest, Some(confirmed_at_ms)));
+        return Some((newest, confirmed_at));
     }
-    match decode(store, &keys.kept(writer)).filter(confirms) {
-        Some(own) => Some((own, Some(confirmed_at_ms))),
+    let kept = |owner: u64| decode(store, &keys.kept(owner)).filter(confirms);
+    let later = confirmation.confirmed_at_ms > newest.stamp;
+    if let Some(confirmed) = confirmation.writer.filter(|_| later).and_then(kept) {
+        return Some((confirmed, confirmed_at));
+    }
+    match kept(writer) {
+        Some(own) => Some((own, confirmed_at)),
         None => Some((newest, None)),
     }
 }

@@ -163,7 +163,7 @@ impl Target {
                 }
             }
             if let Some(digest) = self.list_digest() {
-                sharing::publish_confirmed(&self.keys, digest, stamp_ms, store);
+                sharing::publish_confirmed(&self.keys, digest, stamp_ms, writer, store);
             }
         }
         changed
@@ -413,7 +413,7 @@ impl Targets {
         target.snapshot.accept_same(now_ms);
         if let Some(store) = publish {
             if let Some(digest) = target.list_digest() {
-                sharing::publish_confirmed(&target.keys, digest, now_ms, store);
+                sharing::publish_confirmed(&target.keys, digest, now_ms, self.writer, store);
             }
         }
     }

@@ -514,21 +514,41 @@ impl PublishedToken {
     }
 }
 
-/// A service's confirmation: `<confirmed at> <list digest>`, the list it
-/// confirms named, since the key is one per question and the content stored
-/// beside it may be another configuration's.
-pub fn encode_confirmation(digest: u64, confirmed_at_ms: u64) -> String {
-    format!("{confirmed_at_ms} {digest:x}")
+/// A service's confirmation: the poll that confirmed a list, the list named
+/// (the key is one per question, and the content stored beside it may be
+/// another configuration's), and the configuration whose poller confirmed it
+/// (where that list is kept if another configuration stored a newer one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub digest: u64,
+    pub confirmed_at_ms: u64,
+    /// `None`: written by a version that did not name it.
+    pub writer: Option<u64>,
 }
 
-/// (list digest, confirmed at) of a confirmation; `None` for anything else,
-/// the bare number of versions before 0.3 among them.
-pub fn decode_confirmation(bytes: Option<&[u8]>) -> Option<(u64, u64)> {
-    let (confirmed, digest) = std::str::from_utf8(bytes?).ok()?.split_once(' ')?;
-    Some((
-        u64::from_str_radix(digest, 16).ok()?,
-        confirmed.parse().ok()?,
-    ))
+/// `<confirmed at> <list digest> <writer>`.
+pub fn encode_confirmation(digest: u64, confirmed_at_ms: u64, writer: u64) -> String {
+    format!("{confirmed_at_ms} {digest:x} {writer:x}")
+}
+
+/// A stored confirmation; `None` for anything else, the bare number of
+/// versions before 0.3 among them.
+pub fn decode_confirmation(bytes: Option<&[u8]>) -> Option<Confirmation> {
+    let mut fields = std::str::from_utf8(bytes?).ok()?.split(' ');
+    let confirmed_at_ms = fields.next()?.parse().ok()?;
+    let digest = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let writer = match fields.next() {
+        Some(writer) => Some(u64::from_str_radix(writer, 16).ok()?),
+        None => None,
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(Confirmation {
+        digest,
+        confirmed_at_ms,
+        writer,
+    })
 }
 
 pub fn decode_number(bytes: Option<&[u8]>) -> Option<u64> {
@@ -765,12 +785,22 @@ mod tests {
     }
 
     #[test]
-    fn a_confirmation_names_the_list_it_confirms() {
-        let bytes = encode_confirmation(0xbeef, 36_048_982);
+    fn a_confirmation_names_the_list_it_confirms_and_its_writer() {
+        let bytes = encode_confirmation(0xbeef, 36_048_982, 0x7a);
+        let confirmation = |writer| Confirmation {
+            digest: 0xbeef,
+            confirmed_at_ms: 36_048_982,
+            writer,
+        };
         assert_eq!(
             decode_confirmation(Some(bytes.as_bytes())),
-            Some((0xbeef, 36_048_982))
+            Some(confirmation(Some(0x7a)))
         );
+        assert_eq!(
+            decode_confirmation(Some(b"36048982 beef")),
+            Some(confirmation(None))
+        );
+        assert_eq!(decode_confirmation(Some(b"36048982 beef 7a 1")), None);
         assert_eq!(decode_confirmation(Some(b"36048982")), None);
         assert_eq!(decode_confirmation(Some(b"1 x")), None);
         assert_eq!(decode_confirmation(None), None);
