@@ -647,12 +647,11 @@ impl Checker {
         // A VM loaded again started from the stored list, perhaps another
         // configuration's newer one, which it keeps until its poller confirms
         // a later poll: as poller it may hold that list.
-        let vm_start = self
-            .vm_start_listed
-            .get(&(answer.vm, service))
-            .is_some_and(|n| *n > 0);
+        let vm_started = self.vm_start_listed.get(&(answer.vm, service)).copied();
+        let vm_start = vm_started.is_some_and(|n| n > 0);
+        let vm_start_may = vm_started.is_none_or(|n| n > 0);
         let (may_replace, replaces) = match own {
-            Some(n) if new_poller => (n > 0 || told || vm_start, n > 0 && told),
+            Some(n) if new_poller => (n > 0 || told || vm_start, n > 0 && told && vm_start_may),
             Some(n) => (n > 0, n > 0),
             // A poller never follows another configuration's list: until its
             // configuration took an answer, it holds the one it started from.
