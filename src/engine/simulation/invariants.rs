@@ -199,6 +199,17 @@ pub struct Checker {
     /// that takes over holding the announced list, not the taken one.
     taken_by: BTreeMap<(usize, usize), usize>,
     announced_listed: BTreeMap<(usize, usize), usize>,
+    /// When `announced_listed` last moved, and when the poll it tells of was
+    /// sent, per (configuration, service).
+    announced_at: BTreeMap<(usize, usize), (u64, u64)>,
+    /// (VM, service) where the VM, as a follower, took a list its poller
+    /// announced with instances after it started: a VM that started from an
+    /// empty list may hold instances when it takes over.
+    vm_followed_listed: BTreeSet<(usize, usize)>,
+    /// When each (VM, service) started.
+    vm_start_at: BTreeMap<(usize, usize), u64>,
+    /// (VM, service) whose start read a store older than `latest_taken`.
+    vm_start_unknown: BTreeSet<(usize, usize)>,
     /// Per (configuration, service): what `latest_taken` was when the
     /// configuration started, the list its VMs start from (a learned service:
     /// when it was first guarded). Another configuration still alive may take
@@ -648,8 +659,11 @@ impl Checker {
         // configuration's newer one, which it keeps until its poller confirms
         // a later poll: as poller it may hold that list.
         let vm_started = self.vm_start_listed.get(&(answer.vm, service)).copied();
-        let vm_start = vm_started.is_some_and(|n| n > 0);
-        let vm_start_may = vm_started.is_none_or(|n| n > 0);
+        let vm_unknown = self.vm_start_unknown.contains(&(answer.vm, service));
+        let vm_start = vm_started.is_some_and(|n| n > 0) || vm_unknown;
+        let vm_start_may = vm_started.is_none_or(|n| n > 0)
+            || vm_unknown
+            || self.vm_followed_listed.contains(&(answer.vm, service));
         let (may_replace, replaces) = match own {
             Some(n) if new_poller => (n > 0 || told || vm_start, n > 0 && told && vm_start_may),
             Some(n) => (n > 0, n > 0),
@@ -768,10 +782,16 @@ impl Checker {
 
     /// VM `vm` starts now from the lists taken so far: every service's, or
     /// one learned service's on its first request there.
-    pub fn vm_starts(&mut self, vm: usize, only: Option<usize>) {
+    /// `racing`: it read the store as it was before another VM's callback of
+    /// the same moment, so it may have started from an older list.
+    pub fn vm_starts(&mut self, vm: usize, only: Option<usize>, racing: bool, at: u64) {
         for (service, listed) in &self.latest_taken {
             if only.is_none_or(|s| s == *service) {
                 self.vm_start_listed.insert((vm, *service), *listed);
+                self.vm_start_at.insert((vm, *service), at);
+                if racing {
+                    self.vm_start_unknown.insert((vm, *service));
+                }
             }
         }
     }
@@ -796,7 +816,11 @@ impl Checker {
     /// VM `vm` ticked at `at`, still the poller, and wrote its heartbeat: that
     /// now carries what it took since it last wrote it.
     pub fn poller_ticked(&mut self, vm: usize, at: u64) {
-        let (good, told) = (&mut self.good, &mut self.announced_listed);
+        let (good, told, told_at) = (
+            &mut self.good,
+            &mut self.announced_listed,
+            &mut self.announced_at,
+        );
         self.unannounced.retain(|(who, service, index)| {
             if *who != vm {
                 return true;
@@ -804,9 +828,34 @@ impl Checker {
             if let Some(answer) = good[*service].get_mut(*index) {
                 answer.announced = Some(at);
                 told.insert((answer.gen, *service), answer.listed);
+                told_at.insert((answer.gen, *service), (at, answer.sent));
             }
             false
         });
+    }
+
+    /// VM `vm` of configuration `gen`, started at `started`, ticked at `at` as
+    /// a follower: it follows what its poller announced before (a millisecond
+    /// apart, so that no racing read missed it) if that poll went after it
+    /// started, so is newer than any list it started from.
+    pub fn follower_ticked(&mut self, vm: usize, gen: usize, started: u64, at: u64) {
+        for ((g, service), listed) in &self.announced_listed {
+            let started = self
+                .vm_start_at
+                .get(&(vm, *service))
+                .map_or(started, |t| started.max(*t));
+            let followed = self
+                .announced_at
+                .get(&(*g, *service))
+                .is_some_and(|(told, sent)| told + 1 < at && *sent > started);
+            if *g == gen && followed {
+                if *listed > 0 {
+                    self.vm_followed_listed.insert((vm, *service));
+                } else {
+                    self.vm_followed_listed.remove(&(vm, *service));
+                }
+            }
+        }
     }
 
     /// Answers a VM of `gen` configured at `configured` certainly heard of by `at`.

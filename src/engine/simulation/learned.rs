@@ -83,6 +83,17 @@ pub fn health_by_service(engine: &Engine, services: usize) -> Vec<Health> {
     health
 }
 
+/// The services `engine` guards, by service index: a learned one from its
+/// first request there, or from the shared list.
+pub fn guarded_services(engine: &Engine) -> Vec<usize> {
+    engine
+        .targets
+        .ids()
+        .filter_map(|id| engine.targets.get(id))
+        .filter_map(|target| target.service().name.strip_prefix('s')?.parse().ok())
+        .collect()
+}
+
 /// A poll that a request calls for: of service `service` by configuration
 /// `gen`, because of a request at `asked`, by `deadline`.
 #[derive(Debug, Clone, Copy)]

@@ -477,7 +477,8 @@ pub struct World {
     learn_rng: Rng,
     contended_until: u64,
     flap_rng: Rng,
-    /// (VM, learned service) each VM guarded a request of.
+    /// (VM, learned service) each VM guarded: from a request there, or from
+    /// the shared list.
     vm_learned: BTreeSet<(usize, usize)>,
 }
 
@@ -811,7 +812,7 @@ impl World {
                 // A VM loaded again starts later than its configuration. (A
                 // learned service starts on the VM's first request of it.)
                 if self.learned.is_none() {
-                    self.check.vm_starts(vm, None);
+                    self.check.vm_starts(vm, None, false, self.now);
                 }
                 self.vm_callback(vm, Callback::Configure(gen))?;
                 self.learned_burst(vm);
@@ -1136,6 +1137,22 @@ impl World {
             .push((at + bounds.routed_after_change() + confirm, service, at));
     }
 
+    /// The learned services VM `v` took from the shared list in its last
+    /// callback start from the list stored then, as on a first request.
+    fn note_listed_starts(&mut self, v: usize, racing: bool) {
+        if self.learned.is_none() {
+            return;
+        }
+        let Some(engine) = &self.vms[v].engine else {
+            return;
+        };
+        for service in learned::guarded_services(engine) {
+            if self.vm_learned.insert((v, service)) {
+                self.check.vm_starts(v, Some(service), racing, self.now);
+            }
+        }
+    }
+
     /// Now and then, while another configuration is alive, service `s` flaps
     /// for the millisecond this poll of configuration `gen` reads it: a list
     /// only this configuration's poller sees. Flaps drawn on their own land
@@ -1275,6 +1292,7 @@ impl World {
 
     fn request_on(&mut self, vm: usize, service: usize) -> Verdict {
         let (stale, contention) = self.learned_view(vm);
+        let racing = stale.is_some();
         let refused_key = "nacos_guard.learned_services_refused";
         let refused_before = self.metrics.get(refused_key).unwrap_or(0);
         let cluster = self.learned.as_ref().map(|_| learned::cluster(service));
@@ -1373,7 +1391,7 @@ impl World {
                 self.check.learned_service_starts(gen, service);
             }
             if !ignored && self.vm_learned.insert((vm, service)) {
-                self.check.vm_starts(vm, Some(service));
+                self.check.vm_starts(vm, Some(service), racing, now);
             }
             if ignored {
                 return Ok(());
@@ -1812,10 +1830,14 @@ impl World {
         }
         if ticked && is_poller && wrote_heartbeat {
             self.check.poller_ticked(v, now);
+        } else if ticked && !is_poller {
+            let started = self.vms[v].configured_at;
+            self.check.follower_ticked(v, gen, started, now);
         }
         if let Some(health) = health {
             self.check.snapshot_health(engine_id, v, health)?;
         }
+        self.note_listed_starts(v, racing);
         // The lease of each configuration changes hands only when it is free.
         let leases_after = self.leases();
         let ttl = self.p.interval * crate::engine::sharing::LEASE_INTERVALS;
