@@ -648,3 +648,33 @@ fn a_follower_refuses_what_the_poller_has_only_refused() {
         refused + 1
     );
 }
+
+/// Found by the simulator (seed 1339 with sparse bursts): a VM handed a service
+/// in, and a late seed of the inbox by another VM that had read it absent set
+/// the inbox back to nothing handed. The number the VM held was never taken,
+/// so it waited for it for good; as the poller it listed the service but never
+/// polled it.
+#[test]
+fn a_hand_in_whose_number_a_late_seed_erased_is_not_waited_for() {
+    let mut gateway = Gateway::new(&learning(""), 2, Nacos::List(hosts(&FOUR[..1])));
+    gateway.tick_all(0);
+    let follower = followers(&gateway)[0];
+    gateway.send(follower, 0, FakeRequest::to("r", ORDERS));
+    let (inbox_key, inbox) = gateway.store.ending_with(".learned.inbox").unwrap();
+    let inbox = crate::pure::sharing::published::Inbox::decode(&inbox).unwrap();
+    assert_eq!(inbox.handed, 1, "handed in under number 0");
+    let seed = crate::pure::sharing::published::Inbox::default();
+    gateway.store.set(&inbox_key, &seed.encode(), None);
+    // The poller stalls; the follower alone ticks until it holds the lease.
+    let mut wall = 0;
+    while !gateway.vms[follower].engine.is_poller() && wall < 5_000 {
+        wall += 20;
+        gateway.tick(follower, wall);
+    }
+    assert!(gateway.vms[follower].engine.is_poller());
+    let now = wall;
+    // Polled on the new poller's next ticks, as any service it learned.
+    run(&mut gateway, &[follower], now + 20..now + 100);
+    let polls = "nacos_guard.service.public.DEFAULT_GROUP.orders.poll_success";
+    assert_eq!(gateway.metrics.get(polls), 1, "orders is polled");
+}

@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::ops::Range;
 
 use log::info;
 
@@ -331,16 +332,24 @@ impl Sharing {
             .collect()
     }
 
-    /// The first inbox number the poller has not taken yet.
-    pub fn inbox_taken(&self, store: &dyn SharedStore) -> u64 {
-        self.read_inbox(store).0.taken
+    /// The inbox numbers handed in that the poller has not taken yet. A
+    /// number past them was handed and then lost: a seed of the inbox by a VM
+    /// that read it absent landed over it.
+    pub fn inbox_waiting(&self, store: &dyn SharedStore) -> Range<u64> {
+        let inbox = self.read_inbox(store).0;
+        inbox.taken..inbox.handed
     }
 
     /// As the poller: take what was handed in into the list (while it holds
     /// fewer than `max` with what still waits), one read per host and one
     /// write of the list. A number taken but not yet written is waited for
-    /// on the next ticks, for a second at most. The first number not taken.
-    pub fn take_inbox(&mut self, now_ms: u64, max: usize, store: &mut dyn SharedStore) -> u64 {
+    /// on the next ticks, for a second at most. The numbers still waiting.
+    pub fn take_inbox(
+        &mut self,
+        now_ms: u64,
+        max: usize,
+        store: &mut dyn SharedStore,
+    ) -> Range<u64> {
         let places = published::inbox_places(max);
         let (inbox, _) = self.read_inbox(store);
         // More than `places` behind, a place was written over: those are gone.
@@ -362,7 +371,7 @@ impl Sharing {
             taken += 1;
         }
         if taken == inbox.taken {
-            return taken;
+            return taken..inbox.handed;
         }
         let waiting = usize::try_from(inbox.handed - taken).unwrap_or(usize::MAX);
         let room = max.saturating_sub(waiting);
@@ -382,9 +391,9 @@ impl Sharing {
             }
             self.listed_len.set(Some(appended.count));
             self.settle_inbox(Some(taken), store);
-            return taken;
+            return taken..inbox.handed;
         }
-        inbox.taken
+        inbox.taken..inbox.handed
     }
 
     /// As the poller: say in the inbox how many services the list holds (as
@@ -836,7 +845,7 @@ mod tests {
         assert_eq!(b.hand_in("x", 2, &mut store), Handed::At(0), "once");
         assert_eq!(b.hand_in("y", 2, &mut store), Handed::At(1));
         assert_eq!(a.hand_in("z", 2, &mut store), Handed::Full);
-        assert_eq!(poller.take_inbox(0, 2, &mut store), 2);
+        assert_eq!(poller.take_inbox(0, 2, &mut store).start, 2);
         assert_eq!(learned(&store), ["x", "y"]);
         assert_eq!(a.hand_in("x", 2, &mut store), Handed::Full, "the list says");
         assert_eq!(
@@ -848,7 +857,7 @@ mod tests {
         poller.unlist_learned(&["x".to_string()], &mut store);
         poller.settle_inbox(None, &mut store);
         assert_eq!(a.hand_in("z", 2, &mut store), Handed::At(2));
-        assert_eq!(heir.take_inbox(10, 2, &mut store), 3);
+        assert_eq!(heir.take_inbox(10, 2, &mut store).start, 3);
         assert_eq!(learned(&store), ["y", "z"]);
     }
 
@@ -866,9 +875,9 @@ mod tests {
         };
         store.set(&keys.inbox(), &taken.encode(), None);
         assert_eq!(a.hand_in("y", 4, &mut store), Handed::At(2));
-        assert_eq!(poller.take_inbox(0, 4, &mut store), 1, "x; waits for 1");
-        assert_eq!(poller.take_inbox(999, 4, &mut store), 1);
-        assert_eq!(poller.take_inbox(1_000, 4, &mut store), 3, "y");
+        assert_eq!(poller.take_inbox(0, 4, &mut store), 1..3, "x; waits for 1");
+        assert_eq!(poller.take_inbox(999, 4, &mut store), 1..3);
+        assert_eq!(poller.take_inbox(1_000, 4, &mut store), 3..3, "y");
         let listed = published::decode_learned(&store.get(&keys.learned()).0.unwrap());
         assert_eq!(listed, ["x", "y"]);
     }

@@ -203,14 +203,14 @@ impl Engine {
         };
         // What requests handed in since the last tick goes on the list first.
         let max = learned.max_services();
-        let taken = sharing.take_inbox(now_ms, max, store);
+        let waiting_numbers = sharing.take_inbox(now_ms, max, store);
         // From now on the poller keeps what it polls listed, on every change of
         // the list; what it learned since its last tick, or as a follower, is
         // listed now, unless it still waits in the inbox.
         let (waiting, pending): (Vec<Unlisted>, Vec<Unlisted>) = learned
             .take_unlisted()
             .into_iter()
-            .partition(|u| u.handed.is_some_and(|number| number >= taken));
+            .partition(|u| u.handed.is_some_and(|n| waiting_numbers.contains(&n)));
         for unlisted in waiting {
             learned.keep_unlisted(unlisted);
         }
@@ -317,10 +317,10 @@ impl Engine {
             new
         } else {
             // What still waits in the inbox is the poller's to list.
-            let taken = sharing.inbox_taken(store);
+            let waiting_numbers = sharing.inbox_waiting(store);
             let (waiting, due): (Vec<Unlisted>, Vec<Unlisted>) = seen
                 .into_iter()
-                .partition(|u| u.handed.is_some_and(|number| number >= taken));
+                .partition(|u| u.handed.is_some_and(|n| waiting_numbers.contains(&n)));
             for unlisted in waiting {
                 learned.keep_unlisted(unlisted);
             }
