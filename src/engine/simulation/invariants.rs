@@ -202,10 +202,10 @@ pub struct Checker {
     /// When `announced_listed` last moved, and when the poll it tells of was
     /// sent, per (configuration, service).
     announced_at: BTreeMap<(usize, usize), (u64, u64)>,
-    /// (VM, service) where the VM, as a follower, took a list its poller
-    /// announced with instances after it started: a VM that started from an
-    /// empty list may hold instances when it takes over.
-    vm_followed_listed: BTreeSet<(usize, usize)>,
+    /// Per (VM, service) where the VM, as a follower, took a list its poller
+    /// announced after it started: whether that listed instances. A VM that
+    /// started from one list may hold another when it takes over.
+    vm_followed: BTreeMap<(usize, usize), bool>,
     /// When each (VM, service) started.
     vm_start_at: BTreeMap<(usize, usize), u64>,
     /// (VM, service) whose start read a store older than `latest_taken`.
@@ -660,17 +660,17 @@ impl Checker {
         // a later poll: as poller it may hold that list.
         let vm_started = self.vm_start_listed.get(&(answer.vm, service)).copied();
         let vm_unknown = self.vm_start_unknown.contains(&(answer.vm, service));
-        let vm_start = vm_started.is_some_and(|n| n > 0) || vm_unknown;
-        let vm_start_may = vm_started.is_none_or(|n| n > 0)
-            || vm_unknown
-            || self.vm_followed_listed.contains(&(answer.vm, service));
+        let vm_followed = self.vm_followed.get(&(answer.vm, service)).copied();
+        let vm_holds = vm_followed.or(vm_started.map(|n| n > 0));
+        let vm_start = vm_holds.unwrap_or(false) || vm_unknown;
+        let vm_start_may = vm_holds.unwrap_or(true);
         let (may_replace, replaces) = match own {
             Some(n) if new_poller => (n > 0 || told || vm_start, n > 0 && told && vm_start_may),
             Some(n) => (n > 0, n > 0),
             // A poller never follows another configuration's list: until its
             // configuration took an answer, it holds the one it started from.
-            None => match self.vm_start_listed.get(&(answer.vm, service)) {
-                Some(n) => (start || vm_start || latest.is_some_and(|n| n > 0), *n > 0),
+            None => match vm_holds {
+                Some(holds) => (start || vm_start || latest.is_some_and(|n| n > 0), holds),
                 None => (
                     start || latest.is_some_and(|n| n > 0),
                     start && latest != Some(0),
@@ -834,26 +834,40 @@ impl Checker {
         });
     }
 
-    /// VM `vm` of configuration `gen`, started at `started`, ticked at `at` as
-    /// a follower: it follows what its poller announced before (a millisecond
-    /// apart, so that no racing read missed it) if that poll went after it
-    /// started, so is newer than any list it started from.
-    pub fn follower_ticked(&mut self, vm: usize, gen: usize, started: u64, at: u64) {
+    /// VM `vm` took the lease in a seed with learned services: it learns again
+    /// from the list what it let idle, starting from the newest stored list,
+    /// so it may hold that or the one it had.
+    pub fn learned_takeover(&mut self, vm: usize, services: usize) {
+        for service in 0..services {
+            self.vm_start_unknown.insert((vm, service));
+        }
+    }
+
+    /// VM `vm`, started at `started`, ticked at `at` as a follower of the
+    /// configurations `gens` (those sharing its keys: one heartbeat): it
+    /// follows the last announcement made before (a millisecond apart, so that
+    /// no racing read missed it) if that poll went after it started, so is
+    /// newer than any list it started from.
+    pub fn follower_ticked(&mut self, vm: usize, gens: &[usize], started: u64, at: u64) {
+        let mut last: BTreeMap<usize, (u64, u64, usize)> = BTreeMap::new();
         for ((g, service), listed) in &self.announced_listed {
+            let Some((told, sent)) = self.announced_at.get(&(*g, *service)) else {
+                continue;
+            };
+            if gens.contains(g) && told + 1 < at {
+                let entry = last.entry(*service).or_insert((*told, *sent, *listed));
+                if *told > entry.0 {
+                    *entry = (*told, *sent, *listed);
+                }
+            }
+        }
+        for (service, (_, sent, listed)) in last {
             let started = self
                 .vm_start_at
-                .get(&(vm, *service))
+                .get(&(vm, service))
                 .map_or(started, |t| started.max(*t));
-            let followed = self
-                .announced_at
-                .get(&(*g, *service))
-                .is_some_and(|(told, sent)| told + 1 < at && *sent > started);
-            if *g == gen && followed {
-                if *listed > 0 {
-                    self.vm_followed_listed.insert((vm, *service));
-                } else {
-                    self.vm_followed_listed.remove(&(vm, *service));
-                }
+            if sent > started {
+                self.vm_followed.insert((vm, service), listed > 0);
             }
         }
     }

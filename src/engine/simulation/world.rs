@@ -480,6 +480,8 @@ pub struct World {
     /// (VM, learned service) each VM guarded: from a request there, or from
     /// the shared list.
     vm_learned: BTreeSet<(usize, usize)>,
+    /// Bursts whose first requests spread over the VMs (`SIM_SPARSE_BURSTS`).
+    sparse_bursts: bool,
 }
 
 impl World {
@@ -575,6 +577,7 @@ impl World {
             learn_rng: Rng::new(seed ^ 0x1ea7_4ed5_e7c1_0002),
             contended_until: 0,
             vm_learned: BTreeSet::new(),
+            sparse_bursts: std::env::var_os("SIM_SPARSE_BURSTS").is_some(),
             flap_rng,
             p,
         };
@@ -1263,7 +1266,15 @@ impl World {
         }
         self.contended_until = self.now + BURST_MS;
         let engine = self.vms[vm].engine_id;
+        // `SIM_SPARSE_BURSTS=1`: in half the bursts each service's first
+        // request comes on about one VM of all, as a request lands on one
+        // worker (docs/testing.md, "Sparse bursts"; not in the regular seeds).
+        let sparse = self.sparse_bursts && self.learn_rng.chance(500);
+        let one_in_vms = (1000 / self.p.vms as u64).max(200);
         for service in 0..self.p.services {
+            if sparse && !self.learn_rng.chance(one_in_vms) {
+                continue;
+            }
             let at = self.now + self.learn_rng.below(4);
             self.push(
                 at,
@@ -1826,13 +1837,18 @@ impl World {
             let same = self.same_as(gen);
             if let Some(learned) = &mut self.learned {
                 learned.became_poller(same, now);
+                self.check.learned_takeover(v, self.p.services);
             }
         }
         if ticked && is_poller && wrote_heartbeat {
             self.check.poller_ticked(v, now);
         } else if ticked && !is_poller {
             let started = self.vms[v].configured_at;
-            self.check.follower_ticked(v, gen, started, now);
+            let same = self.same_as(gen);
+            let gens: Vec<usize> = (0..self.configs.len())
+                .filter(|g| self.same_as(*g) == same)
+                .collect();
+            self.check.follower_ticked(v, &gens, started, now);
         }
         if let Some(health) = health {
             self.check.snapshot_health(engine_id, v, health)?;
