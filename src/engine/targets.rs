@@ -103,9 +103,12 @@ impl Target {
     /// An empty answer replacing instances is held back once: a node that has
     /// just joined without its data answers empty until it has caught up, and
     /// the confirming poll, sent at once, mostly reaches another node (or the
-    /// same one caught up). Whether `set` is such an answer, noted if it is.
-    fn awaits_confirmation(&mut self, set: &InstanceSet) -> bool {
+    /// same one caught up). Whether `set`, polled at `polled_at_ms`, is such an
+    /// answer, noted if it is. One older than the snapshot's last word (a push
+    /// came since) is dropped by it, and asks for nothing.
+    fn awaits_confirmation(&mut self, set: &InstanceSet, polled_at_ms: u64) -> bool {
         let empties = set.instances.is_empty()
+            && !self.snapshot.is_older(polled_at_ms)
             && self
                 .snapshot
                 .instances()
@@ -346,7 +349,7 @@ impl Targets {
                 Some((status, body)) => response::parse_instance_list(api, status, body)?,
                 None => return Err(AnswerError::NoAnswer),
             };
-            if target.awaits_confirmation(&set) {
+            if target.awaits_confirmation(&set, polled_at_ms) {
                 bump(metrics, target.metrics.success);
                 info!(
                     "nacos-instance-guard: Nacos answered no instance of service {}, which \
@@ -638,6 +641,28 @@ mod tests {
         assert_eq!(take(&mut targets, NONE, 20), Ok(true));
         assert!(!targets.awaits_confirmation(id));
         assert_eq!(listed(&targets), 0);
+    }
+
+    /// Found by the simulator (seed 1421, push): a poll sent before a push that
+    /// listed an instance answered empty after it. The snapshot drops so old an
+    /// answer, yet it was held for a confirming poll sent at once.
+    #[test]
+    fn an_empty_answer_older_than_a_pushed_list_asks_for_no_confirmation() {
+        let (mut targets, id, mut metrics) = one("demo");
+        let pushed = response::parse_instance_list(ApiVersion::V1, 200, TWO).unwrap();
+        assert!(targets.take_pushed(id, pushed, 15, None));
+        let answer = targets.take_answer(
+            id,
+            ApiVersion::V1,
+            Some((200, NONE)),
+            10,
+            &mut metrics,
+            None,
+        );
+        assert_eq!(answer, Ok(false));
+        assert!(!targets.awaits_confirmation(id));
+        let listed = targets.get(id).unwrap().snapshot().instances().unwrap();
+        assert_eq!(listed.instances.len(), 2);
     }
 
     #[test]

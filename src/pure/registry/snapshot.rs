@@ -51,7 +51,7 @@ impl Snapshot {
     /// Take a good answer to the poll sent at `polled_at_ms`; true if the content
     /// changed. An answer older than what is already known changes nothing.
     pub fn accept(&mut self, set: InstanceSet, polled_at_ms: u64) -> bool {
-        if self.latest.is_some() && polled_at_ms < self.confirmed_at_ms {
+        if self.is_older(polled_at_ms) {
             return false;
         }
         self.confirmed_at_ms = polled_at_ms;
@@ -63,6 +63,12 @@ impl Snapshot {
         // Strictly growing, so that two changes in one millisecond still differ.
         self.content_stamp = polled_at_ms.max(self.content_stamp.saturating_add(1));
         true
+    }
+
+    /// Whether an answer to the poll sent at `polled_at_ms` is older than the
+    /// list held: `accept` drops it.
+    pub fn is_older(&self, polled_at_ms: u64) -> bool {
+        self.latest.is_some() && polled_at_ms < self.confirmed_at_ms
     }
 
     /// A good answer to the poll sent at `polled_at_ms` that is byte for byte the
