@@ -206,6 +206,9 @@ pub struct Checker {
     /// announced after it started: whether that listed instances. A VM that
     /// started from one list may hold another when it takes over.
     vm_followed: BTreeMap<(usize, usize), bool>,
+    /// Per (VM, service): when the server's state of the newest list the VM
+    /// took from a push was read (the push's `sent`).
+    pushed_sent: BTreeMap<(usize, usize), u64>,
     /// When each (VM, service) started.
     vm_start_at: BTreeMap<(usize, usize), u64>,
     /// (VM, service) whose start read a store older than `latest_taken`.
@@ -631,10 +634,12 @@ impl Checker {
 
     /// A good list answer some VM took.
     pub fn answer(&mut self, service: usize, mut answer: GoodAnswer) {
-        if !answer.published {
+        if !answer.published || self.older_than_pushed(service, &answer) {
             // A VM that no longer holds the lease drops the answer
             // (`Engine::on_answer`): its configuration's list stays, and an
-            // empty answer held for a second poll stays held.
+            // empty answer held for a second poll stays held. An answer to a
+            // poll sent before a list the VM took from a push is dropped by
+            // its snapshot (`Snapshot::accept`).
             self.record(service, answer);
             return;
         }
@@ -718,6 +723,13 @@ impl Checker {
         self.good[service].push(answer);
     }
 
+    /// Whether `answer` tells of a moment before a list its VM took from a push.
+    fn older_than_pushed(&self, service: usize, answer: &GoodAnswer) -> bool {
+        self.pushed_sent
+            .get(&(answer.vm, service))
+            .is_some_and(|pushed| answer.sent < *pushed)
+    }
+
     /// Whether a push link stood for the polls of `service` at `at`.
     pub fn link_stood(&self, service: usize, at: u64) -> bool {
         self.link_stands_until
@@ -739,6 +751,14 @@ impl Checker {
     /// A list the server gave over push (a subscription's answer or a push)
     /// that some VM took: taken at once, empty or not (`Targets::take_pushed`).
     pub fn pushed(&mut self, service: usize, answer: GoodAnswer) {
+        if self.older_than_pushed(service, &answer) {
+            // A subscription's answer that comes after a push of a newer list
+            // (another gRPC call): the snapshot keeps the newer.
+            self.record(service, answer);
+            return;
+        }
+        let newest = self.pushed_sent.entry((answer.vm, service)).or_default();
+        *newest = (*newest).max(answer.sent);
         let at = self.pushed_at.entry((answer.gen, service)).or_default();
         at.push(answer.received);
         self.held_empty.remove(&(answer.gen, service));
