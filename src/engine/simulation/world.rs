@@ -417,6 +417,8 @@ struct Config {
     /// Its shared-data keys, as its VMs name them.
     keys: ConfigKeys,
     fail_closed: bool,
+    /// The first configuration identical to it (`same_as`).
+    same: usize,
 }
 
 /// A scripted answer, its delay, and the instances it lists (usable, all, and
@@ -645,7 +647,13 @@ impl World {
     fn add_config(&mut self, max_stale: u64, fail_closed: bool) {
         let raw = self.p.config(max_stale, fail_closed);
         let tick = (self.p.interval / 20).clamp(10, 50);
+        let same = self
+            .configs
+            .iter()
+            .position(|c| c.raw == raw)
+            .unwrap_or(self.configs.len());
         self.configs.push(Config {
+            same,
             keys: ConfigKeys::new(raw.as_bytes()),
             raw,
             fail_closed,
@@ -1153,7 +1161,8 @@ impl World {
     /// The learned services VM `v` took from the shared list in its last
     /// callback start from the list stored then, as on a first request.
     fn note_listed_starts(&mut self, v: usize, racing: bool) {
-        if self.learned.is_none() {
+        let noted = self.vm_learned.range((v, 0)..(v + 1, 0)).count();
+        if self.learned.is_none() || noted == self.p.services {
             return;
         }
         let Some(engine) = &self.vms[v].engine else {
@@ -1191,11 +1200,7 @@ impl World {
     /// its shared-data keys (lease, learned list), so the learned checks take
     /// the two for one.
     fn same_as(&self, gen: usize) -> usize {
-        let raw = &self.configs[gen].raw;
-        self.configs
-            .iter()
-            .position(|c| &c.raw == raw)
-            .unwrap_or(gen)
+        self.configs.get(gen).map_or(gen, |c| c.same)
     }
 
     /// Whether root context `vm` still runs, with engine `engine`.
@@ -1856,7 +1861,7 @@ impl World {
             let started = self.vms[v].configured_at;
             let same = self.same_as(gen);
             let gens: Vec<usize> = (0..self.configs.len())
-                .filter(|g| self.same_as(*g) == same)
+                .filter(|g| self.configs[*g].same == same)
                 .collect();
             self.check.follower_ticked(v, &gens, started, now);
         }
