@@ -211,7 +211,9 @@ pub struct Checker {
     pushed_sent: BTreeMap<(usize, usize), u64>,
     /// When each (VM, service) started.
     vm_start_at: BTreeMap<(usize, usize), u64>,
-    /// (VM, service) whose start read a store older than `latest_taken`.
+    /// (VM, service) whose start read a store older than `latest_taken`, or
+    /// whose VM took the lease and learned the service again (`learned_takeover`):
+    /// it may hold either list.
     vm_start_unknown: BTreeSet<(usize, usize)>,
     /// Per (configuration, service): what `latest_taken` was when the
     /// configuration started, the list its VMs start from (a learned service:
