@@ -651,9 +651,9 @@ fn a_follower_refuses_what_the_poller_has_only_refused() {
 
 /// Found by the simulator (seed 1339 with sparse bursts): a VM handed a service
 /// in, and a late seed of the inbox by another VM that had read it absent set
-/// the inbox back to nothing handed. The number the VM held was never taken,
-/// so it waited for it for good; as the poller it listed the service but never
-/// polled it.
+/// the inbox back to nothing handed. The number the VM held was not taken
+/// until another service was handed in, and it waited for it; as the poller it
+/// listed the service but did not poll it.
 #[test]
 fn a_hand_in_whose_number_a_late_seed_erased_is_not_waited_for() {
     let mut gateway = Gateway::new(&learning(""), 2, Nacos::List(hosts(&FOUR[..1])));
