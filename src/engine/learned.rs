@@ -5,6 +5,8 @@
 //! one service on several ports or subsets are one service, in the bound and in
 //! the shared list.
 
+use std::ops::Range;
+
 use log::{info, warn};
 
 use super::host_traits::Metrics;
@@ -529,6 +531,15 @@ pub(super) struct Unlisted {
     /// Handed in to the poller under this inbox number: looked for in the
     /// list only once the poller took that number.
     pub handed: Option<u64>,
+}
+
+impl Unlisted {
+    /// Whether it still waits in the inbox: handed in under one of `waiting`,
+    /// the numbers the poller has not taken yet (one past them was lost to a
+    /// late seed of the inbox, and is waited for no more).
+    pub fn waits_in(&self, waiting: &Range<u64>) -> bool {
+        self.handed.is_some_and(|number| waiting.contains(&number))
+    }
 }
 
 /// Learned services that stopped or started idling on one idle check.

@@ -210,7 +210,7 @@ impl Engine {
         let (waiting, pending): (Vec<Unlisted>, Vec<Unlisted>) = learned
             .take_unlisted()
             .into_iter()
-            .partition(|u| u.handed.is_some_and(|n| waiting_numbers.contains(&n)));
+            .partition(|u| u.waits_in(&waiting_numbers));
         for unlisted in waiting {
             learned.keep_unlisted(unlisted);
         }
@@ -318,9 +318,8 @@ impl Engine {
         } else {
             // What still waits in the inbox is the poller's to list.
             let waiting_numbers = sharing.inbox_waiting(store);
-            let (waiting, due): (Vec<Unlisted>, Vec<Unlisted>) = seen
-                .into_iter()
-                .partition(|u| u.handed.is_some_and(|n| waiting_numbers.contains(&n)));
+            let (waiting, due): (Vec<Unlisted>, Vec<Unlisted>) =
+                seen.into_iter().partition(|u| u.waits_in(&waiting_numbers));
             for unlisted in waiting {
                 learned.keep_unlisted(unlisted);
             }
