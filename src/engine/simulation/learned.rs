@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use super::invariants::Bounds;
 use super::rng::Rng;
+use crate::engine::targets::Target;
 use crate::engine::Engine;
 use crate::pure::registry::snapshot::Health;
 
@@ -68,30 +69,32 @@ pub fn cluster(service: usize) -> String {
 /// not learned reads as never polled.
 pub fn health_by_service(engine: &Engine, services: usize) -> Vec<Health> {
     let mut health = vec![Health::default(); services];
-    for id in engine.targets.ids() {
-        let Some(target) = engine.targets.get(id) else {
-            continue;
-        };
-        let index = target.service().name.strip_prefix('s');
-        if let Some(slot) = index
-            .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| health.get_mut(n))
-        {
+    for (index, target) in targets_by_service(engine) {
+        if let Some(slot) = health.get_mut(index) {
             *slot = target.snapshot().health();
         }
     }
     health
 }
 
-/// The services `engine` guards, by service index: a learned one from its
-/// first request there, or from the shared list.
-pub fn guarded_services(engine: &Engine) -> Vec<usize> {
+/// `engine`'s targets with their service's index (service `s<index>`).
+fn targets_by_service(engine: &Engine) -> impl Iterator<Item = (usize, &Target)> {
     engine
         .targets
         .ids()
         .filter_map(|id| engine.targets.get(id))
-        .filter_map(|target| target.service().name.strip_prefix('s')?.parse().ok())
-        .collect()
+        .filter_map(|target| {
+            Some((
+                target.service().name.strip_prefix('s')?.parse().ok()?,
+                target,
+            ))
+        })
+}
+
+/// The services `engine` guards, by service index: a learned one from its
+/// first request there, or from the shared list.
+pub fn guarded_services(engine: &Engine) -> Vec<usize> {
+    targets_by_service(engine).map(|(index, _)| index).collect()
 }
 
 /// A poll that a request calls for: of service `service` by configuration
