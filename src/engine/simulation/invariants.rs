@@ -157,6 +157,15 @@ fn backoff(streak: u32) -> u64 {
     (1_000u64 << streak.saturating_sub(1).min(16)).min(30_000)
 }
 
+/// What a poller's heartbeat carried of one service: the instances its answer
+/// listed, when the heartbeat was written, and when that poll was sent.
+#[derive(Debug, Clone, Copy)]
+struct Announcement {
+    listed: usize,
+    at: u64,
+    sent: u64,
+}
+
 #[derive(Default)]
 pub struct Checker {
     /// What disturbed the gateway, from when to when.
@@ -198,10 +207,8 @@ pub struct Checker {
     /// that goes between taking an answer and announcing it leaves the one
     /// that takes over holding the announced list, not the taken one.
     taken_by: BTreeMap<(usize, usize), usize>,
-    announced_listed: BTreeMap<(usize, usize), usize>,
-    /// When `announced_listed` last moved, and when the poll it tells of was
-    /// sent, per (configuration, service).
-    announced_at: BTreeMap<(usize, usize), (u64, u64)>,
+    /// Per (configuration, service), what its poller's heartbeat last carried.
+    announced: BTreeMap<(usize, usize), Announcement>,
     /// Per (VM, service) where the VM, as a follower, took a list its poller
     /// announced after it started: whether that listed instances. A VM that
     /// started from one list may hold another when it takes over.
@@ -661,7 +668,7 @@ impl Checker {
         // when the list it replaces certainly had some. The VM holding it: a
         // poller that took over holds its own.
         let new_poller = self.taken_by.get(&key).is_some_and(|vm| *vm != answer.vm);
-        let told = self.announced_listed.get(&key).map_or(start, |n| *n > 0);
+        let told = self.announced.get(&key).map_or(start, |a| a.listed > 0);
         // A VM loaded again started from the stored list, perhaps another
         // configuration's newer one, which it keeps until its poller confirms
         // a later poll: as poller it may hold that list.
@@ -838,19 +845,19 @@ impl Checker {
     /// VM `vm` ticked at `at`, still the poller, and wrote its heartbeat: that
     /// now carries what it took since it last wrote it.
     pub fn poller_ticked(&mut self, vm: usize, at: u64) {
-        let (good, told, told_at) = (
-            &mut self.good,
-            &mut self.announced_listed,
-            &mut self.announced_at,
-        );
+        let (good, told) = (&mut self.good, &mut self.announced);
         self.unannounced.retain(|(who, service, index)| {
             if *who != vm {
                 return true;
             }
             if let Some(answer) = good[*service].get_mut(*index) {
                 answer.announced = Some(at);
-                told.insert((answer.gen, *service), answer.listed);
-                told_at.insert((answer.gen, *service), (at, answer.sent));
+                let announcement = Announcement {
+                    listed: answer.listed,
+                    at,
+                    sent: answer.sent,
+                };
+                told.insert((answer.gen, *service), announcement);
             }
             false
         });
@@ -866,30 +873,33 @@ impl Checker {
     }
 
     /// VM `vm`, started at `started`, ticked at `at` as a follower of the
-    /// configurations `gens` (those sharing its keys: one heartbeat): it
+    /// configurations `shares_keys` says share its keys (one heartbeat): it
     /// follows the last announcement made before (a millisecond apart, so that
     /// no racing read missed it) if that poll went after it started, so is
     /// newer than any list it started from.
-    pub fn follower_ticked(&mut self, vm: usize, gens: &[usize], started: u64, at: u64) {
-        let mut last: BTreeMap<usize, (u64, u64, usize)> = BTreeMap::new();
-        for ((g, service), listed) in &self.announced_listed {
-            let Some((told, sent)) = self.announced_at.get(&(*g, *service)) else {
-                continue;
-            };
-            if gens.contains(g) && told + 1 < at {
-                let entry = last.entry(*service).or_insert((*told, *sent, *listed));
-                if *told > entry.0 {
-                    *entry = (*told, *sent, *listed);
+    pub fn follower_ticked(
+        &mut self,
+        vm: usize,
+        shares_keys: impl Fn(usize) -> bool,
+        started: u64,
+        at: u64,
+    ) {
+        let mut last: BTreeMap<usize, Announcement> = BTreeMap::new();
+        for ((gen, service), told) in &self.announced {
+            if shares_keys(*gen) && told.at + 1 < at {
+                let entry = last.entry(*service).or_insert(*told);
+                if told.at > entry.at {
+                    *entry = *told;
                 }
             }
         }
-        for (service, (_, sent, listed)) in last {
+        for (service, told) in last {
             let started = self
                 .vm_start_at
                 .get(&(vm, service))
                 .map_or(started, |t| started.max(*t));
-            if sent > started {
-                self.vm_followed.insert((vm, service), listed > 0);
+            if told.sent > started {
+                self.vm_followed.insert((vm, service), told.listed > 0);
             }
         }
     }

@@ -1860,10 +1860,9 @@ impl World {
         } else if ticked && !is_poller {
             let started = self.vms[v].configured_at;
             let same = self.same_as(gen);
-            let gens: Vec<usize> = (0..self.configs.len())
-                .filter(|g| self.configs[*g].same == same)
-                .collect();
-            self.check.follower_ticked(v, &gens, started, now);
+            let configs = &self.configs;
+            let shares_keys = |g: usize| configs.get(g).is_some_and(|c| c.same == same);
+            self.check.follower_ticked(v, shares_keys, started, now);
         }
         if let Some(health) = health {
             self.check.snapshot_health(engine_id, v, health)?;
