@@ -19,20 +19,15 @@ pub(super) fn follow(
     let Some(heartbeat) = sharing.read_heartbeat(store) else {
         return Vec::new();
     };
-    let mut moved = Vec::new();
+    let mut changed = Vec::new();
     for (service, health) in heartbeat {
         let Some(id) = targets.by_heartbeat_id(service) else {
             continue;
         };
-        if let Some(stamp) = targets.adopt_health(id, health) {
-            moved.push((id, stamp));
+        if targets.follow_heartbeat(id, health, store) {
+            changed.push(id);
         }
     }
-    let changed = moved
-        .into_iter()
-        .filter(|(id, stamp)| targets.follow_published(*id, *stamp, store))
-        .map(|(id, _)| id)
-        .collect();
     adopt_tokens(sharing, servers, store);
     changed
 }
@@ -63,6 +58,7 @@ mod tests {
     use crate::engine::ids::GuardId;
     use crate::engine::metrics::LoginMetrics;
     use crate::pure::polling::nacos::ApiVersion;
+    use crate::pure::registry::snapshot::Health;
     use crate::pure::sharing::published::{ConfigKeys, PublishedToken};
     use crate::testing::test;
 
@@ -142,5 +138,37 @@ mod tests {
                 .confirmed_at_ms,
             900
         );
+    }
+
+    /// Seed 2219: a new poller that started from another configuration's
+    /// content announces it, but that configuration wrote newer content over
+    /// it since and kept nothing for this one. A follower that cannot read the
+    /// announced list keeps its own list's confirmation: the heartbeat vouches
+    /// for the announced list, and the follower's own, deregistered since, must
+    /// go stale in time.
+    #[test]
+    fn a_follower_that_cannot_read_the_announced_content_keeps_its_own_confirmation() {
+        let mut store = FakeStore::default();
+        let mut metrics = FakeMetrics::default();
+        let (_, mut polled, mut poller) = vm(1, &mut metrics);
+        let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
+        let target = TargetId::from_index(0);
+        publish_two(&mut polled, &mut metrics, &mut store);
+        poller.write_heartbeat(100, polled.health(), &mut store);
+        assert_eq!(
+            follow(&mut follower, &mut targets, &mut servers, &store),
+            vec![target]
+        );
+
+        let announced = Health {
+            content_stamp: 500,
+            confirmed_at_ms: 900,
+            failing_since_ms: None,
+        };
+        let unreadable = polled.health().map(|(id, _)| (id, announced));
+        poller.write_heartbeat(900, unreadable, &mut store);
+        assert!(follow(&mut follower, &mut targets, &mut servers, &store).is_empty());
+        let health = targets.get(target).unwrap().snapshot().health();
+        assert_eq!((health.content_stamp, health.confirmed_at_ms), (100, 100));
     }
 }

@@ -477,44 +477,46 @@ impl Targets {
         }
     }
 
-    /// Take the poller's word on `id`'s health; the content stamp it names if
-    /// that content is newer than ours, or older but confirmed by a poll sent
-    /// after ours was: then ours (another configuration's short-lived list, a
-    /// former poller's late answer) is outdated, and the poller's is current. A
-    /// heartbeat no poller writes any more (left by an identical configuration
-    /// before an edit) confirms nothing that recent.
-    pub fn adopt_health(&mut self, id: TargetId, health: Health) -> Option<u64> {
-        let target = self.table.get_mut(id)?;
-        target.in_heartbeat = true;
-        let ours = target.snapshot.content_stamp();
-        let moved = health.content_stamp > ours
-            || (health.content_stamp < ours && health.confirmed_at_ms > ours);
-        target.snapshot.adopt_health(health);
-        moved.then_some(health.content_stamp)
-    }
-
-    /// Take the content this configuration's poller published for `id`, once it
-    /// is at least the heartbeat's `announced` stamp; whether it changed.
-    pub fn follow_published(
+    /// Take the poller's word on `id`: its health, and the content it names if
+    /// that is newer than ours, or older but confirmed by a poll sent after
+    /// ours was: then ours (another configuration's short-lived list, a former
+    /// poller's late answer) is outdated, and the poller's is current. The
+    /// health vouches for the content it names alone: while that cannot be read
+    /// here (a new poller announces another configuration's list, which that
+    /// configuration wrote over since, keeping nothing for this one), ours is
+    /// not confirmed by it and goes stale in time. A heartbeat no poller writes
+    /// any more (left by an identical configuration before an edit) confirms
+    /// nothing that recent. Whether the content changed.
+    pub fn follow_heartbeat(
         &mut self,
         id: TargetId,
-        announced: u64,
+        health: Health,
         store: &dyn SharedStore,
     ) -> bool {
         let writer = self.writer;
         let Some(target) = self.table.get_mut(id) else {
             return false;
         };
+        target.in_heartbeat = true;
+        let ours = target.snapshot.content_stamp();
+        let moved = health.content_stamp > ours
+            || (health.content_stamp < ours && health.confirmed_at_ms > ours);
+        if !moved {
+            target.snapshot.adopt_health(health);
+            return false;
+        }
+        let announced = health.content_stamp;
         let Some(stored) = sharing::read_announced(&target.keys, writer, announced, store) else {
             return false;
         };
         let inherited = stored.writer != writer;
-        if !target.snapshot.follow_content(stored.set, stored.stamp) {
-            return false;
+        let changed = target.snapshot.follow_content(stored.set, stored.stamp);
+        if changed {
+            target.inherited = inherited;
+            target.last_good = None;
         }
-        target.inherited = inherited;
-        target.last_good = None;
-        true
+        target.snapshot.adopt_health(health);
+        changed
     }
 
     /// Start `id` from stored content and its confirmation: a new root context
@@ -740,15 +742,21 @@ mod tests {
             .unwrap();
         let health = poller.get(id).unwrap().snapshot().health();
 
-        let moved = follower.adopt_health(same, health);
-        assert_eq!(moved, Some(40));
+        let mut announced_later = health;
+        announced_later.content_stamp = 41;
         assert!(
-            !follower.follow_published(same, 41, &store),
+            !follower.follow_heartbeat(same, announced_later, &store),
             "older than the heartbeat"
         );
-        assert!(follower.follow_published(same, 40, &store));
+        let before = follower.get(same).unwrap().snapshot().health();
+        assert_eq!(
+            before,
+            Health::default(),
+            "nothing taken, nothing confirmed"
+        );
+        assert!(follower.follow_heartbeat(same, health, &store));
         assert!(
-            !follower.follow_published(same, 40, &store),
+            !follower.follow_heartbeat(same, health, &store),
             "already taken"
         );
         let set = follower.get(same).unwrap().snapshot().instances().unwrap();
