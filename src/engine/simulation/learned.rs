@@ -135,6 +135,9 @@ pub struct LearnedChecks {
     /// (service, from, to): spans in which a service may have idled, its
     /// requests too far apart.
     idle_spans: Vec<(usize, u64, u64)>,
+    /// Per service: since when it may have idled, while coming back it may
+    /// have found the list full.
+    refusable_idle: BTreeMap<usize, u64>,
 }
 
 impl LearnedChecks {
@@ -154,6 +157,7 @@ impl LearnedChecks {
             dues: Vec::new(),
             quiet_until: vec![0; services],
             idle_spans: Vec::new(),
+            refusable_idle: BTreeMap::new(),
         }
     }
 
@@ -241,6 +245,26 @@ impl LearnedChecks {
         let last = *self.last_any.get(&service)?;
         let from = last + self.may_idle_after(b);
         (from < now).then_some(from)
+    }
+
+    /// A request of `service`: since when it may have gone unpolled, if it
+    /// may have idled. It idled since its previous request; or it idled before
+    /// and, coming back, may have found the list full (seed 3985): nobody
+    /// polls it then, and a VM that held it serves its last list until that
+    /// is stale. So while the list may be full, and one request more, which
+    /// the place that freed relists it within.
+    pub fn unpolled_since(&mut self, service: usize, now: u64, b: &Bounds) -> Option<u64> {
+        if let Some(from) = self.idled_before(service, now, b) {
+            if self.may_be_full(service, now, b) {
+                self.refusable_idle.insert(service, from);
+            }
+            return Some(from);
+        }
+        let from = *self.refusable_idle.get(&service)?;
+        if !self.may_be_full(service, now, b) {
+            self.refusable_idle.remove(&service);
+        }
+        Some(from)
     }
 
     /// Invariants 17–19 on a request of `service` on a root context of

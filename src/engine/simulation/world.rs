@@ -1398,7 +1398,7 @@ impl World {
         if let Some(learned) = &mut self.learned {
             // A service that may have idled since its last request is
             // trouble for it until it is polled again and followed.
-            if let Some(from) = learned.idled_before(service, now, &bounds) {
+            if let Some(from) = learned.unpolled_since(service, now, &bounds) {
                 let until = now + learned.relearned_within(&bounds) + bounds.routed_after_change();
                 self.check
                     .trouble_until(from, until, Trouble::Idle(service));
