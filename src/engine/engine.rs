@@ -185,6 +185,7 @@ impl Engine {
         self.start_polls(now_ms, outbox, metrics, store);
         self.targets.report_staleness(now_ms);
         if let Some(sharing) = &mut self.sharing {
+            self.targets.write_unpublished(store);
             sharing.write_heartbeat(now_ms, self.targets.health(), store);
         }
     }

@@ -50,8 +50,8 @@ pub(super) struct Target {
     /// newer, this configuration's followers find it nowhere unless its
     /// poller keeps it for them.
     inherited: bool,
-    /// Its content's write lost to others every time: written on its next
-    /// answer, changed or not.
+    /// Its content's write lost to others every time: written again on the
+    /// poller's next tick (`Targets::write_unpublished`).
     unpublished: bool,
     /// The digest of its list, and the content stamp it was taken at: what a
     /// confirmation names, computed once per content.
@@ -212,6 +212,8 @@ pub(super) struct Targets {
     guards: Vec<Vec<GuardId>>,
     /// The configuration whose content these targets publish and follow.
     writer: u64,
+    /// Targets whose content's write lost every compare-and-swap.
+    unpublished: Vec<TargetId>,
 }
 
 impl Targets {
@@ -362,7 +364,9 @@ impl Targets {
             Some(set)
         };
         bump(metrics, target.metrics.success);
-        Ok(target.take(set, polled_at_ms, self.writer, publish))
+        let changed = target.take(set, polled_at_ms, self.writer, publish);
+        self.note_unpublished(id);
+        Ok(changed)
     }
 
     /// Whether `id` holds back an empty answer until a poll confirms it.
@@ -383,9 +387,41 @@ impl Targets {
         publish: Option<&mut dyn SharedStore>,
     ) -> bool {
         let writer = self.writer;
-        self.table
+        let changed = self
+            .table
             .get_mut(id)
-            .is_some_and(|target| target.take(set, stamp_ms, writer, publish))
+            .is_some_and(|target| target.take(set, stamp_ms, writer, publish));
+        self.note_unpublished(id);
+        changed
+    }
+
+    /// As the poller, on its tick: write again the content whose write lost
+    /// every compare-and-swap on its answer, so that a root context starting
+    /// meanwhile finds the list its confirmation names.
+    pub fn write_unpublished(&mut self, store: &mut dyn SharedStore) {
+        let writer = self.writer;
+        let table = &mut self.table;
+        self.unpublished.retain(|id| {
+            let Some(target) = table.get_mut(*id) else {
+                return false;
+            };
+            let Some(set) = target.snapshot.instances() else {
+                return false;
+            };
+            let stamp = target.snapshot.content_stamp();
+            let stored = sharing::publish_content(&target.keys, writer, stamp, set, store);
+            target.unpublished = !stored;
+            target.inherited &= !stored;
+            !stored
+        });
+    }
+
+    /// After `id` took a list: note it if its content's write lost.
+    fn note_unpublished(&mut self, id: TargetId) {
+        let unpublished = self.table.get(id).is_some_and(|t| t.unpublished);
+        if unpublished && !self.unpublished.contains(&id) {
+            self.unpublished.push(id);
+        }
     }
 
     /// A list the server pushed: taken as a polled one, but no HTTP answer
@@ -723,6 +759,41 @@ mod tests {
             !targets.note_refusal(id, 3),
             "a good answer ends the episode"
         );
+    }
+
+    /// Seed 3610: the poller's write of a changed list lost every
+    /// compare-and-swap (workers loading at once); its confirmation, naming the
+    /// new list, went in. A root context that started then found the stored
+    /// list unconfirmed, and rejected requests as stale though Nacos answered.
+    /// The poller writes such content again on its next tick.
+    #[test]
+    fn content_whose_write_lost_every_race_is_written_again_on_the_next_tick() {
+        const ONE: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1}]}"#;
+        let (mut poller, id, mut metrics) = one("demo");
+        let mut store = FakeStore::default();
+        let mut take = |poller: &mut Targets, store: &mut FakeStore, body, at| {
+            let answer = Some((200, body));
+            let publish: Option<&mut dyn SharedStore> = Some(store);
+            poller.take_answer(id, ApiVersion::V1, answer, at, &mut metrics, publish)
+        };
+        assert_eq!(take(&mut poller, &mut store, TWO, 40), Ok(true));
+        store.contend = Some(("service.", 8));
+        assert_eq!(take(&mut poller, &mut store, ONE, 60), Ok(true));
+        let started = |store: &FakeStore| {
+            let (mut fresh, same, _) = one("demo");
+            assert!(fresh.start_from_stored(same, store));
+            let snapshot = fresh.get(same).unwrap().snapshot();
+            let listed = snapshot.instances().unwrap().instances.len();
+            (listed, snapshot.health().confirmed_at_ms)
+        };
+        assert_eq!(
+            started(&store),
+            (2, 40),
+            "the old list, not confirmed since"
+        );
+
+        poller.write_unpublished(&mut store);
+        assert_eq!(started(&store), (1, 60));
     }
 
     #[test]
