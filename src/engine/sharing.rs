@@ -556,7 +556,8 @@ impl Sharing {
 }
 
 /// Store a service's content, written by configuration `writer`, unless what is
-/// stored is newer (another poller's, or another configuration's);
+/// stored is newer (another poller's, or another configuration's, or confirmed
+/// by a poll sent after this one);
 /// compare-and-swap, so two writers cannot both win. Another configuration's
 /// content it replaces is first kept for that configuration's followers.
 /// Whether it is stored; `false`: other writes beat it every time, and it is
@@ -583,6 +584,16 @@ pub fn publish_content(
             }
             return true;
         }
+        // The stored list, confirmed by a poll sent after this one (another
+        // configuration's), is the newer word: a late answer, a flap only this
+        // configuration saw, must not replace it for root contexts that start.
+        if stored
+            .as_deref()
+            .is_some_and(|s| confirmed_after(keys, stamp, s, store))
+        {
+            store.set(&keys.kept(writer), &bytes, None);
+            return true;
+        }
         if let (Some((_, other)), Some(stored)) = (header, &stored) {
             if other != writer {
                 store.set(&keys.kept(other), stored, None);
@@ -593,6 +604,18 @@ pub fn publish_content(
         }
     }
     false
+}
+
+/// Whether the stored confirmation names the `stored` content and came from a
+/// poll sent after `stamp`.
+fn confirmed_after(keys: &ServiceKeys, stamp: u64, stored: &[u8], store: &dyn SharedStore) -> bool {
+    let confirmation = published::decode_confirmation(store.get(keys.confirmed()).0.as_deref());
+    confirmation.is_some_and(|confirmation| {
+        confirmation.confirmed_at_ms > stamp
+            && published::decode_content(stored)
+                .and_then(|content| published::list_digest(&content.set))
+                == Some(confirmation.digest)
+    })
 }
 
 /// Content configuration `writer`'s poller confirmed though another
@@ -896,6 +919,32 @@ mod tests {
         assert_eq!(stamp(&store), Some(20));
         publish_content(&keys, 1, 30, &one, &mut store);
         assert_eq!(read_content(&keys, &store).map(|c| c.set), Some(one));
+    }
+
+    /// Seed 3461: configuration 1's poller confirmed the stored list at 775; a
+    /// lingering root of configuration 0 then wrote its late answer, polled at
+    /// 731 during a flap, over it. A root context of 1 starting then found the
+    /// flap's list, unconfirmed, and rejected requests no_healthy_instance. A
+    /// list older than the confirmation of the stored one does not replace it;
+    /// it is kept for its writer's followers.
+    #[test]
+    fn content_older_than_the_stored_lists_confirmation_does_not_replace_it() {
+        let mut store = FakeStore::default();
+        let keys = ServiceKeys::new("q");
+        let one = InstanceSet {
+            instances: vec![instance("10.0.0.1:80", 1.0)],
+            protection_reached: false,
+        };
+        let flap = InstanceSet::default();
+        publish_content(&keys, 1, 637, &one, &mut store);
+        let digest = published::list_digest(&one).unwrap();
+        publish_confirmed(&keys, digest, 775, 2, &mut store);
+        publish_content(&keys, 1, 731, &flap, &mut store);
+
+        let started = read_start(&keys, 2, &store).map(|(c, at)| (c.stamp, c.set, at));
+        assert_eq!(started, Some((637, one, Some(775))));
+        let announced = read_announced(&keys, 1, 731, &store).map(|c| c.set);
+        assert_eq!(announced, Some(flap), "kept for its writer's followers");
     }
 
     #[test]
