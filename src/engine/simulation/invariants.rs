@@ -199,9 +199,11 @@ pub struct Checker {
     /// that listed some: its next poll may come at once, to confirm it.
     confirming: BTreeSet<(usize, usize)>,
     /// Per (configuration, service): instances listed by the last answer its
-    /// poller took; and per service, by the last any took.
+    /// poller took; and per service, by the newest any took, as the store
+    /// orders them: by when its poll was sent, not when it came (seed 2626).
     taken_listed: BTreeMap<(usize, usize), usize>,
     latest_taken: BTreeMap<usize, usize>,
+    latest_taken_sent: BTreeMap<usize, u64>,
     /// Per (configuration, service): the VM that took its last answer, and
     /// instances listed by the last answer its followers were told of. A poller
     /// that goes between taking an answer and announcing it leaves the one
@@ -234,6 +236,10 @@ pub struct Checker {
     /// (configuration, service) whose last answer was an empty one held back.
     /// The VM holding it: a poller that took over holds its own.
     held_empty: BTreeMap<(usize, usize), usize>,
+    /// (configuration, service) whose last answer was an empty one its VM
+    /// (the value) may have held back, its list unknown here; and whether a
+    /// list call failed since.
+    maybe_held: BTreeMap<(usize, usize), (usize, bool)>,
     /// Per empty answer the poller held back: its service, when it came, and
     /// by when the poll confirming it goes (`confirm_within` later).
     confirms: Vec<(usize, u64, u64)>,
@@ -691,9 +697,20 @@ impl Checker {
                 ),
             },
         };
+        // An empty answer the VM may have held back: if the poll confirming
+        // it failed, the next empty one is held again (`Targets::failed`
+        // forgets the first) and confirmed at once (seed 2896).
+        let again = self.maybe_held.remove(&key) == Some((answer.vm, true));
+        let may_replace = may_replace || (again && answer.listed == 0);
+        // Another VM's held empty answer (a former poller's) confirms nothing
+        // for this one, which holds its own list (seed 2684: a new poller
+        // that took the list its predecessor announced).
         let held_by = self.held_empty.get(&key).copied();
-        if answer.listed == 0 && may_replace && held_by.is_none() {
+        if answer.listed == 0 && may_replace && held_by != Some(answer.vm) {
             self.confirming.insert(key);
+            if !replaces {
+                self.maybe_held.insert(key, (answer.vm, false));
+            }
         }
         if answer.listed == 0 && replaces && held_by != Some(answer.vm) {
             self.held_empty.insert(key, answer.vm);
@@ -714,7 +731,10 @@ impl Checker {
         let key = (answer.gen, service);
         self.taken_listed.insert(key, answer.listed);
         self.taken_by.insert(key, answer.vm);
-        self.latest_taken.insert(service, answer.listed);
+        if self.latest_taken_sent.get(&service).is_none_or(|sent| answer.sent >= *sent) {
+            self.latest_taken.insert(service, answer.listed);
+            self.latest_taken_sent.insert(service, answer.sent);
+        }
         if answer.published {
             let index = self.good[service].len();
             self.unannounced.push((answer.vm, service, index));
@@ -840,6 +860,9 @@ impl Checker {
     /// A list call of `service` failed: an empty answer held back is dropped.
     pub fn list_failed(&mut self, gen: usize, service: usize) {
         self.held_empty.remove(&(gen, service));
+        if let Some((_, failed)) = self.maybe_held.get_mut(&(gen, service)) {
+            *failed = true;
+        }
     }
 
     /// VM `vm` ticked at `at`, still the poller, and wrote its heartbeat: that
