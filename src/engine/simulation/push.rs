@@ -1089,7 +1089,12 @@ impl World {
             }
             let since = *self.push.polled_since[s].get_or_insert(now);
             let from = since.max(self.push.last_poll[s]);
-            let window = from.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
+            // A link that lapsed here may stand a while longer on the VM's
+            // clock: a stall since it was last alive held that clock back
+            // (seed 2862), so what disturbed it counts from then.
+            let lapsed = link.map_or(from, |l| l.alive_at.min(from));
+            let window =
+                lapsed.saturating_sub(bounds.interval.max(bounds.timeout) + bounds.timeout);
             if now > from + within && !self.check.disturbed(window, now, s) {
                 return Err(format!(
                     "s{s}: no push link stands for its polls since {since}, but it was not \
