@@ -731,7 +731,11 @@ impl Checker {
         let key = (answer.gen, service);
         self.taken_listed.insert(key, answer.listed);
         self.taken_by.insert(key, answer.vm);
-        if self.latest_taken_sent.get(&service).is_none_or(|sent| answer.sent >= *sent) {
+        if self
+            .latest_taken_sent
+            .get(&service)
+            .is_none_or(|sent| answer.sent >= *sent)
+        {
             self.latest_taken.insert(service, answer.listed);
             self.latest_taken_sent.insert(service, answer.sent);
         }
