@@ -171,4 +171,51 @@ mod tests {
         let health = targets.get(target).unwrap().snapshot().health();
         assert_eq!((health.content_stamp, health.confirmed_at_ms), (100, 100));
     }
+
+    /// Seed 4311: this configuration's poller took a flap's list and stopped;
+    /// another configuration confirmed the list it held later, and a root
+    /// context started from that. Its poller's heartbeat, never written again,
+    /// names the flap's list, newer content but confirmed earlier: the
+    /// follower keeps the list confirmed later, not the flap's list with that
+    /// later confirmation (it routed to the flap's instance while that
+    /// confirmation lasted).
+    #[test]
+    fn a_list_confirmed_later_is_kept_over_the_heartbeats_older_word() {
+        const ONE: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1}]}"#;
+        let mut store = FakeStore::default();
+        let mut metrics = FakeMetrics::default();
+        let target = TargetId::from_index(0);
+        let (_, mut other, _) = vm(3, &mut metrics);
+        other.set_writer(1);
+        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
+        let taken = other.take_answer(
+            target,
+            ApiVersion::V1,
+            Some((200, TWO)),
+            300,
+            &mut metrics,
+            publish,
+        );
+        assert_eq!(taken, Ok(true));
+        let (_, mut polled, mut poller) = vm(1, &mut metrics);
+        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
+        let taken = polled.take_answer(
+            target,
+            ApiVersion::V1,
+            Some((200, ONE)),
+            500,
+            &mut metrics,
+            publish,
+        );
+        assert_eq!(taken, Ok(true));
+        other.take_list(target, None, 900, Some(&mut store));
+        poller.write_heartbeat(500, polled.health(), &mut store);
+
+        let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
+        assert!(start_from_stored(&mut targets, target, &store));
+        follow(&mut follower, &mut targets, &mut servers, &store);
+        let snapshot = targets.get(target).unwrap().snapshot();
+        let listed = snapshot.instances().unwrap().instances.len();
+        assert_eq!((listed, snapshot.health().confirmed_at_ms), (2, 900));
+    }
 }

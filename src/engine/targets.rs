@@ -411,7 +411,6 @@ impl Targets {
             let stamp = target.snapshot.content_stamp();
             let stored = sharing::publish_content(&target.keys, writer, stamp, set, store);
             target.unpublished = !stored;
-            target.inherited &= !stored;
             !stored
         });
     }
@@ -514,9 +513,10 @@ impl Targets {
     }
 
     /// Take the poller's word on `id`: its health, and the content it names if
-    /// that is newer than ours, or older but confirmed by a poll sent after
-    /// ours was: then ours (another configuration's short-lived list, a former
-    /// poller's late answer) is outdated, and the poller's is current. The
+    /// that is newer than ours (and its word no older than ours), or older but
+    /// confirmed by a poll sent after ours was: then ours (another
+    /// configuration's short-lived list, a former poller's late answer) is
+    /// outdated, and the poller's is current. The
     /// health vouches for the content it names alone: while that cannot be read
     /// here (a new poller announces another configuration's list, which that
     /// configuration wrote over since, keeping nothing for this one), ours is
@@ -535,7 +535,11 @@ impl Targets {
         };
         target.in_heartbeat = true;
         let ours = target.snapshot.content_stamp();
-        let moved = health.content_stamp > ours
+        // Newer content, unless ours was confirmed by a later poll (another
+        // configuration's, which this VM started from while its poller stood
+        // still): taken, it would carry that confirmation (seed 4311).
+        let confirmed_later = target.snapshot.health().confirmed_at_ms > health.confirmed_at_ms;
+        let moved = (health.content_stamp > ours && !confirmed_later)
             || (health.content_stamp < ours && health.confirmed_at_ms > ours);
         if !moved {
             target.snapshot.adopt_health(health);
@@ -792,8 +796,18 @@ mod tests {
             "the old list, not confirmed since"
         );
 
+        store.contend = Some(("service.", 8));
+        poller.write_unpublished(&mut store);
+        assert_eq!(
+            started(&store),
+            (2, 40),
+            "lost again: tried on the next tick"
+        );
         poller.write_unpublished(&mut store);
         assert_eq!(started(&store), (1, 60));
+        let writes = store.writes;
+        assert_eq!(take(&mut poller, &mut store, ONE, 80), Ok(false));
+        assert_eq!(store.writes, writes + 1, "the confirmation alone");
     }
 
     #[test]
