@@ -287,12 +287,16 @@ impl LearnedChecks {
         let unkept = self.root_gone(gen, since, now, lease);
         let full = held || unkept || self.may_be_full(service, now, b);
         let first = !self.last_request.contains_key(&(gen, service));
-        if let Some(from) = self.idled_before(service, now, b) {
-            self.idle_spans.push((service, from, now));
-        }
         self.last_request.insert((gen, service), now);
-        self.last_any.insert(service, now);
-        self.requests[service].push(now);
+        // A request left alone tells the poller nothing (no touch): it keeps
+        // no service from idling, nor holds a place (seed 4972).
+        if !ignored {
+            if let Some(from) = self.idled_before(service, now, b) {
+                self.idle_spans.push((service, from, now));
+            }
+            self.last_any.insert(service, now);
+            self.requests[service].push(now);
+        }
         // 19: the metric counts each refused request, and nothing else.
         if refused != u64::from(ignored) {
             return Err(format!(
@@ -409,8 +413,12 @@ impl LearnedChecks {
                 .polls
                 .get(&(d.gen, d.service))
                 .is_some_and(|p| p.iter().rev().any(|t| *t >= from && *t <= d.deadline));
-            // Other services' first requests may have filled the list since.
+            // Other services' first requests may have filled the list since;
+            // with no request since for long enough, the service may have
+            // idled before its poll could go (a login first; seed 4587).
+            let may_idle = self.idled_before(d.service, d.deadline, b).is_some();
             if polled
+                || may_idle
                 || self.may_be_full_between(d.service, d.asked, d.deadline, b)
                 || disturbed(from, d.deadline, d.service)
                 || self.excused(d.gen, from, d.deadline, lease_ms)
@@ -436,8 +444,9 @@ impl LearnedChecks {
     }
 
     /// Invariant 20: the services configuration `gen` polls that are certainly
-    /// active (requests never further apart than `may_idle_after`, the last
-    /// that recent) are never more than `maxServices`, counted over the
+    /// active (guarded requests, on any configuration, never further apart than
+    /// `may_idle_after`, the last that recent) are never more than
+    /// `maxServices`, counted over the
     /// shortest gap between two polls of one service (`Bounds::poll_gap`), so
     /// none is counted twice.
     pub fn bound_kept(&self, gen: usize, at: u64, b: &Bounds) -> Result<(), String> {
@@ -448,10 +457,7 @@ impl LearnedChecks {
                 self.polls
                     .get(&(gen, *s))
                     .is_some_and(|p| p.iter().rev().any(|t| *t > from && *t <= at))
-                    && self
-                        .last_request
-                        .get(&(gen, *s))
-                        .is_some_and(|t| *t >= active_from)
+                    && self.last_any.get(s).is_some_and(|t| *t >= active_from)
                     && !self
                         .idle_spans
                         .iter()

@@ -1151,7 +1151,13 @@ impl World {
         let at = self.now;
         self.note(format!("registry: {what}"));
         let bounds = self.configs[self.configs.len() - 1].bounds;
-        let emptied = self.registry.services[service].emptied_since(at);
+        // A change that replaces the pending check of one that emptied the
+        // service (a deregistered instance's metadata, just after) still
+        // waits for the confirming poll (seed 5697).
+        let previous = self.changed_at[service];
+        let pending = previous + bounds.routed_after_change() + bounds.confirm_empty() > at;
+        let since = if pending { previous } else { at };
+        let emptied = self.registry.services[service].emptied_since(since);
         let confirm = if emptied { bounds.confirm_empty() } else { 0 };
         self.changed_at[service] = at;
         self.gauge_due
