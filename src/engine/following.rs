@@ -87,16 +87,24 @@ mod tests {
         assert_eq!(taken, Ok(true));
     }
 
-    #[test]
-    fn a_follower_takes_the_health_content_and_token_the_poller_published() {
+    /// A poller (VM 1) that published two instances at 100 ms and its
+    /// heartbeat, and a follower (VM 2) that has not followed yet.
+    #[allow(clippy::type_complexity)]
+    fn published_two() -> (FakeStore, Targets, Sharing, (Servers, Targets, Sharing)) {
         let mut store = FakeStore::default();
         let mut metrics = FakeMetrics::default();
         let (_, mut polled, mut poller) = vm(1, &mut metrics);
-        let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
-        let target = TargetId::from_index(0);
-
+        let follower = vm(2, &mut metrics);
         publish_two(&mut polled, &mut metrics, &mut store);
         poller.write_heartbeat(100, polled.health(), &mut store);
+        (store, polled, poller, follower)
+    }
+
+    #[test]
+    fn a_follower_takes_the_health_content_and_token_the_poller_published() {
+        let (mut store, polled, poller, follower) = published_two();
+        let (mut servers, mut targets, mut follower) = follower;
+        let target = TargetId::from_index(0);
         let token = PublishedToken {
             token: "T".to_string(),
             refresh_at_ms: 5_000,
@@ -148,13 +156,9 @@ mod tests {
     /// go stale in time.
     #[test]
     fn a_follower_that_cannot_read_the_announced_content_keeps_its_own_confirmation() {
-        let mut store = FakeStore::default();
-        let mut metrics = FakeMetrics::default();
-        let (_, mut polled, mut poller) = vm(1, &mut metrics);
-        let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
+        let (mut store, polled, mut poller, follower) = published_two();
+        let (mut servers, mut targets, mut follower) = follower;
         let target = TargetId::from_index(0);
-        publish_two(&mut polled, &mut metrics, &mut store);
-        poller.write_heartbeat(100, polled.health(), &mut store);
         assert_eq!(
             follow(&mut follower, &mut targets, &mut servers, &store),
             vec![target]
@@ -170,52 +174,5 @@ mod tests {
         assert!(follow(&mut follower, &mut targets, &mut servers, &store).is_empty());
         let health = targets.get(target).unwrap().snapshot().health();
         assert_eq!((health.content_stamp, health.confirmed_at_ms), (100, 100));
-    }
-
-    /// Seed 4311: this configuration's poller took a flap's list and stopped;
-    /// another configuration confirmed the list it held later, and a root
-    /// context started from that. Its poller's heartbeat, never written again,
-    /// names the flap's list, newer content but confirmed earlier: the
-    /// follower keeps the list confirmed later, not the flap's list with that
-    /// later confirmation (it routed to the flap's instance while that
-    /// confirmation lasted).
-    #[test]
-    fn a_list_confirmed_later_is_kept_over_the_heartbeats_older_word() {
-        const ONE: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1}]}"#;
-        let mut store = FakeStore::default();
-        let mut metrics = FakeMetrics::default();
-        let target = TargetId::from_index(0);
-        let (_, mut other, _) = vm(3, &mut metrics);
-        other.set_writer(1);
-        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
-        let taken = other.take_answer(
-            target,
-            ApiVersion::V1,
-            Some((200, TWO)),
-            300,
-            &mut metrics,
-            publish,
-        );
-        assert_eq!(taken, Ok(true));
-        let (_, mut polled, mut poller) = vm(1, &mut metrics);
-        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
-        let taken = polled.take_answer(
-            target,
-            ApiVersion::V1,
-            Some((200, ONE)),
-            500,
-            &mut metrics,
-            publish,
-        );
-        assert_eq!(taken, Ok(true));
-        other.take_list(target, None, 900, Some(&mut store));
-        poller.write_heartbeat(500, polled.health(), &mut store);
-
-        let (mut servers, mut targets, mut follower) = vm(2, &mut metrics);
-        assert!(start_from_stored(&mut targets, target, &store));
-        follow(&mut follower, &mut targets, &mut servers, &store);
-        let snapshot = targets.get(target).unwrap().snapshot();
-        let listed = snapshot.instances().unwrap().instances.len();
-        assert_eq!((listed, snapshot.health().confirmed_at_ms), (2, 900));
     }
 }

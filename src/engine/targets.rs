@@ -513,10 +513,9 @@ impl Targets {
     }
 
     /// Take the poller's word on `id`: its health, and the content it names if
-    /// that is newer than ours (and its word no older than ours), or older but
-    /// confirmed by a poll sent after ours was: then ours (another
-    /// configuration's short-lived list, a former poller's late answer) is
-    /// outdated, and the poller's is current. The
+    /// that is newer than ours, or older but confirmed by a poll sent after
+    /// ours was: then ours (another configuration's short-lived list, a former
+    /// poller's late answer) is outdated, and the poller's is current. The
     /// health vouches for the content it names alone: while that cannot be read
     /// here (a new poller announces another configuration's list, which that
     /// configuration wrote over since, keeping nothing for this one), ours is
@@ -535,11 +534,7 @@ impl Targets {
         };
         target.in_heartbeat = true;
         let ours = target.snapshot.content_stamp();
-        // Newer content, unless ours was confirmed by a later poll (another
-        // configuration's, which this VM started from while its poller stood
-        // still): taken, it would carry that confirmation (seed 4311).
-        let confirmed_later = target.snapshot.health().confirmed_at_ms > health.confirmed_at_ms;
-        let moved = (health.content_stamp > ours && !confirmed_later)
+        let moved = health.content_stamp > ours
             || (health.content_stamp < ours && health.confirmed_at_ms > ours);
         if !moved {
             target.snapshot.adopt_health(health);
