@@ -117,8 +117,10 @@ pub struct LearnedChecks {
     last_request: BTreeMap<(usize, usize), u64>,
     /// Per (configuration, service): when its first guarded request came.
     first_guarded: BTreeMap<(usize, usize), u64>,
-    /// Per service, whatever the configuration: when its last request came.
+    /// Per service, whatever the configuration: when its last request came,
+    /// and its last guarded one.
     last_any: BTreeMap<usize, u64>,
+    last_guarded: BTreeMap<usize, u64>,
     /// Per service: every request's time, whatever the configuration.
     requests: Vec<Vec<u64>>,
     /// (configuration, service) some request was guarded on.
@@ -149,6 +151,7 @@ impl LearnedChecks {
             last_request: BTreeMap::new(),
             first_guarded: BTreeMap::new(),
             last_any: BTreeMap::new(),
+            last_guarded: BTreeMap::new(),
             requests: vec![Vec::new(); services],
             guarded: std::collections::BTreeSet::new(),
             polls: BTreeMap::new(),
@@ -287,15 +290,16 @@ impl LearnedChecks {
         let unkept = self.root_gone(gen, since, now, lease);
         let full = held || unkept || self.may_be_full(service, now, b);
         let first = !self.last_request.contains_key(&(gen, service));
+        if let Some(from) = self.idled_before(service, now, b) {
+            self.idle_spans.push((service, from, now));
+        }
         self.last_request.insert((gen, service), now);
+        self.last_any.insert(service, now);
+        self.requests[service].push(now);
         // A request left alone tells the poller nothing (no touch): it keeps
-        // no service from idling, nor holds a place (seed 4972).
+        // no service it polls from idling (seed 4972).
         if !ignored {
-            if let Some(from) = self.idled_before(service, now, b) {
-                self.idle_spans.push((service, from, now));
-            }
-            self.last_any.insert(service, now);
-            self.requests[service].push(now);
+            self.last_guarded.insert(service, now);
         }
         // 19: the metric counts each refused request, and nothing else.
         if refused != u64::from(ignored) {
@@ -457,7 +461,7 @@ impl LearnedChecks {
                 self.polls
                     .get(&(gen, *s))
                     .is_some_and(|p| p.iter().rev().any(|t| *t > from && *t <= at))
-                    && self.last_any.get(s).is_some_and(|t| *t >= active_from)
+                    && self.last_guarded.get(s).is_some_and(|t| *t >= active_from)
                     && !self
                         .idle_spans
                         .iter()
