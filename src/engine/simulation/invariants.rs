@@ -199,11 +199,11 @@ pub struct Checker {
     /// that listed some: its next poll may come at once, to confirm it.
     confirming: BTreeSet<(usize, usize)>,
     /// Per (configuration, service): instances listed by the last answer its
-    /// poller took; and per service, by the newest any took, as the store
-    /// orders them: by when its poll was sent, not when it came (seed 2626).
+    /// poller took; and per service, by the newest any took, with when its
+    /// poll was sent: the store orders lists by that, not by when they came
+    /// (seed 2626).
     taken_listed: BTreeMap<(usize, usize), usize>,
-    latest_taken: BTreeMap<usize, usize>,
-    latest_taken_sent: BTreeMap<usize, u64>,
+    latest_taken: BTreeMap<usize, (u64, usize)>,
     /// Per (configuration, service): the VM that took its last answer, and
     /// instances listed by the last answer its followers were told of. A poller
     /// that goes between taking an answer and announcing it leaves the one
@@ -666,7 +666,7 @@ impl Checker {
         let key = (answer.gen, service);
         let own = self.taken_listed.get(&key).copied();
         let start = self.start_listed.get(&key).is_some_and(|n| *n > 0);
-        let latest = self.latest_taken.get(&service).copied();
+        let latest = self.latest_taken.get(&service).map(|(_, listed)| *listed);
         // Before its poller took an answer of its own, a configuration's list
         // is the one it started from, or one it followed since from another
         // configuration still alive. An empty answer may be confirmed at once
@@ -731,13 +731,9 @@ impl Checker {
         let key = (answer.gen, service);
         self.taken_listed.insert(key, answer.listed);
         self.taken_by.insert(key, answer.vm);
-        if self
-            .latest_taken_sent
-            .get(&service)
-            .is_none_or(|sent| answer.sent >= *sent)
-        {
-            self.latest_taken.insert(service, answer.listed);
-            self.latest_taken_sent.insert(service, answer.sent);
+        let newest = self.latest_taken.entry(service).or_insert((0, 0));
+        if answer.sent >= newest.0 {
+            *newest = (answer.sent, answer.listed);
         }
         if answer.published {
             let index = self.good[service].len();
@@ -828,7 +824,7 @@ impl Checker {
 
     /// Configuration `gen` starts now: its VMs start from the lists taken so far.
     pub fn configuration_starts(&mut self, gen: usize) {
-        for (service, listed) in &self.latest_taken {
+        for (service, (_, listed)) in &self.latest_taken {
             self.start_listed.insert((gen, *service), *listed);
         }
     }
@@ -838,7 +834,7 @@ impl Checker {
     /// `racing`: it read the store as it was before another VM's callback of
     /// the same moment, so it may have started from an older list.
     pub fn vm_starts(&mut self, vm: usize, only: Option<usize>, racing: bool, at: u64) {
-        for (service, listed) in &self.latest_taken {
+        for (service, (_, listed)) in &self.latest_taken {
             if only.is_none_or(|s| s == *service) {
                 self.vm_start_listed.insert((vm, *service), *listed);
                 self.vm_start_at.insert((vm, *service), at);
@@ -856,7 +852,7 @@ impl Checker {
         if self.taken_listed.contains_key(&(gen, service)) {
             return;
         }
-        if let Some(listed) = self.latest_taken.get(&service) {
+        if let Some((_, listed)) = self.latest_taken.get(&service) {
             self.start_listed.insert((gen, service), *listed);
         }
     }

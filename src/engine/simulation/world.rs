@@ -1155,7 +1155,10 @@ impl World {
         // service (a deregistered instance's metadata, just after) still
         // waits for the confirming poll (seed 5697).
         let previous = self.changed_at[service];
-        let pending = previous + bounds.routed_after_change() + bounds.confirm_empty() > at;
+        let pending = self
+            .gauge_due
+            .iter()
+            .any(|(_, s, changed)| *s == service && *changed == previous);
         let since = if pending { previous } else { at };
         let emptied = self.registry.services[service].emptied_since(since);
         let confirm = if emptied { bounds.confirm_empty() } else { 0 };
