@@ -905,14 +905,19 @@ mod tests {
         assert_eq!(listed, ["x", "y"]);
     }
 
+    /// A list of one instance, 10.0.0.1:80.
+    fn one_instance() -> InstanceSet {
+        InstanceSet {
+            instances: vec![instance("10.0.0.1:80", 1.0)],
+            protection_reached: false,
+        }
+    }
+
     #[test]
     fn content_is_replaced_only_by_newer_content() {
         let mut store = FakeStore::default();
         let keys = ServiceKeys::new("q");
-        let one = InstanceSet {
-            instances: vec![instance("10.0.0.1:80", 1.0)],
-            protection_reached: false,
-        };
+        let one = one_instance();
         let stamp = |store: &FakeStore| read_content(&keys, store).map(|c| c.stamp);
         publish_content(&keys, 1, 20, &InstanceSet::default(), &mut store);
         publish_content(&keys, 1, 10, &one, &mut store);
@@ -931,10 +936,7 @@ mod tests {
     fn content_older_than_the_stored_lists_confirmation_does_not_replace_it() {
         let mut store = FakeStore::default();
         let keys = ServiceKeys::new("q");
-        let one = InstanceSet {
-            instances: vec![instance("10.0.0.1:80", 1.0)],
-            protection_reached: false,
-        };
+        let one = one_instance();
         let flap = InstanceSet::default();
         publish_content(&keys, 1, 637, &one, &mut store);
         let digest = published::list_digest(&one).unwrap();
@@ -951,10 +953,7 @@ mod tests {
     fn each_configuration_finds_the_content_its_own_poller_wrote() {
         let mut store = FakeStore::default();
         let keys = ServiceKeys::new("q");
-        let one = InstanceSet {
-            instances: vec![instance("10.0.0.1:80", 1.0)],
-            protection_reached: false,
-        };
+        let one = one_instance();
         let written = |writer, announced, store: &FakeStore| {
             read_announced(&keys, writer, announced, store)
                 .map(|c| (c.stamp, c.set.instances.len()))
