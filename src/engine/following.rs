@@ -68,13 +68,20 @@ mod tests {
 
     /// One VM's servers, targets and sharing for `DEMO`.
     fn vm(vm_id: u64, metrics: &mut FakeMetrics) -> (Servers, Targets, Sharing) {
+        vm_of(DEMO, vm_id, metrics)
+    }
+
+    /// One VM of configuration `config`, which asks `DEMO`'s question.
+    fn vm_of(config: &str, vm_id: u64, metrics: &mut FakeMetrics) -> (Servers, Targets, Sharing) {
         let settings = guard_settings(DEMO);
         let mut servers = Servers::new(LoginMetrics::default());
         let (server, _) = servers.find_or_add(&settings.server);
         let mut targets = Targets::default();
         let guard = GuardId::from_index(0);
         targets.find_or_add(server, &settings, guard, 2_000, metrics);
-        let sharing = Sharing::new(ConfigKeys::new(DEMO.as_bytes()), vm_id, 3_000, 500);
+        let keys = ConfigKeys::new(config.as_bytes());
+        targets.set_writer(keys.id());
+        let sharing = Sharing::new(keys, vm_id, 3_000, 500);
         (servers, targets, sharing)
     }
 
@@ -174,5 +181,55 @@ mod tests {
         assert!(follow(&mut follower, &mut targets, &mut servers, &store).is_empty());
         let health = targets.get(target).unwrap().snapshot().health();
         assert_eq!((health.content_stamp, health.confirmed_at_ms), (100, 100));
+    }
+
+    /// Seed 4311: configuration B's poller took a flap's list, answered late,
+    /// after configuration A confirmed the list without the flap; a root
+    /// context of B started from A's list and that later confirmation. B's
+    /// heartbeat names the flap's list, confirmed only by B's older poll: the
+    /// follower keeps the list Nacos gave last, and takes B's list once B's
+    /// poller confirms it later, with that confirmation, not the one it held.
+    #[test]
+    fn a_follower_keeps_a_list_confirmed_after_the_one_its_poller_announces() {
+        const THREE: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1},
+            {"ip":"10.0.0.2","port":80,"weight":1},{"ip":"10.0.0.3","port":80,"weight":1}]}"#;
+        const B: &str = r#"{"nacos": {"cluster": "nacos"}, "service": {"name": "demo"}, "b": 1}"#;
+        let mut store = FakeStore::default();
+        let mut metrics = FakeMetrics::default();
+        let target = TargetId::from_index(0);
+        let take =
+            |polled: &mut Targets, body, at, metrics: &mut FakeMetrics, store: &mut FakeStore| {
+                let publish: Option<&mut dyn SharedStore> = Some(store);
+                let answer = Some((200, body));
+                let taken =
+                    polled.take_answer(target, ApiVersion::V1, answer, at, metrics, publish);
+                assert!(taken.is_ok());
+            };
+        let (_, mut polled_a, _) = vm(1, &mut metrics);
+        take(&mut polled_a, TWO, 100, &mut metrics, &mut store);
+        take(&mut polled_a, TWO, 900, &mut metrics, &mut store);
+        let (_, mut polled_b, mut poller_b) = vm_of(B, 3, &mut metrics);
+        take(&mut polled_b, THREE, 500, &mut metrics, &mut store);
+        poller_b.write_heartbeat(950, polled_b.health(), &mut store);
+
+        let (mut servers, mut targets, mut follower) = vm_of(B, 2, &mut metrics);
+        assert!(start_from_stored(&mut targets, target, &store));
+        let held = |targets: &Targets| {
+            let snapshot = targets.get(target).unwrap().snapshot();
+            let health = snapshot.health();
+            let count = snapshot.instances().map(|set| set.instances.len());
+            (count, health.content_stamp, health.confirmed_at_ms)
+        };
+        assert_eq!(held(&targets), (Some(2), 100, 900));
+        assert!(follow(&mut follower, &mut targets, &mut servers, &store).is_empty());
+        assert_eq!(held(&targets), (Some(2), 100, 900), "B's word is older");
+
+        take(&mut polled_b, THREE, 1_000, &mut metrics, &mut store);
+        poller_b.write_heartbeat(1_500, polled_b.health(), &mut store);
+        assert_eq!(
+            follow(&mut follower, &mut targets, &mut servers, &store),
+            vec![target]
+        );
+        assert_eq!(held(&targets), (Some(3), 500, 1_000));
     }
 }

@@ -670,19 +670,25 @@ pub fn read_content(keys: &ServiceKeys, store: &dyn SharedStore) -> Option<Store
 }
 
 /// The content configuration `writer`'s poller announced with stamp
-/// `announced`, or newer content it published since: the stored content if it
-/// is that (the poller may hold another configuration's, taken at its start),
-/// else what was kept of `writer`'s when another configuration wrote over it.
+/// `announced`: the stored content if it is that (the poller may hold another
+/// configuration's, taken at its start), else what was kept of `writer`'s when
+/// another configuration wrote over it; failing both, newer content `writer`
+/// published since.
 pub fn read_announced(
     keys: &ServiceKeys,
     writer: u64,
     announced: u64,
     store: &dyn SharedStore,
 ) -> Option<StoredContent> {
-    let ours = |c: &StoredContent| c.writer == writer && c.stamp >= announced;
-    read_content(keys, store)
-        .filter(|c| c.stamp == announced || ours(c))
-        .or_else(|| decode(store, &keys.kept(writer)).filter(ours))
+    let stored = read_content(keys, store);
+    let kept = decode(store, &keys.kept(writer)).filter(|c| c.writer == writer);
+    let exact = |c: &StoredContent| c.stamp == announced;
+    let newer_own = |c: &StoredContent| c.writer == writer && c.stamp > announced;
+    let exactly = stored
+        .clone()
+        .filter(exact)
+        .or_else(|| kept.clone().filter(exact));
+    exactly.or_else(|| stored.filter(newer_own).or_else(|| kept.filter(newer_own)))
 }
 
 fn decode(store: &dyn SharedStore, key: &str) -> Option<StoredContent> {
@@ -975,6 +981,25 @@ mod tests {
         );
         assert_eq!(written(2, 30, &store), Some((30, 0)));
         assert_eq!(read_content(&keys, &store).map(|c| c.writer), Some(2));
+    }
+
+    /// Seed 4971: a configuration's poller took a flap's list, then a new
+    /// poller of it went back to the list before, which another configuration
+    /// confirmed later, and kept it as its own. Its followers read the list it
+    /// announced, not its own newer flap list still stored.
+    #[test]
+    fn the_announced_list_is_read_before_newer_content_of_the_same_writer() {
+        let mut store = FakeStore::default();
+        let keys = ServiceKeys::new("q");
+        let (one, flap) = (one_instance(), InstanceSet::default());
+        publish_content(&keys, 2, 20, &one, &mut store);
+        publish_content(&keys, 1, 30, &flap, &mut store);
+        assert!(keep_if_written_over(&keys, 1, 20, &one, &mut store));
+
+        let announced = read_announced(&keys, 1, 20, &store).map(|c| (c.stamp, c.set));
+        assert_eq!(announced, Some((20, one)));
+        let newer = read_announced(&keys, 1, 10, &store).map(|c| c.stamp);
+        assert_eq!(newer, Some(30), "newer than announced, published since");
     }
 
     #[test]

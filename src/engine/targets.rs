@@ -512,16 +512,16 @@ impl Targets {
         }
     }
 
-    /// Take the poller's word on `id`: its health, and the content it names if
-    /// that is newer than ours, or older but confirmed by a poll sent after
-    /// ours was: then ours (another configuration's short-lived list, a former
-    /// poller's late answer) is outdated, and the poller's is current. The
-    /// health vouches for the content it names alone: while that cannot be read
-    /// here (a new poller announces another configuration's list, which that
-    /// configuration wrote over since, keeping nothing for this one), ours is
-    /// not confirmed by it and goes stale in time. A heartbeat no poller writes
-    /// any more (left by an identical configuration before an edit) confirms
-    /// nothing that recent. Whether the content changed.
+    /// Take the poller's word on `id`: its health if it names our content, else
+    /// the content it names if Nacos's word on it is newer than on ours (then
+    /// ours, another configuration's short-lived list or a former poller's late
+    /// answer, is outdated), with that word alone: a confirmation is of the
+    /// list it names, never carried to another. While the named content cannot
+    /// be read here (a new poller announces another configuration's list, which
+    /// that configuration wrote over since, keeping nothing for this one), ours
+    /// is not confirmed by it and goes stale in time. A heartbeat no poller
+    /// writes any more (left by an identical configuration before an edit)
+    /// confirms nothing that recent. Whether the content changed.
     pub fn follow_heartbeat(
         &mut self,
         id: TargetId,
@@ -533,10 +533,8 @@ impl Targets {
             return false;
         };
         target.in_heartbeat = true;
-        let ours = target.snapshot.content_stamp();
-        let moved = health.content_stamp > ours
-            || (health.content_stamp < ours && health.confirmed_at_ms > ours);
-        if !moved {
+        let ours = target.snapshot.health();
+        if health.content_stamp == ours.content_stamp {
             target.snapshot.adopt_health(health);
             return false;
         }
@@ -544,14 +542,29 @@ impl Targets {
         let Some(stored) = sharing::read_announced(&target.keys, writer, announced, store) else {
             return false;
         };
-        let inherited = stored.writer != writer;
-        let changed = target.snapshot.follow_content(stored.set, stored.stamp);
-        if changed {
-            target.inherited = inherited;
-            target.last_good = None;
+        // The heartbeat's health is the announced list's alone; content the
+        // poller published since is vouched for by its own poll.
+        let word = if stored.stamp == announced {
+            health
+        } else {
+            Health {
+                content_stamp: stored.stamp,
+                confirmed_at_ms: stored.stamp,
+                failing_since_ms: None,
+            }
+        };
+        // Nacos's newest word wins: a list confirmed after the poller's was
+        // (another configuration's, taken at a start) is kept until the poller
+        // confirms its own later.
+        let newer =
+            (word.confirmed_at_ms, word.content_stamp) > (ours.confirmed_at_ms, ours.content_stamp);
+        if !newer || stored.stamp == ours.content_stamp {
+            return false;
         }
-        target.snapshot.adopt_health(health);
-        changed
+        target.inherited = stored.writer != writer;
+        target.last_good = None;
+        target.snapshot.follow(stored.set, word);
+        true
     }
 
     /// Start `id` from stored content and its confirmation: a new root context

@@ -526,7 +526,7 @@ impl Checker {
         if let Some(before) = self.health.get(&engine) {
             for (s, (old, new)) in before.iter().zip(&health).enumerate() {
                 // Back to older content only as the engine's rule allows it
-                // (`Targets::adopt_health`): the poller's, confirmed by a poll
+                // (`Targets::follow_heartbeat`): the poller's, confirmed by a poll
                 // sent after ours was taken (a configuration that lingered
                 // past an edit, a subscription's answer stamped when sent; the
                 // newer list was another configuration's, which Nacos no

@@ -100,16 +100,14 @@ impl Snapshot {
         true
     }
 
-    /// Take the content this VM's poller published, older than ours or not: the
-    /// poller's heartbeat vouches for that content alone. Whether it changed.
-    pub fn follow_content(&mut self, set: InstanceSet, content_stamp: u64) -> bool {
-        if self.latest.is_some() && content_stamp == self.content_stamp {
-            return false;
-        }
+    /// Take the content this VM's poller published, older than ours or not,
+    /// with the health that vouches for that content alone: what confirmed ours
+    /// does not carry over to another list.
+    pub fn follow(&mut self, set: InstanceSet, health: Health) {
         self.latest = Some(set);
-        self.content_stamp = content_stamp;
-        self.confirmed_at_ms = self.confirmed_at_ms.max(content_stamp);
-        true
+        self.content_stamp = health.content_stamp;
+        self.confirmed_at_ms = health.confirmed_at_ms.max(health.content_stamp);
+        self.failing_since_ms = health.failing_since_ms;
     }
 
     /// Take the poller's word on how current the content is, if newer than ours.
