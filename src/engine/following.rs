@@ -58,6 +58,7 @@ mod tests {
     use crate::engine::ids::GuardId;
     use crate::engine::metrics::LoginMetrics;
     use crate::pure::polling::nacos::ApiVersion;
+    use crate::pure::registry::instance::InstanceSet;
     use crate::pure::registry::snapshot::Health;
     use crate::pure::sharing::published::{ConfigKeys, PublishedToken};
     use crate::testing::test;
@@ -231,5 +232,46 @@ mod tests {
             vec![target]
         );
         assert_eq!(held(&targets), (Some(3), 500, 1_000));
+    }
+
+    /// A follower that took another configuration's list, announced by its
+    /// poller, keeps that list under its own configuration's key once it polls
+    /// and finds the other configuration wrote newer content over it: its own
+    /// followers find the list it announces.
+    #[test]
+    fn a_follower_that_took_another_configurations_list_keeps_it_once_it_polls() {
+        const B: &str = r#"{"nacos": {"cluster": "nacos"}, "service": {"name": "demo"}, "b": 1}"#;
+        let (mut store, mut polled_a, _, _) = published_two();
+        let mut metrics = FakeMetrics::default();
+        let target = TargetId::from_index(0);
+        let (_, mut started_b, mut poller_b) = vm_of(B, 3, &mut metrics);
+        assert!(start_from_stored(&mut started_b, target, &store));
+        poller_b.write_heartbeat(150, started_b.health(), &mut store);
+        let (mut servers, mut follower_targets, mut follower) = vm_of(B, 2, &mut metrics);
+        let changed = follow(&mut follower, &mut follower_targets, &mut servers, &store);
+        assert_eq!(changed, vec![target]);
+
+        let flap = Some(InstanceSet::default());
+        polled_a.take_list(target, flap, 500, Some(&mut store));
+        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
+        let answer = Some((200, TWO));
+        let taken = follower_targets.take_answer(
+            target,
+            ApiVersion::V1,
+            answer,
+            900,
+            &mut metrics,
+            publish,
+        );
+        assert_eq!(taken, Ok(false));
+        follower.write_heartbeat(950, follower_targets.health(), &mut store);
+
+        let (mut servers, mut targets, mut fresh) = vm_of(B, 4, &mut metrics);
+        assert_eq!(
+            follow(&mut fresh, &mut targets, &mut servers, &store),
+            vec![target]
+        );
+        let health = targets.get(target).unwrap().snapshot().health();
+        assert_eq!((health.content_stamp, health.confirmed_at_ms), (100, 900));
     }
 }
