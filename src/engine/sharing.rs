@@ -705,8 +705,8 @@ fn decode(store: &dyn SharedStore, key: &str) -> Option<StoredContent> {
 /// configuration that confirmed it, if that poll went after the newest content
 /// was polled (the newest is then a list Nacos denied since: a flap that only
 /// a configuration now gone saw); else `writer`'s own kept content if the
-/// confirmation is of that; else the newest, confirmed by nothing later than
-/// its own poll.
+/// confirmation is of that and came after the newest was polled; else the
+/// newest, confirmed by nothing later than its own poll.
 pub fn read_start(
     keys: &ServiceKeys,
     writer: u64,
@@ -728,7 +728,9 @@ pub fn read_start(
     if let Some(confirmed) = confirmation.writer.filter(|_| later).and_then(kept) {
         return Some((confirmed, confirmed_at));
     }
-    match kept(writer) {
+    // Content polled after the confirmation is the newer word, whatever the
+    // confirmation names (its own write may have lost every race).
+    match kept(writer).filter(|_| later) {
         Some(own) => Some((own, confirmed_at)),
         None => Some((newest, None)),
     }
@@ -953,6 +955,28 @@ mod tests {
         assert_eq!(started, Some((637, one, Some(775))));
         let announced = read_announced(&keys, 1, 731, &store).map(|c| c.set);
         assert_eq!(announced, Some(flap), "kept for its writer's followers");
+    }
+
+    /// Seed 5496: a configuration's poller stored a flap's list, polled after
+    /// the stored confirmation, and its confirmation lost every
+    /// compare-and-swap. The confirmation still named an empty list, which this
+    /// configuration's own kept list from before also was: a root context
+    /// starting then took that old list, and the confirmation with it, over the
+    /// newest Nacos had given.
+    #[test]
+    fn a_kept_list_is_not_started_from_when_newer_content_came_after_its_confirmation() {
+        let mut store = FakeStore::default();
+        let keys = ServiceKeys::new("q");
+        let (empty, flap) = (InstanceSet::default(), one_instance());
+        publish_content(&keys, 1, 2_300, &empty, &mut store);
+        publish_content(&keys, 2, 2_657, &empty, &mut store);
+        assert!(keep_if_written_over(&keys, 1, 2_300, &empty, &mut store));
+        let digest = published::list_digest(&empty).unwrap();
+        publish_confirmed(&keys, digest, 2_761, 2, &mut store);
+        publish_content(&keys, 1, 2_849, &flap, &mut store);
+
+        let started = read_start(&keys, 1, &store).map(|(c, at)| (c.stamp, c.set, at));
+        assert_eq!(started, Some((2_849, flap, None)));
     }
 
     #[test]
