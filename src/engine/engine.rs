@@ -170,7 +170,7 @@ impl Engine {
                 return;
             }
             // A new poller starts from what the last one published, token included.
-            Role::Poll { took_over: true } => self.follow(store, metrics),
+            Role::Poll { took_over: true } => self.take_over(store, metrics),
             Role::Poll { took_over: false } => {}
         }
         self.take_announced(now_ms, metrics, store);

@@ -32,6 +32,23 @@ pub(super) fn follow(
     changed
 }
 
+/// As a new poller: what the last one published, and content it stored but
+/// went before announcing. The targets whose content changed.
+pub(super) fn take_over(
+    sharing: &mut Sharing,
+    targets: &mut Targets,
+    servers: &mut Servers,
+    store: &dyn SharedStore,
+) -> Vec<TargetId> {
+    let mut changed = follow(sharing, targets, servers, store);
+    for id in targets.take_unannounced(store) {
+        if !changed.contains(&id) {
+            changed.push(id);
+        }
+    }
+    changed
+}
+
 /// Take the tokens the poller's logins got.
 pub(super) fn adopt_tokens(sharing: &Sharing, servers: &mut Servers, store: &dyn SharedStore) {
     for index in 0..servers.len() {
@@ -273,5 +290,42 @@ mod tests {
         );
         let health = targets.get(target).unwrap().snapshot().health();
         assert_eq!((health.content_stamp, health.confirmed_at_ms), (100, 900));
+    }
+
+    /// Seed 4335: the poller stored a changed list and went before its tick
+    /// announced it. The VM that takes over starts from that list, not from
+    /// the one it last followed: else an answer the same as its own older list
+    /// changes nothing here, is never stored, and root contexts that start
+    /// take the list before.
+    #[test]
+    fn a_new_poller_takes_the_list_its_predecessor_stored_but_never_announced() {
+        const ONE: &[u8] = br#"{"hosts":[{"ip":"10.0.0.1","port":80,"weight":1}]}"#;
+        let mut store = FakeStore::default();
+        let mut metrics = FakeMetrics::default();
+        let (_, mut polled, mut poller) = vm(1, &mut metrics);
+        let (mut servers, mut targets, mut successor) = vm(2, &mut metrics);
+        let target = TargetId::from_index(0);
+        publish_two(&mut polled, &mut metrics, &mut store);
+        poller.write_heartbeat(100, polled.health(), &mut store);
+        assert_eq!(
+            follow(&mut successor, &mut targets, &mut servers, &store),
+            vec![target]
+        );
+        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
+        let taken = polled.take_answer(
+            target,
+            ApiVersion::V1,
+            Some((200, ONE)),
+            500,
+            &mut metrics,
+            publish,
+        );
+        assert_eq!(taken, Ok(true));
+
+        let changed = take_over(&mut successor, &mut targets, &mut servers, &store);
+        assert_eq!(changed, vec![target]);
+        let snapshot = targets.get(target).unwrap().snapshot();
+        assert_eq!(snapshot.instances().map(|set| set.instances.len()), Some(1));
+        assert_eq!(snapshot.health().confirmed_at_ms, 500);
     }
 }

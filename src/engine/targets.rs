@@ -567,6 +567,35 @@ impl Targets {
         true
     }
 
+    /// As a new poller: take the content this configuration stored after what
+    /// this VM holds, if Nacos's word on it is newer (a poller that went
+    /// between storing an answer and announcing it on its tick, seed 4335),
+    /// confirmed by its own poll. The targets whose content changed.
+    pub fn take_unannounced(&mut self, store: &dyn SharedStore) -> Vec<TargetId> {
+        let writer = self.writer;
+        let mut changed = Vec::new();
+        for (id, target) in self.table.iter_mut() {
+            let ours = target.snapshot.health();
+            let Some(stored) = sharing::read_content(&target.keys, store) else {
+                continue;
+            };
+            let newer = (stored.stamp, stored.stamp) > (ours.confirmed_at_ms, ours.content_stamp);
+            if stored.writer != writer || !newer {
+                continue;
+            }
+            let word = Health {
+                content_stamp: stored.stamp,
+                confirmed_at_ms: stored.stamp,
+                failing_since_ms: None,
+            };
+            target.inherited = false;
+            target.last_good = None;
+            target.snapshot.follow(stored.set, word);
+            changed.push(id);
+        }
+        changed
+    }
+
     /// Start `id` from stored content and its confirmation: a new root context
     /// serves at once. The content last confirmed, if this configuration or
     /// the one that stored it confirmed it; else the newest stored, whichever

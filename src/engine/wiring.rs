@@ -419,6 +419,15 @@ impl Engine {
         }
     }
 
+    pub(super) fn take_over(&mut self, store: &dyn SharedStore, metrics: &mut dyn Metrics) {
+        let Some(sharing) = &mut self.sharing else {
+            return;
+        };
+        for target in following::take_over(sharing, &mut self.targets, &mut self.servers, store) {
+            self.refresh_guards(target, metrics);
+        }
+    }
+
     pub(super) fn start_polls(
         &mut self,
         now_ms: u64,
