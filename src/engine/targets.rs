@@ -71,6 +71,14 @@ impl Target {
         &self.service
     }
 
+    /// Whether its content's last write lost every compare-and-swap, not yet
+    /// written again (the simulator's checks: a root context starting then
+    /// finds the list before).
+    #[cfg(test)]
+    pub fn content_unwritten(&self) -> bool {
+        self.unpublished
+    }
+
     pub fn query_clusters(&self) -> &[String] {
         &self.query_clusters
     }

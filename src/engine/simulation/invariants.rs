@@ -128,6 +128,10 @@ pub struct GoodAnswer {
     pub listed: usize,
     /// Received by the VM holding the lease, which publishes it.
     pub published: bool,
+    /// When its list was in shared data for a root context to start from: at
+    /// once, or on the poller's tick that wrote it again after its write lost
+    /// every compare-and-swap (seed 3144: the poller went before that tick).
+    pub stored_at: Option<u64>,
     pub vm: usize,
     /// When the poller's next tick wrote it into the heartbeat the followers read.
     pub announced: Option<u64>,
@@ -866,8 +870,17 @@ impl Checker {
     }
 
     /// VM `vm` ticked at `at`, still the poller, and wrote its heartbeat: that
-    /// now carries what it took since it last wrote it.
-    pub fn poller_ticked(&mut self, vm: usize, at: u64) {
+    /// now carries what it took since it last wrote it, and its lists are
+    /// stored but for the services `written` says not.
+    pub fn poller_ticked(&mut self, vm: usize, at: u64, written: impl Fn(usize) -> bool) {
+        for (service, answers) in self.good.iter_mut().enumerate() {
+            if !written(service) {
+                continue;
+            }
+            for answer in answers.iter_mut().filter(|a| a.vm == vm && a.published) {
+                answer.stored_at = answer.stored_at.or(Some(at));
+            }
+        }
         let (good, told) = (&mut self.good, &mut self.announced);
         self.unannounced.retain(|(who, service, index)| {
             if *who != vm {
@@ -945,7 +958,8 @@ impl Checker {
             // Followers read the heartbeat (written on the poller's tick); a new
             // root context reads the confirmation published with the answer.
             let announced = a.gen == gen && a.announced.is_some_and(|at| at <= by);
-            let started_from = a.received < configured && (a.gen == gen || !own_before);
+            let started_from =
+                a.stored_at.is_some_and(|at| at < configured) && (a.gen == gen || !own_before);
             a.published && (announced || started_from)
         })
     }

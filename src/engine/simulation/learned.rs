@@ -91,6 +91,13 @@ fn targets_by_service(engine: &Engine) -> impl Iterator<Item = (usize, &Target)>
         })
 }
 
+/// Whether `engine` holds the content of `service` written to shared data (its
+/// last write did not lose every compare-and-swap, or was written again).
+pub fn content_written(engine: &Engine, service: usize) -> bool {
+    !targets_by_service(engine)
+        .any(|(index, target)| index == service && target.content_unwritten())
+}
+
 /// The services `engine` guards, by service index: a learned one from its
 /// first request there, or from the shared list.
 pub fn guarded_services(engine: &Engine) -> Vec<usize> {
@@ -255,8 +262,20 @@ impl LearnedChecks {
     /// and, coming back, may have found the list full (seed 3985): nobody
     /// polls it then, and a VM that held it serves its last list until that
     /// is stale. So while the list may be full, and one request more, which
-    /// the place that freed relists it within.
-    pub fn unpolled_since(&mut self, service: usize, now: u64, b: &Bounds) -> Option<u64> {
+    /// the place that freed relists it within. A request left alone (`refused`,
+    /// the list full) makes it so from then: the configuration polls it not,
+    /// and once a place frees, a VM that learns it starts from whatever list
+    /// another configuration stored last, perhaps long ago (seed 2045).
+    pub fn unpolled_since(
+        &mut self,
+        service: usize,
+        now: u64,
+        refused: bool,
+        b: &Bounds,
+    ) -> Option<u64> {
+        if refused {
+            return Some(*self.refusable_idle.entry(service).or_insert(now));
+        }
         if let Some(from) = self.idled_before(service, now, b) {
             if self.may_be_full(service, now, b) {
                 self.refusable_idle.insert(service, from);

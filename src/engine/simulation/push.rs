@@ -477,6 +477,7 @@ impl World {
                 usable_mask,
                 listed,
                 published: true,
+                stored_at: Some(self.now),
                 vm: v,
                 announced: None,
             },

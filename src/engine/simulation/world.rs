@@ -1295,7 +1295,12 @@ impl World {
         // worker.
         let sparse = self.p.sparse_bursts && self.learn_rng.chance(500);
         let one_in_vms = (1000 / self.p.vms as u64).max(200);
-        for service in 0..self.p.services {
+        // Each worker's first request is for a service of its own drawing:
+        // two first writes of the learned list or the inbox that race then
+        // name different services (issue 24, defect 3).
+        let services = self.p.services;
+        let first = self.learn_rng.below(services as u64) as usize;
+        for service in (0..services).map(|i| (first + i) % services) {
             if sparse && !self.learn_rng.chance(one_in_vms) {
                 continue;
             }
@@ -1405,9 +1410,11 @@ impl World {
         // list, whatever the VM's last clock reading.
         let heard_by = if self.learned.is_some() { now } else { read_at };
         if let Some(learned) = &mut self.learned {
-            // A service that may have idled since its last request is
-            // trouble for it until it is polled again and followed.
-            if let Some(from) = learned.unpolled_since(service, now, &bounds) {
+            let ignored = outcome == "ignore";
+            // A service that may have idled since its last request, or that
+            // a full list left alone, is trouble for it until it is polled
+            // again and followed.
+            if let Some(from) = learned.unpolled_since(service, now, ignored, &bounds) {
                 let until = now + learned.relearned_within(&bounds) + bounds.routed_after_change();
                 self.check
                     .trouble_until(from, until, Trouble::Idle(service));
@@ -1417,7 +1424,6 @@ impl World {
                 .get(refused_key)
                 .unwrap_or(0)
                 .wrapping_sub(refused_before);
-            let ignored = outcome == "ignore";
             let since = now.saturating_sub(learned.may_hold_place(&bounds));
             let held = self.check.stalled_or_stepped(since, now);
             let first = learned.first_guarded(gen, service, ignored, now);
@@ -1865,7 +1871,9 @@ impl World {
             }
         }
         if ticked && is_poller && wrote_heartbeat {
-            self.check.poller_ticked(v, now);
+            let engine = self.vms[v].engine.as_ref();
+            let written = |s: usize| engine.is_none_or(|e| learned::content_written(e, s));
+            self.check.poller_ticked(v, now, written);
         } else if ticked && !is_poller {
             let started = self.vms[v].configured_at;
             let same = self.same_as(gen);
@@ -2068,6 +2076,9 @@ impl World {
             }
             Some(service) => {
                 if good {
+                    let engine = self.vms[v].engine.as_ref();
+                    let stored =
+                        published && engine.is_none_or(|e| learned::content_written(e, service));
                     self.check.served(call.gen, v, service);
                     self.check.answer(
                         service,
@@ -2079,6 +2090,7 @@ impl World {
                             usable_mask: call.usable_mask,
                             listed: call.listed,
                             published,
+                            stored_at: stored.then_some(self.now),
                             vm: v,
                             announced: None,
                         },
