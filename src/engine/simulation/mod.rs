@@ -124,7 +124,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, keep_going: bool) {
 /// poll), 5697 (a change just after an emptying one).
 const REGRESSIONS: &[u64] = &[
     1085, 1144, 1165, 1311, 1415, 4702, 2707, 74, 1208, 283, 1493, 2219, 3610, 3461, 3985, 2684,
-    2896, 2626, 2862, 3645, 4972, 4587, 5697, 4311,
+    2896, 2626, 2862, 3645, 4972, 4587, 5697, 4311, 5496, 4335, 2045, 3144,
 ];
 
 /// The number in environment variable `name`, or `default`.
