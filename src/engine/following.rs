@@ -103,13 +103,31 @@ mod tests {
         (servers, targets, sharing)
     }
 
+    /// `polled`'s good answer `body` to its poll sent at `at`, published;
+    /// whether the content changed.
+    fn answer(
+        polled: &mut Targets,
+        body: &[u8],
+        at: u64,
+        metrics: &mut FakeMetrics,
+        store: &mut FakeStore,
+    ) -> bool {
+        let target = TargetId::from_index(0);
+        let publish: Option<&mut dyn SharedStore> = Some(store);
+        let taken = polled.take_answer(
+            target,
+            ApiVersion::V1,
+            Some((200, body)),
+            at,
+            metrics,
+            publish,
+        );
+        taken.unwrap()
+    }
+
     /// The poller's answer at 100 ms, two instances, published.
     fn publish_two(polled: &mut Targets, metrics: &mut FakeMetrics, store: &mut FakeStore) {
-        let target = TargetId::from_index(0);
-        let answer = Some((200, TWO));
-        let publish: Option<&mut dyn SharedStore> = Some(store);
-        let taken = polled.take_answer(target, ApiVersion::V1, answer, 100, metrics, publish);
-        assert_eq!(taken, Ok(true));
+        assert!(answer(polled, TWO, 100, metrics, store));
     }
 
     /// A poller (VM 1) that published two instances at 100 ms and its
@@ -215,19 +233,11 @@ mod tests {
         let mut store = FakeStore::default();
         let mut metrics = FakeMetrics::default();
         let target = TargetId::from_index(0);
-        let take =
-            |polled: &mut Targets, body, at, metrics: &mut FakeMetrics, store: &mut FakeStore| {
-                let publish: Option<&mut dyn SharedStore> = Some(store);
-                let answer = Some((200, body));
-                let taken =
-                    polled.take_answer(target, ApiVersion::V1, answer, at, metrics, publish);
-                assert!(taken.is_ok());
-            };
         let (_, mut polled_a, _) = vm(1, &mut metrics);
-        take(&mut polled_a, TWO, 100, &mut metrics, &mut store);
-        take(&mut polled_a, TWO, 900, &mut metrics, &mut store);
+        assert!(answer(&mut polled_a, TWO, 100, &mut metrics, &mut store));
+        assert!(!answer(&mut polled_a, TWO, 900, &mut metrics, &mut store));
         let (_, mut polled_b, mut poller_b) = vm_of(B, 3, &mut metrics);
-        take(&mut polled_b, THREE, 500, &mut metrics, &mut store);
+        assert!(answer(&mut polled_b, THREE, 500, &mut metrics, &mut store));
         poller_b.write_heartbeat(950, polled_b.health(), &mut store);
 
         let (mut servers, mut targets, mut follower) = vm_of(B, 2, &mut metrics);
@@ -242,7 +252,13 @@ mod tests {
         assert!(follow(&mut follower, &mut targets, &mut servers, &store).is_empty());
         assert_eq!(held(&targets), (Some(2), 100, 900), "B's word is older");
 
-        take(&mut polled_b, THREE, 1_000, &mut metrics, &mut store);
+        assert!(!answer(
+            &mut polled_b,
+            THREE,
+            1_000,
+            &mut metrics,
+            &mut store
+        ));
         poller_b.write_heartbeat(1_500, polled_b.health(), &mut store);
         assert_eq!(
             follow(&mut follower, &mut targets, &mut servers, &store),
@@ -270,17 +286,13 @@ mod tests {
 
         let flap = Some(InstanceSet::default());
         polled_a.take_list(target, flap, 500, Some(&mut store));
-        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
-        let answer = Some((200, TWO));
-        let taken = follower_targets.take_answer(
-            target,
-            ApiVersion::V1,
-            answer,
+        assert!(!answer(
+            &mut follower_targets,
+            TWO,
             900,
             &mut metrics,
-            publish,
-        );
-        assert_eq!(taken, Ok(false));
+            &mut store
+        ));
         follower.write_heartbeat(950, follower_targets.health(), &mut store);
 
         let (mut servers, mut targets, mut fresh) = vm_of(B, 4, &mut metrics);
@@ -311,16 +323,7 @@ mod tests {
             follow(&mut successor, &mut targets, &mut servers, &store),
             vec![target]
         );
-        let publish: Option<&mut dyn SharedStore> = Some(&mut store);
-        let taken = polled.take_answer(
-            target,
-            ApiVersion::V1,
-            Some((200, ONE)),
-            500,
-            &mut metrics,
-            publish,
-        );
-        assert_eq!(taken, Ok(true));
+        assert!(answer(&mut polled, ONE, 500, &mut metrics, &mut store));
 
         let changed = take_over(&mut successor, &mut targets, &mut servers, &store);
         assert_eq!(changed, vec![target]);
