@@ -18,7 +18,7 @@ use crate::pure::polling::nacos::response::{self, AnswerError};
 use crate::pure::polling::nacos::ApiVersion;
 use crate::pure::registry::instance::InstanceSet;
 use crate::pure::registry::snapshot::{Freshness, Health, Snapshot, StaleLimits};
-use crate::pure::sharing::published::{self, ServiceKeys};
+use crate::pure::sharing::published::{self, ServiceKeys, StoredContent};
 
 /// One service on one server, polled on its own.
 pub(super) struct Target {
@@ -123,6 +123,15 @@ impl Target {
                 .is_some_and(|held| !held.instances.is_empty());
         self.empty_unconfirmed = empties && !self.empty_unconfirmed;
         self.empty_unconfirmed
+    }
+
+    /// Follow `stored` with `word`, the health that vouches for it, as
+    /// configuration `writer`: one another configuration wrote is kept under
+    /// `writer`'s key once this VM polls.
+    fn follow_stored(&mut self, stored: StoredContent, word: Health, writer: u64) {
+        self.inherited = stored.writer != writer;
+        self.last_good = None;
+        self.snapshot.follow(stored.set, word);
     }
 
     /// The digest of its list, which a confirmation names.
@@ -555,11 +564,7 @@ impl Targets {
         let word = if stored.stamp == announced {
             health
         } else {
-            Health {
-                content_stamp: stored.stamp,
-                confirmed_at_ms: stored.stamp,
-                failing_since_ms: None,
-            }
+            Health::polled_at(stored.stamp)
         };
         // Nacos's newest word wins: a list confirmed after the poller's was
         // (another configuration's, taken at a start) is kept until the poller
@@ -569,9 +574,7 @@ impl Targets {
         if !newer || stored.stamp == ours.content_stamp {
             return false;
         }
-        target.inherited = stored.writer != writer;
-        target.last_good = None;
-        target.snapshot.follow(stored.set, word);
+        target.follow_stored(stored, word, writer);
         true
     }
 
@@ -591,14 +594,8 @@ impl Targets {
             if stored.writer != writer || !newer {
                 continue;
             }
-            let word = Health {
-                content_stamp: stored.stamp,
-                confirmed_at_ms: stored.stamp,
-                failing_since_ms: None,
-            };
-            target.inherited = false;
-            target.last_good = None;
-            target.snapshot.follow(stored.set, word);
+            let word = Health::polled_at(stored.stamp);
+            target.follow_stored(stored, word, writer);
             changed.push(id);
         }
         changed

@@ -47,6 +47,18 @@ pub struct Health {
     pub failing_since_ms: Option<u64>,
 }
 
+impl Health {
+    /// The word of a good answer alone: its list as of the poll sent at
+    /// `stamp_ms`, confirmed by nothing later.
+    pub fn polled_at(stamp_ms: u64) -> Self {
+        Self {
+            content_stamp: stamp_ms,
+            confirmed_at_ms: stamp_ms,
+            failing_since_ms: None,
+        }
+    }
+}
+
 impl Snapshot {
     /// Take a good answer to the poll sent at `polled_at_ms`; true if the content
     /// changed. An answer older than what is already known changes nothing.
