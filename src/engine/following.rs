@@ -2,6 +2,8 @@
 //! service's health from the heartbeat, content that moved, and login tokens.
 //! A new poller and a new configuration start from the same.
 
+use std::collections::HashSet;
+
 use super::host_traits::SharedStore;
 use super::ids::{Id, ServerId, TargetId};
 use super::servers::Servers;
@@ -41,10 +43,11 @@ pub(super) fn take_over(
     store: &dyn SharedStore,
 ) -> Vec<TargetId> {
     let mut changed = follow(sharing, targets, servers, store);
-    for id in targets.take_unannounced(store) {
-        if !changed.contains(&id) {
-            changed.push(id);
-        }
+    let unannounced = targets.take_unannounced(store);
+    if !unannounced.is_empty() {
+        // A takeover may follow thousands of services: no scan per addition.
+        let followed: HashSet<TargetId> = changed.iter().copied().collect();
+        changed.extend(unannounced.into_iter().filter(|id| !followed.contains(id)));
     }
     changed
 }

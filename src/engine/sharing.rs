@@ -680,15 +680,34 @@ pub fn read_announced(
     announced: u64,
     store: &dyn SharedStore,
 ) -> Option<StoredContent> {
+    let exact = |c: &Option<StoredContent>| c.as_ref().is_some_and(|c| c.stamp == announced);
     let stored = read_content(keys, store);
+    if exact(&stored) {
+        return stored;
+    }
     let kept = decode(store, &keys.kept(writer)).filter(|c| c.writer == writer);
-    let exact = |c: &StoredContent| c.stamp == announced;
+    if exact(&kept) {
+        return kept;
+    }
     let newer_own = |c: &StoredContent| c.writer == writer && c.stamp > announced;
-    let exactly = stored
-        .clone()
-        .filter(exact)
-        .or_else(|| kept.clone().filter(exact));
-    exactly.or_else(|| stored.filter(newer_own).or_else(|| kept.filter(newer_own)))
+    stored.filter(newer_own).or_else(|| kept.filter(newer_own))
+}
+
+/// The content `writer` stored, if its stamp is `wanted`: the header is read
+/// first and the list decoded only then, since a new poller asks this of every
+/// service it guards.
+pub fn read_own_content_if(
+    keys: &ServiceKeys,
+    writer: u64,
+    wanted: impl Fn(u64) -> bool,
+    store: &dyn SharedStore,
+) -> Option<StoredContent> {
+    let bytes = store.get(keys.content()).0?;
+    let (stamp, stored_by) = published::content_header(&bytes)?;
+    if stored_by != writer || !wanted(stamp) {
+        return None;
+    }
+    published::decode_content(&bytes)
 }
 
 fn decode(store: &dyn SharedStore, key: &str) -> Option<StoredContent> {

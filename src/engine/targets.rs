@@ -587,13 +587,11 @@ impl Targets {
         let mut changed = Vec::new();
         for (id, target) in self.table.iter_mut() {
             let ours = target.snapshot.health();
-            let Some(stored) = sharing::read_content(&target.keys, store) else {
+            let newer = |stamp: u64| (stamp, stamp) > (ours.confirmed_at_ms, ours.content_stamp);
+            let Some(stored) = sharing::read_own_content_if(&target.keys, writer, newer, store)
+            else {
                 continue;
             };
-            let newer = (stored.stamp, stored.stamp) > (ours.confirmed_at_ms, ours.content_stamp);
-            if stored.writer != writer || !newer {
-                continue;
-            }
             let word = Health::polled_at(stored.stamp);
             target.follow_stored(stored, word, writer);
             changed.push(id);
