@@ -182,6 +182,9 @@ pub struct Checker {
     frozen: Vec<(u64, u64)>,
     /// Published answers whose poller has not ticked since: (VM, service, index).
     unannounced: Vec<(usize, usize, usize)>,
+    /// Published answers whose list is not in shared data yet (its write lost
+    /// every compare-and-swap): (VM, service, index).
+    unstored: Vec<(usize, usize, usize)>,
     jumps: Vec<u64>,
     /// Per (configuration, service): the last poll's time and VM.
     last_poll: BTreeMap<(usize, usize), (u64, usize)>,
@@ -748,6 +751,10 @@ impl Checker {
 
     /// Keep a good answer, and Nacos's newest word as of its coming.
     fn record(&mut self, service: usize, answer: GoodAnswer) {
+        if answer.published && answer.stored_at.is_none() {
+            let index = self.good[service].len();
+            self.unstored.push((answer.vm, service, index));
+        }
         let newest = &mut self.newest_sent[service];
         let sent = newest
             .last()
@@ -873,14 +880,16 @@ impl Checker {
     /// now carries what it took since it last wrote it, and its lists are
     /// stored but for the services `written` says not.
     pub fn poller_ticked(&mut self, vm: usize, at: u64, written: impl Fn(usize) -> bool) {
-        for (service, answers) in self.good.iter_mut().enumerate() {
-            if !written(service) {
-                continue;
+        let good = &mut self.good;
+        self.unstored.retain(|(who, service, index)| {
+            if *who != vm || !written(*service) {
+                return true;
             }
-            for answer in answers.iter_mut().filter(|a| a.vm == vm && a.published) {
-                answer.stored_at = answer.stored_at.or(Some(at));
+            if let Some(answer) = good[*service].get_mut(*index) {
+                answer.stored_at = Some(at);
             }
-        }
+            false
+        });
         let (good, told) = (&mut self.good, &mut self.announced);
         self.unannounced.retain(|(who, service, index)| {
             if *who != vm {
