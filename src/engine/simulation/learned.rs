@@ -23,6 +23,10 @@ use crate::pure::registry::snapshot::Health;
 /// contended: the burst of first requests every worker gets at once.
 pub const BURST_MS: u64 = 5;
 
+/// Per mille of a burst's first requests that read shared data as it was
+/// before another worker's callback of the same moment wrote, at the least.
+pub const BURST_RACE: u64 = 500;
+
 /// A learned seed's settings, drawn from a generator of its own so that a seed
 /// without learned services runs as it did before they were modelled.
 #[derive(Debug, Clone, Copy)]

@@ -483,6 +483,11 @@ pub struct World {
     /// when a burst of first requests contends for shared data.
     learned: Option<LearnedChecks>,
     learn_rng: Rng,
+    /// Which sparse first requests are followed by no other request for a
+    /// while: a generator of its own, so that the bursts are drawn as before.
+    lone_rng: Rng,
+    /// Per configuration: whether its bursts are sparse.
+    sparse_configs: BTreeMap<usize, bool>,
     contended_until: u64,
     flap_rng: Rng,
     /// (VM, learned service) each VM guarded: from a request there, or from
@@ -588,6 +593,8 @@ impl World {
             push,
             learned,
             learn_rng: Rng::new(seed ^ 0x1ea7_4ed5_e7c1_0002),
+            lone_rng: Rng::new(seed ^ 0x1ea7_4ed5_e7c1_0003),
+            sparse_configs: BTreeMap::new(),
             contended_until: 0,
             vm_learned: BTreeSet::new(),
             flap_rng,
@@ -1290,10 +1297,13 @@ impl World {
         }
         self.contended_until = self.now + BURST_MS;
         let engine = self.vms[vm].engine_id;
-        // In seeds with sparse bursts, half of them: each service's first
-        // request comes on about one VM of all, as a request lands on one
-        // worker.
-        let sparse = self.p.sparse_bursts && self.learn_rng.chance(500);
+        // In seeds with sparse bursts, those of half the configurations: each
+        // service's first request comes on about one VM of all, as a request
+        // lands on one worker. Drawn per configuration: a VM whose burst
+        // gave it every service would hand in what another's race lost.
+        let drawn = self.p.sparse_bursts && self.learn_rng.chance(500);
+        let gen = self.vms[vm].gen;
+        let sparse = *self.sparse_configs.entry(gen).or_insert(drawn);
         let one_in_vms = (1000 / self.p.vms as u64).max(200);
         // Each worker's first request is for a service of its own drawing:
         // two first writes of the learned list or the inbox that race then
@@ -1305,6 +1315,9 @@ impl World {
                 continue;
             }
             let at = self.now + self.learn_rng.below(4);
+            if sparse {
+                self.lone_first_request(vm, service, at);
+            }
             self.push(
                 at,
                 Kind::LearnedRequest {
@@ -1316,6 +1329,28 @@ impl World {
         }
     }
 
+    /// Half the time, a sparse burst's first request of `service` at `at` is
+    /// its only one for longer than its first poll may take: a service with
+    /// little traffic. Its poll then comes of the hand-in alone, with no later
+    /// request that finds its snapshot not fresh and lists it again
+    /// (`relist_after_request`), which would repair a hand-in that shared data
+    /// lost (issue 24, defect 3).
+    fn lone_first_request(&mut self, vm: usize, service: usize, at: u64) {
+        if self.steady() || !self.lone_rng.chance(500) {
+            return;
+        }
+        let bounds = self.configs[self.vms[vm].gen].bounds;
+        let Some(learned) = &mut self.learned else {
+            return;
+        };
+        let until = at + learned.learned_within(&bounds) + 1;
+        let quiet = &mut learned.quiet_until[service];
+        *quiet = (*quiet).max(until);
+        self.note(format!(
+            "s{service} gets no request after its first until {until}"
+        ));
+    }
+
     /// The store a learned request's callback sees: racing another VM's
     /// callback of the same moment, and contended in a burst.
     fn learned_view(&mut self, vm: usize) -> (Option<SimStore>, Option<(Rng, u64)>) {
@@ -1323,10 +1358,18 @@ impl World {
             return (None, None);
         };
         let per_mille = learned.settings.contention;
-        let stale = self.racing_view(vm);
+        // Every worker serves its first requests at once: two of them a
+        // millisecond apart read shared data before either wrote at least
+        // half the time, whatever the seed's races elsewhere.
+        let burst = self.now <= self.contended_until;
+        let race = if burst {
+            self.p.race.max(learned::BURST_RACE)
+        } else {
+            self.p.race
+        };
+        let stale = self.racing_view(vm, race);
         self.before_last = Some((vm, self.now, self.store.clone()));
-        let contention = (self.now <= self.contended_until)
-            .then(|| (Rng::new(self.learn_rng.next_u64()), per_mille));
+        let contention = burst.then(|| (Rng::new(self.learn_rng.next_u64()), per_mille));
         (stale, contention)
     }
 
@@ -1729,14 +1772,14 @@ impl World {
     }
 
     /// The store the next VM callback reads: live, or (racing) as it was before
-    /// another VM's callback at the same moment.
-    fn racing_view(&mut self, vm: usize) -> Option<SimStore> {
+    /// another VM's callback at the same moment (`race` per mille of the time).
+    fn racing_view(&mut self, vm: usize, race: u64) -> Option<SimStore> {
         let (other, at, store) = self.before_last.take()?;
-        (other != vm && at + 1 >= self.now && self.rng.chance(self.p.race)).then_some(store)
+        (other != vm && at + 1 >= self.now && self.rng.chance(race)).then_some(store)
     }
 
     fn vm_callback(&mut self, v: usize, callback: Callback) -> Verdict {
-        let stale = self.racing_view(v);
+        let stale = self.racing_view(v, self.p.race);
         let racing = stale.is_some();
         let contention = match &self.learned {
             Some(learned) if self.now <= self.contended_until => Some((
