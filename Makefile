@@ -66,7 +66,7 @@ HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(
 	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench push-spread fleet tools clean
+.PHONY: injected build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench push-spread fleet tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -129,6 +129,18 @@ simulate:
 wasm-test: $(WASM_BINDGEN_RUNNER) $(TARGETS_STAMP)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
 		cargo test --target wasm32-unknown-unknown --no-default-features
+
+## injected: issue 24's defect DEFECT (1, 3 or 5; mutants/injected/) put back into a copy of HEAD, and SEEDS seeds from FIRST run on it; succeeds if some seed finds it, and lists those
+DEFECT ?= 3
+injected:
+	rm -rf build/injected && mkdir -p build/injected
+	git archive HEAD | tar -x -C build/injected
+	patch -s -d build/injected -p1 < mutants/injected/issue24-defect$(DEFECT).patch
+	cd build/injected && SIM_KEEP_GOING=1 SIM_SEEDS=$(SEEDS) SIM_FIRST=$(FIRST) \
+		CARGO_TARGET_DIR=$(CURDIR)/target/injected cargo test --release --no-default-features \
+		--lib -- --ignored --exact engine::simulation::simulate --nocapture 2>&1 \
+		| tee $(CURDIR)/build/injected.log | grep -E "seeds failed|seeds, " ; \
+		grep -q "seeds failed" $(CURDIR)/build/injected.log
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (libFuzzer through cargo-fuzz, nightly)
 fuzz: $(CARGO_FUZZ) $(NIGHTLY_STAMP)
