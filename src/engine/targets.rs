@@ -229,7 +229,9 @@ pub(super) struct Targets {
     guards: Vec<Vec<GuardId>>,
     /// The configuration whose content these targets publish and follow.
     writer: u64,
-    /// Targets whose content's write lost every compare-and-swap.
+    /// Targets whose content's write lost every compare-and-swap: an index of
+    /// those whose `Target::unpublished` is set, so that the poller's tick
+    /// visits them alone, not every target.
     unpublished: Vec<TargetId>,
 }
 
