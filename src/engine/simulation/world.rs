@@ -484,7 +484,8 @@ pub struct World {
     learned: Option<LearnedChecks>,
     learn_rng: Rng,
     /// Which sparse first requests are followed by no other request for a
-    /// while: a generator of its own, so that the bursts are drawn as before.
+    /// while: a generator of its own, so that drawing them leaves the other
+    /// draws of the bursts alone.
     lone_rng: Rng,
     /// Per configuration: whether its bursts are sparse.
     sparse_configs: BTreeMap<usize, bool>,
