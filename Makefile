@@ -66,7 +66,7 @@ HOST_TIER_ENV := NIG_HIGRESS_WASM=$(CURDIR)/build/plugin.wasm NIG_PLUGIN_WASM=$(
 	NIG_DEFAULT_BUILD_WASM=$(CURDIR)/$(HIGRESS_WASM)
 E2E_ENV := NIG_ENVOY=$(ENVOY) NIG_RNACOS=$(RNACOS) NIG_PLUGIN_WASM=$(CURDIR)/build/plugin-envoy.wasm
 
-.PHONY: injected build spec image demo test lint unit simulate mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench push-spread fleet tools clean
+.PHONY: build spec image demo test lint unit simulate injected mutants wasm-test fuzz fuzz-smoke run-fuzz packaging-test host-tier e2e soak bench push-spread fleet tools clean
 
 ## build: plugin.wasm (Higress) and plugin-envoy.wasm (upstream Envoy) into build/
 build: build/plugin.wasm build/plugin-envoy.wasm
@@ -136,11 +136,10 @@ injected:
 	rm -rf build/injected && mkdir -p build/injected
 	git archive HEAD | tar -x -C build/injected
 	patch -s -d build/injected -p1 < mutants/injected/issue24-defect$(DEFECT).patch
-	cd build/injected && SIM_KEEP_GOING=1 SIM_SEEDS=$(SEEDS) SIM_FIRST=$(FIRST) \
-		CARGO_TARGET_DIR=$(CURDIR)/target/injected cargo test --release --no-default-features \
-		--lib -- --ignored --exact engine::simulation::simulate --nocapture 2>&1 \
-		| tee $(CURDIR)/build/injected.log | grep -E "seeds failed|seeds, " ; \
-		grep -q "seeds failed" $(CURDIR)/build/injected.log
+	SIM_KEEP_GOING=1 CARGO_TARGET_DIR=$(CURDIR)/target/injected \
+		$(MAKE) --no-print-directory -C build/injected simulate SEEDS=$(SEEDS) FIRST=$(FIRST) 2>&1 \
+		| tee build/injected.log | grep -E "seeds failed|seeds, " ; \
+		grep -q "seeds failed" build/injected.log
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (libFuzzer through cargo-fuzz, nightly)
 fuzz: $(CARGO_FUZZ) $(NIGHTLY_STAMP)
