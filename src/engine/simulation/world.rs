@@ -1317,7 +1317,7 @@ impl World {
             }
             let at = self.now + self.learn_rng.below(4);
             if sparse {
-                self.lone_first_request(vm, service, at);
+                self.lone_first_request(gen, service, at);
             }
             self.push(
                 at,
@@ -1330,17 +1330,17 @@ impl World {
         }
     }
 
-    /// Half the time, a sparse burst's first request of `service` at `at` is
-    /// its only one for longer than its first poll may take: a service with
-    /// little traffic. Its poll then comes of the hand-in alone, with no later
-    /// request that finds its snapshot not fresh and lists it again
-    /// (`relist_after_request`), which would repair a hand-in that shared data
-    /// lost (issue 24, defect 3).
-    fn lone_first_request(&mut self, vm: usize, service: usize, at: u64) {
+    /// Half the time, a sparse burst's first request of `service` at `at`, on a
+    /// root context of configuration `gen`, is its only one for longer than
+    /// its first poll may take: a service with little traffic. Its poll then
+    /// comes of the hand-in alone, with no later request that finds its
+    /// snapshot not fresh and lists it again (`relist_after_request`), which
+    /// would repair a hand-in that shared data lost (issue 24, defect 3).
+    fn lone_first_request(&mut self, gen: usize, service: usize, at: u64) {
         if self.steady() || !self.lone_rng.chance(500) {
             return;
         }
-        let bounds = self.configs[self.vms[vm].gen].bounds;
+        let bounds = self.configs[gen].bounds;
         let Some(learned) = &mut self.learned else {
             return;
         };
